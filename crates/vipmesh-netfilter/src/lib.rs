@@ -1,0 +1,2 @@
+//! Typed iptables rules rendered to iptables-restore text, applied atomically, owning only VIPMESH- chains.
+#![deny(missing_docs)]
