@@ -1,0 +1,588 @@
+//! The thin shell: observe with `iptables-save`, apply with one `iptables-restore -w --noflush`,
+//! read back and verify. Only this module runs processes.
+//!
+//! Man pages: [`iptables-restore(8)`](https://man7.org/linux/man-pages/man8/iptables-restore.8.html),
+//! [`iptables-save(8)`](https://man7.org/linux/man-pages/man8/iptables-save.8.html),
+//! [`nsenter(1)`](https://man7.org/linux/man-pages/man1/nsenter.1.html).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use crate::error::Error;
+use crate::model::Family;
+use crate::plan::{Observed, Plan, plan};
+use crate::ruleset::OwnedRuleset;
+use crate::save::parse_save;
+
+/// The network namespace to work in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NetnsTarget {
+    /// The namespace of the calling process.
+    Current,
+    /// A namespace file (`/run/netns/<name>`, `/proc/<pid>/ns/net`, a bind mount …). The tools
+    /// run inside it via `nsenter --net=<path>`, so the caller's threads never switch namespace.
+    Path(PathBuf),
+}
+
+impl NetnsTarget {
+    /// A namespace created by `ip netns add <name>` (`/run/netns/<name>`).
+    pub fn named(name: &str) -> NetnsTarget {
+        NetnsTarget::Path(Path::new("/run/netns").join(name))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            NetnsTarget::Current => "current".to_owned(),
+            NetnsTarget::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Which iptables backend the tools program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// `iptables-nft` (nf_tables kernel API, xtables compat).
+    Nft,
+    /// `iptables-legacy` (x_tables, whole-table replace).
+    Legacy,
+}
+
+/// How the backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// Use `iptables-restore`/`iptables-save` as the system has them (the alternatives
+    /// selection), and detect which backend that is from `iptables-restore -V`.
+    System,
+    /// Force one backend (`iptables-nft-restore` or `iptables-legacy-restore`).
+    Force(Backend),
+}
+
+/// The executables used for one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tools {
+    /// `iptables-restore` (or the v6/nft/legacy variant).
+    pub restore: String,
+    /// `iptables-save` (or variant).
+    pub save: String,
+}
+
+impl Tools {
+    /// Tool names for a family and backend choice.
+    pub fn for_family(family: Family, choice: BackendChoice) -> Tools {
+        let p = family.tool_prefix();
+        let infix = match choice {
+            BackendChoice::System => "",
+            BackendChoice::Force(Backend::Nft) => "-nft",
+            BackendChoice::Force(Backend::Legacy) => "-legacy",
+        };
+        Tools {
+            restore: format!("{p}{infix}-restore"),
+            save: format!("{p}{infix}-save"),
+        }
+    }
+}
+
+/// The outcome of one [`Applier::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The family.
+    pub family: Family,
+    /// The backend the tools programmed.
+    pub backend: Backend,
+    /// True if a restore batch was run (the kernel differed from the desired state).
+    pub changed: bool,
+    /// What the batch did, per table (empty when unchanged).
+    pub plan: Plan,
+}
+
+/// Applies [`OwnedRuleset`]s in one network namespace.
+///
+/// # Examples
+/// ```no_run
+/// use vipmesh_netfilter::*;
+/// let applier = Applier::new(NetnsTarget::named("lb-web"));
+/// let mut rs = OwnedRuleset::new(Family::V4);
+/// let chain = ChainName::new("VIPMESH-VIP").unwrap();
+/// rs.add_rule(Table::Mangle, &chain,
+///     Rule::new(Matches::new().destination("10.0.0.4".parse().unwrap()), Target::SetMark(Mark::new(0x103))))
+///     .unwrap();
+/// rs.add_jump(Table::Mangle, Jump { from: BuiltinChain::Input, matches: Matches::new(),
+///     to: chain, position: JumpPosition::Prepend }).unwrap();
+/// let report = applier.apply(&rs)?;
+/// assert!(!applier.apply(&rs)?.changed); // idempotent: no second restore call
+/// applier.teardown(Family::V4)?;          // removes our chains and jumps, nothing else
+/// # Ok::<(), vipmesh_netfilter::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Applier {
+    netns: NetnsTarget,
+    choice: BackendChoice,
+    tools_override: Option<Tools>,
+    backend: [OnceLock<Backend>; 2],
+}
+
+impl Applier {
+    /// An applier for `netns`, using the system's iptables backend.
+    pub fn new(netns: NetnsTarget) -> Applier {
+        Applier {
+            netns,
+            choice: BackendChoice::System,
+            tools_override: None,
+            backend: Default::default(),
+        }
+    }
+
+    /// Choose the backend explicitly.
+    pub fn with_backend(mut self, choice: BackendChoice) -> Applier {
+        self.choice = choice;
+        self
+    }
+
+    /// Use specific executables (for both families). Mostly for tests and unusual installs.
+    pub fn with_tools(mut self, tools: Tools) -> Applier {
+        self.tools_override = Some(tools);
+        self
+    }
+
+    /// The namespace.
+    pub fn netns(&self) -> &NetnsTarget {
+        &self.netns
+    }
+
+    fn tools(&self, family: Family) -> Tools {
+        self.tools_override
+            .clone()
+            .unwrap_or_else(|| Tools::for_family(family, self.choice))
+    }
+
+    /// Check privileges, the namespace and the tools before doing anything.
+    fn preflight(&self, family: Family, op: &'static str) -> Result<(PathBuf, PathBuf), Error> {
+        check_net_admin(op)?;
+        if let NetnsTarget::Path(p) = &self.netns {
+            if !p.exists() {
+                return Err(Error::NetnsNotFound { path: p.clone() });
+            }
+            find_tool("nsenter")?;
+        }
+        let t = self.tools(family);
+        Ok((find_tool(&t.restore)?, find_tool(&t.save)?))
+    }
+
+    /// The backend of `family`'s tools (detected once, from `iptables-restore -V`).
+    ///
+    /// # Errors
+    /// [`Error::ToolMissing`], [`Error::CommandFailed`].
+    pub fn backend(&self, family: Family) -> Result<Backend, Error> {
+        let slot = match family {
+            Family::V4 => &self.backend[0],
+            Family::V6 => &self.backend[1],
+        };
+        if let Some(b) = slot.get() {
+            return Ok(*b);
+        }
+        let b = match self.choice {
+            BackendChoice::Force(b) => b,
+            BackendChoice::System => {
+                let restore = find_tool(&self.tools(family).restore)?;
+                let out = run(
+                    &NetnsTarget::Current,
+                    &restore,
+                    &["-V"],
+                    None,
+                    "detect backend",
+                )?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.contains("legacy") {
+                    Backend::Legacy
+                } else {
+                    Backend::Nft
+                }
+            }
+        };
+        let _ = slot.set(b);
+        tracing::debug!(?family, backend = ?b, "iptables backend");
+        Ok(b)
+    }
+
+    /// Read back what we own (chains with our prefix, tagged jumps) for `family`.
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`], [`Error::NetnsNotFound`], [`Error::ToolMissing`],
+    /// [`Error::CommandFailed`], [`Error::Parse`].
+    pub fn observe(&self, family: Family) -> Result<Observed, Error> {
+        let (_, save) = self.preflight(family, "observe")?;
+        self.observe_with(family, &save)
+    }
+
+    /// [`observe`](Self::observe) as a typed ruleset (see [`Observed::to_ruleset`]).
+    ///
+    /// # Errors
+    /// As [`observe`](Self::observe).
+    pub fn observe_ruleset(&self, family: Family) -> Result<OwnedRuleset, Error> {
+        Ok(self.observe(family)?.to_ruleset())
+    }
+
+    /// The full `iptables-save` text of the namespace (all tables, foreign content included).
+    ///
+    /// # Errors
+    /// As [`observe`](Self::observe).
+    pub fn save_text(&self, family: Family) -> Result<String, Error> {
+        let (_, save) = self.preflight(family, "save")?;
+        let out = run(&self.netns, &save, &[], None, "save")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn observe_with(&self, family: Family, save: &Path) -> Result<Observed, Error> {
+        let out = run(&self.netns, save, &[], None, "observe")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(Observed::from_dump(family, &parse_save(&text)?))
+    }
+
+    /// The batch [`apply`](Self::apply) would run now (observes the kernel, changes nothing).
+    ///
+    /// # Errors
+    /// As [`observe`](Self::observe), plus [`Error::InvalidRule`].
+    pub fn plan(&self, desired: &OwnedRuleset) -> Result<Plan, Error> {
+        desired.validate()?;
+        let obs = self.observe(desired.family())?;
+        plan(desired, &obs)
+    }
+
+    /// Make the kernel's content of our chains and jumps equal `desired`, in one
+    /// `iptables-restore -w --noflush` call, then read back and verify.
+    ///
+    /// Foreign chains and rules are never touched. When the kernel already matches, no restore
+    /// runs and the report says `changed: false`.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidRule`]: `desired` is inconsistent; nothing ran.
+    /// - [`Error::PermissionDenied`], [`Error::NetnsNotFound`], [`Error::ToolMissing`]: checked
+    ///   before anything is applied.
+    /// - [`Error::RestoreFailed`]: the kernel rejected the batch (the failing line and context
+    ///   are in the error). Each table section is committed atomically.
+    /// - [`Error::Verify`]: the readback still differs from `desired`.
+    pub fn apply(&self, desired: &OwnedRuleset) -> Result<ApplyReport, Error> {
+        let family = desired.family();
+        desired.validate()?;
+        let (restore, save) = self.preflight(family, "apply")?;
+        let backend = self.backend(family)?;
+        let obs = self.observe_with(family, &save)?;
+        let p = plan(desired, &obs)?;
+        if p.is_empty() {
+            tracing::debug!(netns = %self.netns.describe(), %family, "netfilter already up to date");
+            return Ok(ApplyReport {
+                family,
+                backend,
+                changed: false,
+                plan: p,
+            });
+        }
+        let input = p.to_string();
+        tracing::info!(
+            netns = %self.netns.describe(), %family, ?backend,
+            tables = p.tables.len(), lines = input.lines().count(), "iptables-restore"
+        );
+        let out = run(
+            &self.netns,
+            &restore,
+            &["-w", "--noflush"],
+            Some(input.as_bytes()),
+            "apply",
+        );
+        match out {
+            Ok(_) => {}
+            Err(Error::CommandFailed { tool, stderr, .. }) => {
+                return Err(restore_error(tool, &stderr, &input));
+            }
+            Err(e) => return Err(e),
+        }
+        let after = self.observe_with(family, &save)?;
+        let rest = plan(desired, &after)?;
+        if let Some((table, tp)) = rest.tables.iter().next() {
+            return Err(Error::Verify {
+                family,
+                table: *table,
+                detail: format!("still to do:\n{}", tp.text),
+            });
+        }
+        Ok(ApplyReport {
+            family,
+            backend,
+            changed: true,
+            plan: p,
+        })
+    }
+
+    /// Remove every chain with our prefix and every tagged jump in all three tables of
+    /// `family`, and nothing else.
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply).
+    pub fn teardown(&self, family: Family) -> Result<ApplyReport, Error> {
+        self.apply(&OwnedRuleset::new(family))
+    }
+}
+
+/// Apply `desired` in `netns` with the system's backend (see [`Applier::apply`]).
+///
+/// # Errors
+/// As [`Applier::apply`].
+pub fn apply(netns: &NetnsTarget, desired: &OwnedRuleset) -> Result<ApplyReport, Error> {
+    Applier::new(netns.clone()).apply(desired)
+}
+
+/// Read back what we own in `netns` (see [`Applier::observe_ruleset`]).
+///
+/// # Errors
+/// As [`Applier::observe`].
+pub fn observe(netns: &NetnsTarget, family: Family) -> Result<OwnedRuleset, Error> {
+    Applier::new(netns.clone()).observe_ruleset(family)
+}
+
+/// Remove everything we own in `netns` for `family` (see [`Applier::teardown`]).
+///
+/// # Errors
+/// As [`Applier::apply`].
+pub fn teardown(netns: &NetnsTarget, family: Family) -> Result<ApplyReport, Error> {
+    Applier::new(netns.clone()).teardown(family)
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Fail early, with a typed error, when the effective capability set lacks CAP_NET_ADMIN
+/// (`capabilities(7)`; read from `/proc/thread-self/status`).
+fn check_net_admin(op: &'static str) -> Result<(), Error> {
+    let status = match std::fs::read_to_string("/proc/thread-self/status") {
+        Ok(s) => s,
+        Err(e) => {
+            // Without /proc we cannot tell; let the tools decide.
+            tracing::debug!(error = %e, "cannot read capabilities");
+            return Ok(());
+        }
+    };
+    let Some(hex) = status.lines().find_map(|l| l.strip_prefix("CapEff:")) else {
+        return Ok(());
+    };
+    let caps = u64::from_str_radix(hex.trim(), 16).unwrap_or(u64::MAX);
+    if caps & (1u64 << CAP_NET_ADMIN) == 0 {
+        return Err(Error::PermissionDenied {
+            op,
+            detail: format!("effective capabilities {:#x}", caps),
+        });
+    }
+    Ok(())
+}
+
+/// Resolve an executable on `PATH` (plus `/usr/sbin` and `/sbin`, where iptables lives).
+fn find_tool(name: &str) -> Result<PathBuf, Error> {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::ToolMissing {
+                tool: name.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
+    for dir in std::env::split_paths(&path).chain(extra) {
+        let cand = dir.join(name);
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    Err(Error::ToolMissing {
+        tool: name.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+/// Run `tool args` inside `netns`, feeding `stdin`.
+fn run(
+    netns: &NetnsTarget,
+    tool: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    op: &'static str,
+) -> Result<Output, Error> {
+    let mut cmd = match netns {
+        NetnsTarget::Current => Command::new(tool),
+        NetnsTarget::Path(p) => {
+            let mut c = Command::new(find_tool("nsenter")?);
+            let mut net = std::ffi::OsString::from("--net=");
+            net.push(p.as_os_str());
+            c.arg(net).arg("--").arg(tool);
+            c
+        }
+    };
+    cmd.args(args)
+        .env("LC_ALL", "C")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let tool_name = tool.display().to_string();
+    let spawn_err = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::ToolMissing {
+                tool: tool_name.clone(),
+                source,
+            }
+        } else {
+            Error::Spawn {
+                op,
+                tool: tool_name.clone(),
+                source,
+            }
+        }
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error (EPIPE) means the tool exited early; its status and stderr say why.
+        if let Err(e) = pipe.write_all(data) {
+            tracing::debug!(error = %e, "writing restore input");
+        }
+    }
+    let out = child.wait_with_output().map_err(|source| Error::Spawn {
+        op,
+        tool: tool_name.clone(),
+        source,
+    })?;
+    if out.status.success() {
+        return Ok(out);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if let NetnsTarget::Path(p) = netns
+        && stderr.starts_with("nsenter:")
+    {
+        if stderr.contains("No such file") {
+            return Err(Error::NetnsNotFound { path: p.clone() });
+        }
+        if stderr.contains("Operation not permitted") {
+            return Err(Error::PermissionDenied { op, detail: stderr });
+        }
+    }
+    if stderr.contains("Permission denied") || stderr.contains("you must be root") {
+        return Err(Error::PermissionDenied { op, detail: stderr });
+    }
+    Err(Error::CommandFailed {
+        tool: tool_name,
+        status: out.status.to_string(),
+        stderr,
+    })
+}
+
+/// Find the failing line in `iptables-restore`'s stderr (`Error occurred at line: N` for
+/// parse errors, `line N: …` for kernel errors on the nft backend) and show it in context.
+fn restore_error(tool: String, stderr: &str, input: &str) -> Error {
+    if stderr.contains("Permission denied") || stderr.contains("you must be root") {
+        return Error::PermissionDenied {
+            op: "apply",
+            detail: stderr.to_owned(),
+        };
+    }
+    let line = failed_line(stderr);
+    let context = match line {
+        Some(n) => {
+            let lines: Vec<&str> = input.lines().collect();
+            let lo = n.saturating_sub(3);
+            let hi = n.saturating_add(2).min(lines.len());
+            let mut s = String::new();
+            for (i, l) in lines.iter().enumerate().take(hi).skip(lo) {
+                let no = i.saturating_add(1);
+                let marker = if no == n { '>' } else { ' ' };
+                s.push_str(&format!("{marker}{no:6} {l}\n"));
+            }
+            s
+        }
+        None => String::new(),
+    };
+    Error::RestoreFailed {
+        tool,
+        line,
+        context,
+        stderr: stderr.to_owned(),
+    }
+}
+
+fn failed_line(stderr: &str) -> Option<usize> {
+    for l in stderr.lines() {
+        if let Some(rest) = l.split("Error occurred at line:").nth(1)
+            && let Ok(n) = rest.trim().parse()
+        {
+            return Some(n);
+        }
+        if let Some(rest) = l.trim_start().strip_prefix("line ")
+            && let Some((n, _)) = rest.split_once(':')
+            && let Ok(n) = n.trim().parse()
+        {
+            return Some(n);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_line_forms() {
+        assert_eq!(
+            failed_line(
+                "iptables-restore v1.8.9 (nf_tables): Chain 'X' does not exist\nError occurred at line: 24\nTry"
+            ),
+            Some(24)
+        );
+        assert_eq!(
+            failed_line(
+                "iptables-restore v1.8.9 (nf_tables): \nline 9: RULE_INSERT failed (Invalid argument): rule in chain PREROUTING"
+            ),
+            Some(9)
+        );
+        assert_eq!(failed_line("something else"), None);
+    }
+
+    #[test]
+    fn restore_error_has_context() {
+        let input = "*nat\n:VIPMESH-A - [0:0]\n-A VIPMESH-A -j BAD\nCOMMIT\n";
+        let e = restore_error(
+            "iptables-restore".into(),
+            "Error occurred at line: 3",
+            input,
+        );
+        let Error::RestoreFailed { line, context, .. } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(line, Some(3));
+        assert!(context.contains(">     3 -A VIPMESH-A -j BAD"), "{context}");
+    }
+
+    #[test]
+    fn missing_tool_is_typed() {
+        assert!(matches!(
+            find_tool("vipmesh-no-such-tool"),
+            Err(Error::ToolMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn tool_names() {
+        assert_eq!(
+            Tools::for_family(Family::V6, BackendChoice::Force(Backend::Legacy)).restore,
+            "ip6tables-legacy-restore"
+        );
+        assert_eq!(
+            Tools::for_family(Family::V4, BackendChoice::System).save,
+            "iptables-save"
+        );
+    }
+}
