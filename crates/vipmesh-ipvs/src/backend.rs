@@ -51,24 +51,24 @@ impl Op {
         match self {
             Op::AddService(s) => IpvsMessage::new(
                 Cmd::NEW_SERVICE,
-                vec![CmdAttr::Service(NestFlag::Clear, s.attrs())],
+                vec![CmdAttr::Service(NestFlag::Set, s.attrs())],
             ),
             Op::UpdateService(s) => IpvsMessage::new(
                 Cmd::SET_SERVICE,
-                vec![CmdAttr::Service(NestFlag::Clear, s.attrs())],
+                vec![CmdAttr::Service(NestFlag::Set, s.attrs())],
             ),
             Op::DelService(k) => IpvsMessage::new(Cmd::DEL_SERVICE, vec![service_nest(k)]),
             Op::AddDest(k, d) => IpvsMessage::new(
                 Cmd::NEW_DEST,
-                vec![service_nest(k), CmdAttr::Dest(NestFlag::Clear, d.attrs())],
+                vec![service_nest(k), CmdAttr::Dest(NestFlag::Set, d.attrs())],
             ),
             Op::UpdateDest(k, d) => IpvsMessage::new(
                 Cmd::SET_DEST,
-                vec![service_nest(k), CmdAttr::Dest(NestFlag::Clear, d.attrs())],
+                vec![service_nest(k), CmdAttr::Dest(NestFlag::Set, d.attrs())],
             ),
             Op::DelDest(k, d) => IpvsMessage::new(
                 Cmd::DEL_DEST,
-                vec![service_nest(k), CmdAttr::Dest(NestFlag::Clear, d.attrs())],
+                vec![service_nest(k), CmdAttr::Dest(NestFlag::Set, d.attrs())],
             ),
             Op::Flush => IpvsMessage::new(Cmd::FLUSH, vec![]),
             Op::SetTimeouts(t) => IpvsMessage::new(Cmd::SET_CONFIG, t.attrs()),

@@ -192,6 +192,43 @@ impl ServiceKey {
         })
     }
 
+    /// The key from a service nest (`AF` plus `FWMARK`, or `PROTOCOL`/`ADDR`/`PORT`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the missing or bad attribute.
+    pub fn from_attrs(attrs: &[SvcAttr]) -> Result<Self, Error> {
+        let (mut af, mut proto, mut addr, mut port, mut fwmark) = (None, None, None, None, None);
+        for a in attrs {
+            match a {
+                SvcAttr::Af(v) => af = Some(*v),
+                SvcAttr::Protocol(v) => proto = Some(*v),
+                SvcAttr::Addr(b) => addr = Some(b.as_slice()),
+                SvcAttr::Port(v) => port = Some(*v),
+                SvcAttr::Fwmark(v) => fwmark = Some(*v),
+                _ => {}
+            }
+        }
+        let af = Family::from_raw(
+            "af",
+            af.ok_or_else(|| invalid("af", "missing", "service without AF"))?,
+        )?;
+        match fwmark {
+            Some(m) if m != 0 => ServiceKey::fwmark(af, m),
+            _ => {
+                let proto =
+                    Protocol::from_raw(proto.ok_or_else(|| {
+                        invalid("protocol", "missing", "service without protocol")
+                    })?)?;
+                let addr = addr_from(
+                    "addr",
+                    af,
+                    addr.ok_or_else(|| invalid("addr", "missing", "service without address"))?,
+                )?;
+                ServiceKey::addr_in(af, proto, addr, port.unwrap_or(0))
+            }
+        }
+    }
+
     /// The service's address family.
     pub fn family(&self) -> Family {
         match self {
@@ -590,17 +627,11 @@ impl ServiceEntry {
     /// # Errors
     /// [`Error::Invalid`] naming the missing or bad attribute.
     pub fn from_attrs(attrs: &[SvcAttr]) -> Result<Self, Error> {
-        let (mut af, mut proto, mut addr, mut port, mut fwmark) = (None, None, None, None, None);
         let (mut sched, mut flags, mut timeout, mut netmask, mut pe) =
             (None, 0u32, 0u32, None, None);
         let (mut s32, mut s64) = (None, None);
         for a in attrs {
             match a {
-                SvcAttr::Af(v) => af = Some(*v),
-                SvcAttr::Protocol(v) => proto = Some(*v),
-                SvcAttr::Addr(b) => addr = Some(b.as_slice()),
-                SvcAttr::Port(v) => port = Some(*v),
-                SvcAttr::Fwmark(v) => fwmark = Some(*v),
                 SvcAttr::SchedName(b) => sched = Some(cstr("scheduler", b)?),
                 SvcAttr::Flags { flags: f, .. } => flags = *f,
                 SvcAttr::Timeout(v) => timeout = *v,
@@ -608,28 +639,16 @@ impl ServiceEntry {
                 SvcAttr::PeName(b) => pe = Some(cstr("pe_name", b)?).filter(|s| !s.is_empty()),
                 SvcAttr::Stats(_, s) => s32 = Some(Stats::from_attrs(s)),
                 SvcAttr::Stats64(_, s) => s64 = Some(Stats::from_attrs(s)),
-                SvcAttr::Other { .. } => {}
+                SvcAttr::Af(_)
+                | SvcAttr::Protocol(_)
+                | SvcAttr::Addr(_)
+                | SvcAttr::Port(_)
+                | SvcAttr::Fwmark(_)
+                | SvcAttr::Other { .. } => {}
             }
         }
-        let af = Family::from_raw(
-            "af",
-            af.ok_or_else(|| invalid("af", "missing", "service without AF"))?,
-        )?;
-        let key = match fwmark {
-            Some(m) if m != 0 => ServiceKey::fwmark(af, m)?,
-            _ => {
-                let proto =
-                    Protocol::from_raw(proto.ok_or_else(|| {
-                        invalid("protocol", "missing", "service without protocol")
-                    })?)?;
-                let addr = addr_from(
-                    "addr",
-                    af,
-                    addr.ok_or_else(|| invalid("addr", "missing", "service without address"))?,
-                )?;
-                ServiceKey::addr_in(af, proto, addr, port.unwrap_or(0))?
-            }
-        };
+        let key = ServiceKey::from_attrs(attrs)?;
+        let af = key.family();
         let scheduler = Scheduler::new(&sched.unwrap_or_default())?;
         let netmask = match netmask {
             Some(b) => Netmask::from_wire(af, b)?,
@@ -1111,7 +1130,7 @@ impl Info {
 
 /// Wraps a service's identifying attributes for dest and delete commands.
 pub(crate) fn service_nest(key: &ServiceKey) -> CmdAttr {
-    CmdAttr::Service(NestFlag::Clear, key.attrs())
+    CmdAttr::Service(NestFlag::Set, key.attrs())
 }
 
 #[cfg(test)]

@@ -19,3 +19,6 @@ pub use ipvs::{
     SvcAttr,
 };
 pub use wire::{DecodeError, DecodeErrorKind, Emit, EncodeError, NlHeader, Writer};
+
+#[cfg(test)]
+mod fixture_tests;
