@@ -3,12 +3,16 @@
 //!
 //! Man pages: [`iptables-restore(8)`](https://man7.org/linux/man-pages/man8/iptables-restore.8.html),
 //! [`iptables-save(8)`](https://man7.org/linux/man-pages/man8/iptables-save.8.html),
-//! [`nsenter(1)`](https://man7.org/linux/man-pages/man1/nsenter.1.html).
+//! [`setns(2)`](https://man7.org/linux/man-pages/man2/setns.2.html) (through
+//! [`vipmesh_netns::Netns::run`]: the tool is spawned from a thread that entered the namespace,
+//! so the child starts inside it and the caller's threads never switch).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use vipmesh_netns::Netns;
 
 use crate::error::Error;
 use crate::model::Family;
@@ -17,13 +21,27 @@ use crate::ruleset::OwnedRuleset;
 use crate::save::parse_save;
 
 /// The network namespace to work in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub enum NetnsTarget {
-    /// The namespace of the calling process.
+    /// The namespace of the calling thread.
     Current,
-    /// A namespace file (`/run/netns/<name>`, `/proc/<pid>/ns/net`, a bind mount …). The tools
-    /// run inside it via `nsenter --net=<path>`, so the caller's threads never switch namespace.
+    /// A namespace file (`/run/netns/<name>`, `/proc/<pid>/ns/net`, a bind mount …), opened
+    /// for each operation.
     Path(PathBuf),
+    /// An open handle from `vipmesh-netns`.
+    Handle(Arc<Netns>),
+}
+
+impl From<Netns> for NetnsTarget {
+    fn from(n: Netns) -> Self {
+        NetnsTarget::Handle(Arc::new(n))
+    }
+}
+
+impl From<Arc<Netns>> for NetnsTarget {
+    fn from(n: Arc<Netns>) -> Self {
+        NetnsTarget::Handle(n)
+    }
 }
 
 impl NetnsTarget {
@@ -36,6 +54,7 @@ impl NetnsTarget {
         match self {
             NetnsTarget::Current => "current".to_owned(),
             NetnsTarget::Path(p) => p.display().to_string(),
+            NetnsTarget::Handle(n) => n.to_string(),
         }
     }
 }
@@ -161,10 +180,7 @@ impl Applier {
     fn preflight(&self, family: Family, op: &'static str) -> Result<(PathBuf, PathBuf), Error> {
         check_net_admin(op)?;
         if let NetnsTarget::Path(p) = &self.netns {
-            if !p.exists() {
-                return Err(Error::NetnsNotFound { path: p.clone() });
-            }
-            find_tool("nsenter")?;
+            open_netns(p, op)?;
         }
         let t = self.tools(family);
         Ok((find_tool(&t.restore)?, find_tool(&t.save)?))
@@ -402,6 +418,35 @@ fn find_tool(name: &str) -> Result<PathBuf, Error> {
     })
 }
 
+fn open_netns(p: &Path, op: &'static str) -> Result<Netns, Error> {
+    Netns::from_path(p).map_err(|source| netns_error(op, p.display().to_string(), source))
+}
+
+fn netns_error(op: &'static str, netns: String, source: vipmesh_netns::Error) -> Error {
+    match source {
+        vipmesh_netns::Error::NotFound { path } | vipmesh_netns::Error::NotNetns { path } => {
+            Error::NetnsNotFound { path }
+        }
+        e if e.is_permission_denied() => Error::PermissionDenied {
+            op,
+            detail: e.to_string(),
+        },
+        source => Error::Netns { op, netns, source },
+    }
+}
+
+/// Spawn, feed stdin, wait.
+fn spawn_wait(mut cmd: Command, stdin: Option<&[u8]>) -> std::io::Result<Output> {
+    let mut child = cmd.spawn()?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error (EPIPE) means the tool exited early; its status and stderr say why.
+        if let Err(e) = pipe.write_all(data) {
+            tracing::debug!(error = %e, "writing restore input");
+        }
+    }
+    child.wait_with_output()
+}
+
 /// Run `tool args` inside `netns`, feeding `stdin`.
 fn run(
     netns: &NetnsTarget,
@@ -410,16 +455,7 @@ fn run(
     stdin: Option<&[u8]>,
     op: &'static str,
 ) -> Result<Output, Error> {
-    let mut cmd = match netns {
-        NetnsTarget::Current => Command::new(tool),
-        NetnsTarget::Path(p) => {
-            let mut c = Command::new(find_tool("nsenter")?);
-            let mut net = std::ffi::OsString::from("--net=");
-            net.push(p.as_os_str());
-            c.arg(net).arg("--").arg(tool);
-            c
-        }
-    };
+    let mut cmd = Command::new(tool);
     cmd.args(args)
         .env("LC_ALL", "C")
         .stdin(if stdin.is_some() {
@@ -430,7 +466,18 @@ fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let tool_name = tool.display().to_string();
-    let spawn_err = |source: std::io::Error| {
+    let result = match netns {
+        NetnsTarget::Current => spawn_wait(cmd, stdin),
+        NetnsTarget::Path(p) => {
+            let ns = open_netns(p, op)?;
+            ns.run(move || spawn_wait(cmd, stdin))
+                .map_err(|e| netns_error(op, p.display().to_string(), e))?
+        }
+        NetnsTarget::Handle(ns) => ns
+            .run(move || spawn_wait(cmd, stdin))
+            .map_err(|e| netns_error(op, ns.to_string(), e))?,
+    };
+    let out = result.map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::ToolMissing {
                 tool: tool_name.clone(),
@@ -443,33 +490,11 @@ fn run(
                 source,
             }
         }
-    };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A write error (EPIPE) means the tool exited early; its status and stderr say why.
-        if let Err(e) = pipe.write_all(data) {
-            tracing::debug!(error = %e, "writing restore input");
-        }
-    }
-    let out = child.wait_with_output().map_err(|source| Error::Spawn {
-        op,
-        tool: tool_name.clone(),
-        source,
     })?;
     if out.status.success() {
         return Ok(out);
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    if let NetnsTarget::Path(p) = netns
-        && stderr.starts_with("nsenter:")
-    {
-        if stderr.contains("No such file") {
-            return Err(Error::NetnsNotFound { path: p.clone() });
-        }
-        if stderr.contains("Operation not permitted") {
-            return Err(Error::PermissionDenied { op, detail: stderr });
-        }
-    }
     if stderr.contains("Permission denied") || stderr.contains("you must be root") {
         return Err(Error::PermissionDenied { op, detail: stderr });
     }

@@ -36,7 +36,7 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
-    /// A required tool (`iptables-restore`, `iptables-save`, `nsenter`) is not installed.
+    /// A required tool (`iptables-restore`, `iptables-save`) is not installed.
     #[error("{tool} not found (is iptables installed?)")]
     ToolMissing {
         /// The executable we tried to run.
@@ -50,6 +50,17 @@ pub enum Error {
     NetnsNotFound {
         /// The path that was given.
         path: PathBuf,
+    },
+    /// Opening or entering the network namespace failed for another reason.
+    #[error("{op}: network namespace {netns}")]
+    Netns {
+        /// What we were doing.
+        op: &'static str,
+        /// The namespace.
+        netns: String,
+        /// The netns crate's error (errno kept).
+        #[source]
+        source: vipmesh_netns::Error,
     },
     /// The process lacks `CAP_NET_ADMIN` (or the kernel refused with EPERM).
     #[error("{op}: permission denied (CAP_NET_ADMIN is required){}", detail_suffix(.detail))]

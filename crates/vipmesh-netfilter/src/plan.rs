@@ -287,14 +287,19 @@ fn plan_table(table: Table, want: &TableRuleset, have: &ObservedTable) -> TableP
     let mut prepends: Vec<&Jump> = Vec::new();
     for j in &want.jumps {
         let rule = j.rule();
-        let found = have
+        let found: Vec<usize> = have
             .jumps
             .iter()
             .enumerate()
-            .find(|(i, (from, o))| !matched[*i] && *from == j.from && same(o, &rule));
-        match found {
-            Some((i, _)) => matched[i] = true,
-            None => match j.position {
+            .filter(|(_, (from, o))| *from == j.from && same(o, &rule))
+            .map(|(i, _)| i)
+            .collect();
+        // Exactly one: keep it where it is. Duplicates: `-D` by spec removes the first match
+        // only, and deleting by index would race with foreign writers, so all copies are
+        // deleted and the jump is added again, once, at its declared position.
+        match found.as_slice() {
+            [i] => matched[*i] = true,
+            _ => match j.position {
                 JumpPosition::Prepend => prepends.push(j),
                 JumpPosition::Append => {
                     let _ = writeln!(add_lines, "-A {} {rule}", j.from);
@@ -459,7 +464,9 @@ mod tests {
             p.to_string(),
             "*mangle\n:VIPMESH-OLD - [0:0]\n\
              -D INPUT -m comment --comment vipmesh -j VIPMESH-VIP\n\
+             -D INPUT -m comment --comment vipmesh -j VIPMESH-VIP\n\
              -D INPUT -m comment --comment vipmesh -j VIPMESH-OLD\n\
+             -I INPUT -m comment --comment vipmesh -j VIPMESH-VIP\n\
              -X VIPMESH-OLD\nCOMMIT\n"
         );
     }

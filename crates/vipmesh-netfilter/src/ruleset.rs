@@ -19,7 +19,11 @@ pub enum JumpPosition {
 
 /// A jump from a built-in chain into one of our chains, always tagged
 /// `-m comment --comment vipmesh`. Ensured exactly once per apply.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Identity (`Eq`, `Ord`, `Hash`) is `(from, matches, to)`: `position` is only an insertion
+/// hint, so a ruleset read back with [`Observed::to_ruleset`](crate::Observed::to_ruleset)
+/// equals the one applied.
+#[derive(Debug, Clone)]
 pub struct Jump {
     /// The built-in chain the jump lives in.
     pub from: BuiltinChain,
@@ -32,6 +36,10 @@ pub struct Jump {
 }
 
 impl Jump {
+    fn key(&self) -> (BuiltinChain, &Matches, &ChainName) {
+        (self.from, &self.matches, &self.to)
+    }
+
     /// The rule as it appears in the built-in chain.
     pub fn rule(&self) -> Rule {
         Rule {
@@ -39,6 +47,32 @@ impl Jump {
             target: Target::Jump(self.to.clone()),
             comment: Some(Comment::owner()),
         }
+    }
+}
+
+impl PartialEq for Jump {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Jump {}
+
+impl PartialOrd for Jump {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Jump {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl std::hash::Hash for Jump {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
     }
 }
 

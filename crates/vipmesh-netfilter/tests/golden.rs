@@ -2,6 +2,8 @@
 //! `iptables-restore` text. Update with `BLESS=1 cargo test -p vipmesh-netfilter --test golden`.
 //! Each golden is also parsed back and traced, so the text is checked for behaviour too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -12,12 +14,20 @@ use vipmesh_netfilter::*;
 
 fn golden(name: &str, rs: &OwnedRuleset) -> String {
     let text = plan(rs, &Observed::empty(rs.family())).unwrap().to_string();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.txt"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.txt"));
     if std::env::var_os("BLESS").is_some() {
         std::fs::write(&path, &text).unwrap();
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with BLESS=1)", path.display()));
-    assert_eq!(text, want, "{name} differs from {} (BLESS=1 to update)", path.display());
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with BLESS=1)", path.display()));
+    assert_eq!(
+        text,
+        want,
+        "{name} differs from {} (BLESS=1 to update)",
+        path.display()
+    );
     text
 }
 
@@ -52,19 +62,39 @@ fn vip_lb_golden() {
     let text = golden("vip_lb", &vip_lb(3, true));
     let t = Tracer::new(as_dump(&text));
     let tr = t
-        .trace(Table::Mangle, BuiltinChain::Input, Packet::tcp(ip("10.0.0.7"), ip("10.0.1.6"), 80))
+        .trace(
+            Table::Mangle,
+            BuiltinChain::Input,
+            Packet::tcp(ip("10.0.0.7"), ip("10.0.1.6"), 80),
+        )
         .unwrap();
     assert_eq!(tr.packet.mark, 0x102);
     let tr = t
-        .trace(Table::Nat, BuiltinChain::Postrouting, Packet::tcp(ip("10.0.0.7"), ip("10.0.0.9"), 80).ipvs())
+        .trace(
+            Table::Nat,
+            BuiltinChain::Postrouting,
+            Packet::tcp(ip("10.0.0.7"), ip("10.0.0.9"), 80).ipvs(),
+        )
         .unwrap();
     assert_eq!(tr.verdict, Verdict::Snat(ip("10.0.0.2")));
     let tr = t
-        .trace(Table::Nat, BuiltinChain::Postrouting, Packet::tcp(ip("10.0.0.7"), ip("10.0.0.9"), 80))
+        .trace(
+            Table::Nat,
+            BuiltinChain::Postrouting,
+            Packet::tcp(ip("10.0.0.7"), ip("10.0.0.9"), 80),
+        )
         .unwrap();
-    assert_eq!(tr.verdict, Verdict::Policy("ACCEPT".into()), "no SNAT without IPVS");
+    assert_eq!(
+        tr.verdict,
+        Verdict::Policy("ACCEPT".into()),
+        "no SNAT without IPVS"
+    );
     let tr = t
-        .trace(Table::Filter, BuiltinChain::Input, Packet::tcp(ip("10.0.0.7"), ip("10.0.1.250"), 80))
+        .trace(
+            Table::Filter,
+            BuiltinChain::Input,
+            Packet::tcp(ip("10.0.0.7"), ip("10.0.1.250"), 80),
+        )
         .unwrap();
     assert_eq!(tr.verdict, Verdict::Reject(RejectWith::TcpReset));
 }
@@ -74,15 +104,37 @@ fn ingress_host_golden() {
     let text = golden("ingress_host", &ingress_host());
     let t = Tracer::new(as_dump(&text)).local_addrs([ip("192.168.50.11"), ip("127.0.0.1")]);
     let tr = t
-        .trace(Table::Nat, BuiltinChain::Prerouting, Packet::tcp(ip("192.168.50.100"), ip("192.168.50.11"), 30000))
+        .trace(
+            Table::Nat,
+            BuiltinChain::Prerouting,
+            Packet::tcp(ip("192.168.50.100"), ip("192.168.50.11"), 30000),
+        )
         .unwrap();
-    assert_eq!(tr.verdict, Verdict::Dnat(NatTo { addr: ip("172.18.0.2"), port: Some(port(30000)) }));
+    assert_eq!(
+        tr.verdict,
+        Verdict::Dnat(NatTo {
+            addr: ip("172.18.0.2"),
+            port: Some(port(30000))
+        })
+    );
     let tr = t
-        .trace(Table::Nat, BuiltinChain::Prerouting, Packet::tcp(ip("192.168.50.100"), ip("192.168.50.99"), 30000))
+        .trace(
+            Table::Nat,
+            BuiltinChain::Prerouting,
+            Packet::tcp(ip("192.168.50.100"), ip("192.168.50.99"), 30000),
+        )
         .unwrap();
-    assert_eq!(tr.verdict, Verdict::Policy("ACCEPT".into()), "not a local address: no DNAT");
+    assert_eq!(
+        tr.verdict,
+        Verdict::Policy("ACCEPT".into()),
+        "not a local address: no DNAT"
+    );
     let tr = t
-        .trace(Table::Filter, BuiltinChain::Forward, Packet::tcp(ip("192.168.50.100"), ip("172.18.0.2"), 30000))
+        .trace(
+            Table::Filter,
+            BuiltinChain::Forward,
+            Packet::tcp(ip("192.168.50.100"), ip("172.18.0.2"), 30000),
+        )
         .unwrap();
     assert_eq!(tr.verdict, Verdict::Accept);
 }
@@ -92,7 +144,11 @@ fn ingress_sbox_golden() {
     let text = golden("ingress_sbox", &ingress_sbox(true));
     let t = Tracer::new(as_dump(&text));
     let tr = t
-        .trace(Table::Mangle, BuiltinChain::Prerouting, Packet::tcp(ip("192.168.50.100"), ip("172.18.0.2"), 30000))
+        .trace(
+            Table::Mangle,
+            BuiltinChain::Prerouting,
+            Packet::tcp(ip("192.168.50.100"), ip("172.18.0.2"), 30000),
+        )
         .unwrap();
     assert_eq!(tr.packet.mark, 0x100);
 }
@@ -102,23 +158,39 @@ fn ingress_task_golden() {
     let text = golden("ingress_task", &ingress_task());
     let t = Tracer::new(as_dump(&text));
     let tr = t
-        .trace(Table::Nat, BuiltinChain::Prerouting, Packet::tcp(ip("10.255.0.2"), ip("10.255.0.5"), 30000))
+        .trace(
+            Table::Nat,
+            BuiltinChain::Prerouting,
+            Packet::tcp(ip("10.255.0.2"), ip("10.255.0.5"), 30000),
+        )
         .unwrap();
     assert_eq!(tr.verdict, Verdict::Redirect(port(80)));
     assert_eq!(tr.packet.dport, 80);
     let tr = t
-        .trace(Table::Filter, BuiltinChain::Input, Packet::tcp(ip("10.255.0.2"), ip("10.255.0.5"), 22))
+        .trace(
+            Table::Filter,
+            BuiltinChain::Input,
+            Packet::tcp(ip("10.255.0.2"), ip("10.255.0.5"), 22),
+        )
         .unwrap();
     assert_eq!(tr.verdict, Verdict::Drop);
     let tr = t
-        .trace(Table::Filter, BuiltinChain::Input, Packet::tcp(ip("10.255.0.2"), ip("10.255.0.5"), 80))
+        .trace(
+            Table::Filter,
+            BuiltinChain::Input,
+            Packet::tcp(ip("10.255.0.2"), ip("10.255.0.5"), 80),
+        )
         .unwrap();
     assert_eq!(tr.verdict, Verdict::Accept);
 }
 
 #[test]
 fn goldens_are_deterministic() {
-    let a = plan(&ingress_host(), &Observed::empty(Family::V4)).unwrap().to_string();
-    let b = plan(&ingress_host(), &Observed::empty(Family::V4)).unwrap().to_string();
+    let a = plan(&ingress_host(), &Observed::empty(Family::V4))
+        .unwrap()
+        .to_string();
+    let b = plan(&ingress_host(), &Observed::empty(Family::V4))
+        .unwrap()
+        .to_string();
     assert_eq!(a, b);
 }

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: sample rulesets (the libnetwork rule sets, typed)
 //! and a minimal network-namespace fixture for the privileged tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Output, Stdio};
@@ -21,7 +21,12 @@ pub fn port(p: u16) -> Port {
 }
 
 fn jump(from: BuiltinChain, to: &ChainName, matches: Matches) -> Jump {
-    Jump { from, matches, to: to.clone(), position: JumpPosition::Prepend }
+    Jump {
+        from,
+        matches,
+        to: to.clone(),
+        position: JumpPosition::Prepend,
+    }
 }
 
 /// The load-balancer sandbox of one overlay network: VIP marks (mangle INPUT), the
@@ -42,26 +47,45 @@ pub fn vip_lb(vips: u32, with_ipvs: bool) -> OwnedRuleset {
         )
         .unwrap();
     }
-    rs.add_jump(Table::Mangle, jump(BuiltinChain::Input, &vip, Matches::new())).unwrap();
+    rs.add_jump(
+        Table::Mangle,
+        jump(BuiltinChain::Input, &vip, Matches::new()),
+    )
+    .unwrap();
     let snat = cn("VIPMESH-SNAT");
     let mut m = Matches::new().destination("10.0.0.0/16".parse().unwrap());
     if with_ipvs {
         m = m.ipvs();
     }
-    rs.add_rule(Table::Nat, &snat, Rule::new(m, Target::Snat(ip("10.0.0.2")))).unwrap();
-    rs.add_jump(Table::Nat, jump(BuiltinChain::Postrouting, &snat, Matches::new())).unwrap();
+    rs.add_rule(
+        Table::Nat,
+        &snat,
+        Rule::new(m, Target::Snat(ip("10.0.0.2"))),
+    )
+    .unwrap();
+    rs.add_jump(
+        Table::Nat,
+        jump(BuiltinChain::Postrouting, &snat, Matches::new()),
+    )
+    .unwrap();
     let rej = cn("VIPMESH-NOBACKEND");
     rs.add_rule(
         Table::Filter,
         &rej,
         Rule::new(
-            Matches::new().destination("10.0.1.250".parse().unwrap()).protocol(Protocol::Tcp),
+            Matches::new()
+                .destination("10.0.1.250".parse().unwrap())
+                .protocol(Protocol::Tcp),
             Target::Reject(RejectWith::TcpReset),
         )
         .with_comment(Comment::new("svc-dead: no backends").unwrap()),
     )
     .unwrap();
-    rs.add_jump(Table::Filter, jump(BuiltinChain::Input, &rej, Matches::new())).unwrap();
+    rs.add_jump(
+        Table::Filter,
+        jump(BuiltinChain::Input, &rej, Matches::new()),
+    )
+    .unwrap();
     rs
 }
 
@@ -70,20 +94,31 @@ pub fn vip_lb(vips: u32, with_ipvs: bool) -> OwnedRuleset {
 pub fn ingress_host() -> OwnedRuleset {
     let mut rs = OwnedRuleset::new(Family::V4);
     let ing = cn("VIPMESH-INGRESS");
-    let tcp30000 = Matches::new().protocol(Protocol::Tcp).dport(port(30000).into());
+    let tcp30000 = Matches::new()
+        .protocol(Protocol::Tcp)
+        .dport(port(30000).into());
     rs.add_rule(
         Table::Nat,
         &ing,
         Rule::new(
             tcp30000.clone(),
-            Target::Dnat(NatTo { addr: ip("172.18.0.2"), port: Some(port(30000)) }),
+            Target::Dnat(NatTo {
+                addr: ip("172.18.0.2"),
+                port: Some(port(30000)),
+            }),
         ),
     )
     .unwrap();
-    rs.add_rule(Table::Nat, &ing, Rule::new(Matches::new(), Target::Return)).unwrap();
+    rs.add_rule(Table::Nat, &ing, Rule::new(Matches::new(), Target::Return))
+        .unwrap();
     let local = Matches::new().dst_type(AddrType::Local);
-    rs.add_jump(Table::Nat, jump(BuiltinChain::Prerouting, &ing, local.clone())).unwrap();
-    rs.add_jump(Table::Nat, jump(BuiltinChain::Output, &ing, local)).unwrap();
+    rs.add_jump(
+        Table::Nat,
+        jump(BuiltinChain::Prerouting, &ing, local.clone()),
+    )
+    .unwrap();
+    rs.add_jump(Table::Nat, jump(BuiltinChain::Output, &ing, local))
+        .unwrap();
     let masq = cn("VIPMESH-INGRESS-MASQ");
     rs.add_rule(
         Table::Nat,
@@ -96,7 +131,11 @@ pub fn ingress_host() -> OwnedRuleset {
         ),
     )
     .unwrap();
-    rs.add_jump(Table::Nat, jump(BuiltinChain::Postrouting, &masq, Matches::new())).unwrap();
+    rs.add_jump(
+        Table::Nat,
+        jump(BuiltinChain::Postrouting, &masq, Matches::new()),
+    )
+    .unwrap();
     rs.add_rule(
         Table::Filter,
         &ing,
@@ -109,9 +148,19 @@ pub fn ingress_host() -> OwnedRuleset {
         ),
     )
     .unwrap();
-    rs.add_rule(Table::Filter, &ing, Rule::new(tcp30000, Target::Accept)).unwrap();
-    rs.add_rule(Table::Filter, &ing, Rule::new(Matches::new(), Target::Return)).unwrap();
-    rs.add_jump(Table::Filter, jump(BuiltinChain::Forward, &ing, Matches::new())).unwrap();
+    rs.add_rule(Table::Filter, &ing, Rule::new(tcp30000, Target::Accept))
+        .unwrap();
+    rs.add_rule(
+        Table::Filter,
+        &ing,
+        Rule::new(Matches::new(), Target::Return),
+    )
+    .unwrap();
+    rs.add_jump(
+        Table::Filter,
+        jump(BuiltinChain::Forward, &ing, Matches::new()),
+    )
+    .unwrap();
     rs
 }
 
@@ -124,27 +173,49 @@ pub fn ingress_sbox(with_ipvs: bool) -> OwnedRuleset {
         Table::Mangle,
         &ing,
         Rule::new(
-            Matches::new().protocol(Protocol::Tcp).dport(port(30000).into()),
+            Matches::new()
+                .protocol(Protocol::Tcp)
+                .dport(port(30000).into()),
             Target::SetMark(Mark::new(0x100)),
         ),
     )
     .unwrap();
-    rs.add_jump(Table::Mangle, jump(BuiltinChain::Prerouting, &ing, Matches::new())).unwrap();
+    rs.add_jump(
+        Table::Mangle,
+        jump(BuiltinChain::Prerouting, &ing, Matches::new()),
+    )
+    .unwrap();
     let vip = cn("VIPMESH-VIP");
     rs.add_rule(
         Table::Mangle,
         &vip,
-        Rule::new(Matches::new().destination("10.255.0.4".parse().unwrap()), Target::SetMark(Mark::new(0x100))),
+        Rule::new(
+            Matches::new().destination("10.255.0.4".parse().unwrap()),
+            Target::SetMark(Mark::new(0x100)),
+        ),
     )
     .unwrap();
-    rs.add_jump(Table::Mangle, jump(BuiltinChain::Input, &vip, Matches::new())).unwrap();
+    rs.add_jump(
+        Table::Mangle,
+        jump(BuiltinChain::Input, &vip, Matches::new()),
+    )
+    .unwrap();
     let snat = cn("VIPMESH-SNAT");
     let mut m = Matches::new().destination("10.255.0.0/16".parse().unwrap());
     if with_ipvs {
         m = m.ipvs();
     }
-    rs.add_rule(Table::Nat, &snat, Rule::new(m, Target::Snat(ip("10.255.0.2")))).unwrap();
-    rs.add_jump(Table::Nat, jump(BuiltinChain::Postrouting, &snat, Matches::new())).unwrap();
+    rs.add_rule(
+        Table::Nat,
+        &snat,
+        Rule::new(m, Target::Snat(ip("10.255.0.2"))),
+    )
+    .unwrap();
+    rs.add_jump(
+        Table::Nat,
+        jump(BuiltinChain::Postrouting, &snat, Matches::new()),
+    )
+    .unwrap();
     rs
 }
 
@@ -158,12 +229,19 @@ pub fn ingress_task() -> OwnedRuleset {
         Table::Nat,
         &red,
         Rule::new(
-            Matches::new().destination(task).protocol(Protocol::Tcp).dport(port(30000).into()),
+            Matches::new()
+                .destination(task)
+                .protocol(Protocol::Tcp)
+                .dport(port(30000).into()),
             Target::Redirect(port(80)),
         ),
     )
     .unwrap();
-    rs.add_jump(Table::Nat, jump(BuiltinChain::Prerouting, &red, Matches::new())).unwrap();
+    rs.add_jump(
+        Table::Nat,
+        jump(BuiltinChain::Prerouting, &red, Matches::new()),
+    )
+    .unwrap();
     let fin = cn("VIPMESH-TASK-IN");
     rs.add_rule(
         Table::Filter,
@@ -193,13 +271,29 @@ pub fn ingress_task() -> OwnedRuleset {
     )
     .unwrap();
     for p in [Protocol::Sctp, Protocol::Udp, Protocol::Tcp] {
-        rs.add_rule(Table::Filter, &fin, Rule::new(Matches::new().destination(task).protocol(p), Target::Drop))
-            .unwrap();
-        rs.add_rule(Table::Filter, &fout, Rule::new(Matches::new().source(task).protocol(p), Target::Drop))
-            .unwrap();
+        rs.add_rule(
+            Table::Filter,
+            &fin,
+            Rule::new(Matches::new().destination(task).protocol(p), Target::Drop),
+        )
+        .unwrap();
+        rs.add_rule(
+            Table::Filter,
+            &fout,
+            Rule::new(Matches::new().source(task).protocol(p), Target::Drop),
+        )
+        .unwrap();
     }
-    rs.add_jump(Table::Filter, jump(BuiltinChain::Input, &fin, Matches::new())).unwrap();
-    rs.add_jump(Table::Filter, jump(BuiltinChain::Output, &fout, Matches::new())).unwrap();
+    rs.add_jump(
+        Table::Filter,
+        jump(BuiltinChain::Input, &fin, Matches::new()),
+    )
+    .unwrap();
+    rs.add_jump(
+        Table::Filter,
+        jump(BuiltinChain::Output, &fout, Matches::new()),
+    )
+    .unwrap();
     rs
 }
 
@@ -208,7 +302,10 @@ pub fn ingress_task() -> OwnedRuleset {
 
 /// True when we can run privileged tests; otherwise prints why, loudly.
 pub fn privileged() -> bool {
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if uid.unwrap_or(false) {
         return true;
     }
@@ -229,7 +326,10 @@ impl Ns {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("vmnf{}-{n}-{tag}", std::process::id());
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Ns { name, children: Vec::new() };
+        let ns = Ns {
+            name,
+            children: Vec::new(),
+        };
         ns.sh("ip link set lo up");
         ns
     }
@@ -243,13 +343,21 @@ impl Ns {
     }
 
     pub fn try_sh(&self, cmd: &str) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", cmd]).output().unwrap()
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .unwrap()
     }
 
     /// Run `sh -c cmd` inside the namespace; panics with stderr on failure.
     pub fn sh(&self, cmd: &str) -> String {
         let out = self.try_sh(cmd);
-        assert!(out.status.success(), "[{}] {cmd}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "[{}] {cmd}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -261,7 +369,14 @@ impl Ns {
     /// Start a background process inside the namespace; killed on Drop.
     pub fn spawn(&mut self, cmd: &str) {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", &format!("exec {cmd}")])
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "sh",
+                "-c",
+                &format!("exec {cmd}"),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -277,32 +392,46 @@ impl Drop for Ns {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// A veth pair between two namespaces, addressed and up.
 pub fn veth(a: &Ns, a_if: &str, a_addr: &str, b: &Ns, b_if: &str, b_addr: &str) {
     run_ok(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
     ]));
-    a.sh(&format!("ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"));
-    b.sh(&format!("ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"));
+    a.sh(&format!(
+        "ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"
+    ));
+    b.sh(&format!(
+        "ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"
+    ));
 }
 
 pub fn strip_comments(s: &str) -> String {
-    s.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
+    s.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Lines of a save that do not mention our chains or tag: the foreign content.
 pub fn foreign_only(save: &str) -> String {
     save.lines()
-        .filter(|l| !l.contains("VIPMESH-") && !l.contains("--comment vipmesh"))
+        .filter(|l| !l.contains("VIPMESH-"))
         .map(|l| format!("{l}\n"))
         .collect()
 }
 
 fn run_ok(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
