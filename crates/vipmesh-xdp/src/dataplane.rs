@@ -1,0 +1,426 @@
+//! The pure logic of the fast path: validates services, allocates ids, builds Maglev tables and
+//! writes them through a [`MapLayer`] in an order that never exposes a half-applied state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use vipmesh_maglev::{BackendId, BackendKey, MaglevTable, Weight};
+
+use crate::{
+    Error, abi,
+    maps::{Counters, MapLayer, TaskPortMap},
+    model::{Config, ForwardMode, ServiceKey, ServiceSpec, Stats, addr_to_abi, family},
+};
+
+#[derive(Clone, Debug)]
+struct ServiceState {
+    id: u32,
+    spec: ServiceSpec,
+    /// Backend id per (addr, port).
+    backend_ids: BTreeMap<(IpAddr, u16), u32>,
+}
+
+/// What [`Dataplane::upsert_service`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceReport {
+    /// The service.
+    pub key: ServiceKey,
+    /// Its id in the maps.
+    pub id: u32,
+    /// Backend ids by (address, port).
+    pub backends: BTreeMap<(IpAddr, u16), u32>,
+    /// Maglev slots per backend id (empty when there is no backend of non-zero weight).
+    pub slots: BTreeMap<u32, u32>,
+    /// Backend ids retired by this update.
+    pub removed: Vec<u32>,
+}
+
+/// The fast path's desired state, kept in step with the kernel maps.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "test-util")] {
+/// use vipmesh_xdp::{Dataplane, Config, ServiceSpec, ServiceKey, Proto, ForwardMode, Backend,
+///     Egress, MacAddr, testing::FakeMaps};
+/// use vipmesh_maglev::TableSize;
+///
+/// let mut dp = Dataplane::new(FakeMaps::default(), Config::default())?;
+/// let egress = Egress { ifindex: 7, src_mac: MacAddr::default(), dst_mac: MacAddr::default() };
+/// let report = dp.upsert_service(&ServiceSpec {
+///     key: ServiceKey { addr: "10.0.0.1".parse().unwrap(), port: 80, proto: Proto::Tcp },
+///     mode: ForwardMode::Nat,
+///     backends: vec![Backend { addr: "10.1.0.2".parse().unwrap(), port: 8080, weight: 1, egress }],
+///     table_size: TableSize::new(251)?,
+/// })?;
+/// assert_eq!(report.slots.values().sum::<u32>(), 251);
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Dataplane<M> {
+    maps: M,
+    config: Config,
+    services: BTreeMap<ServiceKey, ServiceState>,
+    used_backend_ids: BTreeSet<u32>,
+    tx_slots: BTreeMap<u32, u32>,
+}
+
+fn lowest_free(used: impl Iterator<Item = u32>, cap: u32) -> Option<u32> {
+    let mut next = 0u32;
+    for u in used {
+        if u != next {
+            break;
+        }
+        next += 1;
+    }
+    (next < cap).then_some(next)
+}
+
+impl<M: MapLayer> Dataplane<M> {
+    /// Wraps a map layer and writes the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for invalid timeouts; map errors.
+    pub fn new(mut maps: M, config: Config) -> Result<Self, Error> {
+        maps.set_config(&config.to_abi()?)?;
+        Ok(Dataplane {
+            maps,
+            config,
+            services: BTreeMap::new(),
+            used_backend_ids: BTreeSet::new(),
+            tx_slots: BTreeMap::new(),
+        })
+    }
+
+    /// The map layer.
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// The map layer, mutably (for direct task-port writes and tests).
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// Replaces the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`]; map errors.
+    pub fn set_config(&mut self, config: Config) -> Result<(), Error> {
+        self.maps.set_config(&config.to_abi()?)?;
+        self.config = config;
+        Ok(())
+    }
+
+    fn validate(&self, spec: &ServiceSpec) -> Result<(), Error> {
+        let fam = family(spec.key.addr);
+        if spec.key.port == 0 {
+            return Err(Error::InvalidConfig {
+                field: "service.port",
+                value: spec.key.to_string(),
+                reason: "port 0",
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for b in &spec.backends {
+            let value = || format!("{} in {}", SocketAddr::new(b.addr, b.port), spec.key);
+            if family(b.addr) != fam {
+                return Err(Error::InvalidConfig {
+                    field: "backend.addr",
+                    value: value(),
+                    reason: "address family differs from the service's",
+                });
+            }
+            if spec.mode == ForwardMode::Nat && b.port == 0 {
+                return Err(Error::InvalidConfig {
+                    field: "backend.port",
+                    value: value(),
+                    reason: "NAT mode needs a target port",
+                });
+            }
+            if b.egress.ifindex == 0 {
+                return Err(Error::InvalidConfig {
+                    field: "backend.egress.ifindex",
+                    value: value(),
+                    reason: "ifindex 0",
+                });
+            }
+            if !seen.insert((b.addr, b.port)) {
+                return Err(Error::InvalidConfig {
+                    field: "backends",
+                    value: value(),
+                    reason: "duplicate backend",
+                });
+            }
+        }
+        if spec.mode == ForwardMode::Encap {
+            let missing = match spec.key.addr {
+                IpAddr::V4(_) => self.config.node_v4.is_none(),
+                IpAddr::V6(_) => self.config.node_v6.is_none(),
+            };
+            if missing {
+                return Err(Error::InvalidConfig {
+                    field: "config.node_v4/node_v6",
+                    value: spec.key.to_string(),
+                    reason: "encap mode needs the node's address of that family",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates or replaces a service.
+    ///
+    /// Order of writes: egress ports, backend entries, the Maglev table (one atomic swap), the
+    /// service entry, then retired backends are invalidated. A packet sees either the old
+    /// service or the new one. Flows already in the flow table stay on their backend while it
+    /// remains; flows of a removed backend are re-hashed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (family mismatch, duplicate backend, missing node address),
+    /// [`Error::Table`] (table size too small for the backends), [`Error::MapFull`] (too many
+    /// services, backends or egress interfaces) — all before anything is written — and map
+    /// errors.
+    pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<ServiceReport, Error> {
+        self.validate(spec)?;
+        let old = self.services.get(&spec.key);
+        let id = match old {
+            Some(s) => s.id,
+            None => lowest_free(
+                self.services
+                    .values()
+                    .map(|s| s.id)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter(),
+                abi::MAX_SERVICES,
+            )
+            .ok_or(Error::MapFull {
+                map: "services",
+                capacity: abi::MAX_SERVICES,
+            })?,
+        };
+        // Backend ids: keep those of backends that stay, allocate the rest.
+        let mut used = self.used_backend_ids.clone();
+        let mut ids = BTreeMap::new();
+        for b in &spec.backends {
+            let k = (b.addr, b.port);
+            let existing = old.and_then(|s| s.backend_ids.get(&k).copied());
+            let bid = match existing {
+                Some(i) => i,
+                None => {
+                    let i = lowest_free(used.iter().copied(), abi::MAX_BACKENDS).ok_or(
+                        Error::MapFull {
+                            map: "backends",
+                            capacity: abi::MAX_BACKENDS,
+                        },
+                    )?;
+                    used.insert(i);
+                    i
+                }
+            };
+            ids.insert(k, bid);
+        }
+        let removed: Vec<u32> = old
+            .map(|s| {
+                s.backend_ids
+                    .iter()
+                    .filter(|(k, _)| !ids.contains_key(k))
+                    .map(|(_, &v)| v)
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Egress slots.
+        let mut tx = self.tx_slots.clone();
+        for b in &spec.backends {
+            if !tx.contains_key(&b.egress.ifindex) {
+                let s = lowest_free(
+                    tx.values().copied().collect::<BTreeSet<_>>().into_iter(),
+                    abi::MAX_TX_PORTS,
+                )
+                .ok_or(Error::MapFull {
+                    map: "tx_ports",
+                    capacity: abi::MAX_TX_PORTS,
+                })?;
+                tx.insert(b.egress.ifindex, s);
+            }
+        }
+        // The table (pure; errors before any write).
+        let mbackends: Vec<vipmesh_maglev::Backend> = spec
+            .backends
+            .iter()
+            .map(|b| {
+                vipmesh_maglev::Backend::new(
+                    BackendId::new(ids[&(b.addr, b.port)]),
+                    BackendKey::from_socket_addr(SocketAddr::new(b.addr, b.port)),
+                    Weight::new(b.weight),
+                )
+            })
+            .collect();
+        let table =
+            MaglevTable::build(spec.table_size, &mbackends).map_err(|source| Error::Table {
+                service: spec.key.to_string(),
+                source,
+            })?;
+        let slots: BTreeMap<u32, u32> = table
+            .slot_counts()
+            .into_iter()
+            .map(|(k, v)| (k.get(), v))
+            .collect();
+
+        // Writes.
+        for b in &spec.backends {
+            let slot = tx[&b.egress.ifindex];
+            if self.tx_slots.get(&b.egress.ifindex) != Some(&slot) {
+                self.maps.set_tx_port(slot, b.egress.ifindex)?;
+                self.tx_slots.insert(b.egress.ifindex, slot);
+            }
+        }
+        for b in &spec.backends {
+            let entry = abi::BackendEntry {
+                addr: addr_to_abi(b.addr),
+                port: if spec.mode == ForwardMode::Nat {
+                    b.port.to_be()
+                } else {
+                    0
+                },
+                family: family(b.addr),
+                flags: abi::BACKEND_VALID,
+                tx_slot: tx[&b.egress.ifindex],
+                smac: b.egress.src_mac.0,
+                dmac: b.egress.dst_mac.0,
+            };
+            self.maps.set_backend(ids[&(b.addr, b.port)], &entry)?;
+        }
+        self.used_backend_ids.extend(ids.values().copied());
+        self.maps.swap_table(id, table.as_slice())?;
+        let mode = match spec.mode {
+            ForwardMode::Nat => abi::MODE_NAT,
+            ForwardMode::Encap => abi::MODE_ENCAP,
+        };
+        self.maps.set_service(
+            &spec.key.to_abi(),
+            &abi::Svc {
+                id,
+                mode,
+                flags: 0,
+                pad: 0,
+            },
+        )?;
+        for &r in &removed {
+            self.maps.set_backend(r, &abi::BackendEntry::default())?;
+            self.used_backend_ids.remove(&r);
+        }
+        tracing::info!(service = %spec.key, id, backends = ids.len(), removed = removed.len(), "service programmed");
+        self.services.insert(
+            spec.key,
+            ServiceState {
+                id,
+                spec: spec.clone(),
+                backend_ids: ids.clone(),
+            },
+        );
+        Ok(ServiceReport {
+            key: spec.key,
+            id,
+            backends: ids,
+            slots,
+            removed,
+        })
+    }
+
+    /// Removes a service; removing an absent service is success.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), Error> {
+        let Some(state) = self.services.get(key) else {
+            return self.maps.remove_service(&key.to_abi());
+        };
+        let (id, bids): (u32, Vec<u32>) = (state.id, state.backend_ids.values().copied().collect());
+        self.maps.remove_service(&key.to_abi())?;
+        self.maps.swap_table(id, &[])?;
+        for b in bids {
+            self.maps.set_backend(b, &abi::BackendEntry::default())?;
+            self.used_backend_ids.remove(&b);
+        }
+        self.services.remove(key);
+        tracing::info!(service = %key, id, "service removed");
+        Ok(())
+    }
+
+    /// The specs currently programmed, in key order.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.services.values().map(|s| &s.spec)
+    }
+
+    /// Sets the task-side port translation for encap mode: packets to `vip:published` are
+    /// delivered to `vip:target` and replies from `vip:target` leave as `vip:published`.
+    /// `target == published` removes the translation.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    pub fn set_task_port(&mut self, vip: ServiceKey, target: u16) -> Result<(), Error> {
+        let translate = (target != vip.port).then_some(target);
+        let tkey = ServiceKey {
+            port: target,
+            ..vip
+        };
+        self.maps
+            .set_task_port(TaskPortMap::Ingress, &vip.to_abi(), translate)?;
+        self.maps.set_task_port(
+            TaskPortMap::Egress,
+            &tkey.to_abi(),
+            translate.map(|_| vip.port),
+        )
+    }
+
+    /// Statistics of a service.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownService`]; map errors.
+    pub fn service_stats(&self, key: &ServiceKey) -> Result<Stats, Error> {
+        let s = self
+            .services
+            .get(key)
+            .ok_or_else(|| Error::UnknownService {
+                service: key.to_string(),
+            })?;
+        self.maps.service_stats(s.id)
+    }
+
+    /// Statistics per backend (address, port) of a service.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownService`]; map errors.
+    pub fn backend_stats(&self, key: &ServiceKey) -> Result<BTreeMap<(IpAddr, u16), Stats>, Error> {
+        let s = self
+            .services
+            .get(key)
+            .ok_or_else(|| Error::UnknownService {
+                service: key.to_string(),
+            })?;
+        s.backend_ids
+            .iter()
+            .map(|(k, &id)| Ok((*k, self.maps.backend_stats(id)?)))
+            .collect()
+    }
+
+    /// The global counters.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        self.maps.counters()
+    }
+}

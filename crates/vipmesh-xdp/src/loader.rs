@@ -1,0 +1,500 @@
+//! Loading, attaching and detaching the programs (aya 0.14), pinning, and test runs.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::programs::{
+    ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode, tc::TcAttachType,
+};
+
+use crate::{Config, Dataplane, Error, maps::KernelMaps, sys};
+
+/// The eBPF object compiled by `build.rs` (empty when clang was missing).
+pub(crate) const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vipmesh.o"));
+
+/// The programs in the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Program {
+    /// `xdp_lb`: XDP on the node's uplink.
+    XdpLb,
+    /// `xdp_pass`: returns `XDP_PASS`; the benchmark baseline and the NAPI enabler that a veth
+    /// redirect target needs on its peer.
+    XdpPass,
+    /// `tc_rev`: tc ingress on the node-side veth of a task (NAT reverse path).
+    TcRev,
+    /// `tc_decap`: tc ingress in the task (encap mode decap + port translation).
+    TcDecap,
+    /// `tc_egress`: tc egress in the task (encap mode reply port translation).
+    TcEgress,
+}
+
+impl Program {
+    /// The function name in the object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::XdpLb => "xdp_lb",
+            Program::XdpPass => "xdp_pass",
+            Program::TcRev => "tc_rev",
+            Program::TcDecap => "tc_decap",
+            Program::TcEgress => "tc_egress",
+        }
+    }
+
+    const ALL: [Program; 5] = [
+        Program::XdpLb,
+        Program::XdpPass,
+        Program::TcRev,
+        Program::TcDecap,
+        Program::TcEgress,
+    ];
+
+    const fn is_xdp(self) -> bool {
+        matches!(self, Program::XdpLb | Program::XdpPass)
+    }
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode; the result says which.
+    Auto,
+    /// Native mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+    /// Hardware offload only.
+    Offload,
+}
+
+/// What an attach did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The program.
+    pub program: Program,
+    /// The interface name.
+    pub interface: String,
+    /// For XDP: the mode in effect (never `Auto`).
+    pub mode: Option<AttachMode>,
+    /// For `AttachMode::Auto`: why native mode was refused, when it was.
+    pub fallback_reason: Option<String>,
+}
+
+/// Where maps are pinned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pinning {
+    /// Nothing is pinned: everything goes away with the [`FastPath`].
+    None,
+    /// Maps are pinned (and reused when already pinned) under `root/vipmesh/`, so that a
+    /// restarted process keeps the flow table. `root` is bpffs, mounted if needed.
+    Maps {
+        /// The bpffs mount point, normally `/sys/fs/bpf`.
+        root: PathBuf,
+    },
+}
+
+/// Options for [`FastPath::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Dataplane configuration.
+    pub config: Config,
+    /// Capacity of the LRU flow table (and of the reverse table).
+    pub flow_entries: u32,
+    /// Pinning.
+    pub pinning: Pinning,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            config: Config::default(),
+            flow_entries: crate::abi::FLOW_ENTRIES,
+            pinning: Pinning::None,
+        }
+    }
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's return value (`XDP_*` or `TC_ACT_*`).
+    pub verdict: u32,
+    /// The output packet.
+    pub data: Vec<u8>,
+    /// Average duration per run, as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// XDP verdicts.
+pub mod verdict {
+    /// `XDP_ABORTED`.
+    pub const XDP_ABORTED: u32 = 0;
+    /// `XDP_DROP`.
+    pub const XDP_DROP: u32 = 1;
+    /// `XDP_PASS`.
+    pub const XDP_PASS: u32 = 2;
+    /// `XDP_TX`.
+    pub const XDP_TX: u32 = 3;
+    /// `XDP_REDIRECT`.
+    pub const XDP_REDIRECT: u32 = 4;
+    /// `TC_ACT_OK`.
+    pub const TC_ACT_OK: u32 = 0;
+    /// `TC_ACT_SHOT`.
+    pub const TC_ACT_SHOT: u32 = 2;
+    /// `TC_ACT_REDIRECT`.
+    pub const TC_ACT_REDIRECT: u32 = 7;
+}
+
+/// The loaded fast path: programs, maps and the [`Dataplane`] that drives them.
+///
+/// Dropping it detaches every program it attached and frees every map that is not pinned.
+///
+/// # Examples
+///
+/// ```no_run
+/// use vipmesh_xdp::{AttachMode, FastPath, LoadOptions};
+///
+/// let mut fp = FastPath::load(&LoadOptions::default())?;
+/// let att = fp.attach("eth0", vipmesh_xdp::Program::XdpLb, AttachMode::Auto)?;
+/// println!("attached in {:?} mode", att.mode);
+/// # Ok::<(), vipmesh_xdp::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct FastPath {
+    ebpf: aya::Ebpf,
+    dataplane: Dataplane<KernelMaps>,
+    links: Vec<(Attachment, LinkId)>,
+}
+
+#[derive(Debug)]
+enum LinkId {
+    Xdp(aya::programs::xdp::XdpLinkId),
+    Tc(aya::programs::tc::SchedClassifierLinkId),
+}
+
+fn pin_dir(root: &Path) -> PathBuf {
+    root.join("vipmesh")
+}
+
+const MAP_NAMES: [&str; 12] = [
+    "services",
+    "backends",
+    "maglev_outer",
+    "tx_ports",
+    "flows",
+    "rev",
+    "config",
+    "counters",
+    "svc_stats",
+    "backend_stats",
+    "task_ports",
+    "task_egress",
+];
+
+impl FastPath {
+    /// Loads and verifies every program and creates (or re-opens pinned) maps.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ObjectUnavailable`] (built without clang), [`Error::MissingCapability`],
+    /// [`Error::BpffsUnavailable`], [`Error::InvalidConfig`], [`Error::Load`] (verifier),
+    /// [`Error::Program`], [`Error::Map`]. Nothing stays loaded on error.
+    pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
+        if OBJECT.is_empty() {
+            return Err(Error::ObjectUnavailable {
+                reason: "vipmesh-xdp was built without clang (see the build warnings)",
+            });
+        }
+        sys::check_caps(sys::effective_caps()?)?;
+        let cfg = opts.config.to_abi()?;
+        if opts.flow_entries == 0 {
+            return Err(Error::InvalidConfig {
+                field: "flow_entries",
+                value: "0".into(),
+                reason: "the flow table needs at least one entry",
+            });
+        }
+        let mut loader = aya::EbpfLoader::new();
+        loader.map_max_entries("flows", opts.flow_entries);
+        loader.map_max_entries("rev", opts.flow_entries);
+        let dir;
+        let paths: Vec<(&str, PathBuf)>;
+        if let Pinning::Maps { root } = &opts.pinning {
+            sys::ensure_bpffs(root)?;
+            dir = pin_dir(root);
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Pin {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+            paths = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
+            for (n, p) in &paths {
+                loader.map_pin_path(n, p.as_path());
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
+        for p in Program::ALL {
+            let prog = ebpf.program_mut(p.name()).ok_or_else(|| {
+                Error::program(p.name(), "find", ProgramError::UnexpectedProgramType)
+            })?;
+            let r = if p.is_xdp() {
+                <&mut Xdp>::try_from(prog).and_then(|x| x.load())
+            } else {
+                <&mut SchedClassifier>::try_from(prog).and_then(|x| x.load())
+            };
+            r.map_err(|e| Error::program(p.name(), "load", e))?;
+        }
+        let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
+        crate::maps::MapLayer::set_config(&mut maps, &cfg)?;
+        let dataplane = Dataplane::new(maps, opts.config)?;
+        tracing::info!(pinning = ?opts.pinning, "vipmesh XDP fast path loaded");
+        Ok(FastPath {
+            ebpf,
+            dataplane,
+            links: Vec::new(),
+        })
+    }
+
+    /// The dataplane (services, backends, stats).
+    pub fn dataplane(&mut self) -> &mut Dataplane<KernelMaps> {
+        &mut self.dataplane
+    }
+
+    /// Attaches `program` to `interface` in the calling thread's network namespace. `mode` is
+    /// used for XDP programs; tc programs attach with tcx links (Linux 6.6+), `TcRev` and
+    /// `TcDecap` on ingress, `TcEgress` on egress.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InterfaceNotFound`], [`Error::XdpModeUnsupported`], [`Error::Program`].
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        program: Program,
+        mode: AttachMode,
+    ) -> Result<Attachment, Error> {
+        let c = std::ffi::CString::new(interface).map_err(|_nul| Error::InterfaceNotFound {
+            name: interface.to_owned(),
+        })?;
+        if nix_if_nametoindex(&c) == 0 {
+            return Err(Error::InterfaceNotFound {
+                name: interface.to_owned(),
+            });
+        }
+        let prog = self.ebpf.program_mut(program.name()).ok_or_else(|| {
+            Error::program(program.name(), "find", ProgramError::UnexpectedProgramType)
+        })?;
+        let (att, link) = if program.is_xdp() {
+            let xdp: &mut Xdp = prog
+                .try_into()
+                .map_err(|e| Error::program(program.name(), "cast", e))?;
+            let try_mode = |xdp: &mut Xdp, m: AttachMode| -> Result<_, Error> {
+                let am = match m {
+                    AttachMode::Native | AttachMode::Auto => XdpMode::Driver,
+                    AttachMode::Generic => XdpMode::Skb,
+                    AttachMode::Offload => XdpMode::Hardware,
+                };
+                xdp.attach(interface, am).map_err(|source| match source {
+                    ProgramError::UnknownInterface { name } => Error::InterfaceNotFound { name },
+                    source => Error::XdpModeUnsupported {
+                        interface: interface.to_owned(),
+                        mode: m,
+                        source,
+                    },
+                })
+            };
+            let (id, used, reason) = match mode {
+                AttachMode::Auto => match try_mode(xdp, AttachMode::Native) {
+                    Ok(id) => (id, AttachMode::Native, None),
+                    Err(Error::XdpModeUnsupported { source, .. }) => {
+                        let reason = source.to_string();
+                        tracing::warn!(interface, %reason, "native XDP refused; using generic XDP");
+                        (
+                            try_mode(xdp, AttachMode::Generic)?,
+                            AttachMode::Generic,
+                            Some(reason),
+                        )
+                    }
+                    Err(e) => return Err(e),
+                },
+                m => (try_mode(xdp, m)?, m, None),
+            };
+            (
+                Attachment {
+                    program,
+                    interface: interface.to_owned(),
+                    mode: Some(used),
+                    fallback_reason: reason,
+                },
+                LinkId::Xdp(id),
+            )
+        } else {
+            let tc: &mut SchedClassifier = prog
+                .try_into()
+                .map_err(|e| Error::program(program.name(), "cast", e))?;
+            let at = if program == Program::TcEgress {
+                TcAttachType::Egress
+            } else {
+                TcAttachType::Ingress
+            };
+            let id = tc
+                .attach(interface, at)
+                .map_err(|e| Error::program(program.name(), "attach", e))?;
+            (
+                Attachment {
+                    program,
+                    interface: interface.to_owned(),
+                    mode: None,
+                    fallback_reason: None,
+                },
+                LinkId::Tc(id),
+            )
+        };
+        tracing::info!(program = program.name(), interface, mode = ?att.mode, "attached");
+        self.links.push((att.clone(), link));
+        Ok(att)
+    }
+
+    /// Detaches one attachment made by this `FastPath`. Detaching what is not attached is
+    /// success.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Program`] when the kernel refuses.
+    pub fn detach(&mut self, att: &Attachment) -> Result<(), Error> {
+        let Some(pos) = self.links.iter().position(|(a, _)| a == att) else {
+            return Ok(());
+        };
+        let (a, link) = self.links.remove(pos);
+        let name = a.program.name();
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::program(name, "find", ProgramError::UnexpectedProgramType))?;
+        match link {
+            LinkId::Xdp(id) => <&mut Xdp>::try_from(prog).and_then(|x| x.detach(id)),
+            LinkId::Tc(id) => <&mut SchedClassifier>::try_from(prog).and_then(|x| x.detach(id)),
+        }
+        .map_err(|e| Error::program(name, "detach", e))?;
+        tracing::info!(program = name, interface = %a.interface, "detached");
+        Ok(())
+    }
+
+    /// Detaches everything this `FastPath` attached.
+    ///
+    /// # Errors
+    ///
+    /// The first detach error (the others are still attempted).
+    pub fn detach_all(&mut self) -> Result<(), Error> {
+        let atts: Vec<Attachment> = self.links.iter().map(|(a, _)| a.clone()).collect();
+        let mut first = Ok(());
+        for a in atts {
+            if let Err(e) = self.detach(&a)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    /// Current attachments.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.links.iter().map(|(a, _)| a)
+    }
+
+    /// Kernel ids of the loaded programs (for checking that nothing is left behind).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Program`].
+    pub fn program_ids(&self) -> Result<BTreeMap<Program, u32>, Error> {
+        let mut out = BTreeMap::new();
+        for p in Program::ALL {
+            let prog = self.ebpf.program(p.name()).ok_or_else(|| {
+                Error::program(p.name(), "find", ProgramError::UnexpectedProgramType)
+            })?;
+            let info = prog
+                .info()
+                .map_err(|e| Error::program(p.name(), "info", e))?;
+            out.insert(p, info.id());
+        }
+        Ok(out)
+    }
+
+    /// Runs `program` once per `repeat` on `input` with `BPF_PROG_TEST_RUN`
+    /// ([kernel doc](https://docs.kernel.org/bpf/bpf_prog_run.html)). The kernel re-runs the
+    /// program on the already-rewritten buffer for every repeat.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Program`].
+    pub fn test_run(
+        &mut self,
+        program: Program,
+        input: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, Error> {
+        let prog = self.ebpf.program_mut(program.name()).ok_or_else(|| {
+            Error::program(program.name(), "find", ProgramError::UnexpectedProgramType)
+        })?;
+        let mut out = vec![0u8; input.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        };
+        let r = if program.is_xdp() {
+            <&mut Xdp>::try_from(prog).and_then(|x| x.test_run(opts))
+        } else {
+            <&mut SchedClassifier>::try_from(prog).and_then(|x| x.test_run(opts))
+        }
+        .map_err(|e| Error::program(program.name(), "test_run", e))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutput {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
+    }
+
+    /// Removes the pinned maps under `root/vipmesh/` (what [`Pinning::Maps`] created).
+    /// Removing what is absent is success.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pin`].
+    pub fn unpin(root: &Path) -> Result<(), Error> {
+        let dir = pin_dir(root);
+        for n in MAP_NAMES {
+            let p = dir.join(n);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Pin {
+                        op: "unpin",
+                        path: p,
+                        source,
+                    });
+                }
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Pin {
+                op: "remove",
+                path: dir,
+                source,
+            }),
+        }
+    }
+}
+
+fn nix_if_nametoindex(name: &std::ffi::CStr) -> u32 {
+    sys::if_nametoindex(name)
+}

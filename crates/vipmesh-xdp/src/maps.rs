@@ -1,0 +1,350 @@
+//! The map layer: every write the dataplane makes, as a trait with a kernel implementation
+//! ([`KernelMaps`], on aya) and a Fake (`testing::FakeMaps`, feature `test-util`).
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, xdp::DevMap};
+
+use crate::{Error, abi, model::Stats};
+
+/// Which task-side port map (encap mode) to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TaskPortMap {
+    /// `task_ports`: VIP:published → target (ingress, after decap).
+    Ingress,
+    /// `task_egress`: VIP:target → published (egress).
+    Egress,
+}
+
+/// Global counters by name ([`abi::COUNTER_NAMES`]), summed over CPUs.
+pub type Counters = BTreeMap<&'static str, u64>;
+
+/// The kernel maps of the fast path, with kernel semantics.
+///
+/// Deleting what is absent is success. A table swap is atomic: readers see the old table or the
+/// new one, never a mix.
+pub trait MapLayer {
+    /// Inserts or replaces a service entry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when the `services` hash is full; other map errors.
+    fn set_service(&mut self, key: &abi::SvcKey, svc: &abi::Svc) -> Result<(), Error>;
+    /// Removes a service entry; absent is success.
+    ///
+    /// # Errors
+    ///
+    /// Map errors other than "not found".
+    fn remove_service(&mut self, key: &abi::SvcKey) -> Result<(), Error>;
+    /// Writes backend `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when `id` is out of range.
+    fn set_backend(&mut self, id: u32, entry: &abi::BackendEntry) -> Result<(), Error>;
+    /// Replaces the whole Maglev table of service `svc`: `slots` (M backend ids; empty for a
+    /// service without backends) go into a fresh inner map, which is then swapped in.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when `svc` is out of range; map creation or update errors.
+    fn swap_table(&mut self, svc: u32, slots: &[u32]) -> Result<(), Error>;
+    /// Points DEVMAP slot `slot` at interface `ifindex`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when `slot` is out of range.
+    fn set_tx_port(&mut self, slot: u32, ifindex: u32) -> Result<(), Error>;
+    /// Writes the dataplane configuration.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    fn set_config(&mut self, cfg: &abi::Cfg) -> Result<(), Error>;
+    /// Sets (`Some`) or removes (`None`) a task-side port translation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when the map is full.
+    fn set_task_port(
+        &mut self,
+        map: TaskPortMap,
+        key: &abi::SvcKey,
+        port: Option<u16>,
+    ) -> Result<(), Error>;
+    /// Reads the statistics of service `svc`, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    fn service_stats(&self, svc: u32) -> Result<Stats, Error>;
+    /// Reads the statistics of backend `id`, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    fn backend_stats(&self, id: u32) -> Result<Stats, Error>;
+    /// Reads the global counters.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    fn counters(&self) -> Result<Counters, Error>;
+}
+
+/// The kernel maps, taken from the loaded object.
+pub struct KernelMaps {
+    services: HashMap<MapData, abi::SvcKey, abi::Svc>,
+    backends: Array<MapData, abi::BackendEntry>,
+    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    tx_ports: DevMap<MapData>,
+    config: Array<MapData, abi::Cfg>,
+    counters: PerCpuArray<MapData, u64>,
+    svc_stats: PerCpuArray<MapData, abi::StatsEntry>,
+    backend_stats: PerCpuArray<MapData, abi::StatsEntry>,
+    task_ports: HashMap<MapData, abi::SvcKey, abi::PortMap>,
+    task_egress: HashMap<MapData, abi::SvcKey, abi::PortMap>,
+    flows: HashMap<MapData, abi::FlowKey, abi::Flow>,
+    rev: HashMap<MapData, abi::FlowKey, abi::Rev>,
+}
+
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMaps").finish_non_exhaustive()
+    }
+}
+
+fn take<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::Map {
+        map: name,
+        op: "take",
+        source: Box::new(aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        }),
+    })?;
+    T::try_from(map).map_err(|e| Error::map(name, "open", e))
+}
+
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn full_or(map: &'static str, capacity: u32, op: &'static str, e: aya::maps::MapError) -> Error {
+    match &e {
+        aya::maps::MapError::OutOfBounds { .. } => Error::MapFull { map, capacity },
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            Error::MapFull { map, capacity }
+        }
+        _ => Error::map(map, op, e),
+    }
+}
+
+fn sum(values: impl IntoIterator<Item = abi::StatsEntry>) -> Stats {
+    values.into_iter().fold(Stats::default(), |mut s, v| {
+        s.packets += v.packets;
+        s.bytes += v.bytes;
+        s.new_flows += v.new_flows;
+        s
+    })
+}
+
+impl KernelMaps {
+    /// Takes the maps out of a loaded object.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Map`] when a map is missing or has an unexpected type or size.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, Error> {
+        Ok(KernelMaps {
+            services: take(ebpf, "services")?,
+            backends: take(ebpf, "backends")?,
+            maglev: take(ebpf, "maglev_outer")?,
+            tx_ports: take(ebpf, "tx_ports")?,
+            config: take(ebpf, "config")?,
+            counters: take(ebpf, "counters")?,
+            svc_stats: take(ebpf, "svc_stats")?,
+            backend_stats: take(ebpf, "backend_stats")?,
+            task_ports: take(ebpf, "task_ports")?,
+            task_egress: take(ebpf, "task_egress")?,
+            flows: take(ebpf, "flows")?,
+            rev: take(ebpf, "rev")?,
+        })
+    }
+
+    /// Looks up a flow-table entry (client 5-tuple as received).
+    ///
+    /// # Errors
+    ///
+    /// Map errors other than "not found".
+    pub fn flow(&self, key: &abi::FlowKey) -> Result<Option<abi::Flow>, Error> {
+        match self.flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Error::map("flows", "lookup", e)),
+        }
+    }
+
+    /// Looks up a reverse-NAT entry (backend-side 5-tuple).
+    ///
+    /// # Errors
+    ///
+    /// Map errors other than "not found".
+    pub fn rev(&self, key: &abi::FlowKey) -> Result<Option<abi::Rev>, Error> {
+        match self.rev.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Error::map("rev", "lookup", e)),
+        }
+    }
+
+    /// Number of entries in the flow table.
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+}
+
+impl MapLayer for KernelMaps {
+    fn set_service(&mut self, key: &abi::SvcKey, svc: &abi::Svc) -> Result<(), Error> {
+        self.services
+            .insert(key, svc, 0)
+            .map_err(|e| full_or("services", abi::MAX_SERVICES, "insert", e))
+    }
+
+    fn remove_service(&mut self, key: &abi::SvcKey) -> Result<(), Error> {
+        match self.services.remove(key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::map("services", "remove", e)),
+        }
+    }
+
+    fn set_backend(&mut self, id: u32, entry: &abi::BackendEntry) -> Result<(), Error> {
+        self.backends
+            .set(id, entry, 0)
+            .map_err(|e| full_or("backends", abi::MAX_BACKENDS, "set", e))
+    }
+
+    fn swap_table(&mut self, svc: u32, slots: &[u32]) -> Result<(), Error> {
+        if svc >= abi::MAX_SERVICES {
+            return Err(Error::MapFull {
+                map: "maglev_outer",
+                capacity: abi::MAX_SERVICES,
+            });
+        }
+        let m = u32::try_from(slots.len()).map_err(|_too_big| Error::InvalidConfig {
+            field: "table_size",
+            value: slots.len().to_string(),
+            reason: "larger than u32",
+        })?;
+        // Slot 0 holds M; an empty table is M = 0 (the program drops, see the crate docs).
+        let entries = m.checked_add(1).ok_or(Error::MapFull {
+            map: "maglev_inner",
+            capacity: u32::MAX,
+        })?;
+        let mut inner = Array::<MapData, u32>::create(entries, libc_flags::BPF_F_INNER_MAP)
+            .map_err(|e| Error::map("maglev_inner", "create", e))?;
+        inner
+            .set(0, m, 0)
+            .map_err(|e| Error::map("maglev_inner", "set", e))?;
+        for (i, &b) in (1u32..).zip(slots) {
+            inner
+                .set(i, b, 0)
+                .map_err(|e| Error::map("maglev_inner", "set", e))?;
+        }
+        // The one atomic step: the outer slot now points at the complete new table. The old
+        // inner map is freed by the kernel once no program holds it (RCU).
+        self.maglev
+            .set(svc, &inner, 0)
+            .map_err(|e| full_or("maglev_outer", abi::MAX_SERVICES, "swap", e))
+    }
+
+    fn set_tx_port(&mut self, slot: u32, ifindex: u32) -> Result<(), Error> {
+        match self.tx_ports.set(slot, ifindex, None, 0) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::xdp::XdpMapError::MapError(e)) => {
+                Err(full_or("tx_ports", abi::MAX_TX_PORTS, "set", e))
+            }
+            Err(e) => Err(Error::TxPort {
+                slot,
+                ifindex,
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    fn set_config(&mut self, cfg: &abi::Cfg) -> Result<(), Error> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|e| Error::map("config", "set", e))
+    }
+
+    fn set_task_port(
+        &mut self,
+        map: TaskPortMap,
+        key: &abi::SvcKey,
+        port: Option<u16>,
+    ) -> Result<(), Error> {
+        let (name, m) = match map {
+            TaskPortMap::Ingress => ("task_ports", &mut self.task_ports),
+            TaskPortMap::Egress => ("task_egress", &mut self.task_egress),
+        };
+        match port {
+            Some(p) => m
+                .insert(
+                    key,
+                    abi::PortMap {
+                        port: p.to_be(),
+                        pad: 0,
+                    },
+                    0,
+                )
+                .map_err(|e| full_or(name, abi::MAX_SERVICES, "insert", e)),
+            None => match m.remove(key) {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(Error::map(name, "remove", e)),
+            },
+        }
+    }
+
+    fn service_stats(&self, svc: u32) -> Result<Stats, Error> {
+        let v = self
+            .svc_stats
+            .get(&svc, 0)
+            .map_err(|e| Error::map("svc_stats", "get", e))?;
+        Ok(sum(v.iter().copied()))
+    }
+
+    fn backend_stats(&self, id: u32) -> Result<Stats, Error> {
+        let v = self
+            .backend_stats
+            .get(&id, 0)
+            .map_err(|e| Error::map("backend_stats", "get", e))?;
+        Ok(sum(v.iter().copied()))
+    }
+
+    fn counters(&self) -> Result<Counters, Error> {
+        let mut out = Counters::new();
+        for (i, name) in (0u32..).zip(abi::COUNTER_NAMES) {
+            let v = self
+                .counters
+                .get(&i, 0)
+                .map_err(|e| Error::map("counters", "get", e))?;
+            out.insert(name, v.iter().sum());
+        }
+        Ok(out)
+    }
+}
+
+mod libc_flags {
+    /// `BPF_F_INNER_MAP`: inner array maps of different sizes share one outer map
+    /// (include/uapi/linux/bpf.h, Linux 5.10).
+    pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+}

@@ -1,0 +1,140 @@
+use std::collections::BTreeMap;
+
+use crate::{
+    Error, abi,
+    maps::{Counters, MapLayer, TaskPortMap},
+    model::Stats,
+};
+
+/// An in-memory map layer with the kernel's semantics: fixed capacities (`E2BIG` becomes
+/// [`Error::MapFull`]), deleting what is absent succeeds, a table swap replaces the whole
+/// table at once, and arrays always hold a value (zeroed by default).
+#[derive(Clone, Debug, Default)]
+pub struct FakeMaps {
+    /// `services`.
+    pub services: BTreeMap<abi::SvcKey, abi::Svc>,
+    /// `backends` (only written ids; the rest read as zero).
+    pub backends: BTreeMap<u32, abi::BackendEntry>,
+    /// `maglev_outer`: the current table per service id.
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Number of table swaps per service id.
+    pub swaps: BTreeMap<u32, u32>,
+    /// `tx_ports`.
+    pub tx_ports: BTreeMap<u32, u32>,
+    /// `config`.
+    pub config: abi::Cfg,
+    /// `task_ports` and `task_egress`.
+    pub task_ports: BTreeMap<(TaskPortMap, abi::SvcKey), u16>,
+    /// Stats the test wants read back.
+    pub stats: BTreeMap<u32, Stats>,
+}
+
+impl FakeMaps {
+    /// What the XDP program would pick for a flow hash: the backend of slot `hash % M`, or
+    /// `None` (drop) when the service has no table or an empty one, or the backend is not valid.
+    pub fn select(&self, key: &abi::SvcKey, hash: u32) -> Option<abi::BackendEntry> {
+        let svc = self.services.get(key)?;
+        let t = self.tables.get(&svc.id)?;
+        let m = u32::try_from(t.len()).ok().filter(|&m| m > 0)?;
+        let bid = *t.get((hash % m) as usize)?;
+        let be = self.backends.get(&bid).copied().unwrap_or_default();
+        (be.flags & abi::BACKEND_VALID != 0).then_some(be)
+    }
+}
+
+impl MapLayer for FakeMaps {
+    fn set_service(&mut self, key: &abi::SvcKey, svc: &abi::Svc) -> Result<(), Error> {
+        if !self.services.contains_key(key) && self.services.len() >= abi::MAX_SERVICES as usize {
+            return Err(Error::MapFull {
+                map: "services",
+                capacity: abi::MAX_SERVICES,
+            });
+        }
+        self.services.insert(*key, *svc);
+        Ok(())
+    }
+
+    fn remove_service(&mut self, key: &abi::SvcKey) -> Result<(), Error> {
+        self.services.remove(key);
+        Ok(())
+    }
+
+    fn set_backend(&mut self, id: u32, entry: &abi::BackendEntry) -> Result<(), Error> {
+        if id >= abi::MAX_BACKENDS {
+            return Err(Error::MapFull {
+                map: "backends",
+                capacity: abi::MAX_BACKENDS,
+            });
+        }
+        self.backends.insert(id, *entry);
+        Ok(())
+    }
+
+    fn swap_table(&mut self, svc: u32, slots: &[u32]) -> Result<(), Error> {
+        if svc >= abi::MAX_SERVICES {
+            return Err(Error::MapFull {
+                map: "maglev_outer",
+                capacity: abi::MAX_SERVICES,
+            });
+        }
+        self.tables.insert(svc, slots.to_vec());
+        *self.swaps.entry(svc).or_default() += 1;
+        Ok(())
+    }
+
+    fn set_tx_port(&mut self, slot: u32, ifindex: u32) -> Result<(), Error> {
+        if slot >= abi::MAX_TX_PORTS {
+            return Err(Error::MapFull {
+                map: "tx_ports",
+                capacity: abi::MAX_TX_PORTS,
+            });
+        }
+        self.tx_ports.insert(slot, ifindex);
+        Ok(())
+    }
+
+    fn set_config(&mut self, cfg: &abi::Cfg) -> Result<(), Error> {
+        self.config = *cfg;
+        Ok(())
+    }
+
+    fn set_task_port(
+        &mut self,
+        map: TaskPortMap,
+        key: &abi::SvcKey,
+        port: Option<u16>,
+    ) -> Result<(), Error> {
+        match port {
+            Some(p) => {
+                let n = self.task_ports.keys().filter(|(m, _)| *m == map).count();
+                if !self.task_ports.contains_key(&(map, *key)) && n >= abi::MAX_SERVICES as usize {
+                    return Err(Error::MapFull {
+                        map: "task_ports",
+                        capacity: abi::MAX_SERVICES,
+                    });
+                }
+                self.task_ports.insert((map, *key), p);
+            }
+            None => {
+                self.task_ports.remove(&(map, *key));
+            }
+        }
+        Ok(())
+    }
+
+    fn service_stats(&self, svc: u32) -> Result<Stats, Error> {
+        Ok(self.stats.get(&svc).copied().unwrap_or_default())
+    }
+
+    fn backend_stats(&self, id: u32) -> Result<Stats, Error> {
+        Ok(self
+            .stats
+            .get(&(id | 0x8000_0000))
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn counters(&self) -> Result<Counters, Error> {
+        Ok(abi::COUNTER_NAMES.iter().map(|&n| (n, 0)).collect())
+    }
+}

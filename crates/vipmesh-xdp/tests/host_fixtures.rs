@@ -1,0 +1,583 @@
+//! Packet fixtures through `BPF_PROG_TEST_RUN` on the host kernel, in the style of Katran's:
+//! an input frame, the expected verdict and the expected output (checksums verified).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use vipmesh_netns::testing::TestNetns;
+use vipmesh_xdp::{
+    ForwardMode::{Encap, Nat},
+    Program, Proto,
+    Proto::{Tcp, Udp},
+    ServiceKey, abi, addr_to_abi,
+    testing::packet::{self, ACK, FIN, PSH, RST, SYN},
+    verdict::*,
+};
+
+fn flow_key(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> abi::FlowKey {
+    let s = ip(src);
+    abi::FlowKey {
+        src: addr_to_abi(s),
+        dst: addr_to_abi(ip(dst)),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: proto.number(),
+        family: if s.is_ipv4() { 4 } else { 6 },
+        pad: 0,
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn nat_v4_v6_tcp_udp_rewrites_and_keeps_checksums_valid() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    for (vip, client, backend) in [
+        ("10.0.0.1", "10.9.0.7", "10.1.0.2"),
+        ("fd00::1", "fd09::7", "fd01::2"),
+    ] {
+        for proto in [Tcp, Udp] {
+            fp.dataplane()
+                .upsert_service(&service(vip, 80, proto, Nat, &[(backend, 8080)]))
+                .unwrap();
+            let input = pkt(client, 40000, vip, 80, proto, SYN);
+            let out = fp.test_run(Program::XdpLb, &input, 1).unwrap();
+            assert_eq!(out.verdict, XDP_REDIRECT, "{vip} {proto:?}");
+            let p = packet::check(&out.data).unwrap_or_else(|e| panic!("{vip} {proto:?}: {e}"));
+            assert_eq!(p.dst, ip(backend));
+            assert_eq!(p.dport, 8080);
+            assert_eq!(p.src, ip(client), "NAT keeps the client address");
+            assert_eq!(p.sport, 40000);
+            assert_eq!((p.smac, p.dmac), (EGRESS_MAC, BACKEND_MAC));
+            assert_eq!(p.payload, b"GET / HTTP/1.0\r\n\r\n");
+            assert_eq!(out.data.len(), input.len());
+        }
+    }
+    let c = fp.dataplane().counters().unwrap();
+    assert_eq!(c["redirect_nat"], 4);
+    assert_eq!(c["flow_new"], 4);
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn encap_v4_v6_tcp_udp_wraps_towards_the_backend() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    for (vip, client, backend, node) in [
+        ("10.0.0.1", "10.9.0.7", "10.1.0.2", "192.0.2.1"),
+        ("fd00::1", "fd09::7", "fd01::2", "fd00:ff::1"),
+    ] {
+        for proto in [Tcp, Udp] {
+            fp.dataplane()
+                .upsert_service(&service(vip, 8080, proto, Encap, &[(backend, 0)]))
+                .unwrap();
+            let input = pkt(client, 40000, vip, 8080, proto, SYN);
+            let out = fp.test_run(Program::XdpLb, &input, 1).unwrap();
+            assert_eq!(out.verdict, XDP_REDIRECT);
+            let p = packet::check(&out.data).unwrap_or_else(|e| panic!("{vip} {proto:?}: {e}"));
+            assert_eq!(p.outer, Some((ip(node), ip(backend))));
+            assert_eq!(
+                (p.src, p.sport, p.dst, p.dport),
+                (ip(client), 40000, ip(vip), 8080)
+            );
+            assert_eq!((p.smac, p.dmac), (EGRESS_MAC, BACKEND_MAC));
+            let hdr = if ip(vip).is_ipv4() { 20 } else { 40 };
+            assert_eq!(out.data.len(), input.len() + hdr);
+            assert_eq!(
+                &out.data[14 + hdr..],
+                &input[14..],
+                "inner packet untouched"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn not_ours_and_malformed_pass_untouched() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[("10.1.0.2", 8080)]))
+        .unwrap();
+    let good = pkt("10.9.0.7", 40000, "10.0.0.1", 80, Tcp, SYN);
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "other port",
+            pkt("10.9.0.7", 40000, "10.0.0.1", 81, Tcp, SYN),
+            "pass_not_ours",
+        ),
+        (
+            "other proto (UDP)",
+            pkt("10.9.0.7", 40000, "10.0.0.1", 80, Udp, 0),
+            "pass_not_ours",
+        ),
+        (
+            "other address",
+            pkt("10.9.0.7", 40000, "10.0.0.2", 80, Tcp, SYN),
+            "pass_not_ours",
+        ),
+        (
+            "v6 miss",
+            pkt("fd09::7", 40000, "fd00::1", 80, Tcp, SYN),
+            "pass_not_ours",
+        ),
+    ];
+    // Fragment: MF set.
+    let mut frag = good.clone();
+    frag[20] = 0x20;
+    cases.push(("v4 fragment (MF)", frag, "pass_fragment"));
+    let mut frag2 = good.clone();
+    frag2[21] = 0x10; // offset 16 * 8
+    cases.push(("v4 fragment (offset)", frag2, "pass_fragment"));
+    // ICMP (protocol 1).
+    let mut icmp = good.clone();
+    icmp[23] = 1;
+    cases.push(("icmp", icmp, "pass_proto"));
+    // Bad IHL (4) and IHL with options (6).
+    let mut ihl = good.clone();
+    ihl[14] = 0x44;
+    cases.push(("ihl 4", ihl, "pass_malformed"));
+    let mut opts = good.clone();
+    opts[14] = 0x46;
+    cases.push(("ihl 6 (options)", opts, "pass_options"));
+    // Truncated at every layer.
+    cases.push(("eth only", good[..14].to_vec(), "pass_malformed"));
+    // (Frames shorter than an Ethernet header never reach XDP: test-run refuses them with
+    // EINVAL, as drivers do.)
+    cases.push(("ip truncated", good[..30].to_vec(), "pass_malformed"));
+    cases.push(("tcp truncated", good[..40].to_vec(), "pass_malformed"));
+    // TCP data offset < 5.
+    let mut doff = good.clone();
+    doff[46] = 0x40;
+    cases.push(("tcp doff 4", doff, "pass_malformed"));
+    // Not IP (ARP).
+    let mut arp = good.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    cases.push(("arp", arp, "pass_not_ip"));
+    // IPv6 extension headers: hop-by-hop (0), routing (43), fragment (44), dest opts (60).
+    let v6 = pkt("fd09::7", 40000, "fd00::1", 80, Tcp, SYN);
+    for (nh, counter) in [
+        (0u8, "pass_options"),
+        (43, "pass_options"),
+        (44, "pass_fragment"),
+        (60, "pass_options"),
+    ] {
+        let mut e = v6.clone();
+        e[20] = nh;
+        cases.push(("v6 ext header", e, counter));
+    }
+    cases.push(("v6 truncated", v6[..50].to_vec(), "pass_malformed"));
+    for (name, input, counter) in cases {
+        let before = fp.dataplane().counters().unwrap()[counter];
+        let out = fp.test_run(Program::XdpLb, &input, 1).unwrap();
+        assert_eq!(out.verdict, XDP_PASS, "{name}");
+        assert_eq!(
+            out.data, input,
+            "{name}: PASS must leave the frame untouched"
+        );
+        let after = fp.dataplane().counters().unwrap()[counter];
+        assert_eq!(after, before + 1, "{name}: counter {counter}");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn service_without_backends_drops() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[]))
+        .unwrap();
+    let out = fp
+        .test_run(
+            Program::XdpLb,
+            &pkt("10.9.0.7", 40000, "10.0.0.1", 80, Tcp, SYN),
+            1,
+        )
+        .unwrap();
+    assert_eq!(out.verdict, XDP_DROP);
+    // Backends appear: forwarded. They go again: dropped again.
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[("10.1.0.2", 8080)]))
+        .unwrap();
+    let out = fp
+        .test_run(
+            Program::XdpLb,
+            &pkt("10.9.0.7", 40001, "10.0.0.1", 80, Tcp, SYN),
+            1,
+        )
+        .unwrap();
+    assert_eq!(out.verdict, XDP_REDIRECT);
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[]))
+        .unwrap();
+    let out = fp
+        .test_run(
+            Program::XdpLb,
+            &pkt("10.9.0.7", 40002, "10.0.0.1", 80, Tcp, SYN),
+            1,
+        )
+        .unwrap();
+    assert_eq!(out.verdict, XDP_DROP);
+    assert_eq!(fp.dataplane().counters().unwrap()["drop_no_backend"], 2);
+    // Removing the service: not ours any more.
+    let key = ServiceKey {
+        addr: ip("10.0.0.1"),
+        port: 80,
+        proto: Tcp,
+    };
+    fp.dataplane().remove_service(&key).unwrap();
+    fp.dataplane().remove_service(&key).unwrap();
+    let out = fp
+        .test_run(
+            Program::XdpLb,
+            &pkt("10.9.0.7", 40003, "10.0.0.1", 80, Tcp, SYN),
+            1,
+        )
+        .unwrap();
+    assert_eq!(out.verdict, XDP_PASS);
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    for (vip, client, backend) in [
+        ("10.0.0.1", "10.9.0.7", "10.1.0.2"),
+        ("fd00::1", "fd09::7", "fd01::2"),
+    ] {
+        for proto in [Tcp, Udp] {
+            fp.dataplane()
+                .upsert_service(&service(vip, 80, proto, Nat, &[(backend, 8080)]))
+                .unwrap();
+            let syn = if proto == Tcp { SYN } else { 0 };
+            let fwd = fp
+                .test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, proto, syn), 1)
+                .unwrap();
+            assert_eq!(fwd.verdict, XDP_REDIRECT);
+            // The backend answers (SYN-ACK) towards the client's real address.
+            let mut reply = pkt(
+                backend,
+                8080,
+                client,
+                40000,
+                proto,
+                if proto == Tcp { SYN | ACK } else { 0 },
+            );
+            reply[0..6].copy_from_slice(&EGRESS_MAC);
+            reply[6..12].copy_from_slice(&BACKEND_MAC);
+            let out = fp.test_run(Program::TcRev, &reply, 1).unwrap();
+            assert_eq!(out.verdict, TC_ACT_REDIRECT, "{vip} {proto:?}");
+            let p = packet::check(&out.data).unwrap_or_else(|e| panic!("{vip} {proto:?}: {e}"));
+            assert_eq!((p.src, p.sport), (ip(vip), 80), "reply comes from the VIP");
+            assert_eq!((p.dst, p.dport), (ip(client), 40000));
+            assert_eq!((p.dmac, p.smac), (CLIENT_MAC, NODE_MAC));
+            // Traffic the LB did not translate passes tc_rev untouched.
+            let other = pkt(backend, 8080, client, 40001, proto, ACK);
+            let out = fp.test_run(Program::TcRev, &other, 1).unwrap();
+            assert_eq!((out.verdict, out.data), (TC_ACT_OK, other));
+        }
+    }
+
+    // TCP lifecycle on v4: FIN marks closing, a new SYN on the tuple is a new flow, RST removes.
+    let (vip, client, backend) = ("10.0.0.1", "10.9.0.7", "10.1.0.2");
+    let fk = flow_key(client, 40000, vip, 80, Tcp);
+    let rk = flow_key(backend, 8080, client, 40000, Tcp);
+    let est = fp
+        .test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, ACK), 1)
+        .unwrap();
+    assert_eq!(est.verdict, XDP_REDIRECT);
+    let data = pkt(backend, 8080, client, 40000, Tcp, ACK | PSH);
+    assert_eq!(
+        fp.test_run(Program::TcRev, &data, 1).unwrap().verdict,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        fp.dataplane().maps().flow(&fk).unwrap().unwrap().state,
+        abi::ST_ESTABLISHED
+    );
+    assert_eq!(
+        fp.dataplane().maps().rev(&rk).unwrap().unwrap().state,
+        abi::ST_ESTABLISHED
+    );
+    // A stale SYN-ACK (a direct, non-balanced connection reusing the tuple) is not rewritten
+    // and drops the reverse entry.
+    let stale = pkt(backend, 8080, client, 40000, Tcp, SYN | ACK);
+    let out = fp.test_run(Program::TcRev, &stale, 1).unwrap();
+    assert_eq!((out.verdict, &out.data), (TC_ACT_OK, &stale));
+    assert!(fp.dataplane().maps().rev(&rk).unwrap().is_none());
+    assert_eq!(fp.dataplane().counters().unwrap()["rev_stale_syn"], 1);
+    // A new SYN re-creates both entries.
+    assert_eq!(
+        fp.test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, SYN), 1)
+            .unwrap()
+            .verdict,
+        XDP_REDIRECT
+    );
+    assert!(fp.dataplane().maps().rev(&rk).unwrap().is_some());
+    // Client FIN: closing.
+    let out = fp
+        .test_run(
+            Program::XdpLb,
+            &pkt(client, 40000, vip, 80, Tcp, FIN | ACK),
+            1,
+        )
+        .unwrap();
+    assert_eq!(out.verdict, XDP_REDIRECT);
+    assert_eq!(
+        fp.dataplane().maps().flow(&fk).unwrap().unwrap().state,
+        abi::ST_CLOSING
+    );
+    let new_before = fp.dataplane().counters().unwrap()["flow_new"];
+    // A new SYN on a closing tuple is a new flow (fresh Maglev choice, fresh entry).
+    fp.test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, SYN), 1)
+        .unwrap();
+    assert_eq!(
+        fp.dataplane().counters().unwrap()["flow_new"],
+        new_before + 1
+    );
+    assert_eq!(
+        fp.dataplane().maps().flow(&fk).unwrap().unwrap().state,
+        abi::ST_NEW
+    );
+    // Backend FIN marks the reverse entry closing.
+    fp.test_run(
+        Program::TcRev,
+        &pkt(backend, 8080, client, 40000, Tcp, FIN | ACK),
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        fp.dataplane().maps().rev(&rk).unwrap().unwrap().state,
+        abi::ST_CLOSING
+    );
+    // Backend RST: rewritten, then both entries are gone.
+    let out = fp
+        .test_run(
+            Program::TcRev,
+            &pkt(backend, 8080, client, 40000, Tcp, RST),
+            1,
+        )
+        .unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert!(fp.dataplane().maps().rev(&rk).unwrap().is_none());
+    assert!(fp.dataplane().maps().flow(&fk).unwrap().is_none());
+    // Client RST removes the forward entry.
+    fp.test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, SYN), 1)
+        .unwrap();
+    assert!(fp.dataplane().maps().flow(&fk).unwrap().is_some());
+    fp.test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, RST), 1)
+        .unwrap();
+    assert!(fp.dataplane().maps().flow(&fk).unwrap().is_none());
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn idle_timeout_expires_flows() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let cfg = vipmesh_xdp::Config {
+        tcp_idle: std::time::Duration::from_millis(1),
+        ..config()
+    };
+    let mut fp = load(cfg, 1024);
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[("10.1.0.2", 8080)]))
+        .unwrap();
+    fp.test_run(
+        Program::XdpLb,
+        &pkt("10.9.0.7", 40000, "10.0.0.1", 80, Tcp, SYN),
+        1,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let reply = pkt("10.1.0.2", 8080, "10.9.0.7", 40000, Tcp, SYN | ACK);
+    let out = fp.test_run(Program::TcRev, &reply, 1).unwrap();
+    assert_eq!(
+        (out.verdict, &out.data),
+        (TC_ACT_OK, &reply),
+        "expired reverse entry is not used"
+    );
+    fp.test_run(
+        Program::XdpLb,
+        &pkt("10.9.0.7", 40000, "10.0.0.1", 80, Tcp, ACK),
+        1,
+    )
+    .unwrap();
+    let c = fp.dataplane().counters().unwrap();
+    assert_eq!((c["rev_expired"], c["flow_expired"]), (1, 1));
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn decap_and_port_translation_on_the_task_side() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    for (vip, client, backend) in [
+        ("10.0.0.1", "10.9.0.7", "10.1.0.2"),
+        ("fd00::1", "fd09::7", "fd01::2"),
+    ] {
+        for proto in [Tcp, Udp] {
+            let key = ServiceKey {
+                addr: ip(vip),
+                port: 8080,
+                proto,
+            };
+            fp.dataplane()
+                .upsert_service(&service(vip, 8080, proto, Encap, &[(backend, 0)]))
+                .unwrap();
+            fp.dataplane().set_task_port(key, 80).unwrap();
+            let input = pkt(client, 40000, vip, 8080, proto, SYN);
+            let enc = fp.test_run(Program::XdpLb, &input, 1).unwrap();
+            assert_eq!(enc.verdict, XDP_REDIRECT);
+            let out = fp.test_run(Program::TcDecap, &enc.data, 1).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            let p = packet::check(&out.data).unwrap_or_else(|e| panic!("{vip} {proto:?}: {e}"));
+            assert_eq!(p.outer, None, "decapsulated");
+            assert_eq!(
+                (p.src, p.sport, p.dst, p.dport),
+                (ip(client), 40000, ip(vip), 80)
+            );
+            assert_eq!(out.data.len(), input.len());
+            // The task replies from VIP:80; tc_egress makes it VIP:8080.
+            let reply = pkt(vip, 80, client, 40000, proto, SYN | ACK);
+            let out = fp.test_run(Program::TcEgress, &reply, 1).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            let p = packet::check(&out.data).unwrap();
+            assert_eq!((p.src, p.sport), (ip(vip), 8080));
+            // Without a translation the port is left alone.
+            fp.dataplane().set_task_port(key, 8080).unwrap();
+            let out = fp.test_run(Program::TcDecap, &enc.data, 1).unwrap();
+            let p = packet::check(&out.data).unwrap();
+            assert_eq!(p.dport, 8080);
+        }
+    }
+    // Non-encapsulated, unrelated traffic passes tc_decap untouched.
+    let other = pkt("10.9.0.7", 1, "10.1.0.2", 22, Tcp, SYN);
+    let out = fp.test_run(Program::TcDecap, &other, 1).unwrap();
+    assert_eq!((out.verdict, out.data), (TC_ACT_OK, other));
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn flows_stick_to_their_backend_across_table_swaps() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 4096);
+    let b = [("10.1.0.2", 8080), ("10.1.0.3", 8080), ("10.1.0.4", 8080)];
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &b))
+        .unwrap();
+    let mut placed = Vec::new();
+    for port in 10000..10300u16 {
+        let out = fp
+            .test_run(
+                Program::XdpLb,
+                &pkt("10.9.0.7", port, "10.0.0.1", 80, Tcp, SYN),
+                1,
+            )
+            .unwrap();
+        placed.push(packet::check(&out.data).unwrap().dst);
+    }
+    for a in b {
+        let n = placed.iter().filter(|d| **d == ip(a.0)).count();
+        assert!(n > 50, "Maglev spreads flows: {a:?} got {n} of 300");
+    }
+    // Replace 10.1.0.4 by 10.1.0.5: established flows stay where they are, unless their
+    // backend is gone.
+    fp.dataplane()
+        .upsert_service(&service(
+            "10.0.0.1",
+            80,
+            Tcp,
+            Nat,
+            &[b[0], b[1], ("10.1.0.5", 8080)],
+        ))
+        .unwrap();
+    for (i, port) in (10000..10300u16).enumerate() {
+        let out = fp
+            .test_run(
+                Program::XdpLb,
+                &pkt("10.9.0.7", port, "10.0.0.1", 80, Tcp, ACK),
+                1,
+            )
+            .unwrap();
+        let now = packet::check(&out.data).unwrap().dst;
+        if placed[i] == ip("10.1.0.4") {
+            assert_ne!(now, ip("10.1.0.4"), "flows of the removed backend move");
+        } else {
+            assert_eq!(now, placed[i], "flow {port} stays on its backend");
+        }
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn lru_pressure_keeps_forwarding_and_counts_evictions() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 64);
+    fp.dataplane()
+        .upsert_service(&service(
+            "10.0.0.1",
+            80,
+            Tcp,
+            Nat,
+            &[("10.1.0.2", 8080), ("10.1.0.3", 8080)],
+        ))
+        .unwrap();
+    for port in 20000..21000u16 {
+        let out = fp
+            .test_run(
+                Program::XdpLb,
+                &pkt("10.9.0.7", port, "10.0.0.1", 80, Tcp, SYN),
+                1,
+            )
+            .unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+    }
+    let n = fp.dataplane().maps().flow_count();
+    assert!(n <= 64 + 2 * 64, "LRU holds about its capacity, has {n}");
+    // The oldest flows were evicted: their next (mid-stream) packet is counted and still
+    // forwarded by Maglev.
+    for port in 20000..20010u16 {
+        let out = fp
+            .test_run(
+                Program::XdpLb,
+                &pkt("10.9.0.7", port, "10.0.0.1", 80, Tcp, ACK),
+                1,
+            )
+            .unwrap();
+        assert_eq!(out.verdict, XDP_REDIRECT);
+    }
+    let c = fp.dataplane().counters().unwrap();
+    assert_eq!(c["flow_miss_midstream"], 10);
+    assert_eq!(c["flow_insert_fail"], 0);
+}

@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: (MIT OR Apache-2.0) */
+/*
+ * vipmesh XDP fast path: the structs shared between the eBPF programs and
+ * userspace (crates/vipmesh-xdp/src/abi.rs). This header is the single
+ * declaration of every layout; the Rust side checks sizes and offsets against
+ * the compiled object's BTF in a test, so any drift fails loudly.
+ *
+ * All addresses and ports are in network byte order. An IPv4 address is
+ * stored in w[0] of a vm_addr, w[1..3] are zero.
+ */
+#ifndef VIPMESH_ABI_H
+#define VIPMESH_ABI_H
+
+#include <linux/types.h>
+
+#define VM_MAX_SERVICES 1024
+#define VM_MAX_BACKENDS 4096
+#define VM_MAX_TX_PORTS 256
+#define VM_FLOW_ENTRIES 65536
+/* The largest Maglev table (M) a service may use; inner maps hold M + 1 slots. */
+#define VM_MAX_TABLE 65537
+
+#define VM_FAMILY_V4 4
+#define VM_FAMILY_V6 6
+
+#define VM_MODE_NAT 0
+#define VM_MODE_ENCAP 1
+
+#define VM_BACKEND_VALID 1
+
+/* Flow states (vm_flow.state, vm_rev.state). */
+#define VM_ST_NEW 0
+#define VM_ST_ESTABLISHED 1
+#define VM_ST_CLOSING 2
+
+/* Hash seed for the 5-tuple flow hash. MUST NOT CHANGE: every node must map a
+ * given flow to the same Maglev slot. */
+#define VM_FLOW_HASH_SEED 0x9e3779b9u
+
+/* Global per-CPU counters (index into the `counters` map). */
+enum vm_counter {
+	VM_C_RX = 0,
+	VM_C_PASS_NOT_IP = 1,
+	VM_C_PASS_FRAGMENT = 2,
+	VM_C_PASS_MALFORMED = 3,
+	VM_C_PASS_NOT_OURS = 4,
+	VM_C_PASS_OPTIONS = 5,
+	VM_C_PASS_PROTO = 6,
+	VM_C_DROP_NO_BACKEND = 7,
+	VM_C_FLOW_NEW = 8,
+	VM_C_FLOW_HIT = 9,
+	VM_C_FLOW_MISS_MIDSTREAM = 10,
+	VM_C_FLOW_INSERT_FAIL = 11,
+	VM_C_FLOW_CLOSED = 12,
+	VM_C_FLOW_EXPIRED = 13,
+	VM_C_REDIRECT_NAT = 14,
+	VM_C_REDIRECT_ENCAP = 15,
+	VM_C_ENCAP_FAIL = 16,
+	VM_C_DROP_FAMILY = 17,
+	VM_C_REV_HIT = 18,
+	VM_C_REV_EXPIRED = 19,
+	VM_C_REV_STALE_SYN = 20,
+	VM_C_REV_CLOSED = 21,
+	VM_C_DECAP = 22,
+	VM_C_DECAP_PORT = 23,
+	VM_C_EGRESS_PORT = 24,
+	VM_C_REV_INSERT_FAIL = 25,
+	VM_C_COUNT = 32,
+};
+
+struct vm_addr {
+	__u32 w[4];
+};
+
+/* Key of the `services` map and of the task-side port maps. */
+struct vm_svc_key {
+	struct vm_addr addr;
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* Value of the `services` map. */
+struct vm_svc {
+	__u32 id; /* index into `maglev_outer` and `svc_stats` */
+	__u8 mode; /* VM_MODE_* */
+	__u8 flags;
+	__u16 pad;
+};
+
+/* Value of the `backends` array, indexed by backend id. */
+struct vm_backend {
+	struct vm_addr addr;
+	__u16 port; /* NAT: target port; encap: unused (0) */
+	__u8 family;
+	__u8 flags; /* VM_BACKEND_VALID */
+	__u32 tx_slot; /* key into `tx_ports` */
+	__u8 smac[6];
+	__u8 dmac[6];
+};
+
+/* Key of `flows` (client 5-tuple as received) and `rev` (backend side). */
+struct vm_flow_key {
+	struct vm_addr src;
+	struct vm_addr dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+/* Value of `flows`. */
+struct vm_flow {
+	__u64 atime; /* bpf_ktime_get_ns() of the last packet */
+	__u32 backend;
+	__u32 svc;
+	__u8 state;
+	__u8 pad[7];
+};
+
+/* Value of `rev` (NAT mode reverse translation). */
+struct vm_rev {
+	struct vm_addr vip;
+	__u64 atime;
+	__u16 vport;
+	__u8 state;
+	__u8 pad;
+	__u32 ifindex; /* where the client's packets came in */
+	__u8 client_mac[6];
+	__u8 our_mac[6];
+	__u32 svc;
+};
+
+/* Single element of `config`. */
+struct vm_cfg {
+	struct vm_addr node4; /* outer source for IPv4 encapsulation */
+	struct vm_addr node6; /* outer source for IPv6 encapsulation */
+	__u64 tcp_idle_ns;
+	__u64 udp_idle_ns;
+	__u64 close_ns; /* how long a flow lives after FIN */
+	__u32 flags;
+	__u32 pad;
+};
+
+/* Per-CPU statistics per service and per backend. */
+struct vm_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* Value of `task_ports` (task side, keyed by vm_svc_key of VIP:published port)
+ * and of `task_egress` (keyed by VIP:target port). */
+struct vm_port_map {
+	__u16 port;
+	__u16 pad;
+};
+
+#endif
