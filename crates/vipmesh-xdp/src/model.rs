@@ -101,7 +101,9 @@ impl fmt::Display for ServiceKey {
 /// Where frames for a backend leave the node: the egress interface and the MACs to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Egress {
-    /// Interface index (in the node's netns) the frame is redirected to.
+    /// Interface index the frame is redirected to. The kernel resolves it in the network
+    /// namespace of the thread that calls [`crate::Dataplane::upsert_service`], so call it from
+    /// the node's namespace.
     pub ifindex: u32,
     /// Source MAC (normally the egress interface's own).
     pub src_mac: MacAddr,

@@ -5,3 +5,4 @@ mod fake;
 pub mod packet;
 
 pub use fake::FakeMaps;
+pub mod lab;
