@@ -424,3 +424,168 @@ impl<M: MapLayer> Dataplane<M> {
         self.maps.counters()
     }
 }
+
+#[cfg(all(test, feature = "test-util"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Backend, Egress, MacAddr, Proto, testing::FakeMaps};
+    use vipmesh_maglev::TableSize;
+
+    fn be(addr: &str, ifindex: u32) -> Backend {
+        Backend {
+            addr: addr.parse().unwrap(),
+            port: 80,
+            weight: 1,
+            egress: Egress {
+                ifindex,
+                src_mac: MacAddr::default(),
+                dst_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            },
+        }
+    }
+
+    fn spec(port: u16, backends: Vec<Backend>) -> ServiceSpec {
+        ServiceSpec {
+            key: ServiceKey {
+                addr: "10.0.0.1".parse().unwrap(),
+                port,
+                proto: Proto::Tcp,
+            },
+            mode: ForwardMode::Nat,
+            backends,
+            table_size: TableSize::new(251).unwrap(),
+        }
+    }
+
+    fn dp() -> Dataplane<FakeMaps> {
+        Dataplane::new(FakeMaps::default(), Config::default()).unwrap()
+    }
+
+    #[test]
+    fn ids_are_stable_and_retired_backends_invalidated() {
+        let mut d = dp();
+        let r1 = d
+            .upsert_service(&spec(80, vec![be("10.1.0.2", 3), be("10.1.0.3", 4)]))
+            .unwrap();
+        assert_eq!(r1.id, 0);
+        assert_eq!(r1.slots.values().sum::<u32>(), 251);
+        let id2 = r1.backends[&("10.1.0.2".parse().unwrap(), 80)];
+        let id3 = r1.backends[&("10.1.0.3".parse().unwrap(), 80)];
+        assert_eq!(d.maps().tx_ports.len(), 2);
+        // Replace .3 by .4: .2 keeps its id, .3 is invalidated, .4 gets a fresh id.
+        let r2 = d
+            .upsert_service(&spec(80, vec![be("10.1.0.2", 3), be("10.1.0.4", 4)]))
+            .unwrap();
+        assert_eq!(r2.id, 0);
+        assert_eq!(r2.backends[&("10.1.0.2".parse().unwrap(), 80)], id2);
+        assert_eq!(r2.removed, vec![id3]);
+        assert_eq!(d.maps().backends[&id3].flags, 0);
+        assert_eq!(d.maps().swaps[&0], 2, "one whole-table swap per update");
+        assert!(!d.maps().tables[&0].contains(&id3));
+        assert_eq!(d.maps().tx_ports.len(), 2, "egress slots reused");
+        // A second service gets the next id; removal is idempotent.
+        let r3 = d
+            .upsert_service(&spec(81, vec![be("10.1.0.9", 3)]))
+            .unwrap();
+        assert_eq!(r3.id, 1);
+        d.remove_service(&spec(81, vec![]).key).unwrap();
+        d.remove_service(&spec(81, vec![]).key).unwrap();
+        assert!(d.maps().tables[&1].is_empty());
+        assert_eq!(d.services().count(), 1);
+    }
+
+    #[test]
+    fn zero_backends_selects_nothing() {
+        let mut d = dp();
+        let s = spec(80, vec![]);
+        d.upsert_service(&s).unwrap();
+        for h in [0, 1, 99, u32::MAX] {
+            assert_eq!(d.maps().select(&s.key.to_abi(), h), None);
+        }
+    }
+
+    #[test]
+    fn invalid_specs_write_nothing() {
+        let mut d = dp();
+        let before = format!("{:?}", d.maps());
+        let mut v6 = be("fd00::2", 3);
+        v6.port = 80;
+        let cases = [
+            spec(80, vec![v6]),
+            spec(80, vec![be("10.1.0.2", 3), be("10.1.0.2", 3)]),
+            spec(0, vec![be("10.1.0.2", 3)]),
+            spec(80, vec![be("10.1.0.2", 0)]),
+            spec(
+                80,
+                vec![Backend {
+                    port: 0,
+                    ..be("10.1.0.2", 3)
+                }],
+            ),
+            ServiceSpec {
+                mode: ForwardMode::Encap,
+                ..spec(80, vec![be("10.1.0.2", 3)])
+            },
+            ServiceSpec {
+                table_size: TableSize::new(2).unwrap(),
+                ..spec(
+                    80,
+                    vec![be("10.1.0.2", 3), be("10.1.0.3", 3), be("10.1.0.4", 3)],
+                )
+            },
+        ];
+        for c in &cases {
+            let e = d.upsert_service(c).unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidConfig { .. } | Error::Table { .. }),
+                "{e}"
+            );
+            assert_eq!(format!("{:?}", d.maps()), before, "{e}: nothing written");
+        }
+    }
+
+    #[test]
+    fn capacity_errors_are_map_full() {
+        let mut d = dp();
+        let many: Vec<Backend> = (0..=abi::MAX_TX_PORTS)
+            .map(|i| be(&format!("10.2.{}.{}", i / 250, i % 250 + 1), i + 1))
+            .collect();
+        let mut s = spec(80, many);
+        s.table_size = TableSize::new(65537).unwrap();
+        assert!(matches!(
+            d.upsert_service(&s),
+            Err(Error::MapFull {
+                map: "tx_ports",
+                ..
+            })
+        ));
+        assert!(d.maps().backends.is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn task_ports_are_written_both_ways_and_removed() {
+        let mut d = dp();
+        let key = ServiceKey {
+            addr: "10.50.100.1".parse().unwrap(),
+            port: 8080,
+            proto: Proto::Tcp,
+        };
+        d.set_task_port(key, 80).unwrap();
+        assert_eq!(
+            d.maps().task_ports[&(TaskPortMap::Ingress, key.to_abi())],
+            80
+        );
+        let tkey = ServiceKey { port: 80, ..key };
+        assert_eq!(
+            d.maps().task_ports[&(TaskPortMap::Egress, tkey.to_abi())],
+            8080
+        );
+        d.set_task_port(key, 8080).unwrap();
+        assert!(
+            !d.maps()
+                .task_ports
+                .contains_key(&(TaskPortMap::Ingress, key.to_abi()))
+        );
+    }
+}

@@ -424,6 +424,28 @@ impl FastPath {
         Ok(out)
     }
 
+    /// Kernel ids of the maps the programs use (for checking that nothing is left behind).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Program`].
+    pub fn map_ids(&self) -> Result<Vec<u32>, Error> {
+        let mut out = std::collections::BTreeSet::new();
+        for p in Program::ALL {
+            let prog = self.ebpf.program(p.name()).ok_or_else(|| {
+                Error::program(p.name(), "find", ProgramError::UnexpectedProgramType)
+            })?;
+            let info = prog
+                .info()
+                .map_err(|e| Error::program(p.name(), "info", e))?;
+            let ids = info
+                .map_ids()
+                .map_err(|e| Error::program(p.name(), "map_ids", e))?;
+            out.extend(ids.unwrap_or_default());
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// Runs `program` once per `repeat` on `input` with `BPF_PROG_TEST_RUN`
     /// ([kernel doc](https://docs.kernel.org/bpf/bpf_prog_run.html)). The kernel re-runs the
     /// program on the already-rewritten buffer for every repeat.
