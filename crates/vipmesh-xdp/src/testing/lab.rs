@@ -130,7 +130,10 @@ fn handle(s: TcpStream, peer: SocketAddr, task: &str) {
     while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
         match line.trim() {
             "who" => {
-                if writeln!(w, "task={task} peer={peer}").is_err() {
+                // One write, one segment.
+                if w.write_all(format!("task={task} peer={peer}\n").as_bytes())
+                    .is_err()
+                {
                     return;
                 }
             }
