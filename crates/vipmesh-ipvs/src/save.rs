@@ -78,6 +78,18 @@ enum Command {
 /// # Errors
 /// [`Error::Parse`] with the line number and what was wrong.
 pub fn parse_rules(text: &str) -> Result<Vec<Op>, Error> {
+    Ok(parse_rules_with_lines(text)?
+        .into_iter()
+        .map(|(_, op)| op)
+        .collect())
+}
+
+/// As [`parse_rules`], with each operation's 1-based line number (to report kernel
+/// errors against the input).
+///
+/// # Errors
+/// [`Error::Parse`] with the line number and what was wrong.
+pub fn parse_rules_with_lines(text: &str) -> Result<Vec<(usize, Op)>, Error> {
     let mut ops = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -85,7 +97,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<Op>, Error> {
         if l.is_empty() || l.starts_with('#') {
             continue;
         }
-        ops.push(parse_line(line, l)?);
+        ops.push((line, parse_line(line, l)?));
     }
     Ok(ops)
 }
@@ -271,7 +283,18 @@ fn parse_line(line: usize, l: &str) -> Result<Op, Error> {
             if cmd == Command::DelDest {
                 return Ok(Op::DelDest(key, dk));
             }
-            let mut d = IpvsDest::new(addr, port, a.fwd.unwrap_or(FwdMethod::DirectRoute));
+            let fwd = a.fwd.unwrap_or(FwdMethod::DirectRoute);
+            // ipvsadm: tunnel and direct routing cannot map ports, so the real server's
+            // port becomes the service's (not for fwmark services)
+            let port = match key {
+                ServiceKey::Addr { port: svc_port, .. }
+                    if matches!(fwd, FwdMethod::Tunnel | FwdMethod::DirectRoute) =>
+                {
+                    svc_port
+                }
+                _ => port,
+            };
+            let mut d = IpvsDest::new(addr, port, fwd);
             if let Some(w) = a.weight {
                 d.weight = Weight::new(num("-w", w)?).map_err(at)?;
             }
@@ -306,6 +329,125 @@ fn parse_line(line: usize, l: &str) -> Result<Op, Error> {
         }
         Command::Clear => Ok(Op::Flush),
     }
+}
+
+/// ipvsadm's comparison of two 32-bit words: `ntohl(a) - ntohl(b)` as a C `int`
+/// (it wraps, so 192.0.0.0 sorts before 10.0.0.0; we reproduce that).
+fn cmp_u32(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+fn addr_words(a: &IpAddr) -> [u32; 4] {
+    let b = crate::model::addr_bytes(a);
+    let w = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+fn cmp_addr(af_first: Family, a: &IpAddr, b: &IpAddr) -> i32 {
+    let (x, y) = (addr_words(a), addr_words(b));
+    match af_first {
+        Family::Inet => cmp_u32(x[0], y[0]),
+        Family::Inet6 => {
+            let mut r = 0;
+            for i in 0..4 {
+                r = cmp_u32(x[i], y[i]);
+                if r != 0 {
+                    break;
+                }
+            }
+            r
+        }
+    }
+}
+
+/// `ipvs_cmp_services` of libipvs (ipvsadm 1.31).
+fn cmp_services(a: &IpvsService, b: &IpvsService) -> i32 {
+    let parts = |s: &IpvsService| match s.key {
+        ServiceKey::Addr {
+            protocol,
+            addr,
+            port,
+        } => (0u32, protocol.raw(), addr, port),
+        ServiceKey::Fwmark { mark, .. } => (mark.get(), 0, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+    };
+    let (fa, pa, aa, qa) = parts(a);
+    let (fb, pb, ab, qb) = parts(b);
+    let (afa, afb) = (a.key.family(), b.key.family());
+    let r = cmp_u32(fa, fb);
+    if r != 0 {
+        return r;
+    }
+    let r = i32::from(afa.raw()) - i32::from(afb.raw());
+    if r != 0 {
+        return r;
+    }
+    let r = i32::from(pa) - i32::from(pb);
+    if r != 0 {
+        return r;
+    }
+    let r = cmp_addr(afa, &aa, &ab);
+    if r != 0 {
+        return r;
+    }
+    i32::from(qa) - i32::from(qb)
+}
+
+/// `ipvs_cmp_dests` of libipvs (ipvsadm 1.31).
+fn cmp_dests(a: &DestEntry, b: &DestEntry) -> i32 {
+    let (ka, kb) = (a.dest.key, b.dest.key);
+    let r = cmp_addr(Family::of(&ka.addr), &ka.addr, &kb.addr);
+    if r != 0 {
+        return r;
+    }
+    i32::from(ka.port) - i32::from(kb.port)
+}
+
+/// glibc 2.36's `qsort` (a top-down merge sort), so that ipvsadm's comparators, which
+/// are not total orders, give ipvsadm's order. Never panics.
+fn msort<T: Copy>(v: &mut [T], cmp: &impl Fn(&T, &T) -> i32) {
+    let n = v.len();
+    if n <= 1 {
+        return;
+    }
+    let n1 = n / 2;
+    let (left, right) = v.split_at_mut(n1);
+    msort(left, cmp);
+    msort(right, cmp);
+    let mut out = Vec::with_capacity(n);
+    let (mut i, mut j) = (0, 0);
+    while let (Some(l), Some(r)) = (left.get(i), right.get(j)) {
+        if cmp(l, r) <= 0 {
+            out.push(*l);
+            i += 1;
+        } else {
+            out.push(*r);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(left.get(i..).unwrap_or_default());
+    out.extend_from_slice(right.get(j..).unwrap_or_default());
+    v.copy_from_slice(&out);
+}
+
+/// The table in the order ipvsadm prints it (services sorted by fwmark, family,
+/// protocol, address, port; destinations by address and port).
+pub fn ipvsadm_order(
+    table: &[(ServiceEntry, Vec<DestEntry>)],
+) -> Vec<(&ServiceEntry, Vec<&DestEntry>)> {
+    let mut idx: Vec<usize> = (0..table.len()).collect();
+    let svc = |i: &usize| table.get(*i).map(|t| &t.0.service);
+    msort(&mut idx, &|a, b| match (svc(a), svc(b)) {
+        (Some(x), Some(y)) => cmp_services(x, y),
+        _ => 0,
+    });
+    idx.iter()
+        .filter_map(|i| table.get(*i))
+        .map(|(s, d)| {
+            let mut ds: Vec<&DestEntry> = d.iter().collect();
+            msort(&mut ds, &|a: &&DestEntry, b: &&DestEntry| cmp_dests(a, b));
+            (s, ds)
+        })
+        .collect()
 }
 
 fn svc_switch(key: &ServiceKey) -> String {
@@ -362,10 +504,10 @@ fn fwd_switch(f: FwdMethod) -> &'static str {
     }
 }
 
-/// Renders services and destinations in the `ipvsadm -S -n` format.
+/// Renders services and destinations in the `ipvsadm -S -n` format, in ipvsadm's order.
 pub fn render_rules(table: &[(ServiceEntry, Vec<DestEntry>)]) -> String {
     let mut out = String::new();
-    for (s, dests) in table {
+    for (s, dests) in ipvsadm_order(table) {
         let svc = &s.service;
         let sw = svc_switch(&svc.key);
         let _ = write!(out, "-A {sw} -s {}", svc.scheduler);
@@ -525,7 +667,7 @@ pub fn render_list(
             out.push_str("  -> RemoteAddress:Port\n");
         }
     }
-    for (s, dests) in table {
+    for (s, dests) in ipvsadm_order(table) {
         let svc = &s.service;
         let head = service_head(svc);
         match view {
