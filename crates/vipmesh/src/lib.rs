@@ -35,7 +35,11 @@
 #![deny(missing_docs)]
 
 pub mod dataplane;
+#[cfg(feature = "dns")]
+pub mod dns;
 mod error;
+#[cfg(feature = "test-util")]
+pub mod lab;
 pub mod mesh;
 pub mod model;
 pub mod plan;

@@ -1,0 +1,46 @@
+//! The service-discovery view of a desired state (feature `dns`).
+//!
+//! VIP services answer with their VIP (and `tasks.NAME` with the tasks); DNS round-robin
+//! services answer with their tasks, shuffled per query. See `vipmesh-dns` for the server.
+
+use crate::error::Error;
+use crate::model::{DesiredState, EndpointMode};
+
+/// Builds the DNS table of `desired` for `zone` (e.g. `mesh.local.`).
+///
+/// # Errors
+/// [`Error::Invalid`] naming `dns.zone` or the service when the DNS layer rejects it.
+///
+/// # Examples
+/// ```
+/// use vipmesh::model::*;
+/// let net = Network {
+///     name: "demo".into(), subnet: "10.0.0.0/24".parse()?, lb_netns: "lb".into(),
+///     lb_interface: "eth0".into(), lb_addr: "10.0.0.2".parse().unwrap(),
+/// };
+/// let vote = Service::vip("vote", "10.0.0.9".parse().unwrap(), &["10.0.0.10".parse().unwrap()])?;
+/// let desired = DesiredState::new(net, vec![vote], Options::default())?;
+/// let table = vipmesh::dns::table(&desired, "mesh.local.")?;
+/// assert_eq!(table.len(), 1);
+/// # Ok::<(), vipmesh::Error>(())
+/// ```
+pub fn table(desired: &DesiredState, zone: &str) -> Result<vipmesh_dns::DnsTable, Error> {
+    let bad = |field: &'static str, value: &str, e: vipmesh_dns::Error| {
+        Error::invalid(field, value, &e.to_string())
+    };
+    let mut b = vipmesh_dns::DnsTable::builder(zone).map_err(|e| bad("dns.zone", zone, e))?;
+    for s in desired.services() {
+        let name = s.name.as_str();
+        let tasks: Vec<_> = s.backends.iter().map(|b| b.addr).collect();
+        b = match s.mode {
+            EndpointMode::Vip(vip) => b
+                .vip(name, [vip])
+                .and_then(|b| b.tasks(name, tasks))
+                .map_err(|e| bad("service.name", name, e))?,
+            EndpointMode::DnsRr => b
+                .dnsrr(name, tasks)
+                .map_err(|e| bad("service.name", name, e))?,
+        };
+    }
+    Ok(b.build())
+}
