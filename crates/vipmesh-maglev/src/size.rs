@@ -167,7 +167,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn naive_prime(n: u32) -> bool {
-        n >= 2 && (2..n).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+        n >= 2
+            && (2..n)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
     }
 
     #[test]

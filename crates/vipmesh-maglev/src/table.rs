@@ -5,10 +5,6 @@ use crate::{Backend, BackendId, Error, TableDelta, TableSize};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 
-/// Marks a free slot while the table is populated. `N <= M <= TableSize::MAX < u32::MAX`, so
-/// no backend position can take this value.
-const EMPTY: u32 = u32::MAX;
-
 /// Key of [`MaglevTable::digest`], as the 16 ASCII bytes `vipmesh-mgdigest`. MUST NOT CHANGE.
 const DIGEST_KEY: [u8; 16] = *b"vipmesh-mgdigest";
 
@@ -227,11 +223,6 @@ impl MaglevTable {
             .iter()
             .filter(|b| !b.weight().is_zero())
             .collect();
-        let position: BTreeMap<u32, u32> = active
-            .iter()
-            .zip(0u32..)
-            .map(|(b, pos)| (b.id().get(), pos))
-            .collect();
         let mut h = SipHasher24::new(&DIGEST_KEY);
         h.write_u32(self.size.get());
         h.write_u32(active.len() as u32);
@@ -240,9 +231,12 @@ impl MaglevTable {
             h.write_u32(key.len() as u32);
             h.write(key);
         }
-        for id in &self.slots {
-            h.write_u32(position.get(id).copied().unwrap_or(EMPTY));
+        let positions = Positions::new(&active);
+        let mut bytes = Vec::with_capacity(self.slots.len() * 4);
+        for &id in &self.slots {
+            bytes.extend_from_slice(&positions.of(id).to_le_bytes());
         }
+        h.write(&bytes);
         h.finish()
     }
 
@@ -284,6 +278,49 @@ impl MaglevTable {
     }
 }
 
+/// Maps backend ids to their positions in key order, for [`MaglevTable::digest`].
+enum Positions {
+    /// Indexed by id, when the ids are small (the usual case).
+    Dense(Vec<u32>),
+    /// `(id, position)` sorted by id.
+    Sparse(Vec<(u32, u32)>),
+}
+
+impl Positions {
+    /// Ids below this use the dense map (4 MiB at most).
+    const DENSE_LIMIT: u32 = 1 << 20;
+
+    fn new(active: &[&Backend]) -> Self {
+        let max = active.iter().map(|b| b.id().get()).max().unwrap_or(0);
+        if max < Self::DENSE_LIMIT {
+            let mut dense = vec![u32::MAX; max as usize + 1];
+            for (b, pos) in active.iter().zip(0u32..) {
+                dense[b.id().get() as usize] = pos;
+            }
+            Self::Dense(dense)
+        } else {
+            let mut sparse: Vec<(u32, u32)> = active
+                .iter()
+                .zip(0u32..)
+                .map(|(b, pos)| (b.id().get(), pos))
+                .collect();
+            sparse.sort_unstable();
+            Self::Sparse(sparse)
+        }
+    }
+
+    /// The position of `id`; every slot holds an active backend's id, so the `u32::MAX`
+    /// fallback is never used.
+    fn of(&self, id: u32) -> u32 {
+        match self {
+            Self::Dense(dense) => dense.get(id as usize).copied().unwrap_or(u32::MAX),
+            Self::Sparse(sparse) => sparse
+                .binary_search_by_key(&id, |&(id, _)| id)
+                .map_or(u32::MAX, |i| sparse[i].1),
+        }
+    }
+}
+
 /// The permutation of one backend: where it looks next, and its stride.
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
@@ -302,82 +339,163 @@ impl Cursor {
             skip: skip as u32,
         }
     }
+}
 
-    /// Claims the first free slot of this permutation for `owner`.
+/// The table being populated: the slots, and a bitmap of the ones taken.
+///
+/// The probe loop reads only the bitmap (`M / 8` bytes: 8 KiB for the default size, which fits
+/// the L1 cache) and writes a slot only when it claims it.
+struct Filler {
+    m: u32,
+    taken: Vec<u64>,
+    slots: Vec<u32>,
+}
+
+impl Filler {
+    fn new(m: u32) -> Self {
+        Self {
+            m,
+            taken: vec![0; (m as usize).div_ceil(64)],
+            slots: vec![0; m as usize],
+        }
+    }
+
+    /// Gives the first free slot of `cursor`'s permutation to `id`, and advances the cursor.
     ///
     /// The caller guarantees a free slot exists; since `m` is prime and `1 <= skip < m`, the
     /// permutation visits every slot, so the scan ends within `m` steps.
     #[inline(always)]
-    fn claim(&mut self, table: &mut [u32], m: u32, owner: u32) {
-        let mut c = self.next;
-        while table[c as usize] != EMPTY {
-            c += self.skip;
-            if c >= m {
-                c -= m;
-            }
+    fn claim(&mut self, cursor: &mut Cursor, id: u32) {
+        let (m, skip) = (self.m, cursor.skip);
+        let step = |c: u32| {
+            let c = c + skip;
+            if c >= m { c - m } else { c }
+        };
+        let mut c = cursor.next;
+        while self.taken[(c >> 6) as usize] & (1u64 << (c & 63)) != 0 {
+            c = step(c);
         }
-        table[c as usize] = owner;
-        c += self.skip;
-        if c >= m {
-            c -= m;
-        }
-        self.next = c;
+        self.taken[(c >> 6) as usize] |= 1u64 << (c & 63);
+        self.slots[c as usize] = id;
+        cursor.next = step(c);
     }
 }
 
 /// Fills a table of size `m` for `active` (sorted by key, all weights non-zero,
 /// `1 <= active.len() <= m`), and returns the backends' ids per slot.
 fn populate(m: u32, active: &[&Backend]) -> Vec<u32> {
-    let mut cursors: Vec<Cursor> = active
-        .iter()
-        .map(|b| Cursor::new(m, b.key().as_bytes()))
-        .collect();
-    let mut table = vec![EMPTY; m as usize];
-
     let first = active[0].weight();
     if active.iter().all(|b| b.weight() == first) {
-        // Equal weights: the paper's round robin.
-        let mut filled = 0u32;
-        'fill: loop {
-            for (owner, cursor) in (0u32..).zip(cursors.iter_mut()) {
-                cursor.claim(&mut table, m, owner);
-                filled += 1;
-                if filled == m {
-                    break 'fill;
-                }
-            }
-        }
+        populate_round_robin(m, active)
     } else {
         let weights: Vec<u32> = active.iter().map(|b| b.weight().get()).collect();
-        let quotas = quotas(m, &weights);
-        let mut heap: BinaryHeap<Turn> = (0u32..)
-            .zip(&weights)
-            .zip(&quotas)
-            .filter(|(_, quota)| **quota > 0)
-            .map(|((owner, &w), _)| Turn {
-                k: 1,
-                weight: u64::from(w),
-                owner,
-            })
-            .collect();
-        // Exactly `m` turns: the quotas sum to `m`.
-        while let Some(turn) = heap.pop() {
-            let i = turn.owner as usize;
-            cursors[i].claim(&mut table, m, turn.owner);
-            // `k` counts this backend's turns so far.
-            if turn.k < u64::from(quotas[i]) {
+        populate_weighted(m, active, &quotas(m, &weights))
+    }
+}
+
+fn cursors(m: u32, active: &[&Backend]) -> Vec<Cursor> {
+    active
+        .iter()
+        .map(|b| Cursor::new(m, b.key().as_bytes()))
+        .collect()
+}
+
+/// Equal weights: the paper's round robin, one turn each in key order until the table is full.
+fn populate_round_robin(m: u32, active: &[&Backend]) -> Vec<u32> {
+    let mut cursors = cursors(m, active);
+    let mut filler = Filler::new(m);
+    let mut left = m;
+    'fill: loop {
+        for (cursor, b) in cursors.iter_mut().zip(active) {
+            filler.claim(cursor, b.id().get());
+            left -= 1;
+            if left == 0 {
+                break 'fill;
+            }
+        }
+    }
+    filler.slots
+}
+
+/// Weighted: turns at virtual times `k / weight` (ties in key order), each backend stopping at
+/// its quota. `quotas` sums to `m`.
+///
+/// Backends of equal weight have the same turn times, so they are scheduled as one group that
+/// takes its turns in key order: the heap holds one entry per distinct weight, not per backend.
+/// Groups whose turns fall at the same time are merged by key order.
+fn populate_weighted(m: u32, active: &[&Backend], quotas: &[u32]) -> Vec<u32> {
+    let mut cursors = cursors(m, active);
+    let mut filler = Filler::new(m);
+
+    // Members of each weight group, in key order, and the group's largest quota.
+    let mut by_weight: BTreeMap<u32, (Vec<u32>, u32)> = BTreeMap::new();
+    for ((pos, b), &quota) in (0u32..).zip(active).zip(quotas) {
+        if quota > 0 {
+            let group = by_weight.entry(b.weight().get()).or_default();
+            group.0.push(pos);
+            group.1 = group.1.max(quota);
+        }
+    }
+    let groups: Vec<(Vec<u32>, u32)> = by_weight.values().cloned().collect();
+    let mut heap: BinaryHeap<Turn> = (0u32..)
+        .zip(by_weight.keys())
+        .map(|(owner, &w)| Turn {
+            k: 1,
+            weight: u64::from(w),
+            owner,
+        })
+        .collect();
+
+    let mut claim = |pos: u32, cursors: &mut [Cursor]| {
+        let i = pos as usize;
+        filler.claim(&mut cursors[i], active[i].id().get());
+    };
+    let mut tied: Vec<Turn> = Vec::new();
+    let mut merged: Vec<u32> = Vec::new();
+    // Exactly `m` claims, since the quotas sum to `m`.
+    while let Some(first) = heap.pop() {
+        tied.clear();
+        tied.push(first);
+        while let Some(next) = heap.peek() {
+            if !next.same_time(&first) {
+                break;
+            }
+            tied.push(*next);
+            heap.pop();
+        }
+        // A member takes turn `k` if its quota allows (the quotas in a group differ by at most
+        // one, so this skips members only on the group's last turn).
+        if let [turn] = tied[..] {
+            for &pos in &groups[turn.owner as usize].0 {
+                if u64::from(quotas[pos as usize]) >= turn.k {
+                    claim(pos, &mut cursors);
+                }
+            }
+        } else {
+            merged.clear();
+            for turn in &tied {
+                merged.extend(
+                    groups[turn.owner as usize]
+                        .0
+                        .iter()
+                        .filter(|&&pos| u64::from(quotas[pos as usize]) >= turn.k),
+                );
+            }
+            merged.sort_unstable();
+            for &pos in &merged {
+                claim(pos, &mut cursors);
+            }
+        }
+        for turn in &tied {
+            if turn.k < u64::from(groups[turn.owner as usize].1) {
                 heap.push(Turn {
                     k: turn.k + 1,
-                    ..turn
+                    ..*turn
                 });
             }
         }
     }
-
-    for slot in &mut table {
-        *slot = active[*slot as usize].id().get();
-    }
-    table
+    filler.slots
 }
 
 /// Each backend's slot count: its share `m · w / W`, rounded by the largest remainder (ties to
@@ -402,8 +520,7 @@ fn quotas(m: u32, weights: &[u32]) -> Vec<u32> {
     quotas
 }
 
-/// A backend's next turn, at virtual time `k / weight`; the heap pops the earliest (ties to the
-/// lower position).
+/// A weight group's next turn, at virtual time `k / weight`; the heap pops the earliest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Turn {
     k: u64,
@@ -418,6 +535,13 @@ impl Ord for Turn {
         let mine = self.k * other.weight;
         let theirs = other.k * self.weight;
         theirs.cmp(&mine).then(other.owner.cmp(&self.owner))
+    }
+}
+
+impl Turn {
+    /// Whether both turns fall at the same virtual time.
+    fn same_time(&self, other: &Self) -> bool {
+        self.k * other.weight == other.k * self.weight
     }
 }
 
@@ -450,43 +574,59 @@ mod tests {
 
     #[test]
     fn weighted_path_equals_round_robin_for_equal_weights() {
-        // Force the scheduler with equal weights by calling it through a table where the fast
-        // path is off: compare the scheduler's order with the round robin directly.
         let m = 1021;
         let backends: Vec<Backend> = (0..37).map(|i| b(i, &format!("k{i}"), 5)).collect();
-        let active: Vec<&Backend> = {
-            let mut v: Vec<&Backend> = backends.iter().collect();
-            v.sort_by(|x, y| x.key().cmp(y.key()));
-            v
-        };
-        let round_robin = populate(m, &active);
-        // Same backends, scheduler path: equal weights but via quotas and turns.
-        let weights = vec![5u32; active.len()];
-        let quotas = quotas(m, &weights);
-        let mut cursors: Vec<Cursor> = active
-            .iter()
-            .map(|b| Cursor::new(m, b.key().as_bytes()))
-            .collect();
-        let mut table = vec![EMPTY; m as usize];
+        let mut active: Vec<&Backend> = backends.iter().collect();
+        active.sort_by(|x, y| x.key().cmp(y.key()));
+        let round_robin = populate_round_robin(m, &active);
+        let weighted = populate_weighted(m, &active, &quotas(m, &[5; 37]));
+        assert_eq!(weighted, round_robin);
+    }
+
+    /// The weighted schedule as specified, one heap entry per backend: turns at `k / weight`,
+    /// ties to the lower position. `populate_weighted` groups equal weights; it must agree.
+    fn reference_weighted(m: u32, active: &[&Backend], quotas: &[u32]) -> Vec<u32> {
+        let mut cursors = cursors(m, active);
+        let mut filler = Filler::new(m);
         let mut heap: BinaryHeap<Turn> = (0u32..)
-            .take(active.len())
-            .map(|owner| Turn {
+            .zip(active)
+            .zip(quotas)
+            .filter(|(_, q)| **q > 0)
+            .map(|((owner, b), _)| Turn {
                 k: 1,
-                weight: 5,
+                weight: u64::from(b.weight().get()),
                 owner,
             })
             .collect();
         while let Some(t) = heap.pop() {
-            cursors[t.owner as usize].claim(&mut table, m, t.owner);
-            if t.k < u64::from(quotas[t.owner as usize]) {
+            let i = t.owner as usize;
+            filler.claim(&mut cursors[i], active[i].id().get());
+            if t.k < u64::from(quotas[i]) {
                 heap.push(Turn { k: t.k + 1, ..t });
             }
         }
-        let scheduled: Vec<u32> = table
-            .iter()
-            .map(|&i| active[i as usize].id().get())
-            .collect();
-        assert_eq!(scheduled, round_robin);
+        filler.slots
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn grouped_schedule_matches_reference(
+            weights in proptest::collection::vec(1u32..6, 1..40),
+            m in proptest::sample::select(vec![41u32, 251, 1021]),
+        ) {
+            let backends: Vec<Backend> =
+                (0u32..).zip(&weights).map(|(i, &w)| b(i, &format!("r{i}"), w)).collect();
+            let mut active: Vec<&Backend> = backends.iter().collect();
+            active.sort_by(|x, y| x.key().cmp(y.key()));
+            proptest::prop_assume!(active.len() <= m as usize);
+            let w: Vec<u32> = active.iter().map(|b| b.weight().get()).collect();
+            let q = quotas(m, &w);
+            proptest::prop_assert_eq!(q.iter().map(|&x| u64::from(x)).sum::<u64>(), u64::from(m));
+            proptest::prop_assert_eq!(
+                populate_weighted(m, &active, &q),
+                reference_weighted(m, &active, &q)
+            );
+        }
     }
 
     #[test]
