@@ -852,6 +852,28 @@ mod tests {
         );
     }
 
+    /// ipvsadm compares addresses with a wrapping `int` subtraction, so 192.168.0.1
+    /// (0xc0a80001 - 0x0a000001 < 0 as int) sorts before 10.0.0.1; fwmark services last.
+    #[test]
+    fn order_is_ipvsadms() {
+        let text = "-A -f 7 -s rr\n-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.3:80 -m -w 1\n\
+                    -a -t 10.0.0.1:80 -r 10.0.0.2:80 -m -w 1\n-A -t 192.168.0.1:80 -s rr\n-A -u 10.0.0.1:80 -s rr\n";
+        let out = render_rules(&entries(&parse_rules(text).unwrap()));
+        assert_eq!(
+            out,
+            "-A -t 192.168.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -m -w 1\n\
+             -a -t 10.0.0.1:80 -r 10.0.0.3:80 -m -w 1\n-A -u 10.0.0.1:80 -s rr\n-A -f 7 -s rr\n"
+        );
+    }
+
+    #[test]
+    fn direct_routing_and_tunnels_take_the_service_port() {
+        let ops = parse_rules("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:8080 -g\n-a -t 10.0.0.1:80 -r 10.0.0.3:8080 -m\n").unwrap();
+        let Op::AddDest(_, g) = &ops[1] else { panic!() };
+        let Op::AddDest(_, m) = &ops[2] else { panic!() };
+        assert_eq!((g.key.port, m.key.port), (80, 8080));
+    }
+
     #[test]
     fn largenum_scales_like_ipvsadm() {
         assert_eq!(largenum(12_345_678), "12345678");

@@ -436,10 +436,15 @@ fn timeouts_and_info() {
 fn a_namespace_other_than_the_callers() {
     let Some((t, mut here)) = setup() else { return };
     let other = format!("vmipvs{}-other", std::process::id());
-    sh(
-        &t,
-        &format!("ip netns add {other} && ip -n {other} link set lo up"),
-    );
+    // not through `ip netns exec` (its private mount namespace would hide the new file)
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip netns add {other} && ip -n {other} link set lo up"
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
     struct Del(String);
     impl Drop for Del {
         fn drop(&mut self) {
