@@ -103,6 +103,18 @@ impl Tools {
     }
 }
 
+/// Whether [`Applier::apply`] reads the kernel back after the restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Verify {
+    /// Run `iptables-save` again and fail with [`Error::Verify`] if anything still differs
+    /// (the default). Costs one more ruleset dump.
+    #[default]
+    ReadBack,
+    /// Trust `iptables-restore`'s exit status. The next apply still observes first, so drift
+    /// is repaired then.
+    Skip,
+}
+
 /// The outcome of one [`Applier::apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -139,6 +151,7 @@ pub struct Applier {
     netns: NetnsTarget,
     choice: BackendChoice,
     tools_override: Option<Tools>,
+    verify: Verify,
     backend: [OnceLock<Backend>; 2],
 }
 
@@ -149,6 +162,7 @@ impl Applier {
             netns,
             choice: BackendChoice::System,
             tools_override: None,
+            verify: Verify::ReadBack,
             backend: Default::default(),
         }
     }
@@ -156,6 +170,12 @@ impl Applier {
     /// Choose the backend explicitly.
     pub fn with_backend(mut self, choice: BackendChoice) -> Applier {
         self.choice = choice;
+        self
+    }
+
+    /// Choose whether to read back after applying (default [`Verify::ReadBack`]).
+    pub fn with_verify(mut self, verify: Verify) -> Applier {
+        self.verify = verify;
         self
     }
 
@@ -313,6 +333,14 @@ impl Applier {
                 return Err(restore_error(tool, &stderr, &input));
             }
             Err(e) => return Err(e),
+        }
+        if self.verify == Verify::Skip {
+            return Ok(ApplyReport {
+                family,
+                backend,
+                changed: true,
+                plan: p,
+            });
         }
         let after = self.observe_with(family, &save)?;
         let rest = plan(desired, &after)?;

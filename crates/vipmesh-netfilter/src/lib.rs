@@ -54,7 +54,8 @@ mod save;
 pub mod trace;
 
 pub use apply::{
-    Applier, ApplyReport, Backend, BackendChoice, NetnsTarget, Tools, apply, observe, teardown,
+    Applier, ApplyReport, Backend, BackendChoice, NetnsTarget, Tools, Verify, apply, observe,
+    teardown,
 };
 pub use error::Error;
 pub use model::{
