@@ -495,3 +495,286 @@ mod tests {
         );
     }
 }
+
+/// A fake kernel that executes `iptables-restore --noflush` batches with the kernel's
+/// semantics (declaration flushes, `-D` by spec removes the first match, `-R` by index, `-X`
+/// refuses non-empty or referenced chains), to prove that plans converge from any state.
+#[cfg(test)]
+mod fake_kernel {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::*;
+    use crate::save::{parse_rule, parse_save, tokenize};
+
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct Fake {
+        /// table -> chain -> rules (canonical spec). Built-in chains are always present.
+        tables: BTreeMap<&'static str, BTreeMap<String, Vec<String>>>,
+    }
+
+    const BUILTINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+    fn canon(spec: &str) -> String {
+        let toks = tokenize(spec, 1).unwrap();
+        parse_rule(&toks).map_or_else(|| toks.join(" "), |r| r.to_string())
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let mut f = Fake::default();
+            for t in Table::ALL {
+                let chains = f.tables.entry(t.as_str()).or_default();
+                for b in BUILTINS {
+                    if BuiltinChain::from_name(b).is_some_and(|b| t.has_builtin(b)) {
+                        chains.insert(b.to_owned(), Vec::new());
+                    }
+                }
+            }
+            f
+        }
+
+        fn exec(&mut self, batch: &str) -> Result<(), String> {
+            let mut table: Option<&'static str> = None;
+            let mut work = self.clone();
+            for l in batch.lines() {
+                if let Some(t) = l.strip_prefix('*') {
+                    table = Table::from_name(t).map(Table::as_str);
+                    continue;
+                }
+                if l == "COMMIT" {
+                    table = None;
+                    continue;
+                }
+                let t = table.ok_or("no table")?;
+                let chains = work.tables.get_mut(t).ok_or("table")?;
+                if let Some(d) = l.strip_prefix(':') {
+                    let name = d.split_whitespace().next().ok_or("decl")?;
+                    chains.entry(name.to_owned()).or_default().clear();
+                    continue;
+                }
+                let (op, rest) = l.split_once(' ').ok_or("op")?;
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                match op {
+                    "-A" | "-I" => {
+                        if let Some(target) = spec.rsplit("-j ").next() {
+                            let target = target.split_whitespace().next().unwrap_or("");
+                            if target.starts_with("VIPMESH-") && !chains.contains_key(target) {
+                                return Err(format!("jump to missing chain {target}"));
+                            }
+                        }
+                        let rules = chains.get_mut(chain).ok_or(format!("no chain {chain}"))?;
+                        if op == "-A" {
+                            rules.push(canon(spec))
+                        } else {
+                            rules.insert(0, canon(spec))
+                        }
+                    }
+                    "-D" => {
+                        let rules = chains.get_mut(chain).ok_or("no chain")?;
+                        let c = canon(spec);
+                        let i = rules
+                            .iter()
+                            .position(|r| *r == c)
+                            .ok_or(format!("-D: no rule {c}"))?;
+                        rules.remove(i);
+                    }
+                    "-R" => {
+                        let (n, spec) = spec.split_once(' ').ok_or("-R")?;
+                        let n: usize = n
+                            .parse()
+                            .map_err(|_e: std::num::ParseIntError| "-R index")?;
+                        let rules = chains.get_mut(chain).ok_or("no chain")?;
+                        let slot = rules
+                            .get_mut(n.checked_sub(1).ok_or("-R 0")?)
+                            .ok_or("-R range")?;
+                        *slot = canon(spec);
+                    }
+                    "-X" => {
+                        if !chains.get(chain).ok_or("-X missing")?.is_empty() {
+                            return Err(format!("-X {chain}: not empty"));
+                        }
+                        let jump = format!("-j {chain}");
+                        if chains.values().flatten().any(|r| r.ends_with(&jump)) {
+                            return Err(format!("-X {chain}: referenced"));
+                        }
+                        chains.remove(chain);
+                    }
+                    _ => return Err(format!("unknown {l}")),
+                }
+            }
+            *self = work;
+            Ok(())
+        }
+
+        fn save(&self) -> String {
+            let mut s = String::new();
+            for (t, chains) in &self.tables {
+                s.push_str(&format!("*{t}\n"));
+                let order = |n: &String| BUILTINS.iter().position(|b| b == n).unwrap_or(99);
+                let mut names: Vec<&String> = chains.keys().collect();
+                names.sort_by_key(|n| (order(n), (*n).clone()));
+                for n in &names {
+                    let policy = if order(n) < 99 { "ACCEPT" } else { "-" };
+                    s.push_str(&format!(":{n} {policy} [0:0]\n"));
+                }
+                for n in &names {
+                    for r in &chains[*n] {
+                        s.push_str(&format!("-A {n} {r}\n"));
+                    }
+                }
+                s.push_str("COMMIT\n");
+            }
+            s
+        }
+
+        fn observe(&self) -> Observed {
+            Observed::from_dump(Family::V4, &parse_save(&self.save()).unwrap())
+        }
+
+        fn foreign(&self) -> String {
+            self.save()
+                .lines()
+                .filter(|l| !l.contains("VIPMESH-"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+
+    const CHAINS: [&str; 3] = ["VIPMESH-A", "VIPMESH-B", "VIPMESH-C"];
+
+    fn rule_strategy() -> impl Strategy<Value = (usize, usize, u8)> {
+        (0..CHAINS.len(), 0..6usize, any::<u8>())
+    }
+
+    fn make_rule(kind: usize, x: u8) -> Rule {
+        let d = Cidr::host(std::net::Ipv4Addr::new(10, 0, 0, x).into());
+        match kind {
+            0 => Rule::new(
+                Matches::new().destination(d),
+                Target::SetMark(Mark::new(u32::from(x))),
+            ),
+            1 => Rule::new(Matches::new().destination(d), Target::Return),
+            2 => Rule::new(
+                Matches::new()
+                    .protocol(Protocol::Tcp)
+                    .dport(Port::new(u16::from(x) + 1).unwrap().into()),
+                Target::Accept,
+            ),
+            3 => Rule::new(Matches::new().source(d), Target::Drop)
+                .with_comment(Comment::new(format!("svc {x}")).unwrap()),
+            4 => Rule::new(Matches::new().mark(Mark::new(u32::from(x))), Target::Accept),
+            _ => Rule::new(
+                Matches::new().destination(d).ctstate(CtState::NEW),
+                Target::Return,
+            ),
+        }
+    }
+
+    fn desired(rules: &[(usize, usize, u8)], jumps: &[(usize, usize)]) -> OwnedRuleset {
+        let mut rs = OwnedRuleset::new(Family::V4);
+        for (c, k, x) in rules {
+            rs.add_rule(
+                Table::Mangle,
+                &ChainName::new(CHAINS[*c]).unwrap(),
+                make_rule(*k, *x),
+            )
+            .unwrap();
+        }
+        let from = [
+            BuiltinChain::Prerouting,
+            BuiltinChain::Input,
+            BuiltinChain::Output,
+        ];
+        for (f, c) in jumps {
+            let position = if f % 2 == 0 {
+                JumpPosition::Prepend
+            } else {
+                JumpPosition::Append
+            };
+            rs.add_jump(
+                Table::Mangle,
+                Jump {
+                    from: from[f % 3],
+                    matches: Matches::new(),
+                    to: ChainName::new(CHAINS[*c]).unwrap(),
+                    position,
+                },
+            )
+            .unwrap();
+        }
+        rs
+    }
+
+    fn tamper(f: &mut Fake, op: usize, x: u8) {
+        let m = f.tables.get_mut("mangle").unwrap();
+        let c = CHAINS[usize::from(x) % CHAINS.len()].to_owned();
+        match op {
+            0 => {
+                if let Some(r) = m.get_mut(&c) {
+                    if !r.is_empty() {
+                        let i = usize::from(x) % r.len();
+                        r.remove(i);
+                    }
+                }
+            }
+            1 => {
+                if let Some(r) = m.get_mut(&c) {
+                    r.insert(0, "-j ACCEPT".into());
+                }
+            }
+            2 => m
+                .get_mut("INPUT")
+                .unwrap()
+                .push(format!("-m comment --comment vipmesh -j {c}")),
+            3 => m
+                .get_mut("INPUT")
+                .unwrap()
+                .push(format!("-d 10.9.9.{x}/32 -j ACCEPT")),
+            4 => {
+                m.entry("DOCKER-X".into())
+                    .or_default()
+                    .push("-p udp -j RETURN".into());
+            }
+            5 => {
+                m.entry(c).or_default();
+            }
+            _ => m
+                .get_mut("PREROUTING")
+                .unwrap()
+                .insert(0, "-m set --match-set foo src -j ACCEPT".into()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn plans_converge_from_any_state_and_spare_foreign_rules(
+            first in (proptest::collection::vec(rule_strategy(), 0..12), proptest::collection::vec((0..6usize, 0..3usize), 0..4)),
+            tampering in proptest::collection::vec((0..7usize, any::<u8>()), 0..6),
+            second in (proptest::collection::vec(rule_strategy(), 0..12), proptest::collection::vec((0..6usize, 0..3usize), 0..4)),
+        ) {
+            let mut k = Fake::new();
+            let d1 = desired(&first.0, &first.1);
+            k.exec(&plan(&d1, &k.observe()).unwrap().to_string()).unwrap();
+            prop_assert!(plan(&d1, &k.observe()).unwrap().is_empty());
+            for (op, x) in &tampering {
+                tamper(&mut k, *op, *x);
+            }
+            let foreign = k.foreign();
+            let d2 = desired(&second.0, &second.1);
+            let p = plan(&d2, &k.observe()).unwrap();
+            k.exec(&p.to_string()).map_err(|e| TestCaseError::fail(format!("{e}\n{p}")))?;
+            let again = plan(&d2, &k.observe()).unwrap();
+            prop_assert!(again.is_empty(), "not converged:\n{}\nafter\n{}", again, p);
+            prop_assert_eq!(k.foreign(), foreign.clone());
+            prop_assert_eq!(k.observe().to_ruleset(), d2.clone());
+            // Teardown leaves only the foreign content.
+            k.exec(&plan(&OwnedRuleset::new(Family::V4), &k.observe()).unwrap().to_string()).unwrap();
+            prop_assert_eq!(k.foreign(), foreign);
+            prop_assert!(!k.save().contains("VIPMESH"));
+        }
+    }
+}

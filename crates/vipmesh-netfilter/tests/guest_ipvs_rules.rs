@@ -13,9 +13,13 @@ fn ipvs_match_rules_are_idempotent() {
     if !privileged() {
         return;
     }
-    let m = std::process::Command::new("modprobe").args(["-q", "xt_ipvs"]).status();
+    let m = std::process::Command::new("modprobe")
+        .args(["-q", "xt_ipvs"])
+        .status();
     if !matches!(m, Ok(s) if s.success()) {
-        eprintln!("!!!!!!!! SKIPPED: modprobe xt_ipvs failed: this test needs the IPVS guest kernel !!!!!!!!");
+        eprintln!(
+            "!!!!!!!! SKIPPED: modprobe xt_ipvs failed: this test needs the IPVS guest kernel !!!!!!!!"
+        );
         return;
     }
     let ns = Ns::new("ipvs");
