@@ -713,11 +713,11 @@ mod fake_kernel {
         let c = CHAINS[usize::from(x) % CHAINS.len()].to_owned();
         match op {
             0 => {
-                if let Some(r) = m.get_mut(&c) {
-                    if !r.is_empty() {
-                        let i = usize::from(x) % r.len();
-                        r.remove(i);
-                    }
+                if let Some(r) = m.get_mut(&c)
+                    && !r.is_empty()
+                {
+                    let i = usize::from(x) % r.len();
+                    r.remove(i);
                 }
             }
             1 => {
