@@ -230,6 +230,34 @@ impl OwnedRuleset {
         Ok(())
     }
 
+    /// Append everything in `other` (e.g. VIP rules and ingress rules that share a netns):
+    /// rules are appended to same-named chains, jumps are united.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRule`] if the families differ; `self` is unchanged then.
+    pub fn merge(&mut self, other: &OwnedRuleset) -> Result<(), Error> {
+        if other.family != self.family {
+            return Err(Error::InvalidRule {
+                family: self.family,
+                table: Table::Filter,
+                chain: String::new(),
+                rule: String::new(),
+                reason: format!("cannot merge an {} ruleset", other.family),
+            });
+        }
+        for (table, t) in &other.tables {
+            let mine = self.tables.entry(*table).or_default();
+            for (c, rules) in &t.chains {
+                mine.chains
+                    .entry(c.clone())
+                    .or_default()
+                    .extend(rules.iter().cloned());
+            }
+            mine.jumps.extend(t.jumps.iter().cloned());
+        }
+        Ok(())
+    }
+
     /// Total number of rules in our chains (jumps not counted).
     pub fn rule_count(&self) -> usize {
         self.tables

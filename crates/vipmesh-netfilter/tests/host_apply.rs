@@ -178,17 +178,8 @@ fn foreign_rules_survive_byte_for_byte() {
     run_script(&control, FOREIGN_BETWEEN);
     // A different ruleset: chains are rewritten, added and deleted.
     let mut rs = ingress_host();
-    let extra = vip_lb(5, false);
-    for (t, tr) in extra.tables() {
-        for (c, rules) in &tr.chains {
-            for r in rules {
-                rs.add_rule(*t, c, r.clone()).unwrap();
-            }
-        }
-        for j in &tr.jumps {
-            rs.add_jump(*t, j.clone()).unwrap();
-        }
-    }
+    rs.merge(&vip_lb(5, false)).unwrap();
+    assert!(rs.merge(&OwnedRuleset::new(Family::V6)).is_err());
     assert!(a.apply(&rs).unwrap().changed);
     assert_eq!(
         foreign_only(&ns.save()),
