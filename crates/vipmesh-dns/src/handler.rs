@@ -136,30 +136,27 @@ pub(crate) fn reply(
         .saturating_sub(req.queries.as_bytes().len())
         .saturating_sub(if edns.is_some() { OPT_LEN } else { 0 });
     let ttl = table.ttl();
-    let rdata: Vec<RData> = match query.query_type() {
-        RecordType::A => arrange(&addrs.v4, order, seed)
-            .map(|a| RData::A(A(a)))
-            .collect(),
-        RecordType::AAAA => arrange(&addrs.v6, order, seed)
-            .map(|a| RData::AAAA(AAAA(a)))
-            .collect(),
+    let name_len = labels.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+    let answers: Vec<Record> = match query.query_type() {
+        RecordType::A => {
+            let fits = answers_that_fit(budget, name_len, 4, addrs.v4.len());
+            metadata.truncation = addrs.v4.len() > fits;
+            arrange(&addrs.v4, order, seed)
+                .take(fits)
+                .map(|a| Record::from_rdata(name.clone(), ttl, RData::A(A(a))))
+                .collect()
+        }
+        RecordType::AAAA => {
+            let fits = answers_that_fit(budget, name_len, 16, addrs.v6.len());
+            metadata.truncation = addrs.v6.len() > fits;
+            arrange(&addrs.v6, order, seed)
+                .take(fits)
+                .map(|a| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(a))))
+                .collect()
+        }
         _ => Vec::new(),
     };
-    let rdata_len = match query.query_type() {
-        RecordType::AAAA => 16,
-        _ => 4,
-    };
-    let name_len = labels.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
-    let fits = answers_that_fit(budget, name_len, rdata_len, rdata.len());
-    if rdata.len() > fits {
-        // RFC 2181 §9: TC says the answer set is incomplete; resolvers retry over TCP.
-        metadata.truncation = true;
-    }
-    let answers = rdata
-        .into_iter()
-        .take(fits)
-        .map(|rd| Record::from_rdata(name.clone(), ttl, rd))
-        .collect();
+    // TC (RFC 2181 §9) says the answer set is incomplete: resolvers retry over TCP.
     Some(Reply {
         metadata,
         answers,

@@ -285,6 +285,18 @@ impl RequestHandler for Handler {
         let Some(reply) = handler::reply(&table, request, transport, rand::random()) else {
             return header_info(ResponseCode::NoError);
         };
+        if let [query] = request.queries.queries() {
+            tracing::trace!(
+                src = %request.src(),
+                %transport,
+                name = %query.name(),
+                qtype = %query.query_type(),
+                rcode = %reply.metadata.response_code,
+                answers = reply.answers.len(),
+                tc = reply.metadata.truncation,
+                "DNS query"
+            );
+        }
         let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
             reply.metadata,
             reply.answers.iter(),
