@@ -181,6 +181,12 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
         &mut self.host
     }
 
+    /// Replaces the drain clock, e.g. with one saved by a previous process, so a drain
+    /// timeout counts from when the drain started, across restarts.
+    pub fn set_drains(&mut self, drains: DrainBook) {
+        self.drains = drains;
+    }
+
     /// The real servers that are draining.
     pub fn drains(&self) -> &DrainBook {
         &self.drains

@@ -101,6 +101,21 @@ impl DrainBook {
         self.started.get(&(mark, addr)).copied()
     }
 
+    /// The book as `(fwmark, address, start)` entries, sorted (for saving between runs).
+    pub fn entries(&self) -> Vec<(u32, IpAddr, u64)> {
+        self.started
+            .iter()
+            .map(|((m, a), t)| (*m, *a, *t))
+            .collect()
+    }
+
+    /// Rebuilds a book from [`DrainBook::entries`].
+    pub fn from_entries(entries: impl IntoIterator<Item = (u32, IpAddr, u64)>) -> DrainBook {
+        DrainBook {
+            started: entries.into_iter().map(|(m, a, t)| ((m, a), t)).collect(),
+        }
+    }
+
     /// Number of draining real servers.
     pub fn len(&self) -> usize {
         self.started.len()
