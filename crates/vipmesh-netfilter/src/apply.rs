@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vipmesh_netns::Netns;
 
@@ -115,6 +115,20 @@ pub enum Verify {
     Skip,
 }
 
+/// Where [`Applier::apply`] gets the current state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ObserveMode {
+    /// Run `iptables-save` before every apply (the default): tampering is repaired by the
+    /// next apply.
+    #[default]
+    EveryApply,
+    /// Plan against the state this applier last applied (kube-proxy's partial sync). The
+    /// first apply, and any apply after [`Applier::invalidate`], observes; a restore (or a
+    /// read-back) that fails on the cached state falls back to a full sync. Tampering is only
+    /// repaired after `invalidate`, so call it periodically.
+    Cached,
+}
+
 /// The outcome of one [`Applier::apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -152,6 +166,8 @@ pub struct Applier {
     choice: BackendChoice,
     tools_override: Option<Tools>,
     verify: Verify,
+    observe_mode: ObserveMode,
+    cache: [Mutex<Option<Observed>>; 2],
     backend: [OnceLock<Backend>; 2],
 }
 
@@ -163,6 +179,8 @@ impl Applier {
             choice: BackendChoice::System,
             tools_override: None,
             verify: Verify::ReadBack,
+            observe_mode: ObserveMode::EveryApply,
+            cache: Default::default(),
             backend: Default::default(),
         }
     }
@@ -176,6 +194,12 @@ impl Applier {
     /// Choose whether to read back after applying (default [`Verify::ReadBack`]).
     pub fn with_verify(mut self, verify: Verify) -> Applier {
         self.verify = verify;
+        self
+    }
+
+    /// Choose where the current state comes from (default [`ObserveMode::EveryApply`]).
+    pub fn with_observe(mut self, mode: ObserveMode) -> Applier {
+        self.observe_mode = mode;
         self
     }
 
@@ -304,8 +328,74 @@ impl Applier {
         desired.validate()?;
         let (restore, save) = self.preflight(family, "apply")?;
         let backend = self.backend(family)?;
-        let obs = self.observe_with(family, &save)?;
-        let p = plan(desired, &obs)?;
+        let cached = match self.observe_mode {
+            ObserveMode::EveryApply => None,
+            ObserveMode::Cached => self
+                .cache_slot(family)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        };
+        let from_cache = cached.is_some();
+        let obs = match cached {
+            Some(o) => o,
+            None => self.observe_with(family, &save)?,
+        };
+        match self.apply_on(desired, &obs, backend, &restore, &save) {
+            Ok(r) => {
+                if self.observe_mode == ObserveMode::Cached {
+                    *self
+                        .cache_slot(family)
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(Observed::from_ruleset(desired));
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                *self
+                    .cache_slot(family)
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                if !from_cache || !matches!(e, Error::RestoreFailed { .. } | Error::Verify { .. }) {
+                    return Err(e);
+                }
+                // A failed partial sync falls back to a full one (observe, plan, restore).
+                tracing::warn!(netns = %self.netns.describe(), %family, error = %e, "cached state was stale; full sync");
+                let obs = self.observe_with(family, &save)?;
+                let r = self.apply_on(desired, &obs, backend, &restore, &save)?;
+                *self
+                    .cache_slot(family)
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Observed::from_ruleset(desired));
+                Ok(r)
+            }
+        }
+    }
+
+    fn cache_slot(&self, family: Family) -> &Mutex<Option<Observed>> {
+        match family {
+            Family::V4 => &self.cache[0],
+            Family::V6 => &self.cache[1],
+        }
+    }
+
+    /// Forget the cached state ([`ObserveMode::Cached`]): the next apply observes the kernel.
+    pub fn invalidate(&self) {
+        for c in &self.cache {
+            *c.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    fn apply_on(
+        &self,
+        desired: &OwnedRuleset,
+        obs: &Observed,
+        backend: Backend,
+        restore: &Path,
+        save: &Path,
+    ) -> Result<ApplyReport, Error> {
+        let family = desired.family();
+        let p = plan(desired, obs)?;
         if p.is_empty() {
             tracing::debug!(netns = %self.netns.describe(), %family, "netfilter already up to date");
             return Ok(ApplyReport {
@@ -320,14 +410,13 @@ impl Applier {
             netns = %self.netns.describe(), %family, ?backend,
             tables = p.tables.len(), lines = input.lines().count(), "iptables-restore"
         );
-        let out = run(
+        match run(
             &self.netns,
-            &restore,
+            restore,
             &["-w", "--noflush"],
             Some(input.as_bytes()),
             "apply",
-        );
-        match out {
+        ) {
             Ok(_) => {}
             Err(Error::CommandFailed { tool, stderr, .. }) => {
                 return Err(restore_error(tool, &stderr, &input));
@@ -342,7 +431,7 @@ impl Applier {
                 plan: p,
             });
         }
-        let after = self.observe_with(family, &save)?;
+        let after = self.observe_with(family, save)?;
         let rest = plan(desired, &after)?;
         if let Some((table, tp)) = rest.tables.iter().next() {
             return Err(Error::Verify {

@@ -54,8 +54,8 @@ mod save;
 pub mod trace;
 
 pub use apply::{
-    Applier, ApplyReport, Backend, BackendChoice, NetnsTarget, Tools, Verify, apply, observe,
-    teardown,
+    Applier, ApplyReport, Backend, BackendChoice, NetnsTarget, ObserveMode, Tools, Verify, apply,
+    observe, teardown,
 };
 pub use error::Error;
 pub use model::{

@@ -67,6 +67,31 @@ impl Observed {
         }
     }
 
+    /// The state the kernel is in right after `rs` was applied (used by
+    /// [`ObserveMode::Cached`](crate::ObserveMode::Cached)).
+    pub fn from_ruleset(rs: &OwnedRuleset) -> Observed {
+        let mut tables = BTreeMap::new();
+        for (table, tr) in rs.tables() {
+            let obs = |r: Rule| ObservedRule {
+                spec: r.to_string(),
+                rule: Some(r),
+            };
+            let ot = ObservedTable {
+                chains: tr
+                    .chains
+                    .iter()
+                    .map(|(c, rules)| (c.to_string(), rules.iter().cloned().map(obs).collect()))
+                    .collect(),
+                jumps: tr.jumps.iter().map(|j| (j.from, obs(j.rule()))).collect(),
+            };
+            tables.insert(*table, ot);
+        }
+        Observed {
+            family: rs.family(),
+            tables,
+        }
+    }
+
     /// Extract our chains and tagged jumps from a parsed dump. Foreign chains and rules are
     /// ignored; tables we do not model (`raw`, `security`) too.
     pub fn from_dump(family: Family, dump: &SaveDump) -> Observed {
@@ -415,6 +440,13 @@ mod tests {
         let obs = fake_kernel_after(&rs);
         assert!(plan(&rs, &obs).unwrap().is_empty());
         assert_eq!(obs.to_ruleset(), rs);
+    }
+
+    #[test]
+    fn from_ruleset_is_the_applied_state() {
+        let rs = vip_ruleset(7);
+        assert!(plan(&rs, &Observed::from_ruleset(&rs)).unwrap().is_empty());
+        assert_eq!(Observed::from_ruleset(&rs), fake_kernel_after(&rs));
     }
 
     #[test]

@@ -523,3 +523,53 @@ fn legacy_backend_works_too() {
     // The nft side of the same namespace was never touched.
     assert!(!ns.sh("iptables-nft-save").contains("VIPMESH"));
 }
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn cached_mode_skips_observe_and_falls_back_to_a_full_sync() {
+    if !privileged() {
+        return;
+    }
+    let ns = Ns::new("cache");
+    let a = ns.applier().with_observe(ObserveMode::Cached);
+    let rs = vip_lb(200, false);
+    assert!(a.apply(&rs).unwrap().changed);
+    let good = ns.save();
+    assert!(!a.apply(&rs).unwrap().changed);
+
+    // Tampering is not seen while the cache is trusted …
+    ns.sh("iptables -t mangle -D VIPMESH-VIP 7");
+    assert!(
+        !a.apply(&rs).unwrap().changed,
+        "cached mode trusts its cache"
+    );
+    // … and is repaired after invalidate().
+    a.invalidate();
+    assert!(a.apply(&rs).unwrap().changed);
+    assert_eq!(ns.save(), good);
+
+    // A stale cache makes the partial batch fail (-R beyond the end of a flushed chain):
+    // the applier falls back to a full sync and converges.
+    ns.sh("iptables -t mangle -F VIPMESH-VIP");
+    let mut rs2 = rs.clone();
+    let mut changed = OwnedRuleset::new(Family::V4);
+    for (t, tr) in rs.tables() {
+        for (c, rules) in &tr.chains {
+            for (i, r) in rules.iter().enumerate() {
+                let mut r = r.clone();
+                if i == 100 {
+                    r.target = Target::SetMark(Mark::new(0xabc));
+                }
+                changed.add_rule(*t, c, r).unwrap();
+            }
+        }
+        for j in &tr.jumps {
+            changed.add_jump(*t, j.clone()).unwrap();
+        }
+    }
+    rs2.clone_from(&changed);
+    let r = a.apply(&rs2).unwrap();
+    assert!(r.changed);
+    assert_eq!(ns.applier().observe_ruleset(Family::V4).unwrap(), rs2);
+    assert!(!ns.applier().apply(&rs2).unwrap().changed);
+}
