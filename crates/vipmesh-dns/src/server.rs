@@ -98,40 +98,43 @@ impl DnsServer {
             op: "read the bound address",
             source,
         })?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|source| Error::Io {
-                op: "build the tokio runtime",
-                source,
-            })?;
-        let (udp, tcp) = {
-            let _ctx = runtime.enter();
-            let udp = tokio::net::UdpSocket::from_std(udp).map_err(|source| Error::Io {
-                op: "register the UDP socket",
-                source,
-            })?;
-            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|source| Error::Io {
-                op: "register the TCP listener",
-                source,
-            })?;
-            (udp, tcp)
-        };
         let shared: SharedTable = Arc::new(RwLock::new(Arc::new(table)));
         let handler = Handler {
             table: Arc::clone(&shared),
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        // The runtime lives and dies on the server thread, so `spawn` and `Drop` work from
+        // async code too (a tokio runtime must not be dropped inside another one).
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), Error>>(1);
         let thread = std::thread::Builder::new()
             .name("vipmesh-dns".into())
             .spawn(move || {
+                let (runtime, udp, tcp) = match start_runtime(udp, tcp) {
+                    Ok(started) => started,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
                 runtime.block_on(serve(handler, udp, tcp, stopped, local_addr));
             })
             .map_err(|source| Error::Io {
                 op: "spawn the server thread",
                 source,
             })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            // The thread ended without reporting: it panicked.
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::ServerPanicked);
+            }
+        }
         tracing::info!(addr = %local_addr, netns = ?netns.map(ToString::to_string), "DNS server started");
         Ok(DnsServer {
             table: shared,
@@ -202,6 +205,41 @@ impl Drop for DnsServer {
             tracing::warn!(%error, "DNS server stopped badly");
         }
     }
+}
+
+/// Builds the server's single-threaded runtime and registers the sockets with it.
+fn start_runtime(
+    udp: UdpSocket,
+    tcp: TcpListener,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        tokio::net::UdpSocket,
+        tokio::net::TcpListener,
+    ),
+    Error,
+> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| Error::Io {
+            op: "build the tokio runtime",
+            source,
+        })?;
+    let (udp, tcp) = {
+        let _ctx = runtime.enter();
+        let udp = tokio::net::UdpSocket::from_std(udp).map_err(|source| Error::Io {
+            op: "register the UDP socket",
+            source,
+        })?;
+        let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|source| Error::Io {
+            op: "register the TCP listener",
+            source,
+        })?;
+        (udp, tcp)
+    };
+    Ok((runtime, udp, tcp))
 }
 
 /// Binds both sockets in the calling thread's namespace, non-blocking.

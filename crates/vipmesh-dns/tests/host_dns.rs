@@ -387,3 +387,25 @@ fn serves_in_the_given_namespace_only() {
     assert_eq!(lines(&out), ["fd00::9"]);
     drop(v6);
 }
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn spawn_and_drop_from_async_code() {
+    if skip() {
+        return;
+    }
+    let t = TestNetns::new();
+    // A caller inside a tokio runtime (as a runtime's agent would be): the server's own
+    // runtime must neither nest nor be dropped in there.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = DnsServer::spawn(Some(t.netns()), addr(), table()).unwrap();
+        assert_eq!(lines(&dig(&t, "vote +short")), ["10.0.0.9"]);
+        drop(server);
+        let err =
+            DnsServer::spawn(Some(t.netns()), "10.9.9.9:53".parse().unwrap(), table()).unwrap_err();
+        assert!(err.is_addr_not_available(), "{err:?}");
+    });
+}
