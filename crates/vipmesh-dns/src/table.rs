@@ -142,6 +142,16 @@ struct Service {
     tasks: Addrs,
 }
 
+impl Service {
+    /// What the service's own name answers.
+    fn answer(&self) -> Lookup<'_> {
+        match &self.mode {
+            Mode::Vip(vips) => Lookup::Found(vips, Order::Fixed),
+            Mode::DnsRr => Lookup::Found(&self.tasks, Order::Shuffled),
+        }
+    }
+}
+
 /// In which order an answer's records go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Order {
@@ -182,7 +192,9 @@ pub(crate) enum Lookup<'t> {
 ///
 /// A and AAAA come from the IPv4 and IPv6 addresses respectively; any other query type for an
 /// existing name, and a family with no address, answer NOERROR with no records (NODATA).
-/// A dnsrr service with no task answers NODATA.
+/// A dnsrr service with no task answers NODATA. Names compare case-insensitively and answers
+/// keep the case of the question. With a one-label zone (`local.`), a service of the same name
+/// answers at the apex.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsTable {
     /// Lowercase labels of the zone, most specific first (`["mesh", "local"]`).
@@ -300,18 +312,15 @@ impl DnsTable {
             Lookup::Refused
         };
         match rel {
-            [] => {
-                if in_zone {
-                    Lookup::NoData
-                } else {
-                    Lookup::Refused
-                }
-            }
+            [] => match labels {
+                // A bare service name that happens to be a one-label zone: the service wins
+                // (the apex has no address records anyway).
+                [only] if in_zone => self.service(only).map_or(Lookup::NoData, Service::answer),
+                _ if in_zone => Lookup::NoData,
+                _ => Lookup::Refused,
+            },
             [name] => match self.service(name) {
-                Some(s) => match &s.mode {
-                    Mode::Vip(vips) => Lookup::Found(vips, Order::Fixed),
-                    Mode::DnsRr => Lookup::Found(&s.tasks, Order::Shuffled),
-                },
+                Some(s) => s.answer(),
                 // `tasks.<svc>` exists, so `tasks` is an empty non-terminal.
                 None if name.eq_ignore_ascii_case(TASKS_LABEL.as_bytes())
                     && !self.services.is_empty() =>
@@ -606,10 +615,55 @@ mod tests {
     }
 
     #[test]
+    fn a_service_named_like_a_one_label_zone_wins_over_the_apex() {
+        let t = DnsTable::builder("local")
+            .unwrap()
+            .vip("local", [Ipv4Addr::new(10, 0, 0, 1)])
+            .unwrap()
+            .build();
+        for n in ["local.", "LOCAL.", "local.local."] {
+            assert!(matches!(t.lookup(&labels(n)), Lookup::Found(..)), "{n}");
+        }
+        let t = DnsTable::builder("local").unwrap().build();
+        assert_eq!(t.lookup(&labels("local.")), Lookup::NoData);
+    }
+
+    #[test]
     fn empty_table_has_no_tasks_node() {
         let t = DnsTable::builder("mesh.local").unwrap().build();
         assert!(t.is_empty());
         assert_eq!(t.lookup(&labels("tasks.")), Lookup::NxDomain);
         assert_eq!(t.lookup(&labels("mesh.local.")), Lookup::NoData);
+    }
+
+    proptest::proptest! {
+        /// Validation never panics; what it accepts is found by lookup under both forms,
+        /// whatever the case of the query.
+        #[test]
+        fn validation_never_panics_and_accepted_names_resolve(
+            zone in "\\PC{0,70}",
+            name in "\\PC{0,70}",
+            ascii_zone in "[A-Za-z0-9_-]{1,20}(\\.[A-Za-z0-9_-]{1,20}){0,3}\\.?",
+            ascii_name in "[A-Za-z0-9_-]{1,70}",
+        ) {
+            let _ = DnsTable::builder(&zone).and_then(|b| b.vip(&name, [Ipv4Addr::LOCALHOST]));
+            let Ok(b) = DnsTable::builder(&ascii_zone) else {
+                return Ok(());
+            };
+            let Ok(b) = b.dnsrr(&ascii_name, [Ipv4Addr::LOCALHOST]) else {
+                return Ok(());
+            };
+            let t = b.build();
+            let upper = ascii_name.to_ascii_uppercase();
+            let full = format!("{upper}.{}", t.zone());
+            for query in [format!("{upper}."), full] {
+                proptest::prop_assert!(
+                    matches!(t.lookup(&labels(&query)), Lookup::Found(a, _) if a.v4.len() == 1),
+                    "{} in {}",
+                    query,
+                    t.zone()
+                );
+            }
+        }
     }
 }
