@@ -7,7 +7,7 @@ use vipmesh_ipvs::{self as ipvs, IpvsBackend};
 
 use crate::dataplane::{self, Host, KernelHost, KernelRules, Rules};
 use crate::error::Error;
-use crate::model::{DesiredState, Family, Network, Persistence};
+use crate::model::{DesiredState, Family, Network, Persistence, ServiceName};
 use crate::plan::{self, DrainBook, Observed, ObservedDest, ObservedService, Plan, Step};
 use crate::rules;
 
@@ -92,6 +92,15 @@ pub struct Mesh<I, R, H> {
     host: H,
     netns: String,
     drains: DrainBook,
+    cache: Option<Cache>,
+}
+
+/// What the last successful full apply left in the kernel, for incremental updates.
+#[derive(Debug)]
+struct Cache {
+    desired: DesiredState,
+    observed: Observed,
+    marks: BTreeMap<ServiceName, u32>,
 }
 
 /// The mesh on the real kernel.
@@ -163,6 +172,7 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
             host,
             netns: netns.to_string(),
             drains: DrainBook::default(),
+            cache: None,
         }
     }
 
@@ -229,19 +239,7 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
                 ObservedService {
                     scheduler: entry.service.scheduler.as_str().to_string(),
                     persistence: persistence_of(&entry.service),
-                    dests: dests
-                        .iter()
-                        .map(|d| {
-                            (
-                                d.dest.key.addr,
-                                ObservedDest {
-                                    weight: d.dest.weight.get(),
-                                    active: d.active_conns,
-                                    inactive: d.inactive_conns,
-                                },
-                            )
-                        })
-                        .collect(),
+                    dests: dest_map(&dests),
                 },
             );
         }
@@ -289,8 +287,103 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
     /// # Errors
     /// As [`Mesh::apply`].
     pub fn apply_at(&mut self, desired: &DesiredState, now: u64) -> Result<Report, Error> {
-        let (p, _) = self.plan_at(desired, now)?;
-        self.execute(desired, &p, now)
+        self.cache = None;
+        let (p, mut obs) = self.plan_at(desired, now)?;
+        let report = self.execute(desired, &p, now)?;
+        if report.ok() {
+            for sr in &report.steps {
+                obs.advance(&sr.step, desired, &p.marks);
+            }
+            self.cache = Some(Cache {
+                desired: desired.clone(),
+                observed: obs,
+                marks: p.marks,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Applies a change confined to the named services' backends, weights, scheduler or
+    /// persistence, in O(changes): it reads back only those services' real servers (for the
+    /// drain decisions) and sends only their operations. Anything else — a new, removed or
+    /// renamed service, a changed VIP or ports, a service gaining or losing all its backends,
+    /// other options — or no earlier successful [`Mesh::apply`] in this process, falls back to
+    /// a full apply. `desired` is the whole new state.
+    ///
+    /// # Errors
+    /// As [`Mesh::apply`].
+    pub fn apply_services(
+        &mut self,
+        desired: &DesiredState,
+        names: &[&str],
+        now: u64,
+    ) -> Result<Report, Error> {
+        let Some(mut cache) = self.cache.take() else {
+            return self.apply_at(desired, now);
+        };
+        let confined = cache.desired.network() == desired.network()
+            && cache.desired.options() == desired.options()
+            && names
+                .iter()
+                .all(|n| match (cache.desired.service(n), desired.service(n)) {
+                    (Some(o), Some(d)) => {
+                        o.mode == d.mode
+                            && o.ports == d.ports
+                            && o.backends.is_empty() == d.backends.is_empty()
+                    }
+                    _ => false,
+                });
+        if !confined {
+            return self.apply_at(desired, now);
+        }
+        let fam = desired.family();
+        let timeout = desired.options().drain_timeout.as_secs();
+        let mut p = Plan::default();
+        let mut dest_steps = Vec::new();
+        for name in names {
+            let Some(s) = desired.service(name) else {
+                continue;
+            };
+            let Some(&mark) = cache.marks.get(*name) else {
+                continue;
+            };
+            let key = ipvs::ServiceKey::fwmark(ipvs_family(fam), mark)
+                .map_err(|e| self.ipvs_err("build service", e))?;
+            let fresh = match self.ipvs.dests(&key) {
+                Ok(d) => d,
+                Err(e) if e.is_not_found() => return self.apply_at(desired, now),
+                Err(e) => return Err(self.ipvs_err("dump dests", e)),
+            };
+            if let Some(os) = cache.observed.ipvs.get_mut(&mark) {
+                os.dests = dest_map(&fresh);
+            }
+            self.drains
+                .sync_service(s, mark, cache.observed.ipvs.get(&mark), now);
+            let (svc, dests) = plan::service_steps(
+                s,
+                mark,
+                cache.observed.ipvs.get(&mark),
+                &self.drains,
+                now,
+                timeout,
+            );
+            p.steps.extend(svc);
+            dest_steps.extend(dests);
+        }
+        p.steps.extend(dest_steps);
+        let report = self.execute(desired, &p, now)?;
+        if report.ok() {
+            for sr in &report.steps {
+                cache.observed.advance(&sr.step, desired, &cache.marks);
+            }
+            for name in names {
+                if let Some(s) = desired.service(name) {
+                    cache.desired.replace_service(s.clone());
+                }
+            }
+            self.cache = Some(cache);
+        }
+        Ok(report)
     }
 
     /// Executes a plan made for `desired`.
@@ -441,6 +534,22 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
             .map(|(k, (m, _))| (k.to_string(), m))
             .collect())
     }
+}
+
+fn dest_map(dests: &[ipvs::DestEntry]) -> BTreeMap<IpAddr, ObservedDest> {
+    dests
+        .iter()
+        .map(|d| {
+            (
+                d.dest.key.addr,
+                ObservedDest {
+                    weight: d.dest.weight.get(),
+                    active: d.active_conns,
+                    inactive: d.inactive_conns,
+                },
+            )
+        })
+        .collect()
 }
 
 fn service(

@@ -192,6 +192,12 @@ impl fmt::Display for ServiceName {
     }
 }
 
+impl std::borrow::Borrow<str> for ServiceName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl<'de> Deserialize<'de> for ServiceName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ServiceName, D::Error> {
         let s = String::deserialize(d)?;
@@ -704,7 +710,13 @@ impl DesiredState {
 
     /// One service.
     pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.values().find(|s| s.name.as_str() == name)
+        self.services.get(name)
+    }
+
+    /// Replaces a service by a new version of itself that the caller took from another valid
+    /// state with the same network (used by incremental updates).
+    pub(crate) fn replace_service(&mut self, s: Service) {
+        self.services.insert(s.name.clone(), s);
     }
 
     /// The tunables.

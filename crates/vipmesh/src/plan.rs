@@ -86,6 +86,25 @@ impl DrainBook {
         self.started.retain(|k, _| keep.contains(k));
     }
 
+    /// [`DrainBook::sync`] for one service: its real servers that are not desired drain
+    /// (from `now` if new to the book); its desired ones are forgotten.
+    pub fn sync_service(
+        &mut self,
+        s: &Service,
+        mark: u32,
+        observed: Option<&ObservedService>,
+        now: u64,
+    ) {
+        let Some(os) = observed else { return };
+        for addr in os.dests.keys() {
+            if s.backends.iter().any(|b| b.addr == *addr) {
+                self.started.remove(&(mark, *addr));
+            } else {
+                self.started.entry((mark, *addr)).or_insert(now);
+            }
+        }
+    }
+
     /// Records that `(mark, addr)` started draining at `now` (kept if already draining).
     pub fn start(&mut self, mark: u32, addr: IpAddr, now: u64) {
         self.started.entry((mark, addr)).or_insert(now);
@@ -475,82 +494,16 @@ pub fn plan(
         let Some(&mark) = marks.get(&s.name) else {
             continue;
         };
-        let scheduler = s.scheduler.as_str().to_string();
-        match observed.ipvs.get(&mark) {
-            None => {
-                steps.push(Step::AddService {
-                    service: s.name.clone(),
-                    mark,
-                    scheduler,
-                    persistence: s.persistence,
-                });
-                for b in &s.backends {
-                    dest_steps.push(Step::AddDest {
-                        service: s.name.clone(),
-                        mark,
-                        addr: b.addr,
-                        weight: b.weight.get(),
-                    });
-                }
-            }
-            Some(os) => {
-                if os.scheduler != scheduler || os.persistence != s.persistence {
-                    steps.push(Step::UpdateService {
-                        service: s.name.clone(),
-                        mark,
-                        scheduler,
-                        persistence: s.persistence,
-                    });
-                }
-                for b in &s.backends {
-                    match os.dests.get(&b.addr) {
-                        None => dest_steps.push(Step::AddDest {
-                            service: s.name.clone(),
-                            mark,
-                            addr: b.addr,
-                            weight: b.weight.get(),
-                        }),
-                        Some(d) if d.weight != b.weight.get() => {
-                            dest_steps.push(Step::UpdateDest {
-                                service: s.name.clone(),
-                                mark,
-                                addr: b.addr,
-                                weight: b.weight.get(),
-                            });
-                        }
-                        Some(_) => {}
-                    }
-                }
-                for (addr, d) in &os.dests {
-                    if s.backends.iter().any(|b| b.addr == *addr) {
-                        continue;
-                    }
-                    let del = |reason| Step::DelDest {
-                        service: s.name.to_string(),
-                        mark,
-                        addr: *addr,
-                        reason,
-                    };
-                    if s.udp_only() {
-                        dest_steps.push(del(DeleteReason::Udp));
-                    } else if d.weight != 0 {
-                        dest_steps.push(Step::UpdateDest {
-                            service: s.name.clone(),
-                            mark,
-                            addr: *addr,
-                            weight: 0,
-                        });
-                    } else if d.active + d.inactive == 0 {
-                        dest_steps.push(del(DeleteReason::Drained));
-                    } else if drains
-                        .started(mark, *addr)
-                        .is_some_and(|t| now.saturating_sub(t) >= drain_timeout)
-                    {
-                        dest_steps.push(del(DeleteReason::DrainTimeout));
-                    }
-                }
-            }
-        }
+        let (svc, dests) = service_steps(
+            s,
+            mark,
+            observed.ipvs.get(&mark),
+            drains,
+            now,
+            drain_timeout,
+        );
+        steps.extend(svc);
+        dest_steps.extend(dests);
     }
     steps.extend(dest_steps);
 
@@ -573,6 +526,168 @@ pub fn plan(
     }
     steps.dedup();
     Ok(Plan { steps, marks })
+}
+
+/// The IPVS steps of one VIP service: (service-level steps, real-server steps).
+pub fn service_steps(
+    s: &Service,
+    mark: u32,
+    observed: Option<&ObservedService>,
+    drains: &DrainBook,
+    now: u64,
+    drain_timeout: u64,
+) -> (Vec<Step>, Vec<Step>) {
+    let mut svc_steps = Vec::new();
+    let mut dest_steps = Vec::new();
+    let scheduler = s.scheduler.as_str().to_string();
+    let empty = ObservedService {
+        scheduler: scheduler.clone(),
+        persistence: s.persistence,
+        dests: BTreeMap::new(),
+    };
+    let os = match observed {
+        Some(os) => os,
+        None => {
+            svc_steps.push(Step::AddService {
+                service: s.name.clone(),
+                mark,
+                scheduler: scheduler.clone(),
+                persistence: s.persistence,
+            });
+            &empty
+        }
+    };
+    if os.scheduler != scheduler || os.persistence != s.persistence {
+        svc_steps.push(Step::UpdateService {
+            service: s.name.clone(),
+            mark,
+            scheduler,
+            persistence: s.persistence,
+        });
+    }
+    for b in &s.backends {
+        let weight = b.weight.get();
+        match os.dests.get(&b.addr) {
+            None => dest_steps.push(Step::AddDest {
+                service: s.name.clone(),
+                mark,
+                addr: b.addr,
+                weight,
+            }),
+            Some(d) if d.weight != weight => dest_steps.push(Step::UpdateDest {
+                service: s.name.clone(),
+                mark,
+                addr: b.addr,
+                weight,
+            }),
+            Some(_) => {}
+        }
+    }
+    for (addr, d) in &os.dests {
+        if s.backends.iter().any(|b| b.addr == *addr) {
+            continue;
+        }
+        let del = |reason| Step::DelDest {
+            service: s.name.to_string(),
+            mark,
+            addr: *addr,
+            reason,
+        };
+        if s.udp_only() {
+            dest_steps.push(del(DeleteReason::Udp));
+        } else if d.weight != 0 {
+            dest_steps.push(Step::UpdateDest {
+                service: s.name.clone(),
+                mark,
+                addr: *addr,
+                weight: 0,
+            });
+        } else if d.active + d.inactive == 0 {
+            dest_steps.push(del(DeleteReason::Drained));
+        } else if drains
+            .started(mark, *addr)
+            .is_some_and(|t| now.saturating_sub(t) >= drain_timeout)
+        {
+            dest_steps.push(del(DeleteReason::DrainTimeout));
+        }
+    }
+    (svc_steps, dest_steps)
+}
+
+impl Observed {
+    /// Updates this view with the effect of a step that succeeded, so a controller can keep
+    /// an accurate picture without dumping the kernel again. `marks` is the plan's
+    /// allocation, `desired` the state it was made for.
+    pub fn advance(
+        &mut self,
+        step: &Step,
+        desired: &DesiredState,
+        marks: &BTreeMap<ServiceName, u32>,
+    ) {
+        match step {
+            Step::Sysctl { key, value } => {
+                self.sysctls.insert(key.clone(), value.clone());
+            }
+            Step::AddAddress { addr, .. } => {
+                self.addresses.insert(*addr);
+            }
+            Step::DelAddress { addr } => {
+                self.addresses.remove(addr);
+            }
+            Step::Rules { .. } => {
+                self.rules_match = true;
+                self.marks = desired
+                    .services()
+                    .filter_map(|s| Some((s.name.clone(), (*marks.get(&s.name)?, s.vip_addr()?))))
+                    .collect();
+            }
+            Step::AddService {
+                mark,
+                scheduler,
+                persistence,
+                ..
+            }
+            | Step::UpdateService {
+                mark,
+                scheduler,
+                persistence,
+                ..
+            } => {
+                let e = self.ipvs.entry(*mark).or_insert_with(|| ObservedService {
+                    scheduler: String::new(),
+                    persistence: None,
+                    dests: BTreeMap::new(),
+                });
+                e.scheduler.clone_from(scheduler);
+                e.persistence = *persistence;
+            }
+            Step::AddDest {
+                mark, addr, weight, ..
+            }
+            | Step::UpdateDest {
+                mark, addr, weight, ..
+            } => {
+                if let Some(svc) = self.ipvs.get_mut(mark) {
+                    svc.dests
+                        .entry(*addr)
+                        .or_insert(ObservedDest {
+                            weight: 0,
+                            active: 0,
+                            inactive: 0,
+                        })
+                        .weight = *weight;
+                }
+            }
+            Step::DelDest { mark, addr, .. } => {
+                if let Some(svc) = self.ipvs.get_mut(mark) {
+                    svc.dests.remove(addr);
+                }
+            }
+            Step::DelService { mark } => {
+                self.ipvs.remove(mark);
+            }
+        }
+    }
 }
 
 /// Seconds since the Unix epoch, the clock [`plan`] and [`DrainBook`] use in production.

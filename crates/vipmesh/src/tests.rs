@@ -676,3 +676,52 @@ proptest! {
         let _ = DesiredState::from_json(&text);
     }
 }
+
+#[test]
+fn apply_services_touches_only_the_named_service() {
+    let mut m = fake_mesh();
+    let mut services = sample();
+    let d = state(services.clone());
+    assert!(m.apply_at(&d, 0).unwrap().ok());
+    let ops = m.ipvs().log.len();
+    let batches = m.rules().batches;
+    // vote gains a task and loses one.
+    let vote = services
+        .iter_mut()
+        .find(|s| s.name.as_str() == "vote")
+        .unwrap();
+    vote.backends = vec![Backend::new(ip("10.0.0.10")), Backend::new(ip("10.0.0.12"))];
+    let d2 = state(services.clone());
+    let r = m.apply_services(&d2, &["vote"], 1).unwrap();
+    assert!(r.ok(), "{r}");
+    let steps: Vec<String> = r.steps.iter().map(|s| s.step.to_string()).collect();
+    assert_eq!(
+        steps,
+        vec![
+            "ipvs add-dest FWM 258 -> 10.0.0.12:0 Masq weight 1 (vote)".to_string(),
+            "ipvs set-dest FWM 258 -> 10.0.0.11:0 weight 0 drain (vote)".to_string(),
+        ]
+    );
+    assert_eq!(m.ipvs().log.len(), ops + 2);
+    assert_eq!(m.rules().batches, batches, "no netfilter batch");
+    // The result equals what a full apply would have produced: what is left is finishing the
+    // drain of the idle task, which the next incremental apply does.
+    let (p, _) = m.plan_at(&d2, 2).unwrap();
+    assert_eq!(
+        p.to_string(),
+        "ipvs del-dest FWM 258 -> 10.0.0.11:0 (vote: drained)\n"
+    );
+    let r = m.apply_services(&d2, &["vote"], 2).unwrap();
+    assert_eq!(r.steps.len(), 1, "{r}");
+    assert!(m.plan_at(&d2, 2).unwrap().0.is_empty());
+    // A change outside the confined set falls back to a full apply (new VIP → new rules).
+    let vote = services
+        .iter_mut()
+        .find(|s| s.name.as_str() == "vote")
+        .unwrap();
+    vote.mode = EndpointMode::Vip(ip("10.0.0.99"));
+    let d3 = state(services);
+    assert!(m.apply_services(&d3, &["vote"], 3).unwrap().ok());
+    assert_eq!(m.rules().batches, batches + 1);
+    assert!(m.plan_at(&d3, 4).unwrap().0.is_empty());
+}
