@@ -10,6 +10,21 @@
 //!    namespace, reads back and verifies. A second apply of the same ruleset runs no restore.
 //! 3. [`Applier::teardown`] removes our chains and tagged jumps and nothing else.
 //!
+//! # Cost and knobs (measured on the host, nft backend, 10 000 rules in one chain)
+//! Every `iptables-save`/`iptables-restore` call on the nft backend fetches the whole ruleset
+//! (~0.1–0.3 s at 10k rules). A default apply is observe + restore + read-back.
+//! [`Verify::Skip`] drops the read-back; [`ObserveMode::Cached`] plans against the last applied
+//! state (a failed partial batch falls back to a full sync; call [`Applier::invalidate`]
+//! periodically so tampering gets repaired). Building a batch is cheap in comparison: ~3 µs per
+//! rule to render and to parse.
+//!
+//! # Placement rules the model enforces
+//! `MARK` only in mangle; `DNAT`/`SNAT`/`MASQUERADE`/`REDIRECT` only in nat; `REJECT` only in
+//! filter; ports and `REDIRECT`/port-`DNAT` need `-p tcp|udp|sctp`; `tcp-reset` needs `-p tcp`;
+//! addresses must match the ruleset's [`Family`]. Hook restrictions (e.g. `DNAT` only from
+//! PREROUTING/OUTPUT) are left to the kernel, whose refusal comes back as
+//! [`Error::RestoreFailed`] with the failing line, and the table section is not committed.
+//!
 //! # The kernel contract
 //! - We own chains whose name starts with `VIPMESH-` (≤ 28 bytes), and the rules in built-in
 //!   chains tagged `-m comment --comment vipmesh`. Everything else is foreign and is never
