@@ -297,7 +297,8 @@ fn injection_attempts_are_inert() {
         return;
     }
     let ns = Ns::new("inj");
-    let a = ns.applier();
+    // Through an open vipmesh-netns handle this time (setns on a worker thread).
+    let a = Applier::new(vipmesh_netns::Netns::named(&ns.name).unwrap().into());
     let mut rs = OwnedRuleset::new(Family::V4);
     let c = cn("VIPMESH-INJ");
     let nasty = "svc; iptables -F # $(reboot) `id` -j ACCEPT -A INPUT";
