@@ -244,7 +244,7 @@ int xdp_lb(struct xdp_md *ctx)
 	c = vm_config();
 	if (!c)
 		return XDP_PASS;
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns();
 	idle = p.key.proto == IPPROTO_TCP ? c->tcp_idle_ns : c->udp_idle_ns;
 	syn = (p.tcp_flags & (VM_TCP_SYN | VM_TCP_ACK)) == VM_TCP_SYN;
 
@@ -292,12 +292,21 @@ int xdp_lb(struct xdp_md *ctx)
 		be = bpf_map_lookup_elem(&backends, &bid);
 		if (!be || !(be->flags & VM_BACKEND_VALID))
 			goto no_backend;
-		nf.atime = now;
-		nf.backend = bid;
-		nf.svc = svc_id;
-		nf.state = VM_ST_NEW;
-		if (bpf_map_update_elem(&flows, &p.key, &nf, BPF_ANY))
-			vm_count(VM_C_FLOW_INSERT_FAIL);
+		if (f) {
+			/* Re-created flow (expired, closing, or its backend left): rewrite the
+			 * entry in place, which costs far less than an LRU update. */
+			f->atime = now;
+			f->backend = bid;
+			f->svc = svc_id;
+			f->state = VM_ST_NEW;
+		} else {
+			nf.atime = now;
+			nf.backend = bid;
+			nf.svc = svc_id;
+			nf.state = VM_ST_NEW;
+			if (bpf_map_update_elem(&flows, &p.key, &nf, BPF_ANY))
+				vm_count(VM_C_FLOW_INSERT_FAIL);
+		}
 		vm_count(VM_C_FLOW_NEW);
 		new_flow = 1;
 	}
@@ -329,6 +338,7 @@ int xdp_lb(struct xdp_md *ctx)
 		if (new_flow || syn) {
 			struct vm_flow_key rk = {};
 			struct vm_rev rv = {};
+			struct vm_rev *re;
 
 			rk.src = be->addr;
 			rk.dst = p.key.src;
@@ -344,7 +354,10 @@ int xdp_lb(struct xdp_md *ctx)
 			rv.svc = svc_id;
 			__builtin_memcpy(rv.client_mac, eth->h_source, 6);
 			__builtin_memcpy(rv.our_mac, eth->h_dest, 6);
-			if (bpf_map_update_elem(&rev, &rk, &rv, BPF_ANY))
+			re = bpf_map_lookup_elem(&rev, &rk);
+			if (re)
+				*re = rv; /* in place: cheaper than an LRU update */
+			else if (bpf_map_update_elem(&rev, &rk, &rv, BPF_ANY))
 				vm_count(VM_C_REV_INSERT_FAIL);
 		}
 		if (vm_nat_rewrite(data, data_end, &p, be))
@@ -451,7 +464,7 @@ int tc_rev(struct __sk_buff *skb)
 	c = vm_config();
 	if (!c)
 		return TC_ACT_OK;
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns();
 	idle = p.key.proto == IPPROTO_TCP ? c->tcp_idle_ns : c->udp_idle_ns;
 	age = now - r->atime;
 	syn = p.tcp_flags & VM_TCP_SYN;

@@ -220,14 +220,25 @@ impl Lab {
 
     /// The service this lab publishes in `mode`, over `tasks` (indices into [`Lab::tasks`]).
     pub fn spec(&self, mode: ForwardMode, tasks: &[usize]) -> ServiceSpec {
+        self.spec_ports(mode, tasks, PUBLISHED, TARGET)
+    }
+
+    /// Like [`Lab::spec`] with other ports.
+    pub fn spec_ports(
+        &self,
+        mode: ForwardMode,
+        tasks: &[usize],
+        published: u16,
+        target: u16,
+    ) -> ServiceSpec {
         let (addr, port) = match mode {
-            ForwardMode::Nat => (NODE_ADDR, TARGET),
+            ForwardMode::Nat => (NODE_ADDR, target),
             ForwardMode::Encap => (DSR_VIP, 0),
         };
         ServiceSpec {
             key: ServiceKey {
                 addr: IpAddr::V4(addr),
-                port: PUBLISHED,
+                port: published,
                 proto: Proto::Tcp,
             },
             mode,
@@ -315,6 +326,11 @@ impl Lab {
     /// Publishes the same service the Swarm way instead: iptables DNAT (spread with
     /// `statistic --mode nth`) plus MASQUERADE on the node, in `VIPMESH-` chains.
     pub fn start_iptables(&mut self) {
+        self.start_iptables_ports(PUBLISHED, TARGET);
+    }
+
+    /// Like [`Lab::start_iptables`] with other ports.
+    pub fn start_iptables_ports(&mut self, published: u16, target: u16) {
         let n = self.tasks.len();
         let mut rules = String::from(
             "iptables -w -t nat -N VIPMESH-LAB-DNAT && iptables -w -t nat -N VIPMESH-LAB-SNAT && \
@@ -324,8 +340,8 @@ impl Lab {
         for (i, t) in self.tasks.iter().enumerate() {
             let every = n - i;
             rules.push_str(&format!(
-                " && iptables -w -t nat -A VIPMESH-LAB-DNAT -d {NODE_ADDR} -p tcp --dport {PUBLISHED} \
-                 -m statistic --mode nth --every {every} --packet 0 -j DNAT --to-destination {}:{TARGET}",
+                " && iptables -w -t nat -A VIPMESH-LAB-DNAT -d {NODE_ADDR} -p tcp --dport {published} \
+                 -m statistic --mode nth --every {every} --packet 0 -j DNAT --to-destination {}:{target}",
                 t.addr
             ));
         }

@@ -1,0 +1,301 @@
+//! Per-packet cost of the fast path through `BPF_PROG_TEST_RUN`, against a bare `XDP_PASS`
+//! baseline measured in the same run. Needs root (it loads BPF programs); without it, it says
+//! so and measures nothing.
+//!
+//! Honest hit path: with `repeat = N` the kernel re-runs the program on the buffer the previous
+//! run rewrote, so a NAT program would only rewrite once. The hit benches therefore use a
+//! "ping-pong" pair of services (VIP:80 -> B:8080 and B:8080 -> VIP:80, and the matching
+//! reverse entries), so every repeat performs a full lookup + rewrite. Cases that cannot be
+//! repeated (a new flow each time, encapsulation that grows the frame) are measured one run per
+//! syscall (`repeat = 1`) against a baseline measured the same way.
+//!
+//! New flows are measured twice: "warm" with `repeat = 1e6` on a ping-pong SYN|FIN frame (the
+//! FIN leaves every flow closing, so the next SYN on the tuple re-creates it: Maglev lookup,
+//! flow and reverse entries rewritten in place), and "cold" with a distinct 5-tuple per
+//! syscall (two LRU inserts per packet, evictions once the table is full).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use vipmesh_xdp::{
+    Backend, Config, Egress, FastPath, ForwardMode, LoadOptions, MacAddr, Program, Proto,
+    ServiceKey, ServiceSpec, TableSize,
+    testing::packet::{self, ACK, FIN, SYN, Spec},
+    verdict::*,
+};
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn frame(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
+    packet::build(&Spec {
+        dmac: MAC_A,
+        smac: MAC_B,
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        proto: Proto::Tcp,
+        sport,
+        dport,
+        flags,
+        payload: vec![0u8; 64],
+    })
+}
+
+fn svc(addr: &str, port: u16, mode: ForwardMode, be: &str, be_port: u16) -> ServiceSpec {
+    ServiceSpec {
+        key: ServiceKey {
+            addr: addr.parse().unwrap(),
+            port,
+            proto: Proto::Tcp,
+        },
+        mode,
+        backends: vec![Backend {
+            addr: be.parse().unwrap(),
+            port: be_port,
+            weight: 1,
+            egress: Egress {
+                ifindex: 1,
+                src_mac: MacAddr(MAC_B),
+                dst_mac: MacAddr(MAC_A),
+            },
+        }],
+        table_size: TableSize::new(65537).unwrap(),
+    }
+}
+
+struct Setup {
+    fp: FastPath,
+    pass: Vec<u8>,
+    miss: Vec<u8>,
+    hit: Vec<u8>,
+    renew: Vec<u8>,
+    rev: Vec<u8>,
+    encap: Vec<u8>,
+}
+
+fn setup() -> Option<Setup> {
+    let config = Config {
+        node_v4: Some("192.0.2.1".parse().unwrap()),
+        ..Config::default()
+    };
+    let mut fp = match FastPath::load(&LoadOptions {
+        config,
+        ..LoadOptions::default()
+    }) {
+        Ok(fp) => fp,
+        Err(e) => {
+            eprintln!(
+                "!!!!! xdp bench SKIPPED: cannot load the fast path: {e} (run as root) !!!!!"
+            );
+            return None;
+        }
+    };
+    let dp = fp.dataplane();
+    dp.upsert_service(&svc("10.0.0.1", 80, ForwardMode::Nat, "10.1.0.2", 8080))
+        .unwrap();
+    dp.upsert_service(&svc("10.1.0.2", 8080, ForwardMode::Nat, "10.0.0.1", 80))
+        .unwrap();
+    dp.upsert_service(&svc("10.0.0.5", 80, ForwardMode::Encap, "10.1.0.3", 0))
+        .unwrap();
+    // Create the flows and reverse entries of both ping-pong directions.
+    for f in [
+        frame("10.9.0.7", 40000, "10.0.0.1", 80, SYN),
+        frame("10.9.0.7", 40000, "10.1.0.2", 8080, SYN),
+    ] {
+        assert_eq!(
+            fp.test_run(Program::XdpLb, &f, 1).unwrap().verdict,
+            XDP_REDIRECT
+        );
+    }
+    let hit = frame("10.9.0.7", 40000, "10.0.0.1", 80, ACK);
+    let out = fp.test_run(Program::XdpLb, &hit, 2).unwrap();
+    assert_eq!(out.verdict, XDP_REDIRECT);
+    assert_eq!(
+        out.data, hit,
+        "two ping-pong runs give back the input: every repeat rewrites"
+    );
+    let rev = frame("10.1.0.2", 8080, "10.9.0.7", 40000, ACK);
+    let out = fp.test_run(Program::TcRev, &rev, 2).unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let encap = frame("10.9.0.7", 40000, "10.0.0.5", 80, ACK);
+    assert_eq!(
+        fp.test_run(Program::XdpLb, &encap, 1).unwrap().verdict,
+        XDP_REDIRECT
+    );
+    Some(Setup {
+        fp,
+        pass: frame("10.9.0.7", 40000, "10.0.0.1", 80, ACK),
+        miss: frame("10.9.0.7", 40000, "10.0.0.9", 80, ACK),
+        hit,
+        renew: frame("10.9.0.7", 40000, "10.0.0.1", 80, SYN | FIN),
+        rev,
+        encap,
+    })
+}
+
+/// Kernel-measured time of `iters` runs, using repeats.
+fn repeated(fp: &mut FastPath, p: Program, f: &[u8], iters: u64) -> Duration {
+    let mut left = iters;
+    let mut total = Duration::ZERO;
+    while left > 0 {
+        let n = left.min(u64::from(u32::MAX)) as u32;
+        total += fp.test_run(p, f, n).unwrap().duration * n;
+        left -= u64::from(n);
+    }
+    total
+}
+
+/// Kernel-measured time of `iters` single runs (one syscall each), frames from `next`.
+fn single(
+    fp: &mut FastPath,
+    p: Program,
+    iters: u64,
+    mut next: impl FnMut(u64) -> Vec<u8>,
+) -> Duration {
+    (0..iters)
+        .map(|i| fp.test_run(p, &next(i), 1).unwrap().duration)
+        .sum()
+}
+
+fn new_flow_frame(i: u64) -> Vec<u8> {
+    // A fresh 5-tuple each time (source address and port vary).
+    let a = (i >> 16) as u8;
+    let port = (i & 0xffff) as u16;
+    frame(
+        &format!("10.{}.{}.7", 100 + (a % 100), a),
+        port,
+        "10.0.0.1",
+        80,
+        SYN,
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn summary(s: &mut Setup) {
+    // Ratios in one run: 7 rounds, median of each.
+    let fp = &mut s.fp;
+    let mut r: [Vec<f64>; 9] = Default::default();
+    for round in 0..7u64 {
+        let per = |d: Duration, n: u64| d.as_nanos() as f64 / n as f64;
+        r[0].push(per(
+            repeated(fp, Program::XdpPass, &s.pass, 1_000_000),
+            1_000_000,
+        ));
+        r[1].push(per(
+            repeated(fp, Program::XdpLb, &s.miss, 1_000_000),
+            1_000_000,
+        ));
+        r[2].push(per(
+            repeated(fp, Program::XdpLb, &s.hit, 1_000_000),
+            1_000_000,
+        ));
+        r[3].push(per(
+            repeated(fp, Program::TcRev, &s.rev, 1_000_000),
+            1_000_000,
+        ));
+        r[4].push(per(
+            single(fp, Program::XdpPass, 20_000, |_| s.pass.clone()),
+            20_000,
+        ));
+        r[5].push(per(
+            single(fp, Program::XdpLb, 20_000, |i| {
+                new_flow_frame(round * 20_000 + i + 7_000_000)
+            }),
+            20_000,
+        ));
+        r[6].push(per(
+            single(fp, Program::XdpLb, 20_000, |_| s.encap.clone()),
+            20_000,
+        ));
+        r[7].push(per(
+            single(fp, Program::XdpLb, 20_000, |_| s.hit.clone()),
+            20_000,
+        ));
+    }
+    let m: Vec<f64> = r.into_iter().map(median).collect();
+    println!("\n== xdp per-packet cost (BPF_PROG_TEST_RUN, median of 7 rounds, ns/packet)");
+    println!("repeat=1e6 (ping-pong for rewrites):");
+    println!("  xdp_pass baseline        {:7.1}", m[0]);
+    println!(
+        "  xdp_lb miss (not a VIP)  {:7.1}   {:.2}x baseline",
+        m[1],
+        m[1] / m[0]
+    );
+    println!(
+        "  xdp_lb NAT flow hit      {:7.1}   {:.2}x baseline   (goal <= 2.5x)",
+        m[2],
+        m[2] / m[0]
+    );
+    println!(
+        "  tc_rev reverse NAT       {:7.1}   {:.2}x baseline",
+        m[3],
+        m[3] / m[0]
+    );
+    println!(
+        "repeat=1, one syscall per packet (kernel-measured, includes per-call timer overhead):"
+    );
+    println!("  xdp_pass baseline        {:7.1}", m[4]);
+    println!(
+        "  xdp_lb NAT flow hit      {:7.1}   {:.2}x baseline",
+        m[7],
+        m[7] / m[4]
+    );
+    println!(
+        "  xdp_lb new flow (Maglev + LRU insert + rev insert) {:7.1}   {:.2}x baseline   (goal <= 5x)",
+        m[5],
+        m[5] / m[4]
+    );
+    println!(
+        "  xdp_lb encap flow hit    {:7.1}   {:.2}x baseline",
+        m[6],
+        m[6] / m[4]
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let Some(mut s) = setup() else { return };
+    let mut g = c.benchmark_group("xdp");
+    g.bench_function("pass_baseline", |b| {
+        b.iter_custom(|n| repeated(&mut s.fp, Program::XdpPass, &s.pass, n))
+    });
+    g.bench_function("miss", |b| {
+        b.iter_custom(|n| repeated(&mut s.fp, Program::XdpLb, &s.miss, n))
+    });
+    g.bench_function("nat_flow_hit", |b| {
+        b.iter_custom(|n| repeated(&mut s.fp, Program::XdpLb, &s.hit, n))
+    });
+    g.bench_function("nat_new_flow_warm", |b| {
+        b.iter_custom(|n| repeated(&mut s.fp, Program::XdpLb, &s.renew, n))
+    });
+    g.bench_function("tc_rev_hit", |b| {
+        b.iter_custom(|n| repeated(&mut s.fp, Program::TcRev, &s.rev, n))
+    });
+    g.bench_function("single/pass_baseline", |b| {
+        b.iter_custom(|n| single(&mut s.fp, Program::XdpPass, n, |_| s.pass.clone()))
+    });
+    let mut base = 0u64;
+    g.bench_function("single/new_flow", |b| {
+        b.iter_custom(|n| {
+            let d = single(&mut s.fp, Program::XdpLb, n, |i| new_flow_frame(base + i));
+            base += n;
+            d
+        })
+    });
+    g.bench_function("single/encap_hit", |b| {
+        b.iter_custom(|n| single(&mut s.fp, Program::XdpLb, n, |_| s.encap.clone()))
+    });
+    g.finish();
+    summary(&mut s);
+}
+
+criterion_group! {
+    name = xdp;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(20);
+    targets = benches
+}
+criterion_main!(xdp);
