@@ -1,6 +1,6 @@
 //! Backends: a stable key (hashed), a caller-chosen id (stored in the table), and a weight.
 
-use crate::Error;
+use crate::{Error, Permutation, TableSize};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -112,6 +112,15 @@ impl BackendKey {
         }
         bytes.extend_from_slice(&addr.port().to_be_bytes());
         Self(bytes)
+    }
+
+    /// This key's preference list in a table of size `size` (the frozen hash at work).
+    ///
+    /// Two keys with the same `skip` walk the same cycle of slots, which makes their slots
+    /// more likely to be swapped when other backends change (probability about
+    /// `N² / (2 (M − 1))` for `N` backends); a larger table makes that rarer.
+    pub fn permutation(&self, size: TableSize) -> Permutation {
+        Permutation::new(size, &self.0)
     }
 
     /// The key's bytes, exactly as hashed.

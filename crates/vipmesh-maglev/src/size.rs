@@ -89,6 +89,11 @@ impl TableSize {
         })
     }
 
+    /// A size already known to be valid (taken from another `TableSize`).
+    pub(crate) const fn new_unchecked(value: u32) -> Self {
+        Self(value)
+    }
+
     /// The size as a number.
     pub const fn get(self) -> u32 {
         self.0
