@@ -3,6 +3,7 @@
 use crate::hash::{OFFSET_KEY, SKIP_KEY, SipHasher24, siphash24};
 use crate::{Backend, BackendId, Error, TableDelta, TableSize};
 use std::cmp::Ordering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BTreeMap, BinaryHeap};
 
 /// Key of [`MaglevTable::digest`], as the 16 ASCII bytes `vipmesh-mgdigest`. MUST NOT CHANGE.
@@ -57,8 +58,9 @@ impl MaglevTable {
     ///    to `M`.
     /// 4. Backends take turns; at each turn a backend claims the first free slot of its
     ///    permutation. The `k`-th turn of a backend of weight `w` falls at virtual time `k / w`
-    ///    (stride scheduling: turns proportional to weight, evenly interleaved), ties going to
-    ///    the smaller key; a backend stops when it reaches its quota.
+    ///    (stride scheduling: turns proportional to weight, evenly interleaved); turns at the
+    ///    same time go to the larger weight first, then to the smaller key. A backend stops
+    ///    when it reaches its quota.
     ///
     /// With equal weights, step 4 is the paper's round robin and the table is exactly the
     /// paper's Maglev table (a fast path computes it without the scheduler).
@@ -70,11 +72,11 @@ impl MaglevTable {
     ///   `1/⌊M/N⌋`, which is ≤ 1 % once `M > 100 · N`
     ///   ([`TableSize::is_balanced_for`]). A backend whose share is below one slot may get none.
     /// - Removing one of `N` equal backends moves its own `1/N` of the slots plus a little
-    ///   more: at `M = 65537`, at most `1/N + 1 %` in 99 % of random cases (see the crate
+    ///   more: at `M = 65537`, at most `1/N + 1 %` in about 99 % of random cases (see the crate
     ///   docs and `tests/properties.rs` for the measured distribution).
     ///
     /// Building costs `O(M log M)` probes and allocates `4 · M` bytes; at `M = 65537` and
-    /// `N = 1000` it takes about a millisecond (see the crate's benchmark).
+    /// `N = 1000` it takes about 2 ms (see the crate's benchmark).
     ///
     /// # Errors
     ///
@@ -439,17 +441,18 @@ fn populate_round_robin(m: u32, active: &[&Backend]) -> Vec<u32> {
     filler.slots
 }
 
-/// Weighted: turns at virtual times `k / weight` (ties in key order), each backend stopping at
-/// its quota. `quotas` sums to `m`.
+/// Weighted: turns at virtual times `k / weight`, each backend stopping at its quota. `quotas`
+/// sums to `m`.
 ///
-/// Backends of equal weight have the same turn times, so they are scheduled as one group that
-/// takes its turns in key order: the heap holds one entry per distinct weight, not per backend.
-/// Groups whose turns fall at the same time are merged by key order.
+/// Backends of equal weight have the same turn times, so they form one group that takes its
+/// turns together, in key order: the heap holds one entry per distinct weight, not per backend.
+/// Groups whose turns fall at the same time go heavier first.
 fn populate_weighted(m: u32, active: &[&Backend], quotas: &[u32]) -> Vec<u32> {
     let mut cursors = cursors(m, active);
     let mut filler = Filler::new(m);
 
-    // Members of each weight group, in key order, and the group's largest quota.
+    // Members of each weight group (in increasing weight), in key order, and the group's
+    // largest quota: its number of turns.
     let mut by_weight: BTreeMap<u32, (Vec<u32>, u32)> = BTreeMap::new();
     for ((pos, b), &quota) in (0u32..).zip(active).zip(quotas) {
         if quota > 0 {
@@ -468,53 +471,22 @@ fn populate_weighted(m: u32, active: &[&Backend], quotas: &[u32]) -> Vec<u32> {
         })
         .collect();
 
-    let mut claim = |pos: u32, cursors: &mut [Cursor]| {
-        let i = pos as usize;
-        filler.claim(&mut cursors[i], active[i].id().get());
-    };
-    let mut tied: Vec<Turn> = Vec::new();
-    let mut merged: Vec<u32> = Vec::new();
     // Exactly `m` claims, since the quotas sum to `m`.
-    while let Some(first) = heap.pop() {
-        tied.clear();
-        tied.push(first);
-        while let Some(next) = heap.peek() {
-            if !next.same_time(&first) {
-                break;
-            }
-            tied.push(*next);
-            heap.pop();
-        }
+    while let Some(mut turn) = heap.peek_mut() {
+        let (members, turns) = &groups[turn.owner as usize];
         // A member takes turn `k` if its quota allows (the quotas in a group differ by at most
         // one, so this skips members only on the group's last turn).
-        if let [turn] = tied[..] {
-            for &pos in &groups[turn.owner as usize].0 {
-                if u64::from(quotas[pos as usize]) >= turn.k {
-                    claim(pos, &mut cursors);
-                }
-            }
-        } else {
-            merged.clear();
-            for turn in &tied {
-                merged.extend(
-                    groups[turn.owner as usize]
-                        .0
-                        .iter()
-                        .filter(|&&pos| u64::from(quotas[pos as usize]) >= turn.k),
-                );
-            }
-            merged.sort_unstable();
-            for &pos in &merged {
-                claim(pos, &mut cursors);
+        for &pos in members {
+            let i = pos as usize;
+            if u64::from(quotas[i]) >= turn.k {
+                filler.claim(&mut cursors[i], active[i].id().get());
             }
         }
-        for turn in &tied {
-            if turn.k < u64::from(groups[turn.owner as usize].1) {
-                heap.push(Turn {
-                    k: turn.k + 1,
-                    ..*turn
-                });
-            }
+        if turn.k < u64::from(*turns) {
+            // Re-sifts the entry when `turn` drops: one sift instead of a pop and a push.
+            turn.k += 1;
+        } else {
+            PeekMut::pop(turn);
         }
     }
     filler.slots
@@ -542,7 +514,8 @@ fn quotas(m: u32, weights: &[u32]) -> Vec<u32> {
     quotas
 }
 
-/// A weight group's next turn, at virtual time `k / weight`; the heap pops the earliest.
+/// A weight group's next turn, at virtual time `k / weight`. The heap pops the earliest; at
+/// equal times, the heavier group (groups are numbered by increasing weight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Turn {
     k: u64,
@@ -556,14 +529,7 @@ impl Ord for Turn {
         // weight < 2^32, so the products fit a u64. Earlier is greater (BinaryHeap is a max-heap).
         let mine = self.k * other.weight;
         let theirs = other.k * self.weight;
-        theirs.cmp(&mine).then(other.owner.cmp(&self.owner))
-    }
-}
-
-impl Turn {
-    /// Whether both turns fall at the same virtual time.
-    fn same_time(&self, other: &Self) -> bool {
-        self.k * other.weight == other.k * self.weight
+        theirs.cmp(&mine).then(self.owner.cmp(&other.owner))
     }
 }
 
@@ -605,27 +571,26 @@ mod tests {
         assert_eq!(weighted, round_robin);
     }
 
-    /// The weighted schedule as specified, one heap entry per backend: turns at `k / weight`,
-    /// ties to the lower position. `populate_weighted` groups equal weights; it must agree.
+    /// The weighted schedule as specified, written plainly: every turn of every backend at
+    /// `k / weight`, ties to the larger weight, then the lower position. `populate_weighted`
+    /// groups equal weights in a heap; it must agree.
     fn reference_weighted(m: u32, active: &[&Backend], quotas: &[u32]) -> Vec<u32> {
         let mut cursors = cursors(m, active);
         let mut filler = Filler::new(m);
-        let mut heap: BinaryHeap<Turn> = (0u32..)
-            .zip(active)
-            .zip(quotas)
-            .filter(|(_, q)| **q > 0)
-            .map(|((owner, b), _)| Turn {
-                k: 1,
-                weight: u64::from(b.weight().get()),
-                owner,
-            })
-            .collect();
-        while let Some(t) = heap.pop() {
-            let i = t.owner as usize;
+        // Every turn of every backend, sorted by (time, larger weight, smaller position).
+        let mut turns: Vec<(u64, u64, usize)> = Vec::new();
+        for (i, b) in active.iter().enumerate() {
+            let w = u64::from(b.weight().get());
+            turns.extend((1..=u64::from(quotas[i])).map(|k| (k, w, i)));
+        }
+        turns.sort_by(|a, b| {
+            (a.0 * b.1)
+                .cmp(&(b.0 * a.1))
+                .then(b.1.cmp(&a.1))
+                .then(a.2.cmp(&b.2))
+        });
+        for (_, _, i) in turns {
             filler.claim(&mut cursors[i], active[i].id().get());
-            if t.k < u64::from(quotas[i]) {
-                heap.push(Turn { k: t.k + 1, ..t });
-            }
         }
         filler.slots
     }
