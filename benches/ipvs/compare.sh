@@ -48,6 +48,7 @@ t1=$(now); check ${P}c "$NS"
 tc=$(echo "$t1 - $t0" | bc -l)
 
 echo "rules: $N (${S} services x ${D} dests); process-per-rule subset: $NS rules"
+printf "guest seconds (emulated): ipvs_restore %.2f, ipvsadm -R %.2f, process-per-rule subset %.2f\n" "$ta" "$tb" "$tc"
 printf 'ipvsadm -R / ipvs_restore (same %d rules):            %.2fx\n' "$N" "$(echo "$tb / $ta" | bc -l)"
 printf 'process per rule / ipvs_restore (per rule):           %.0fx\n' "$(echo "($tc / $NS) / ($ta / $N)" | bc -l)"
 printf 'process per rule / ipvsadm -R (per rule):             %.0fx\n' "$(echo "($tc / $NS) / ($tb / $N)" | bc -l)"

@@ -184,10 +184,11 @@ pub trait IpvsBackend {
     /// Kernel or socket errors.
     fn services(&mut self) -> Result<Vec<ServiceEntry>, Error>;
 
-    /// The destinations of one service, with connection counts and stats.
+    /// The destinations of one service, with connection counts and stats. A service that
+    /// does not exist has no destinations (the kernel ends the dump silently).
     ///
     /// # Errors
-    /// [`Error::DumpDests`] (`is_not_found()` if the service does not exist).
+    /// [`Error::DumpDests`] for kernel or socket errors.
     fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestEntry>, Error>;
 
     /// Applies `ops` in order and returns one result per operation (same length and

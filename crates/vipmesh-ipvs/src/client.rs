@@ -348,10 +348,11 @@ impl Client {
         }
     }
 
-    /// The destinations of a service, with connection counts and stats.
+    /// The destinations of a service, with connection counts and stats (empty when the
+    /// service does not exist: the kernel ends the dump silently).
     ///
     /// # Errors
-    /// [`Error::DumpDests`] (`is_not_found()` when the service does not exist).
+    /// [`Error::DumpDests`] for kernel errors.
     pub fn dests(&mut self, key: &ServiceKey) -> Result<Vec<DestEntry>, Error> {
         let replies = self
             .request(

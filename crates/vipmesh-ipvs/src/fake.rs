@@ -310,6 +310,37 @@ mod tests {
         assert!(f.execute(&[Op::AddDest(key(), v6t)])[0].is_ok());
     }
 
+    /// A reconciler that retries what failed converges on a faulty backend.
+    #[test]
+    fn retries_converge_on_a_faulty_backend() {
+        let mut f = Fake::new();
+        f.fail_next(
+            &[libc::ENOMEM, 0, libc::EBUSY]
+                .into_iter()
+                .filter(|e| *e != 0)
+                .collect::<Vec<_>>(),
+        );
+        let mut todo = vec![
+            Op::AddService(svc()),
+            Op::AddDest(key(), dest("10.0.0.10")),
+            Op::AddDest(key(), dest("10.0.0.11")),
+        ];
+        for _round in 0..5 {
+            let results = f.execute(&todo);
+            todo = todo
+                .into_iter()
+                .zip(results)
+                .filter(|(_, r)| r.as_ref().is_err_and(|e| !e.is_exists()))
+                .map(|(op, _)| op)
+                .collect();
+            if todo.is_empty() {
+                break;
+            }
+        }
+        assert!(todo.is_empty());
+        assert_eq!(f.dests(&key()).unwrap().len(), 2);
+    }
+
     #[test]
     fn flush_timeouts_conns_and_faults() {
         let mut f = Fake::new();

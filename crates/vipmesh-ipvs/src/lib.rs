@@ -12,6 +12,33 @@
 //!
 //! Kernel: tested against Linux 6.1 (Debian 6.1.0-56). Destination address families
 //! (mixed v4/v6 with tunnels) need Linux 4.9; tunnel types need 5.7; `STATS64` 4.1.
+//!
+//! # The kernel's behaviour, as observed in the guest tests
+//! - Errnos: a missing service is `ESRCH`, a missing destination `ENOENT`, a duplicate
+//!   `EEXIST`, an unknown scheduler `ENOENT` (so `is_not_found()` is also true for it on
+//!   `AddService`), a negative weight or lower > upper threshold `ERANGE`.
+//! - Adding a destination in a namespace whose `lo` is down fails with `EINVAL` (the
+//!   kernel's `inet_addr_type` check); bring `lo` up first.
+//! - Dumping the destinations of a missing service returns an empty list, not an error.
+//! - `ipvsadm` sorts what it prints; the kernel dumps in hash order. [`save`] sorts like
+//!   ipvsadm 1.31 so its output is byte-identical.
+//!
+//! # Examples
+//! ```no_run
+//! use vipmesh_ipvs::{Client, save};
+//! let mut ipvs = Client::open()?; // this thread's netns; Client::open_in(&netns) for another
+//! let ops = save::parse_rules("-A -f 259 -s rr\n-a -f 259 -r 10.0.0.10:0 -m -w 1\n")?;
+//! for r in ipvs.execute(&ops) {
+//!     r?;
+//! }
+//! let mut table = Vec::new();
+//! for s in ipvs.services()? {
+//!     let d = ipvs.dests(&s.service.key)?;
+//!     table.push((s, d));
+//! }
+//! print!("{}", save::render_list(&ipvs.info()?, &table, save::ListView::Table));
+//! # Ok::<(), vipmesh_ipvs::Error>(())
+//! ```
 #![deny(missing_docs)]
 
 mod backend;
