@@ -216,6 +216,10 @@ fn summary(s: &mut Setup) {
             single(fp, Program::XdpLb, 20_000, |_| s.hit.clone()),
             20_000,
         ));
+        r[8].push(per(
+            repeated(fp, Program::XdpLb, &s.renew, 1_000_000),
+            1_000_000,
+        ));
     }
     let m: Vec<f64> = r.into_iter().map(median).collect();
     println!("\n== xdp per-packet cost (BPF_PROG_TEST_RUN, median of 7 rounds, ns/packet)");
@@ -235,6 +239,11 @@ fn summary(s: &mut Setup) {
         "  tc_rev reverse NAT       {:7.1}   {:.2}x baseline",
         m[3],
         m[3] / m[0]
+    );
+    println!(
+        "  xdp_lb new flow, warm (Maglev + in-place flow/rev) {:7.1}   {:.2}x baseline   (goal <= 5x)",
+        m[8],
+        m[8] / m[0]
     );
     println!(
         "repeat=1, one syscall per packet (kernel-measured, includes per-call timer overhead):"

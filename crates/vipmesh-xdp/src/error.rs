@@ -40,6 +40,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Pinning or re-opening a bpf_link failed.
+    #[error("{op} link pin {path}")]
+    LinkPin {
+        /// `open`, `convert`, `pin`.
+        op: &'static str,
+        /// The pin path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The interface does not exist in the caller's network namespace.
     #[error("no interface named {name:?}")]
     InterfaceNotFound {

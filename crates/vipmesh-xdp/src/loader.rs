@@ -7,7 +7,10 @@ use std::{
 };
 
 use aya::programs::{
-    ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode, tc::TcAttachType,
+    ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachType},
+    xdp::XdpLink,
 };
 
 use crate::{Config, Dataplane, Error, maps::KernelMaps, sys};
@@ -80,6 +83,11 @@ pub struct Attachment {
     pub mode: Option<AttachMode>,
     /// For `AttachMode::Auto`: why native mode was refused, when it was.
     pub fallback_reason: Option<String>,
+    /// The link's pin, with [`Pinning::MapsAndLinks`].
+    pub pinned: Option<PathBuf>,
+    /// Whether an existing pinned link was taken over (its program atomically replaced)
+    /// instead of attaching anew; `mode` is then `None` (the link keeps its mode).
+    pub reused_pin: bool,
 }
 
 /// Where maps are pinned.
@@ -93,6 +101,24 @@ pub enum Pinning {
         /// The bpffs mount point, normally `/sys/fs/bpf`.
         root: PathBuf,
     },
+    /// Maps as in [`Pinning::Maps`], and every attachment's bpf_link too
+    /// (`root/vipmesh/link_<program>_<ifindex>`): the programs stay attached when the process
+    /// exits, and the next process's [`FastPath::attach`] atomically swaps its own program into
+    /// the pinned link, so traffic is never left without the fast path. [`FastPath::detach`]
+    /// removes the pin.
+    MapsAndLinks {
+        /// The bpffs mount point, normally `/sys/fs/bpf`.
+        root: PathBuf,
+    },
+}
+
+impl Pinning {
+    fn root(&self) -> Option<&Path> {
+        match self {
+            Pinning::None => None,
+            Pinning::Maps { root } | Pinning::MapsAndLinks { root } => Some(root),
+        }
+    }
 }
 
 /// Options for [`FastPath::load`].
@@ -166,6 +192,7 @@ pub struct FastPath {
     ebpf: aya::Ebpf,
     dataplane: Dataplane<KernelMaps>,
     links: Vec<(Attachment, LinkId)>,
+    link_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -221,7 +248,7 @@ impl FastPath {
         loader.map_max_entries("rev", opts.flow_entries);
         let dir;
         let paths: Vec<(&str, PathBuf)>;
-        if let Pinning::Maps { root } = &opts.pinning {
+        if let Some(root) = opts.pinning.root() {
             sys::ensure_bpffs(root)?;
             dir = pin_dir(root);
             std::fs::create_dir_all(&dir).map_err(|source| Error::Pin {
@@ -250,10 +277,15 @@ impl FastPath {
         crate::maps::MapLayer::set_config(&mut maps, &cfg)?;
         let dataplane = Dataplane::new(maps, opts.config)?;
         tracing::info!(pinning = ?opts.pinning, "vipmesh XDP fast path loaded");
+        let link_dir = match &opts.pinning {
+            Pinning::MapsAndLinks { root } => Some(pin_dir(root)),
+            _ => None,
+        };
         Ok(FastPath {
             ebpf,
             dataplane,
             links: Vec::new(),
+            link_dir,
         })
     }
 
@@ -278,15 +310,66 @@ impl FastPath {
         let c = std::ffi::CString::new(interface).map_err(|_nul| Error::InterfaceNotFound {
             name: interface.to_owned(),
         })?;
-        if nix_if_nametoindex(&c) == 0 {
+        let ifindex = nix_if_nametoindex(&c);
+        if ifindex == 0 {
             return Err(Error::InterfaceNotFound {
                 name: interface.to_owned(),
             });
         }
+        let pin_path = self
+            .link_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{}_{ifindex}", program.name())));
         let prog = self.ebpf.program_mut(program.name()).ok_or_else(|| {
             Error::program(program.name(), "find", ProgramError::UnexpectedProgramType)
         })?;
-        let (att, link) = if program.is_xdp() {
+        let name = program.name();
+        let pin_err =
+            |op: &'static str, path: &Path, e: Box<dyn std::error::Error + Send + Sync>| {
+                Error::LinkPin {
+                    op,
+                    path: path.to_owned(),
+                    source: e,
+                }
+            };
+        // Take over a pinned link: atomically swap our program into it.
+        if let Some(path) = pin_path.as_deref().filter(|p| p.exists()) {
+            let fd = FdLink::from(
+                PinnedLink::from_pin(path).map_err(|e| pin_err("open", path, Box::new(e)))?,
+            );
+            let link = if program.is_xdp() {
+                let xdp: &mut Xdp = prog
+                    .try_into()
+                    .map_err(|e| Error::program(name, "cast", e))?;
+                let l = XdpLink::try_from(fd).map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                LinkId::Xdp(
+                    xdp.attach_to_link(l)
+                        .map_err(|e| Error::program(name, "replace", e))?,
+                )
+            } else {
+                let tc: &mut SchedClassifier = prog
+                    .try_into()
+                    .map_err(|e| Error::program(name, "cast", e))?;
+                let l = SchedClassifierLink::try_from(fd)
+                    .map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                LinkId::Tc(
+                    tc.attach_to_link(l)
+                        .map_err(|e| Error::program(name, "replace", e))?,
+                )
+            };
+            let att = Attachment {
+                program,
+                interface: interface.to_owned(),
+                mode: None,
+                fallback_reason: None,
+                pinned: Some(path.to_owned()),
+                reused_pin: true,
+            };
+            tracing::info!(program = name, interface, pin = %path.display(), "took over pinned link");
+            self.links.push((att.clone(), link));
+            return Ok(att);
+        }
+        let (mut att, mut link) = if program.is_xdp() {
             let xdp: &mut Xdp = prog
                 .try_into()
                 .map_err(|e| Error::program(program.name(), "cast", e))?;
@@ -327,6 +410,8 @@ impl FastPath {
                     interface: interface.to_owned(),
                     mode: Some(used),
                     fallback_reason: reason,
+                    pinned: None,
+                    reused_pin: false,
                 },
                 LinkId::Xdp(id),
             )
@@ -348,10 +433,60 @@ impl FastPath {
                     interface: interface.to_owned(),
                     mode: None,
                     fallback_reason: None,
+                    pinned: None,
+                    reused_pin: false,
                 },
                 LinkId::Tc(id),
             )
         };
+        if let Some(path) = pin_path.as_deref() {
+            // Pin the new link, then hand it back to the program (same program: a no-op swap).
+            let prog = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::program(name, "find", ProgramError::UnexpectedProgramType))?;
+            link = match link {
+                LinkId::Xdp(id) => {
+                    let xdp: &mut Xdp = prog
+                        .try_into()
+                        .map_err(|e| Error::program(name, "cast", e))?;
+                    let l = xdp
+                        .take_link(id)
+                        .map_err(|e| Error::program(name, "take_link", e))?;
+                    let fd =
+                        FdLink::try_from(l).map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                    let pinned = fd
+                        .pin(path)
+                        .map_err(|e| pin_err("pin", path, Box::new(e)))?;
+                    let l = XdpLink::try_from(FdLink::from(pinned))
+                        .map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                    LinkId::Xdp(
+                        xdp.attach_to_link(l)
+                            .map_err(|e| Error::program(name, "relink", e))?,
+                    )
+                }
+                LinkId::Tc(id) => {
+                    let tc: &mut SchedClassifier = prog
+                        .try_into()
+                        .map_err(|e| Error::program(name, "cast", e))?;
+                    let l = tc
+                        .take_link(id)
+                        .map_err(|e| Error::program(name, "take_link", e))?;
+                    let fd =
+                        FdLink::try_from(l).map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                    let pinned = fd
+                        .pin(path)
+                        .map_err(|e| pin_err("pin", path, Box::new(e)))?;
+                    let l = SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                    LinkId::Tc(
+                        tc.attach_to_link(l)
+                            .map_err(|e| Error::program(name, "relink", e))?,
+                    )
+                }
+            };
+            att.pinned = Some(path.to_owned());
+        }
         tracing::info!(program = program.name(), interface, mode = ?att.mode, "attached");
         self.links.push((att.clone(), link));
         Ok(att)
@@ -369,6 +504,20 @@ impl FastPath {
         };
         let (a, link) = self.links.remove(pos);
         let name = a.program.name();
+        if let Some(path) = &a.pinned {
+            // Unpin first, so that closing our descriptor really detaches.
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Pin {
+                        op: "unpin",
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         let prog = self
             .ebpf
             .program_mut(name)

@@ -211,6 +211,20 @@ pub fn if_nametoindex(name: &std::ffi::CStr) -> u32 {
     unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
+/// Waits until `fd` is readable or `timeout_ms` passes; returns whether it is readable
+/// ([poll(2)](https://man7.org/linux/man-pages/man2/poll.2.html)).
+pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: i32) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd and the fd is borrowed for the duration of the call.
+    let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    rc > 0 && p.revents & libc::POLLIN != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

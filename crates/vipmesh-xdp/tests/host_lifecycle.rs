@@ -313,3 +313,66 @@ fn bad_service_input_is_rejected_before_any_write() {
         })
     ));
 }
+
+/// The id of the XDP program attached to `dev` (from `ip link`), if any.
+fn xdp_prog_id(t: &TestNetns, dev: &str) -> Option<u32> {
+    let out = t.sh(&format!("ip -d link show {dev}"));
+    let at = out.find("prog/xdp")?;
+    let rest = &out[at..];
+    let id = rest.split_whitespace().skip_while(|w| *w != "id").nth(1)?;
+    id.parse().ok()
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn pinned_links_keep_the_fast_path_attached_across_a_restart() {
+    if !can_run() {
+        return;
+    }
+    let t = TestNetns::new();
+    veth(&t);
+    let root = std::env::temp_dir().join(format!("vipmesh-bpffs-links-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _u = Umount(root.clone());
+    let opts = LoadOptions {
+        config: config(),
+        flow_entries: 1024,
+        pinning: Pinning::MapsAndLinks { root: root.clone() },
+    };
+    let mut fp1 = FastPath::load(&opts).unwrap();
+    let a1 = fp1.attach("va", Program::XdpLb, AttachMode::Auto).unwrap();
+    assert!(!a1.reused_pin);
+    assert!(a1.pinned.as_ref().unwrap().exists());
+    fp1.attach("vb", Program::TcRev, AttachMode::Auto).unwrap();
+    let ids1 = fp1.program_ids().unwrap();
+    assert_eq!(xdp_prog_id(&t, "va"), Some(ids1[&Program::XdpLb]));
+    drop(fp1);
+    // The process is gone; the fast path is still attached.
+    assert_eq!(xdp_prog_id(&t, "va"), Some(ids1[&Program::XdpLb]));
+    assert_eq!(tcx_ingress("vb"), vec![ids1[&Program::TcRev]]);
+    // The next process takes the links over, atomically.
+    let mut fp2 = FastPath::load(&opts).unwrap();
+    let a2 = fp2.attach("va", Program::XdpLb, AttachMode::Auto).unwrap();
+    assert!(a2.reused_pin);
+    let b2 = fp2.attach("vb", Program::TcRev, AttachMode::Auto).unwrap();
+    assert!(b2.reused_pin);
+    let ids2 = fp2.program_ids().unwrap();
+    assert_ne!(ids1[&Program::XdpLb], ids2[&Program::XdpLb]);
+    assert_eq!(xdp_prog_id(&t, "va"), Some(ids2[&Program::XdpLb]));
+    assert_eq!(tcx_ingress("vb"), vec![ids2[&Program::TcRev]]);
+    // An explicit detach removes the pins and the attachments.
+    fp2.detach_all().unwrap();
+    assert_eq!(xdp_prog_id(&t, "va"), None);
+    assert_eq!(tcx_ingress("vb"), Vec::<u32>::new());
+    assert!(!a2.pinned.unwrap().exists());
+    drop(fp2);
+    FastPath::unpin(&root).unwrap();
+    assert!(!root.join("vipmesh").exists());
+}

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! The task server answers `who\n` with `task=t<i> peer=<ip>:<port>\n` (any number of times
-//! on one connection) and `big\n` with [`BIG_LEN`] deterministic bytes, then closes.
+//! on one connection), `big\n` with [`BIG_LEN`] deterministic bytes, then closes, and an HTTP
+//! `GET` with the same line as a one-shot HTTP/1.1 response (for wrk).
 //! Everything is deleted on drop (namespaces, servers), also on panic.
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
@@ -110,7 +111,11 @@ fn serve(task: String, ns: String, stop: Arc<AtomicBool>) -> JoinHandle<()> {
                     let task = task.clone();
                     std::thread::spawn(move || handle(s, peer, &task));
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => {
+                    // Sleep until a connection is pending (or 100 ms, to notice `stop`).
+                    use std::os::fd::AsFd as _;
+                    crate::sys::wait_readable(l.as_fd(), 100);
+                }
             }
         }
     });
@@ -139,6 +144,20 @@ fn handle(s: TcpStream, peer: SocketAddr, task: &str) {
             }
             "big" => {
                 let _ = w.write_all(&big_payload());
+                return;
+            }
+            l if l.starts_with("GET ") => {
+                // Minimal HTTP/1.x for wrk: skip the headers, answer, close.
+                let mut h = String::new();
+                while r.read_line(&mut h).map(|n| n > 0).unwrap_or(false) && h != "\r\n" {
+                    h.clear();
+                }
+                let body = format!("task={task} peer={peer}\n");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = w.write_all(resp.as_bytes());
                 return;
             }
             _ => return,
@@ -264,7 +283,7 @@ impl Lab {
 
     /// Loads the fast path, attaches it (XDP on `n0`, and per task: `tc_rev` on `n<i>` for
     /// NAT, `tc_decap`/`tc_egress` plus the VIP on `lo` for encap, `xdp_pass` on the task's
-    /// `eth0` for NAPI) and publishes the service over every task. Returns the XDP attachment.
+    /// `eth0` for NAPI, or GRO instead when `VIPMESH_LAB_NAPI_GRO` is set) and publishes the service over every task. Returns the XDP attachment.
     pub fn start_xdp(&mut self, mode: ForwardMode) -> crate::Attachment {
         let config = Config {
             node_v4: Some(NODE_ADDR),
@@ -288,9 +307,15 @@ impl Lab {
             att
         });
         for t in &self.tasks {
+            if std::env::var("VIPMESH_LAB_NAPI_GRO").is_ok_and(|v| !v.is_empty()) {
+                // NAPI for the redirect target through GRO instead of an XDP program.
+                self.topo.sh(&t.ns, "ethtool -K eth0 gro on >/dev/null");
+            }
             in_ns(&t.ns, || {
-                fp.attach("eth0", Program::XdpPass, AttachMode::Auto)
-                    .expect("attach xdp_pass");
+                if !std::env::var("VIPMESH_LAB_NAPI_GRO").is_ok_and(|v| !v.is_empty()) {
+                    fp.attach("eth0", Program::XdpPass, AttachMode::Auto)
+                        .expect("attach xdp_pass");
+                }
                 if mode == ForwardMode::Encap {
                     fp.attach("eth0", Program::TcDecap, AttachMode::Auto)
                         .expect("tc_decap");
