@@ -5,6 +5,7 @@
 //! it, then changes one backend's weight R times with
 //! - `apply_services` (incremental: reads back and writes only that service), and
 //! - `apply` (full: observe everything, diff, apply),
+//!
 //! and prints the medians and the 10k/100 ratios. The goal is a ratio <= 2 for the
 //! incremental path: the cost is O(changes), not O(services).
 //!

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p vipmesh --example mesh_scale
-cargo xtask vm --timeout 3000 -- target/release/examples/mesh_scale
+cargo xtask vm --timeout 3000 -- "${CARGO_TARGET_DIR:-target}/release/examples/mesh_scale"
