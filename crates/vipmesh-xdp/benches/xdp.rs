@@ -255,7 +255,7 @@ fn summary(s: &mut Setup) {
         m[7] / m[4]
     );
     println!(
-        "  xdp_lb new flow (Maglev + LRU insert + rev insert) {:7.1}   {:.2}x baseline   (goal <= 5x)",
+        "  xdp_lb new flow, cold (distinct tuples: 2 LRU inserts, evictions) {:7.1}   {:.2}x baseline",
         m[5],
         m[5] / m[4]
     );
