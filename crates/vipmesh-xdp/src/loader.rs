@@ -669,3 +669,26 @@ impl FastPath {
 fn nix_if_nametoindex(name: &std::ffi::CStr) -> u32 {
     sys::if_nametoindex(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built without clang (`VIPMESH_CLANG=/nonexistent`), loading is a typed error.
+    #[cfg(not(vipmesh_object))]
+    #[test]
+    fn load_without_the_object_is_a_typed_error() {
+        assert!(!crate::object_available());
+        assert!(matches!(
+            FastPath::load(&LoadOptions::default()),
+            Err(Error::ObjectUnavailable { .. })
+        ));
+    }
+
+    #[cfg(vipmesh_object)]
+    #[test]
+    fn object_is_embedded() {
+        assert!(crate::object_available());
+        assert_eq!(&OBJECT[..4], b"\x7fELF");
+    }
+}
