@@ -32,6 +32,20 @@
 //! - **Total.** Bad input is a typed [`Error`] naming the field and value; nothing panics.
 //!   No backends, or only weight-0 ones, give the [empty table](MaglevTable#the-empty-table).
 //!
+//! # Using the table in a dataplane
+//!
+//! - Write [`MaglevTable::as_slice`] (`M` values of `u32`, each a caller-chosen [`BackendId`])
+//!   into a BPF array map of `M` entries, or swap in a new inner map holding it.
+//! - Pick the backend of a packet as `slots[flow_hash % M]` ([`MaglevTable::lookup`] is the
+//!   reference). The flow hash is the dataplane's business; it only has to be the same for all
+//!   packets of a flow.
+//! - To update in place, write only the slots of [`MaglevTable::diff`]; to report disruption,
+//!   use [`TableDelta::fraction`].
+//! - An [empty table](MaglevTable#the-empty-table) has no slots: give the service the
+//!   dataplane's "no backend" verdict instead of a map.
+//! - [`MaglevTable::digest`] is the same on every node for the same backend keys, whatever ids
+//!   each node chose: log it to check that nodes agree.
+//!
 //! # Examples
 //!
 //! ```

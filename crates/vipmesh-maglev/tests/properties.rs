@@ -139,7 +139,7 @@ proptest! {
 
 proptest! {
     // Each case builds two tables of 65537 slots (slow in a debug build).
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(16))]
 
     #[test]
     fn removing_one_of_n_moves_little(keys in keys(2..=100), pick in any::<usize>()) {
