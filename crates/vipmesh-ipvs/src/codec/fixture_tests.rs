@@ -222,3 +222,126 @@ fn truncated_and_garbage_replies_give_offsets() {
     bad[44] = 5;
     assert!(IpvsNlMessage::parse(&bad).is_err());
 }
+
+mod props {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use crate::backend::Op;
+    use crate::codec::ipvs::{CmdAttr, IpvsNlMessage};
+    use crate::codec::wire::{Emit, NlHeader};
+    use crate::model::{
+        DestEntry, FwdMethod, IpvsDest, IpvsService, Netmask, Protocol, Scheduler, ServiceEntry,
+        ServiceFlags, ServiceKey, TunnelFlags, TunnelType,
+    };
+
+    fn addr() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+            any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        ]
+    }
+
+    fn service() -> impl Strategy<Value = IpvsService> {
+        let key = prop_oneof![
+            (
+                prop_oneof![
+                    Just(Protocol::Tcp),
+                    Just(Protocol::Udp),
+                    Just(Protocol::Sctp)
+                ],
+                addr(),
+                1u16..
+            )
+                .prop_map(|(p, a, port)| ServiceKey::addr(p, a, port)),
+            (any::<bool>(), 1u32..).prop_map(|(v6, m)| {
+                let af = if v6 {
+                    crate::Family::Inet6
+                } else {
+                    crate::Family::Inet
+                };
+                ServiceKey::fwmark(af, m).unwrap()
+            }),
+        ];
+        (
+            key,
+            0usize..14,
+            0u32..64,
+            any::<u32>(),
+            1u8..=128,
+            any::<u32>(),
+        )
+            .prop_map(|(key, s, flags, timeout, plen, mask)| {
+                let mut svc = IpvsService::new(key, Scheduler::ALL[s].clone()).unwrap();
+                svc.flags = ServiceFlags::from_bits_retain(flags) - ServiceFlags::HASHED;
+                svc.timeout = timeout;
+                svc.netmask = match key.family() {
+                    crate::Family::Inet => Netmask::V4(Ipv4Addr::from(mask)),
+                    crate::Family::Inet6 => Netmask::V6(plen),
+                };
+                svc
+            })
+    }
+
+    fn dest() -> impl Strategy<Value = IpvsDest> {
+        (
+            addr(),
+            any::<u16>(),
+            0u32..5,
+            0u32..=i32::MAX as u32,
+            any::<u32>(),
+            any::<u32>(),
+            0u8..3,
+            any::<u16>(),
+            0u16..4,
+        )
+            .prop_map(|(a, port, fwd, w, u, l, tt, tp, tf)| {
+                let mut d = IpvsDest::new(a, port, FwdMethod::from_raw(fwd).unwrap())
+                    .with_weight(w)
+                    .unwrap();
+                d.upper_threshold = u;
+                d.lower_threshold = l;
+                d.tun_type = TunnelType::from_raw(tt).unwrap();
+                d.tun_port = tp;
+                d.tun_flags = TunnelFlags::from_bits_retain(tf);
+                d
+            })
+    }
+
+    proptest! {
+        /// model -> request -> bytes -> request -> model is the identity.
+        #[test]
+        fn requests_round_trip(svc in service(), d in dest()) {
+            for op in [Op::AddService(svc.clone()), Op::AddDest(svc.key, d)] {
+                let m = IpvsNlMessage { header: NlHeader { kind: 0x20, flags: 5, seq: 9, pid: 0, len: 0 }, message: op.to_message() };
+                let bytes = m.to_bytes().unwrap();
+                let back = IpvsNlMessage::parse(&bytes).unwrap();
+                prop_assert_eq!(&back.message, &m.message);
+                prop_assert_eq!(back.to_bytes().unwrap(), bytes);
+                for a in back.message.cmd_attrs() {
+                    match (a, &op) {
+                        (CmdAttr::Service(_, s), Op::AddService(want)) => {
+                            prop_assert_eq!(&ServiceEntry::from_attrs(s).unwrap().service, want);
+                        }
+                        (CmdAttr::Service(_, s), Op::AddDest(k, _)) => {
+                            prop_assert_eq!(&ServiceKey::from_attrs(s).unwrap(), k);
+                        }
+                        (CmdAttr::Dest(_, x), Op::AddDest(k, want)) => {
+                            prop_assert_eq!(&DestEntry::from_attrs(k.family(), x).unwrap().dest, want);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+
+        /// Arbitrary bytes never panic the parser, and errors point inside the input.
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = IpvsNlMessage::parse(&data) {
+                prop_assert!(e.offset <= data.len());
+            }
+        }
+    }
+}
