@@ -598,7 +598,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn grouped_schedule_matches_reference(
-            weights in proptest::collection::vec(1u32..6, 1..40),
+            weights in proptest::prop_oneof![
+                proptest::collection::vec(1u32..6, 1..40),
+                proptest::collection::vec(1u32..1000, 1..40),
+            ],
             m in proptest::sample::select(vec![41u32, 251, 1021]),
         ) {
             let backends: Vec<Backend> =
