@@ -718,6 +718,39 @@ mod tests {
     }
 
     #[test]
+    fn diff_needs_equal_sizes() {
+        let a = MaglevTable::build(TableSize::new(251).unwrap(), &[b(1, "a", 1)]).unwrap();
+        let c = MaglevTable::build(TableSize::new(257).unwrap(), &[b(1, "a", 1)]).unwrap();
+        assert_eq!(a.diff(&c), Err(Error::SizeMismatch { old: 251, new: 257 }));
+        let e = a.diff(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("251") && e.contains("257") && e.contains("table_size"),
+            "{e}"
+        );
+        let empty = MaglevTable::build(TableSize::new(251).unwrap(), &[]).unwrap();
+        assert_eq!(empty.diff(&empty).map(|d| d.len()), Ok(0));
+        assert_eq!(empty.diff(&a).map(|d| d.len()), Ok(251));
+    }
+
+    #[test]
+    fn digest_ignores_ids_even_when_sparse() {
+        let size = TableSize::new(1021).unwrap();
+        let small = [b(0, "a", 1), b(1, "b", 3), b(2, "c", 0)];
+        let large = [b(u32::MAX, "a", 1), b(1 << 20, "b", 3), b(7, "c", 0)];
+        let t1 = MaglevTable::build(size, &small).unwrap();
+        let t2 = MaglevTable::build(size, &large).unwrap();
+        assert_eq!(t1.digest(), t2.digest());
+        let empty = MaglevTable::build(size, &[]).unwrap();
+        assert_ne!(empty.digest(), t1.digest());
+        assert_ne!(
+            empty.digest(),
+            MaglevTable::build(TableSize::new(251).unwrap(), &[])
+                .unwrap()
+                .digest()
+        );
+    }
+
+    #[test]
     fn accessors() {
         let size = TableSize::new(251).unwrap();
         let t = MaglevTable::build(size, &[b(4, "z", 1), b(5, "y", 1)]).unwrap();
