@@ -11,7 +11,10 @@ use vipmesh_maglev::{BackendId, BackendKey, MaglevTable, Weight};
 use crate::{
     Error, abi,
     maps::{Counters, MapLayer, TaskPortMap},
-    model::{Config, ForwardMode, ServiceKey, ServiceSpec, Stats, addr_to_abi, family},
+    model::{
+        Backend, Config, Egress, ForwardMode, MacAddr, Proto, ServiceKey, ServiceSpec, Stats,
+        addr_from_abi, addr_to_abi, family,
+    },
 };
 
 #[derive(Clone, Debug)]
@@ -94,6 +97,88 @@ impl<M: MapLayer> Dataplane<M> {
             used_backend_ids: BTreeSet::new(),
             tx_slots: BTreeMap::new(),
         })
+    }
+
+    /// Rebuilds the service and backend ids from what the maps hold, after a restart with
+    /// pinned maps ([`crate::Pinning`]). Re-applying the same services then keeps every id, so
+    /// the flows in the pinned flow table keep pointing at the right backends. Valid backends
+    /// that no table uses stay reserved. Returns the number of services restored; weights come
+    /// back as 1 until the next [`Dataplane::upsert_service`].
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    pub fn restore(&mut self) -> Result<usize, Error> {
+        let dump = self.maps.dump()?;
+        self.tx_slots = dump
+            .tx_ports
+            .iter()
+            .map(|(&slot, &ifindex)| (ifindex, slot))
+            .collect();
+        self.used_backend_ids = dump.backends.keys().copied().collect();
+        self.services.clear();
+        for (k, v, table) in &dump.services {
+            let proto = match k.proto {
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                _ => continue,
+            };
+            let key = ServiceKey {
+                addr: addr_from_abi(k.addr, k.family),
+                port: u16::from_be(k.port),
+                proto,
+            };
+            let mode = if v.mode == abi::MODE_ENCAP {
+                ForwardMode::Encap
+            } else {
+                ForwardMode::Nat
+            };
+            let ids: BTreeSet<u32> = table.iter().copied().collect();
+            let mut backend_ids = BTreeMap::new();
+            let mut backends = Vec::new();
+            for id in ids {
+                let Some(b) = dump.backends.get(&id) else {
+                    continue;
+                };
+                let addr = addr_from_abi(b.addr, b.family);
+                let port = u16::from_be(b.port);
+                backend_ids.insert((addr, port), id);
+                backends.push(Backend {
+                    addr,
+                    port,
+                    weight: 1,
+                    egress: Egress {
+                        ifindex: dump.tx_ports.get(&b.tx_slot).copied().unwrap_or(0),
+                        src_mac: MacAddr(b.smac),
+                        dst_mac: MacAddr(b.dmac),
+                    },
+                });
+            }
+            let table_size = u32::try_from(table.len())
+                .ok()
+                .and_then(|m| vipmesh_maglev::TableSize::new(m).ok())
+                .unwrap_or(vipmesh_maglev::TableSize::DEFAULT);
+            let spec = ServiceSpec {
+                key,
+                mode,
+                backends,
+                table_size,
+            };
+            self.services.insert(
+                key,
+                ServiceState {
+                    id: v.id,
+                    spec,
+                    backend_ids,
+                },
+            );
+        }
+        tracing::info!(
+            services = self.services.len(),
+            backends = self.used_backend_ids.len(),
+            "dataplane state restored from the maps"
+        );
+        Ok(self.services.len())
     }
 
     /// The map layer.
@@ -493,6 +578,27 @@ mod tests {
         d.remove_service(&spec(81, vec![]).key).unwrap();
         assert!(d.maps().tables[&1].is_empty());
         assert_eq!(d.services().count(), 1);
+    }
+
+    #[test]
+    fn restore_keeps_ids_whatever_the_order() {
+        let mut d = dp();
+        let a = spec(80, vec![be("10.1.0.2", 3), be("10.1.0.3", 4)]);
+        let b = spec(81, vec![be("10.1.0.9", 3)]);
+        let ra = d.upsert_service(&a).unwrap();
+        let rb = d.upsert_service(&b).unwrap();
+        // A new process over the same (pinned) maps, applying in the other order.
+        let mut d2 = Dataplane::new(d.maps().clone(), Config::default()).unwrap();
+        assert_eq!(d2.restore().unwrap(), 2);
+        let rb2 = d2.upsert_service(&b).unwrap();
+        let ra2 = d2.upsert_service(&a).unwrap();
+        assert_eq!((ra2.id, rb2.id), (ra.id, rb.id));
+        assert_eq!(ra2.backends, ra.backends);
+        assert_eq!(rb2.backends, rb.backends);
+        assert!(ra2.removed.is_empty());
+        // Without restore, the ids would have been handed out again from 0.
+        let mut d3 = Dataplane::new(d.maps().clone(), Config::default()).unwrap();
+        assert_ne!(d3.upsert_service(&b).unwrap().id, rb.id);
     }
 
     #[test]

@@ -275,7 +275,11 @@ impl FastPath {
         }
         let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
         crate::maps::MapLayer::set_config(&mut maps, &cfg)?;
-        let dataplane = Dataplane::new(maps, opts.config)?;
+        let mut dataplane = Dataplane::new(maps, opts.config)?;
+        if opts.pinning.root().is_some() {
+            // Pinned maps may hold a previous process's state: take its ids over.
+            dataplane.restore()?;
+        }
         tracing::info!(pinning = ?opts.pinning, "vipmesh XDP fast path loaded");
         let link_dir = match &opts.pinning {
             Pinning::MapsAndLinks { root } => Some(pin_dir(root)),

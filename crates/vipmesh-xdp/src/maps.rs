@@ -16,6 +16,17 @@ pub enum TaskPortMap {
     Egress,
 }
 
+/// What [`MapLayer::dump`] reads back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dump {
+    /// Service entries with their table (M backend ids; empty when there is none).
+    pub services: Vec<(abi::SvcKey, abi::Svc, Vec<u32>)>,
+    /// Valid backend entries by id.
+    pub backends: BTreeMap<u32, abi::BackendEntry>,
+    /// Egress slot -> ifindex.
+    pub tx_ports: BTreeMap<u32, u32>,
+}
+
 /// Global counters by name ([`abi::COUNTER_NAMES`]), summed over CPUs.
 pub type Counters = BTreeMap<&'static str, u64>;
 
@@ -72,6 +83,13 @@ pub trait MapLayer {
         key: &abi::SvcKey,
         port: Option<u16>,
     ) -> Result<(), Error>;
+    /// Reads back what is programmed (after a restart with pinned maps): every service entry
+    /// with its current Maglev table, every valid backend, and every egress slot.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    fn dump(&self) -> Result<Dump, Error>;
     /// Reads the statistics of service `svc`, summed over CPUs.
     ///
     /// # Errors
@@ -312,6 +330,50 @@ impl MapLayer for KernelMaps {
                 Err(e) => Err(Error::map(name, "remove", e)),
             },
         }
+    }
+
+    fn dump(&self) -> Result<Dump, Error> {
+        let mut out = Dump::default();
+        for kv in self.services.iter() {
+            let (k, v) = kv.map_err(|e| Error::map("services", "dump", e))?;
+            let table = match self.maglev.get(&v.id, 0) {
+                Ok(inner) => {
+                    let m = inner
+                        .get(&0, 0)
+                        .map_err(|e| Error::map("maglev_inner", "get", e))?;
+                    (1..=m)
+                        .map(|i| {
+                            inner
+                                .get(&i, 0)
+                                .map_err(|e| Error::map("maglev_inner", "get", e))
+                        })
+                        .collect::<Result<Vec<u32>, Error>>()?
+                }
+                Err(e) if is_not_found(&e) => Vec::new(),
+                Err(e) => return Err(Error::map("maglev_outer", "get", e)),
+            };
+            out.services.push((k, v, table));
+        }
+        for id in 0..abi::MAX_BACKENDS {
+            let b = self
+                .backends
+                .get(&id, 0)
+                .map_err(|e| Error::map("backends", "dump", e))?;
+            if b.flags & abi::BACKEND_VALID != 0 {
+                out.backends.insert(id, b);
+            }
+        }
+        for slot in 0..abi::MAX_TX_PORTS {
+            match self.tx_ports.get(slot, 0) {
+                Ok(v) => {
+                    out.tx_ports.insert(slot, v.if_index);
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(Error::map("tx_ports", "dump", e)),
+            }
+        }
+        out.services.sort_by_key(|(k, _, _)| *k);
+        Ok(out)
     }
 
     fn service_stats(&self, svc: u32) -> Result<Stats, Error> {

@@ -216,6 +216,19 @@ pub fn addr_to_abi(addr: IpAddr) -> abi::Addr {
     abi::Addr { w }
 }
 
+/// The address in a `vm_addr` of family `family` ([`abi::FAMILY_V4`] or IPv6 otherwise).
+pub fn addr_from_abi(addr: abi::Addr, family: u8) -> IpAddr {
+    if family == abi::FAMILY_V4 {
+        IpAddr::from(addr.w[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in addr.w.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    }
+}
+
 /// The family byte of an address.
 pub fn family(addr: IpAddr) -> u8 {
     match addr {
@@ -286,6 +299,14 @@ mod tests {
         assert_eq!(a.port.to_ne_bytes(), [0, 80]);
         assert_eq!((a.proto, a.family), (6, 4));
         assert_eq!(k.to_string(), "tcp/10.0.0.1:80");
+    }
+
+    #[test]
+    fn addr_round_trip() {
+        for a in ["10.1.2.3", "fd00::1:2", "::ffff:1.2.3.4"] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(addr_from_abi(addr_to_abi(ip), family(ip)), ip);
+        }
     }
 
     #[test]

@@ -180,6 +180,29 @@ fn pinned_maps_survive_a_restart_and_unpin_removes_them() {
         fp2.dataplane().maps().flow(&key).unwrap().is_some(),
         "flow table survived"
     );
+    // The service and its ids were restored from the maps: re-applying changes nothing, and
+    // the surviving flow still hits.
+    assert_eq!(fp2.dataplane().services().count(), 1);
+    let report = fp2
+        .dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[("10.1.0.2", 8080)]))
+        .unwrap();
+    assert_eq!(report.id, 0);
+    assert!(report.removed.is_empty());
+    let hits = fp2.dataplane().counters().unwrap()["flow_hit"];
+    let ack = pkt(
+        "10.9.0.7",
+        40000,
+        "10.0.0.1",
+        80,
+        Tcp,
+        vipmesh_xdp::testing::packet::ACK,
+    );
+    assert_eq!(
+        fp2.test_run(Program::XdpLb, &ack, 1).unwrap().verdict,
+        XDP_REDIRECT
+    );
+    assert_eq!(fp2.dataplane().counters().unwrap()["flow_hit"], hits + 1);
     drop(fp2);
     FastPath::unpin(&root).unwrap();
     FastPath::unpin(&root).unwrap(); // idempotent

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     Error, abi,
-    maps::{Counters, MapLayer, TaskPortMap},
+    maps::{Counters, Dump, MapLayer, TaskPortMap},
     model::Stats,
 };
 
@@ -120,6 +120,23 @@ impl MapLayer for FakeMaps {
             }
         }
         Ok(())
+    }
+
+    fn dump(&self) -> Result<Dump, Error> {
+        Ok(Dump {
+            services: self
+                .services
+                .iter()
+                .map(|(k, v)| (*k, *v, self.tables.get(&v.id).cloned().unwrap_or_default()))
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .filter(|(_, b)| b.flags & abi::BACKEND_VALID != 0)
+                .map(|(i, b)| (*i, *b))
+                .collect(),
+            tx_ports: self.tx_ports.clone(),
+        })
     }
 
     fn service_stats(&self, svc: u32) -> Result<Stats, Error> {
