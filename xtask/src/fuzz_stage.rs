@@ -40,19 +40,34 @@ pub fn targets(manifest: &str) -> Vec<String> {
     names
 }
 
+/// The host target triple (`rustc -vV`). Building for an explicit `--target` keeps the
+/// coverage flags away from build scripts and proc-macros, as cargo-fuzz does.
+fn host_triple() -> Result<String, String> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_string)
+        .ok_or_else(|| "rustc -vV printed no host triple".into())
+}
+
 fn build(dir: &Path) -> Result<PathBuf, String> {
     let target_dir = dir.join("target");
+    let triple = host_triple()?;
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(dir)
         .env("RUSTFLAGS", RUSTFLAGS)
         .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["build", "--release", "--bins"])
+        .args(["build", "--release", "--bins", "--target", &triple])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !st.success() {
         return Err("building the fuzz targets failed".into());
     }
-    Ok(target_dir.join("release"))
+    Ok(target_dir.join(triple).join("release"))
 }
 
 /// Runs one target for `seconds`; returns (ok, executions).
