@@ -9,7 +9,7 @@ use crate::model::{DesiredState, EndpointMode};
 /// Builds the DNS table of `desired` for `zone` (e.g. `mesh.local.`).
 ///
 /// # Errors
-/// [`Error::Invalid`] naming `dns.zone` or the service when the DNS layer rejects it.
+/// [`Error::Dns`] naming `dns.zone` or the service when the DNS layer rejects it.
 ///
 /// # Examples
 /// ```
@@ -25,8 +25,10 @@ use crate::model::{DesiredState, EndpointMode};
 /// # Ok::<(), vipmesh::Error>(())
 /// ```
 pub fn table(desired: &DesiredState, zone: &str) -> Result<vipmesh_dns::DnsTable, Error> {
-    let bad = |field: &'static str, value: &str, e: vipmesh_dns::Error| {
-        Error::invalid(field, value, &e.to_string())
+    let bad = |field: &'static str, value: &str, e: vipmesh_dns::Error| Error::Dns {
+        field,
+        value: value.to_string(),
+        source: Box::new(e),
     };
     let mut b = vipmesh_dns::DnsTable::builder(zone).map_err(|e| bad("dns.zone", zone, e))?;
     for s in desired.services() {

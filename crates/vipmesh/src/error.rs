@@ -73,6 +73,18 @@ pub enum Error {
         #[source]
         source: Box<vipmesh_netfilter::Error>,
     },
+    /// The DNS layer rejected a name or zone of the state.
+    #[cfg(feature = "dns")]
+    #[error("DNS {field} {value:?}")]
+    Dns {
+        /// The field (`dns.zone`, `service.name`).
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// The cause.
+        #[source]
+        source: Box<vipmesh_dns::Error>,
+    },
     /// Another system call or command failed.
     #[error("{op} in {netns:?}")]
     System {

@@ -725,3 +725,20 @@ fn apply_services_touches_only_the_named_service() {
     assert_eq!(m.rules().batches, batches + 1);
     assert!(m.plan_at(&d3, 4).unwrap().0.is_empty());
 }
+
+#[test]
+fn dns_tables_follow_the_modes_and_keep_dns_errors() {
+    let t = crate::dns::table(&state(sample()), "mesh.local.").unwrap();
+    assert_eq!(t.len(), 4);
+    match crate::dns::table(&state(sample()), "not a zone!") {
+        Err(Error::Dns {
+            field: "dns.zone",
+            value,
+            source,
+        }) => {
+            assert_eq!(value, "not a zone!");
+            assert!(!source.to_string().is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
