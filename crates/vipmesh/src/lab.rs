@@ -161,23 +161,12 @@ impl VipLab {
         }
     }
 
-    /// One HTTP/1.0 GET from inside `ns`; returns the body without its trailing newline.
+    /// One HTTP/1.0 GET from inside `ns` (see [`http_get`]).
     ///
     /// # Errors
     /// Connection or protocol errors (5 s timeout each way).
     pub fn http_get(&self, ns: &str, addr: IpAddr, port: u16) -> std::io::Result<String> {
-        let mut s = connect(ns, SocketAddr::new(addr, port))?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: vipmesh\r\n\r\n")?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {buf:?}")))?;
-        if !buf.starts_with("HTTP/1.") || !buf.contains(" 200 ") {
-            return Err(std::io::Error::other(format!("HTTP error: {buf:?}")));
-        }
-        Ok(body.trim_end().to_string())
+        http_get(ns, addr, port)
     }
 
     /// Runs `sh -c cmd` in `ns`; returns stdout (panics on failure).
@@ -207,6 +196,25 @@ fn unspecified(like: IpAddr) -> IpAddr {
         IpAddr::V4(_) => IpAddr::from([0, 0, 0, 0]),
         IpAddr::V6(_) => IpAddr::from([0u16; 8]),
     }
+}
+
+/// One HTTP/1.0 GET from inside `ns`; returns the body without its trailing newline.
+///
+/// # Errors
+/// Connection or protocol errors (5 s timeout each way), or a status other than 200.
+pub fn http_get(ns: &str, addr: IpAddr, port: u16) -> std::io::Result<String> {
+    let mut s = connect(ns, SocketAddr::new(addr, port))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: vipmesh\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {buf:?}")))?;
+    if !buf.starts_with("HTTP/1.") || !buf.contains(" 200 ") {
+        return Err(std::io::Error::other(format!("HTTP error: {buf:?}")));
+    }
+    Ok(body.trim_end().to_string())
 }
 
 /// Connects to `addr` from inside the namespace `ns` (5 s timeouts).

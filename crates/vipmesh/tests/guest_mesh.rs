@@ -186,17 +186,43 @@ fn drain_keeps_an_established_connection_and_sends_new_ones_elsewhere() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn backends_come_and_go_under_traffic_without_errors() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
     let mut lab = VipLab::new(Family::V4, "vote", 3);
     lab.start_servers();
     let mut m = Mesh::kernel(&lab.network).unwrap();
+    apply_ok(&mut m, &desired(&lab, vec![vote(&lab, &["vote.1"])]));
+    // A client keeps sending requests through the VIP while the backends change.
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Vec<Result<String, String>>>> = Arc::default();
+    let traffic = {
+        let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
+        let client = lab.client.clone();
+        let vip = lab.host(9);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = lab::http_get(&client, vip, 80).map_err(|e| e.to_string());
+                log.lock().unwrap().push(r);
+            }
+        })
+    };
     let steps: [&[&str]; 4] = [
-        &["vote.1"],
         &["vote.1", "vote.2"],
         &["vote.1", "vote.2", "vote.3"],
         &["vote.3"],
+        &["vote.2", "vote.3"],
     ];
     for names in steps {
+        let before = log.lock().unwrap().len();
         apply_ok(&mut m, &desired(&lab, vec![vote(&lab, names)]));
+        // Let some requests through on this set (bounded wait, no timing assertion).
+        for _ in 0..200 {
+            if log.lock().unwrap().len() >= before + 3 * names.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let got = gets(&lab, lab.host(9), 2 * names.len());
         let seen: BTreeSet<&str> = got.iter().map(String::as_str).collect();
         assert_eq!(
@@ -205,6 +231,21 @@ fn backends_come_and_go_under_traffic_without_errors() {
             "after applying {names:?}: {got:?}"
         );
     }
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    let log = log.lock().unwrap();
+    let errors: Vec<&String> = log.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        log.len() >= 12,
+        "the background client made too few requests: {}",
+        log.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "{} of {} requests failed: {errors:?}",
+        errors.len(),
+        log.len()
+    );
 }
 
 #[test]
