@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use vipmesh::Mesh;
 use vipmesh::model::*;
 
-const R: usize = 7;
+const R: usize = 5;
 
 fn sh(cmd: &str) {
     let st = Command::new("sh").args(["-c", cmd]).status().unwrap();

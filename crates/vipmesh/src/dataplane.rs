@@ -55,6 +55,20 @@ pub trait Host {
     /// # Errors
     /// [`Error::System`].
     fn del_address(&mut self, addr: IpAddr) -> Result<(), Error>;
+    /// Adds many addresses at once (the default adds them one by one).
+    ///
+    /// # Errors
+    /// [`Error::System`]; some addresses may then be added.
+    fn add_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
+        addrs.iter().try_for_each(|a| self.add_address(*a))
+    }
+    /// Removes many addresses at once (the default removes them one by one).
+    ///
+    /// # Errors
+    /// [`Error::System`]; some addresses may then be removed.
+    fn del_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
+        addrs.iter().try_for_each(|a| self.del_address(*a))
+    }
     /// Reads sysctls (dotted keys); unreadable ones are left out.
     fn sysctls(&mut self, keys: &[String]) -> BTreeMap<String, String>;
     /// Writes a sysctl.
@@ -179,13 +193,35 @@ impl KernelHost {
     }
 
     fn ip(&self, args: &[&str]) -> Result<String, Error> {
+        self.ip_stdin(args, None)
+    }
+
+    /// Runs `ip ARGS` inside the namespace, with `input` on its standard input.
+    fn ip_stdin(&self, args: &[&str], input: Option<&str>) -> Result<String, Error> {
+        use std::io::Write as _;
+        use std::process::Stdio;
         let path = netns_path(&self.name);
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", path.display()))
             .arg("ip")
-            .args(args);
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let op = format!("ip {}", args.join(" "));
-        let out = c.output().map_err(|e| self.sys(op.clone(), e))?;
+        let mut child = c.spawn().map_err(|e| self.sys(op.clone(), e))?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| self.sys(op.clone(), e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| self.sys(op.clone(), e))?;
         if !out.status.success() {
             let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
             return Err(self.sys(op, std::io::Error::other(msg)));
@@ -231,6 +267,37 @@ impl Host for KernelHost {
         let iface = self.interface.clone();
         self.ip(&["addr", "del", &host_prefix(addr), "dev", &iface])
             .map(|_| ())
+    }
+
+    /// One `ip -batch -` process for all of them (`addr replace` is idempotent).
+    fn add_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
+        let mut batch = String::new();
+        for a in addrs {
+            batch.push_str(&format!(
+                "addr replace {} dev {}",
+                host_prefix(*a),
+                self.interface
+            ));
+            if a.is_ipv6() {
+                batch.push_str(" nodad");
+            }
+            batch.push('\n');
+        }
+        self.ip_stdin(&["-batch", "-"], Some(&batch)).map(|_| ())
+    }
+
+    /// One `ip -batch -` process for those present.
+    fn del_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
+        let present = self.addresses()?;
+        let batch: String = addrs
+            .iter()
+            .filter(|a| present.contains(a))
+            .map(|a| format!("addr del {} dev {}\n", host_prefix(*a), self.interface))
+            .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.ip_stdin(&["-batch", "-"], Some(&batch)).map(|_| ())
     }
 
     fn sysctls(&mut self, keys: &[String]) -> BTreeMap<String, String> {

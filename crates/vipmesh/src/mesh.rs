@@ -396,9 +396,21 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
         let mut ipvs_ops: Vec<(Step, ipvs::Op)> = Vec::new();
         let mut late = Vec::new();
         let key = |mark: u32| ipvs::ServiceKey::fwmark(ipvs_family(fam), mark);
+        // Addresses go in one batch; only if it fails are they retried one by one, so each
+        // step still gets its own result.
+        let adds: Vec<IpAddr> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::AddAddress { addr, .. } => Some(*addr),
+                _ => None,
+            })
+            .collect();
+        let adds_ok = !adds.is_empty() && self.host.add_addresses(&adds).is_ok();
         for step in &p.steps {
             let res = match step {
                 Step::Sysctl { key, value } => self.host.set_sysctl(key, value),
+                Step::AddAddress { .. } if adds_ok => Ok(()),
                 Step::AddAddress { addr, .. } => self.host.add_address(*addr),
                 Step::Rules { .. } => {
                     rules::ruleset(desired, &p.marks).and_then(|rs| self.rules.apply(&rs))
@@ -511,12 +523,22 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
                 });
             }
         }
+        let dels: Vec<IpAddr> = late
+            .iter()
+            .filter_map(|s| match s {
+                Step::DelAddress { addr } => Some(*addr),
+                _ => None,
+            })
+            .collect();
+        let dels_ok = !dels.is_empty() && self.host.del_addresses(&dels).is_ok();
         for step in late {
             if let Step::DelAddress { addr } = step {
-                report.steps.push(StepReport {
-                    result: self.host.del_address(addr),
-                    step,
-                });
+                let result = if dels_ok {
+                    Ok(())
+                } else {
+                    self.host.del_address(addr)
+                };
+                report.steps.push(StepReport { result, step });
             }
         }
         Ok(report)
