@@ -394,31 +394,25 @@ pub fn allocate_marks(
     }
     // Marks held by IPVS services of ours that no desired service claims stay reserved until
     // they are deleted, so a mark is never reused while stale state still carries it.
-    let mut reserved: BTreeSet<u32> = used.clone();
+    let mut reserved: BTreeSet<u32> = used;
     for (name, (m, _)) in &observed.marks {
         if desired.service(name.as_str()).is_none() {
             reserved.insert(*m);
         }
     }
     reserved.extend(observed.ipvs.keys().copied());
-    let mut next = opts.fwmark_first;
+    let exhausted = || Error::FwmarkExhausted {
+        first: opts.fwmark_first,
+        last: opts.fwmark_last,
+        needed: vip_services.len(),
+    };
+    let mut free = (opts.fwmark_first..=opts.fwmark_last).filter(|m| !reserved.contains(m));
     for s in &vip_services {
         if marks.contains_key(&s.name) {
             continue;
         }
-        while reserved.contains(&next) && next <= opts.fwmark_last {
-            next += 1;
-        }
-        if next > opts.fwmark_last || next < opts.fwmark_first {
-            return Err(Error::FwmarkExhausted {
-                first: opts.fwmark_first,
-                last: opts.fwmark_last,
-                needed: vip_services.len(),
-            });
-        }
-        marks.insert(s.name.clone(), next);
-        reserved.insert(next);
-        next = next.saturating_add(1);
+        let m = free.next().ok_or_else(exhausted)?;
+        marks.insert(s.name.clone(), m);
     }
     Ok(marks)
 }

@@ -406,6 +406,39 @@ fn an_exhausted_fwmark_range_is_an_error() {
     assert!(m.host().addrs.is_empty());
 }
 
+#[test]
+fn the_top_of_the_mark_range_does_not_overflow() {
+    let opts = Options {
+        fwmark_first: u32::MAX - 1,
+        fwmark_last: u32::MAX,
+        ..Options::default()
+    };
+    let d = DesiredState::new(network(), sample(), opts).unwrap();
+    // Three VIP services, two marks: a typed error, no overflow.
+    let err = plan(&d, &Observed::default(), &DrainBook::default(), 0).unwrap_err();
+    assert!(
+        matches!(err, Error::FwmarkExhausted { needed: 3, .. }),
+        "{err}"
+    );
+    let two = DesiredState::new(
+        network(),
+        sample()
+            .into_iter()
+            .filter(|s| s.name.as_str() != "empty")
+            .collect(),
+        Options {
+            fwmark_first: u32::MAX - 1,
+            fwmark_last: u32::MAX,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let p = plan(&two, &Observed::default(), &DrainBook::default(), 0).unwrap();
+    let mut marks: Vec<u32> = p.marks.values().copied().collect();
+    marks.sort();
+    assert_eq!(marks, vec![u32::MAX - 1, u32::MAX]);
+}
+
 fn invalid_field(r: Result<DesiredState, Error>) -> (&'static str, String) {
     match r {
         Err(Error::Invalid { field, value, .. }) => (field, value),
