@@ -130,6 +130,17 @@ fn counted(ok: bool, out: &str) -> Counts {
     c
 }
 
+/// Privileged suites must run here: a test that printed that it skipped itself (`SKIPPED`,
+/// `SKIPPING`)
+/// counts as failed, so a skip can never pass silently in the lab.
+fn skipped(suite: &str, out: &str) -> u64 {
+    let n = out.lines().filter(|l| l.contains("SKIPP")).count() as u64;
+    if n > 0 {
+        eprintln!("!!! {suite}: {n} test(s) skipped themselves; the lab counts that as failed");
+    }
+    n
+}
+
 /// Test executables of the workspace whose target name starts with `prefix`.
 fn test_binaries(prefix: &str) -> Result<Vec<(String, PathBuf)>, String> {
     let mut c = cargo();
@@ -189,7 +200,7 @@ fn host_stage(t: &mut Tally) {
         let (ok, out) = stream(c);
         let n = counted(ok, &out);
         total.passed += n.passed;
-        total.failed += n.failed;
+        total.failed += n.failed + skipped(name, &out);
     }
     t.stage(
         "host",
@@ -273,7 +284,7 @@ fn guest_stage(t: &mut Tally) {
             total.failed += 1;
         }
         total.passed += n.passed;
-        total.failed += n.failed;
+        total.failed += n.failed + skipped(name, &log);
     }
     if rc != 0 {
         eprintln!("!!! the guest run exited {rc}");
@@ -389,6 +400,15 @@ mod tests {
                 results: 2
             }
         );
+    }
+
+    #[test]
+    fn self_skipped_tests_count_as_failures() {
+        assert_eq!(
+            skipped("s", "test a ... ok\n!!! SKIPPED (not run): no IPVS\n"),
+            1
+        );
+        assert_eq!(skipped("s", "test a ... ok\n"), 0);
     }
 
     #[test]
