@@ -775,3 +775,38 @@ fn dns_tables_follow_the_modes_and_keep_dns_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// A faulty IPVS (random operations fail with kernel errnos) never leaves the mesh stuck:
+    /// re-applying converges, and the report names every failure.
+    #[test]
+    fn retries_converge_after_random_kernel_failures(
+        a in arb_state(),
+        faults in proptest::collection::vec(prop_oneof![Just(libc_errno::EBUSY), Just(libc_errno::ENOMEM), Just(libc_errno::EEXIST)], 0..12),
+    ) {
+        let mut m = fake_mesh();
+        let sa = DesiredState::new(wide_network(), a, Options::default()).unwrap();
+        m.ipvs().fail_next(&faults);
+        let mut tries = 0;
+        loop {
+            let r = m.apply_at(&sa, 0).unwrap();
+            tries += 1;
+            if r.ok() {
+                break;
+            }
+            prop_assert!(r.first_error().is_some());
+            prop_assert!(tries <= faults.len() + 1, "no convergence after {} tries: {}", tries, r);
+        }
+        let (p, _) = m.plan_at(&sa, 0).unwrap();
+        prop_assert!(p.is_empty(), "{}", p);
+    }
+}
+
+/// The errnos the faulty backend injects (values from `<errno.h>` on Linux).
+mod libc_errno {
+    pub const EEXIST: i32 = 17;
+    pub const EBUSY: i32 = 16;
+    pub const ENOMEM: i32 = 12;
+}
