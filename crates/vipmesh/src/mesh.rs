@@ -247,7 +247,9 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
         obs.marks = rules::recorded_marks(&recorded);
         obs.addresses = self.host.addresses()?;
         obs.kernel = self.host.kernel();
-        let keys: Vec<String> = plan::sysctls(obs.kernel, fam).into_keys().collect();
+        let keys: Vec<String> = plan::sysctls_for(desired.options().layout, obs.kernel, fam)
+            .into_keys()
+            .collect();
         obs.sysctls = self.host.sysctls(&keys);
         let marks = plan::allocate_marks(desired, &obs)?;
         obs.rules_match = self.rules.matches(&rules::ruleset(desired, &marks)?)?;

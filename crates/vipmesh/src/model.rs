@@ -466,6 +466,26 @@ pub struct Options {
     /// How long a removed TCP backend drains before it is deleted even with connections.
     #[serde(default = "default_drain", with = "secs")]
     pub drain_timeout: Duration,
+    /// Where the load-balancing rules live (default: a load-balancer namespace).
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+/// Where the load-balancing rules live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// One load-balancer namespace per network (libnetwork since 2018): the VIPs are
+    /// addresses of its interface, marks are set in mangle `INPUT`, and a `-m ipvs` SNAT
+    /// brings replies back. Clients in other namespaces reach the VIPs through it.
+    #[default]
+    LbNamespace,
+    /// The old Swarm layout: the rules live in each client's own namespace (`lb_netns` names
+    /// the client, `lb_interface`/`lb_addr` its interface and address). Marks are set in mangle
+    /// `OUTPUT` on the client's own packets; no VIP address, no SNAT and no forwarding are
+    /// needed, since IPVS answers locally generated traffic. Apply the same state once per
+    /// client namespace.
+    PerClient,
 }
 
 fn default_first_mark() -> u32 {
@@ -496,6 +516,7 @@ impl Default for Options {
             fwmark_first: default_first_mark(),
             fwmark_last: default_last_mark(),
             drain_timeout: default_drain(),
+            layout: Layout::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::model::{DesiredState, Family, Persistence, Service, ServiceName};
+use crate::model::{DesiredState, Family, Layout, Persistence, Service, ServiceName};
 
 /// One IPVS real server as observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,6 +417,16 @@ pub fn allocate_marks(
     Ok(marks)
 }
 
+/// The sysctls of a layout: [`sysctls`] in an LB namespace; in a client namespace (no SNAT,
+/// no forwarding) only the IPVS expiry ones.
+pub fn sysctls_for(layout: Layout, kernel: (u32, u32), family: Family) -> BTreeMap<String, String> {
+    let mut m = sysctls(kernel, family);
+    if layout == Layout::PerClient {
+        m.retain(|k, _| k.contains(".vs.expire_") || k.ends_with("conn_reuse_mode"));
+    }
+    m
+}
+
 /// The sysctls vipmesh sets in an LB namespace, chosen by kernel version (see the README).
 pub fn sysctls(kernel: (u32, u32), family: Family) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
@@ -452,14 +462,15 @@ pub fn plan(
     let mut steps = Vec::new();
     let drain_timeout = desired.options().drain_timeout.as_secs();
 
-    for (k, v) in sysctls(observed.kernel, desired.family()) {
+    let layout = desired.options().layout;
+    for (k, v) in sysctls_for(layout, observed.kernel, desired.family()) {
         if observed.sysctls.get(&k) != Some(&v) {
             steps.push(Step::Sysctl { key: k, value: v });
         }
     }
     let mut wanted_addrs = BTreeSet::new();
     for s in desired.services() {
-        if let Some(vip) = s.vip_addr() {
+        if let (Layout::LbNamespace, Some(vip)) = (layout, s.vip_addr()) {
             wanted_addrs.insert(vip);
             if !observed.addresses.contains(&vip) {
                 steps.push(Step::AddAddress {

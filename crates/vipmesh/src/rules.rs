@@ -9,6 +9,9 @@
 //!   so replies from tasks come back through the LB namespace.
 //! - filter `VIPMESH-REJECT` (from `INPUT`): a VIP whose service has no backends is rejected
 //!   at once (TCP reset, ICMP port unreachable otherwise), as kube-proxy does.
+//!
+//! With [`Layout::PerClient`] the rules live in each client's own namespace: the mark and
+//! reject chains are jumped to from `OUTPUT`, and there is no SNAT.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,7 +19,7 @@ use std::net::IpAddr;
 use vipmesh_netfilter as nf;
 
 use crate::error::Error;
-use crate::model::{DesiredState, Family, Protocol, ServiceName};
+use crate::model::{DesiredState, Family, Layout, Protocol, ServiceName};
 
 /// The mangle chain holding the mark rules.
 pub const MARK_CHAIN: &str = "VIPMESH-MARK";
@@ -72,7 +75,9 @@ pub fn ruleset(
         rs.add_rule(t, c, r).map_err(|e| nf_err("add rule", e))
     };
     rs.declare_chain(nf::Table::Mangle, &mark_chain);
-    rs.declare_chain(nf::Table::Nat, &snat_chain);
+    if desired.options().layout == Layout::LbNamespace {
+        rs.declare_chain(nf::Table::Nat, &snat_chain);
+    }
     rs.declare_chain(nf::Table::Filter, &reject_chain);
     for s in desired.services() {
         let (Some(vip), Some(mark)) = (s.vip_addr(), marks.get(&s.name)) else {
@@ -122,38 +127,45 @@ pub fn ruleset(
             )?;
         }
     }
-    let subnet = desired.network().subnet;
-    let cidr = nf::Cidr::new(subnet.addr(), subnet.prefix()).map_err(|e| nf_err("subnet", e))?;
-    add(
-        &mut rs,
-        nf::Table::Nat,
-        &snat_chain,
-        nf::Rule::new(
-            nf::Matches::new().destination(cidr).ipvs(),
-            nf::Target::Snat(desired.network().lb_addr),
-        ),
-    )?;
+    let per_client = desired.options().layout == Layout::PerClient;
+    if !per_client {
+        let subnet = desired.network().subnet;
+        let cidr =
+            nf::Cidr::new(subnet.addr(), subnet.prefix()).map_err(|e| nf_err("subnet", e))?;
+        add(
+            &mut rs,
+            nf::Table::Nat,
+            &snat_chain,
+            nf::Rule::new(
+                nf::Matches::new().destination(cidr).ipvs(),
+                nf::Target::Snat(desired.network().lb_addr),
+            ),
+        )?;
+    }
     let jump = |from, to: &nf::ChainName| nf::Jump {
         from,
         matches: nf::Matches::new(),
         to: to.clone(),
         position: nf::JumpPosition::Prepend,
     };
-    rs.add_jump(
-        nf::Table::Mangle,
-        jump(nf::BuiltinChain::Input, &mark_chain),
-    )
-    .map_err(|e| nf_err("add jump", e))?;
-    rs.add_jump(
-        nf::Table::Nat,
-        jump(nf::BuiltinChain::Postrouting, &snat_chain),
-    )
-    .map_err(|e| nf_err("add jump", e))?;
-    rs.add_jump(
-        nf::Table::Filter,
-        jump(nf::BuiltinChain::Input, &reject_chain),
-    )
-    .map_err(|e| nf_err("add jump", e))?;
+    // Packets to a VIP arrive from other namespaces (INPUT, the VIP is local there), or, per
+    // client, are the namespace's own packets (OUTPUT).
+    let hook = if per_client {
+        nf::BuiltinChain::Output
+    } else {
+        nf::BuiltinChain::Input
+    };
+    rs.add_jump(nf::Table::Mangle, jump(hook, &mark_chain))
+        .map_err(|e| nf_err("add jump", e))?;
+    if !per_client {
+        rs.add_jump(
+            nf::Table::Nat,
+            jump(nf::BuiltinChain::Postrouting, &snat_chain),
+        )
+        .map_err(|e| nf_err("add jump", e))?;
+    }
+    rs.add_jump(nf::Table::Filter, jump(hook, &reject_chain))
+        .map_err(|e| nf_err("add jump", e))?;
     Ok(rs)
 }
 

@@ -810,3 +810,30 @@ mod libc_errno {
     pub const EBUSY: i32 = 16;
     pub const ENOMEM: i32 = 12;
 }
+
+#[test]
+fn golden_per_client_layout() {
+    let opts = Options {
+        layout: Layout::PerClient,
+        ..Options::default()
+    };
+    let desired = DesiredState::new(network(), sample(), opts).unwrap();
+    let p = plan(&desired, &Observed::default(), &DrainBook::default(), 0).unwrap();
+    assert!(
+        !p.steps.iter().any(|s| matches!(s, Step::AddAddress { .. })),
+        "no VIP address per client: {p}"
+    );
+    assert!(!p.to_string().contains("ip_forward"), "{p}");
+    let rs = crate::rules::ruleset(&desired, &p.marks).unwrap();
+    let text = vipmesh_netfilter::plan(
+        &rs,
+        &vipmesh_netfilter::Observed::empty(vipmesh_netfilter::Family::V4),
+    )
+    .unwrap()
+    .to_string();
+    golden("rules_per_client.txt", &text);
+    let mut m = fake_mesh();
+    assert!(m.apply_at(&desired, 0).unwrap().ok());
+    assert!(m.plan_at(&desired, 1).unwrap().0.is_empty());
+    assert!(m.host().addrs.is_empty());
+}

@@ -353,3 +353,39 @@ fn bad_input_changes_nothing_in_the_kernel() {
         Err(Error::MissingNamespace { .. })
     ));
 }
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn the_per_client_layout_balances_from_the_clients_own_namespace() {
+    let mut lab = VipLab::new(Family::V4, "vote", 2);
+    lab.start_servers();
+    // The rules live in the client: lb_netns/lb_interface/lb_addr name the client itself.
+    let mut net = lab.network.clone();
+    net.lb_netns = lab.client.clone();
+    net.lb_addr = lab.host(7);
+    let opts = Options {
+        layout: Layout::PerClient,
+        ..Options::default()
+    };
+    let d = DesiredState::new(net.clone(), vec![vote(&lab, &["vote.1", "vote.2"])], opts).unwrap();
+    let mut m = Mesh::kernel(&net).unwrap();
+    apply_ok(&mut m, &d);
+    let got = gets(&lab, lab.host(9), 4);
+    assert_alternates(&got, &["vote.1", "vote.2"]);
+    let rules = lab.sh(&lab.client, "iptables-save");
+    assert!(
+        rules.contains("-A OUTPUT -m comment --comment vipmesh -j VIPMESH-MARK"),
+        "{rules}"
+    );
+    assert!(!rules.contains("SNAT"), "no SNAT per client: {rules}");
+    assert!(
+        !lab.sh(&lab.client, "ip -o addr").contains("10.0.0.9"),
+        "no VIP address"
+    );
+    assert!(lab.sh(&lab.client, "ipvsadm -Ln").contains("FWM  256 rr"));
+    assert!(
+        lab.sh(&lab.lb, "ipvsadm -Sn").is_empty(),
+        "nothing in the LB namespace"
+    );
+    assert!(m.plan(&d).unwrap().0.is_empty());
+}
