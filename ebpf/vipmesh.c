@@ -262,7 +262,10 @@ int xdp_lb(struct xdp_md *ctx)
 		}
 		if (be) {
 			vm_count(VM_C_FLOW_HIT);
-			f->atime = now;
+			/* The clock is coarse: most packets of a busy flow see the same
+			 * value, so skip the store (and keep the line clean). */
+			if (f->atime != now)
+				f->atime = now;
 			if (f->state == VM_ST_NEW && !syn)
 				f->state = VM_ST_ESTABLISHED;
 		} else {
@@ -315,7 +318,9 @@ int xdp_lb(struct xdp_md *ctx)
 		bpf_map_delete_elem(&flows, &p.key);
 		vm_count(VM_C_FLOW_CLOSED);
 	} else if (p.tcp_flags & VM_TCP_FIN) {
-		struct vm_flow *fc = bpf_map_lookup_elem(&flows, &p.key);
+		/* f, when set, is already the entry of this key (hit or rewritten in
+		 * place): no second lookup. */
+		struct vm_flow *fc = f ? f : bpf_map_lookup_elem(&flows, &p.key);
 
 		if (fc && fc->state != VM_ST_CLOSING) {
 			fc->state = VM_ST_CLOSING;
