@@ -272,7 +272,7 @@ impl<I: IpvsBackend, R: Rules, H: Host> Mesh<I, R, H> {
         let obs = self.observe(desired)?;
         let marks = plan::allocate_marks(desired, &obs)?;
         self.drains.sync(desired, &marks, &obs, now);
-        let p = plan::plan(desired, &obs, &self.drains, now)?;
+        let p = plan::plan_with_marks(desired, &obs, marks, &self.drains, now);
         Ok((p, obs))
     }
 

@@ -459,6 +459,17 @@ pub fn plan(
     now: u64,
 ) -> Result<Plan, Error> {
     let marks = allocate_marks(desired, observed)?;
+    Ok(plan_with_marks(desired, observed, marks, drains, now))
+}
+
+/// [`plan`] with the marks [`allocate_marks`] already chose for `desired` and `observed`.
+pub fn plan_with_marks(
+    desired: &DesiredState,
+    observed: &Observed,
+    marks: BTreeMap<ServiceName, u32>,
+    drains: &DrainBook,
+    now: u64,
+) -> Plan {
     let mut steps = Vec::new();
     let drain_timeout = desired.options().drain_timeout.as_secs();
 
@@ -530,7 +541,7 @@ pub fn plan(
         }
     }
     steps.dedup();
-    Ok(Plan { steps, marks })
+    Plan { steps, marks }
 }
 
 /// The IPVS steps of one VIP service: (service-level steps, real-server steps).

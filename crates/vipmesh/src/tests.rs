@@ -253,6 +253,21 @@ fn drain_setup(udp: bool) -> (FakeMesh, DesiredState, DesiredState, ipvs::Servic
     (m, before, after, key)
 }
 
+/// The real server `drain_setup` removes.
+fn drained_key() -> ipvs::DestKey {
+    ipvs::DestKey {
+        addr: ip("10.0.0.11"),
+        port: 0,
+    }
+}
+
+/// Whether the plan deletes a real server for `reason`.
+fn deletes(p: &crate::plan::Plan, reason: DeleteReason) -> bool {
+    p.steps
+        .iter()
+        .any(|s| matches!(s, Step::DelDest { reason: r, .. } if *r == reason))
+}
+
 fn dest_weights(m: &mut FakeMesh, key: &ipvs::ServiceKey) -> Vec<(IpAddr, u32)> {
     m.ipvs()
         .dests(key)
@@ -265,10 +280,7 @@ fn dest_weights(m: &mut FakeMesh, key: &ipvs::ServiceKey) -> Vec<(IpAddr, u32)> 
 #[test]
 fn a_removed_backend_drains_then_goes_when_idle() {
     let (mut m, _, after, key) = drain_setup(false);
-    let dk = ipvs::DestKey {
-        addr: ip("10.0.0.11"),
-        port: 0,
-    };
+    let dk = drained_key();
     m.ipvs().set_conns(&key, &dk, 3, 1).unwrap();
     let r = m.apply_at(&after, 100).unwrap();
     assert!(r.ok(), "{r}");
@@ -283,16 +295,7 @@ fn a_removed_backend_drains_then_goes_when_idle() {
     // Idle: deleted as drained.
     m.ipvs().set_conns(&key, &dk, 0, 0).unwrap();
     let (p, _) = m.plan_at(&after, 111).unwrap();
-    assert!(
-        p.steps.iter().any(|s| matches!(
-            s,
-            Step::DelDest {
-                reason: DeleteReason::Drained,
-                ..
-            }
-        )),
-        "{p}"
-    );
+    assert!(deletes(&p, DeleteReason::Drained), "{p}");
     let r = m.apply_at(&after, 111).unwrap();
     assert!(r.ok(), "{r}");
     assert_eq!(dest_weights(&mut m, &key), vec![(ip("10.0.0.10"), 1)]);
@@ -302,34 +305,19 @@ fn a_removed_backend_drains_then_goes_when_idle() {
 #[test]
 fn the_drain_timeout_deletes_a_busy_backend() {
     let (mut m, _, after, key) = drain_setup(false);
-    let dk = ipvs::DestKey {
-        addr: ip("10.0.0.11"),
-        port: 0,
-    };
+    let dk = drained_key();
     m.ipvs().set_conns(&key, &dk, 5, 0).unwrap();
     m.apply_at(&after, 1000).unwrap();
     let timeout = after.options().drain_timeout.as_secs();
     assert!(m.plan_at(&after, 1000 + timeout - 1).unwrap().0.is_empty());
     let (p, _) = m.plan_at(&after, 1000 + timeout).unwrap();
-    assert!(
-        p.steps.iter().any(|s| matches!(
-            s,
-            Step::DelDest {
-                reason: DeleteReason::DrainTimeout,
-                ..
-            }
-        )),
-        "{p}"
-    );
+    assert!(deletes(&p, DeleteReason::DrainTimeout), "{p}");
 }
 
 #[test]
 fn a_backend_that_comes_back_stops_draining() {
     let (mut m, before, after, key) = drain_setup(false);
-    let dk = ipvs::DestKey {
-        addr: ip("10.0.0.11"),
-        port: 0,
-    };
+    let dk = drained_key();
     m.ipvs().set_conns(&key, &dk, 1, 0).unwrap();
     m.apply_at(&after, 0).unwrap();
     assert_eq!(m.drains().len(), 1);
@@ -345,22 +333,10 @@ fn a_backend_that_comes_back_stops_draining() {
 #[test]
 fn udp_backends_are_deleted_at_once() {
     let (mut m, _, after, key) = drain_setup(true);
-    let dk = ipvs::DestKey {
-        addr: ip("10.0.0.11"),
-        port: 0,
-    };
+    let dk = drained_key();
     m.ipvs().set_conns(&key, &dk, 0, 7).unwrap();
     let (p, _) = m.plan_at(&after, 5).unwrap();
-    assert!(
-        p.steps.iter().any(|s| matches!(
-            s,
-            Step::DelDest {
-                reason: DeleteReason::Udp,
-                ..
-            }
-        )),
-        "{p}"
-    );
+    assert!(deletes(&p, DeleteReason::Udp), "{p}");
     m.apply_at(&after, 5).unwrap();
     assert_eq!(dest_weights(&mut m, &key), vec![(ip("10.0.0.10"), 1)]);
 }
