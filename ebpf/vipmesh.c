@@ -48,6 +48,33 @@ static __always_inline void vm_stats_add(void *map, __u32 idx, __u32 len, int ne
 	}
 }
 
+/* bpf_ktime_get_coarse_ns() without its cost on every packet. The coarse clock
+ * only moves at a tick, when jiffies moves too, and the verifier inlines
+ * bpf_jiffies64() into one load; so each CPU keeps the last value it read and
+ * calls the helper (~15 ns here) only when jiffies has changed. The value may
+ * lag by one tick (read between the jiffies and the timekeeping update), and
+ * CPUs may disagree by that much: callers clamp negative ages to 0. */
+static __always_inline __u64 vm_now(void)
+{
+	__u32 zero = 0;
+	struct vm_clock *ck = bpf_map_lookup_elem(&clock, &zero);
+	__u64 j = bpf_jiffies64();
+
+	if (!ck)
+		return bpf_ktime_get_coarse_ns();
+	if (ck->jiffies != j) {
+		ck->jiffies = j;
+		ck->ns = bpf_ktime_get_coarse_ns();
+	}
+	return ck->ns;
+}
+
+/* now - then, or 0 when another CPU's clock was a tick ahead (see vm_now). */
+static __always_inline __u64 vm_age(__u64 now, __u64 then)
+{
+	return now > then ? now - then : 0;
+}
+
 static __always_inline struct vm_cfg *vm_config(void)
 {
 	__u32 zero = 0;
@@ -217,11 +244,10 @@ int xdp_lb(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct vm_pkt p = {};
 	struct vm_svc_key sk = {};
-	struct vm_svc *svc;
 	struct vm_cfg *c;
 	struct vm_flow *f;
 	struct vm_backend *be = NULL;
-	__u32 bid = 0, svc_id;
+	__u32 bid = 0, svc_id = 0;
 	__u64 now, idle;
 	int r, syn, new_flow = 0;
 
@@ -231,57 +257,72 @@ int xdp_lb(struct xdp_md *ctx)
 		vm_count(vm_parse_counter(r));
 		return XDP_PASS;
 	}
-	sk.addr = p.key.dst;
-	sk.port = p.key.dport;
-	sk.proto = p.key.proto;
-	sk.family = p.key.family;
-	svc = bpf_map_lookup_elem(&services, &sk);
-	if (!svc) {
-		vm_count(VM_C_PASS_NOT_OURS);
-		return XDP_PASS;
+	{
+		__u32 port = bpf_ntohs(p.key.dport), word = port >> 5;
+		__u32 *bits = bpf_map_lookup_elem(&svc_ports, &word);
+
+		if (!bits || !(*bits & (1u << (port & 31)))) {
+			vm_count(VM_C_PASS_NOT_OURS);
+			return XDP_PASS;
+		}
 	}
-	svc_id = svc->id;
 	c = vm_config();
 	if (!c)
 		return XDP_PASS;
-	now = bpf_ktime_get_coarse_ns();
-	idle = p.key.proto == IPPROTO_TCP ? c->tcp_idle_ns : c->udp_idle_ns;
+	now = vm_now();
 	syn = (p.tcp_flags & (VM_TCP_SYN | VM_TCP_ACK)) == VM_TCP_SYN;
 
+	/* Flow table first: a live flow carries everything the hit path needs
+	 * (backend id + generation, service id), so the service lookup is only
+	 * paid by first packets and by traffic that is not ours. */
 	f = bpf_map_lookup_elem(&flows, &p.key);
 	if (f) {
-		__u64 age = now - f->atime;
-		int expired = age > idle || f->svc != svc_id ||
-			      (f->state == VM_ST_CLOSING && (syn || age > c->close_ns));
+		bid = f->backend;
+		be = bpf_map_lookup_elem(&backends, &bid);
+		if (be && (be->flags & VM_BACKEND_VALID) && be->generation == f->generation) {
+			__u64 age = vm_age(now, f->atime);
 
-		if (!expired) {
-			bid = f->backend;
-			be = bpf_map_lookup_elem(&backends, &bid);
-			if (be && !(be->flags & VM_BACKEND_VALID))
+			idle = p.key.proto == IPPROTO_TCP ? c->tcp_idle_ns : c->udp_idle_ns;
+			if (age > idle || (f->state == VM_ST_CLOSING && (syn || age > c->close_ns)))
 				be = NULL;
+		} else {
+			be = NULL;
 		}
 		if (be) {
 			vm_count(VM_C_FLOW_HIT);
+			svc_id = f->svc;
 			/* The clock is coarse: most packets of a busy flow see the same
 			 * value, so skip the store (and keep the line clean). */
 			if (f->atime != now)
 				f->atime = now;
 			if (f->state == VM_ST_NEW && !syn)
 				f->state = VM_ST_ESTABLISHED;
-		} else {
-			vm_count(VM_C_FLOW_EXPIRED);
+			goto forward;
 		}
-	} else if (p.key.proto == IPPROTO_TCP && !syn) {
-		/* A mid-stream packet without state: evicted by LRU pressure, or
-		 * a flow that started before this node took over. */
-		vm_count(VM_C_FLOW_MISS_MIDSTREAM);
 	}
 
-	if (!be) {
+	sk.addr = p.key.dst;
+	sk.port = p.key.dport;
+	sk.proto = p.key.proto;
+	sk.family = p.key.family;
+	{
+		struct vm_svc *svc = bpf_map_lookup_elem(&services, &sk);
 		struct vm_flow nf = {};
 		__u32 zero = 0, slot, *m, *b;
-		void *tbl = bpf_map_lookup_elem(&maglev_outer, &svc_id);
+		void *tbl;
 
+		if (!svc) {
+			vm_count(VM_C_PASS_NOT_OURS);
+			return XDP_PASS;
+		}
+		svc_id = svc->id;
+		if (f)
+			vm_count(VM_C_FLOW_EXPIRED);
+		else if (p.key.proto == IPPROTO_TCP && !syn)
+			/* A mid-stream packet without state: evicted by LRU pressure,
+			 * or a flow that started before this node took over. */
+			vm_count(VM_C_FLOW_MISS_MIDSTREAM);
+		tbl = bpf_map_lookup_elem(&maglev_outer, &svc_id);
 		if (!tbl)
 			goto no_backend;
 		m = bpf_map_lookup_elem(tbl, &zero);
@@ -296,16 +337,18 @@ int xdp_lb(struct xdp_md *ctx)
 		if (!be || !(be->flags & VM_BACKEND_VALID))
 			goto no_backend;
 		if (f) {
-			/* Re-created flow (expired, closing, or its backend left): rewrite the
-			 * entry in place, which costs far less than an LRU update. */
+			/* Re-created flow (expired, closing, or its backend left): rewrite
+			 * the entry in place, which costs far less than an LRU update. */
 			f->atime = now;
 			f->backend = bid;
 			f->svc = svc_id;
+			f->generation = be->generation;
 			f->state = VM_ST_NEW;
 		} else {
 			nf.atime = now;
 			nf.backend = bid;
 			nf.svc = svc_id;
+			nf.generation = be->generation;
 			nf.state = VM_ST_NEW;
 			if (bpf_map_update_elem(&flows, &p.key, &nf, BPF_ANY))
 				vm_count(VM_C_FLOW_INSERT_FAIL);
@@ -314,6 +357,7 @@ int xdp_lb(struct xdp_md *ctx)
 		new_flow = 1;
 	}
 
+forward:
 	if (p.tcp_flags & VM_TCP_RST) {
 		bpf_map_delete_elem(&flows, &p.key);
 		vm_count(VM_C_FLOW_CLOSED);
@@ -335,7 +379,7 @@ int xdp_lb(struct xdp_md *ctx)
 	vm_stats_add(&svc_stats, svc_id, p.len, new_flow);
 	vm_stats_add(&backend_stats, bid, p.len, new_flow);
 
-	if (svc->mode == VM_MODE_NAT) {
+	if (be->mode == VM_MODE_NAT) {
 		struct ethhdr *eth = data;
 
 		if ((void *)(eth + 1) > data_end)
@@ -469,9 +513,9 @@ int tc_rev(struct __sk_buff *skb)
 	c = vm_config();
 	if (!c)
 		return TC_ACT_OK;
-	now = bpf_ktime_get_coarse_ns();
+	now = vm_now();
 	idle = p.key.proto == IPPROTO_TCP ? c->tcp_idle_ns : c->udp_idle_ns;
-	age = now - r->atime;
+	age = vm_age(now, r->atime);
 	syn = p.tcp_flags & VM_TCP_SYN;
 	if (syn && r->state != VM_ST_NEW) {
 		/* A SYN-ACK for an entry past its handshake belongs to another

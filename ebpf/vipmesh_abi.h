@@ -19,6 +19,8 @@
 #define VM_FLOW_ENTRIES 65536
 /* The largest Maglev table (M) a service may use; inner maps hold M + 1 slots. */
 #define VM_MAX_TABLE 65537
+/* `svc_ports` bitmap: one bit per destination port (host order), 32 per word. */
+#define VM_PORT_WORDS 2048
 
 #define VM_FAMILY_V4 4
 #define VM_FAMILY_V6 6
@@ -97,6 +99,12 @@ struct vm_backend {
 	__u32 tx_slot; /* key into `tx_ports` */
 	__u8 smac[6];
 	__u8 dmac[6];
+	/* Generation of this id's assignment: userspace gives every newly
+	 * allocated backend id a fresh value and keeps it while the backend stays.
+	 * A flow remembers it, so a flow never follows a reused id. */
+	__u32 generation;
+	__u8 mode; /* VM_MODE_* of the backend's service */
+	__u8 pad[3];
 };
 
 /* Key of `flows` (client 5-tuple as received) and `rev` (backend side). */
@@ -110,13 +118,15 @@ struct vm_flow_key {
 	__u16 pad;
 };
 
-/* Value of `flows`. */
+/* Value of `flows`. A hit is valid while backends[backend] is valid and
+ * has the same generation: then the service lookup is skipped. */
 struct vm_flow {
-	__u64 atime; /* bpf_ktime_get_ns() of the last packet */
+	__u64 atime; /* bpf_ktime_get_coarse_ns() of the last packet */
 	__u32 backend;
 	__u32 svc;
+	__u32 generation; /* vm_backend.generation when the flow was created */
 	__u8 state;
-	__u8 pad[7];
+	__u8 pad[3];
 };
 
 /* Value of `rev` (NAT mode reverse translation). */

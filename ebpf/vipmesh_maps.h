@@ -14,6 +14,16 @@ struct {
 	__type(value, struct vm_svc);
 } services SEC(".maps");
 
+/* Which destination ports any service uses, whatever its address and protocol:
+ * a bitmap that lets traffic for other ports pass with one array load instead of
+ * two hash lookups. Bit (port & 31) of word (port >> 5), port in host order. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VM_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u32);
+} svc_ports SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, VM_MAX_BACKENDS);
@@ -66,6 +76,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct vm_cfg);
 } config SEC(".maps");
+
+/* Per-CPU cache of the coarse clock, private to the programs (not pinned, not
+ * read by userspace): see vm_now(). */
+struct vm_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vm_clock);
+} clock SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

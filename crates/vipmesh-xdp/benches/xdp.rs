@@ -68,6 +68,7 @@ struct Setup {
     fp: FastPath,
     pass: Vec<u8>,
     miss: Vec<u8>,
+    other_port: Vec<u8>,
     hit: Vec<u8>,
     renew: Vec<u8>,
     rev: Vec<u8>,
@@ -127,6 +128,7 @@ fn setup() -> Option<Setup> {
         fp,
         pass: frame("10.9.0.7", 40000, "10.0.0.1", 80, ACK),
         miss: frame("10.9.0.7", 40000, "10.0.0.9", 80, ACK),
+        other_port: frame("10.9.0.7", 40000, "10.0.0.9", 9999, ACK),
         hit,
         renew: frame("10.9.0.7", 40000, "10.0.0.1", 80, SYN | FIN),
         rev,
@@ -179,7 +181,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn summary(s: &mut Setup) {
     // Ratios in one run: 7 rounds, median of each.
     let fp = &mut s.fp;
-    let mut r: [Vec<f64>; 9] = Default::default();
+    let mut r: [Vec<f64>; 10] = Default::default();
     for round in 0..7u64 {
         let per = |d: Duration, n: u64| d.as_nanos() as f64 / n as f64;
         r[0].push(per(
@@ -220,13 +222,22 @@ fn summary(s: &mut Setup) {
             repeated(fp, Program::XdpLb, &s.renew, 1_000_000),
             1_000_000,
         ));
+        r[9].push(per(
+            repeated(fp, Program::XdpLb, &s.other_port, 1_000_000),
+            1_000_000,
+        ));
     }
     let m: Vec<f64> = r.into_iter().map(median).collect();
     println!("\n== xdp per-packet cost (BPF_PROG_TEST_RUN, median of 7 rounds, ns/packet)");
     println!("repeat=1e6 (ping-pong for rewrites):");
     println!("  xdp_pass baseline        {:7.1}", m[0]);
     println!(
-        "  xdp_lb miss (not a VIP)  {:7.1}   {:.2}x baseline",
+        "  xdp_lb miss, no service on the port {:7.1}   {:.2}x baseline",
+        m[9],
+        m[9] / m[0]
+    );
+    println!(
+        "  xdp_lb miss, a service port but not a VIP {:7.1}   {:.2}x baseline",
         m[1],
         m[1] / m[0]
     );
@@ -274,6 +285,9 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("miss", |b| {
         b.iter_custom(|n| repeated(&mut s.fp, Program::XdpLb, &s.miss, n))
+    });
+    g.bench_function("miss_other_port", |b| {
+        b.iter_custom(|n| repeated(&mut s.fp, Program::XdpLb, &s.other_port, n))
     });
     g.bench_function("nat_flow_hit", |b| {
         b.iter_custom(|n| repeated(&mut s.fp, Program::XdpLb, &s.hit, n))

@@ -14,6 +14,8 @@ pub const MAX_TX_PORTS: u32 = 256;
 pub const FLOW_ENTRIES: u32 = 65536;
 /// Largest Maglev table size M (`VM_MAX_TABLE`); inner maps hold M + 1 slots.
 pub const MAX_TABLE: u32 = 65537;
+/// Words of the `svc_ports` bitmap (`VM_PORT_WORDS`): one bit per port, 32 per word.
+pub const PORT_WORDS: u32 = 2048;
 /// Number of global counters (`VM_C_COUNT`).
 pub const COUNTER_SLOTS: u32 = 32;
 
@@ -88,6 +90,13 @@ pub struct BackendEntry {
     pub smac: [u8; 6],
     /// Destination MAC written on the way out.
     pub dmac: [u8; 6],
+    /// Generation of this id's assignment: fresh for every newly allocated id, kept while the
+    /// backend stays. Flows remember it, so a flow never follows a reused id.
+    pub generation: u32,
+    /// `MODE_*` of the backend's service.
+    pub mode: u8,
+    /// Padding.
+    pub pad: [u8; 3],
 }
 
 /// `struct vm_flow_key`.
@@ -114,16 +123,18 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// Last packet time (`bpf_ktime_get_ns`).
+    /// Last packet time (`bpf_ktime_get_coarse_ns`, as cached per CPU by the programs).
     pub atime: u64,
     /// Backend id.
     pub backend: u32,
     /// Service id.
     pub svc: u32,
+    /// The backend's [`BackendEntry::generation`] when the flow was created.
+    pub generation: u32,
     /// `ST_*`.
     pub state: u8,
     /// Padding.
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
 }
 
 /// `struct vm_rev`.
@@ -210,14 +221,20 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<Field>)> {
         l!(
             "vm_backend",
             BackendEntry,
-            [addr, port, family, flags, tx_slot, smac, dmac]
+            [
+                addr, port, family, flags, tx_slot, smac, dmac, generation, mode, pad
+            ]
         ),
         l!(
             "vm_flow_key",
             FlowKey,
             [src, dst, sport, dport, proto, family, pad]
         ),
-        l!("vm_flow", Flow, [atime, backend, svc, state, pad]),
+        l!(
+            "vm_flow",
+            Flow,
+            [atime, backend, svc, generation, state, pad]
+        ),
         l!(
             "vm_rev",
             Rev,

@@ -68,7 +68,15 @@ pub struct Dataplane<M> {
     config: Config,
     services: BTreeMap<ServiceKey, ServiceState>,
     used_backend_ids: BTreeSet<u32>,
+    /// Generation of each allocated backend id ([`abi::BackendEntry::generation`]).
+    gens: BTreeMap<u32, u32>,
+    next_gen: u32,
     tx_slots: BTreeMap<u32, u32>,
+}
+
+/// Word of the `svc_ports` bitmap holding `port`, and the port's bit in it.
+fn port_bit(port: u16) -> (u32, u32) {
+    (u32::from(port >> 5), 1 << (port & 31))
 }
 
 fn lowest_free(used: impl Iterator<Item = u32>, cap: u32) -> Option<u32> {
@@ -95,6 +103,8 @@ impl<M: MapLayer> Dataplane<M> {
             config,
             services: BTreeMap::new(),
             used_backend_ids: BTreeSet::new(),
+            gens: BTreeMap::new(),
+            next_gen: 1,
             tx_slots: BTreeMap::new(),
         })
     }
@@ -116,7 +126,18 @@ impl<M: MapLayer> Dataplane<M> {
             .map(|(&slot, &ifindex)| (ifindex, slot))
             .collect();
         self.used_backend_ids = dump.backends.keys().copied().collect();
+        self.gens = dump
+            .backends
+            .iter()
+            .map(|(&id, b)| (id, b.generation))
+            .collect();
+        self.next_gen = self
+            .gens
+            .values()
+            .max()
+            .map_or(1, |g| g.wrapping_add(1).max(1));
         self.services.clear();
+        let mut words = BTreeSet::new();
         for (k, v, table) in &dump.services {
             let proto = match k.proto {
                 6 => Proto::Tcp,
@@ -172,6 +193,11 @@ impl<M: MapLayer> Dataplane<M> {
                     backend_ids,
                 },
             );
+            words.insert(port_bit(key.port).0);
+        }
+        // The bitmap is pinned with the rest; rewriting it heals a half-written one.
+        for w in words {
+            self.maps.set_port_word(w, self.port_word(w))?;
         }
         tracing::info!(
             services = self.services.len(),
@@ -179,6 +205,15 @@ impl<M: MapLayer> Dataplane<M> {
             "dataplane state restored from the maps"
         );
         Ok(self.services.len())
+    }
+
+    /// Word `word` of the `svc_ports` bitmap for the services programmed.
+    fn port_word(&self, word: u32) -> u32 {
+        self.services
+            .keys()
+            .map(|k| port_bit(k.port))
+            .filter(|&(w, _)| w == word)
+            .fold(0, |acc, (_, bit)| acc | bit)
     }
 
     /// The map layer.
@@ -358,6 +393,27 @@ impl<M: MapLayer> Dataplane<M> {
             .map(|(k, v)| (k.get(), v))
             .collect();
 
+        // Generations: kept ids keep theirs (their flows stay), new ids get fresh ones.
+        let mut gens = BTreeMap::new();
+        let mut next_gen = self.next_gen;
+        for &bid in ids.values() {
+            let kept = old.is_some_and(|s| s.backend_ids.values().any(|&v| v == bid));
+            let generation = match self.gens.get(&bid) {
+                Some(&g) if kept => g,
+                _ => {
+                    let g = next_gen;
+                    next_gen = next_gen.wrapping_add(1).max(1);
+                    g
+                }
+            };
+            gens.insert(bid, generation);
+        }
+
+        let mode = match spec.mode {
+            ForwardMode::Nat => abi::MODE_NAT,
+            ForwardMode::Encap => abi::MODE_ENCAP,
+        };
+
         // Writes.
         for b in &spec.backends {
             let slot = tx[&b.egress.ifindex];
@@ -379,15 +435,18 @@ impl<M: MapLayer> Dataplane<M> {
                 tx_slot: tx[&b.egress.ifindex],
                 smac: b.egress.src_mac.0,
                 dmac: b.egress.dst_mac.0,
+                generation: gens[&ids[&(b.addr, b.port)]],
+                mode,
+                pad: [0; 3],
             };
             self.maps.set_backend(ids[&(b.addr, b.port)], &entry)?;
+            self.gens.insert(ids[&(b.addr, b.port)], entry.generation);
         }
+        self.next_gen = next_gen;
         self.used_backend_ids.extend(ids.values().copied());
         self.maps.swap_table(id, table.as_slice())?;
-        let mode = match spec.mode {
-            ForwardMode::Nat => abi::MODE_NAT,
-            ForwardMode::Encap => abi::MODE_ENCAP,
-        };
+        let (word, bit) = port_bit(spec.key.port);
+        self.maps.set_port_word(word, self.port_word(word) | bit)?;
         self.maps.set_service(
             &spec.key.to_abi(),
             &abi::Svc {
@@ -400,6 +459,7 @@ impl<M: MapLayer> Dataplane<M> {
         for &r in &removed {
             self.maps.set_backend(r, &abi::BackendEntry::default())?;
             self.used_backend_ids.remove(&r);
+            self.gens.remove(&r);
         }
         tracing::info!(service = %spec.key, id, backends = ids.len(), removed = removed.len(), "service programmed");
         self.services.insert(
@@ -434,8 +494,11 @@ impl<M: MapLayer> Dataplane<M> {
         for b in bids {
             self.maps.set_backend(b, &abi::BackendEntry::default())?;
             self.used_backend_ids.remove(&b);
+            self.gens.remove(&b);
         }
         self.services.remove(key);
+        let word = port_bit(key.port).0;
+        self.maps.set_port_word(word, self.port_word(word))?;
         tracing::info!(service = %key, id, "service removed");
         Ok(())
     }
@@ -578,6 +641,78 @@ mod tests {
         d.remove_service(&spec(81, vec![]).key).unwrap();
         assert!(d.maps().tables[&1].is_empty());
         assert_eq!(d.services().count(), 1);
+    }
+
+    #[test]
+    fn port_bitmap_tracks_the_ports_in_use() {
+        let mut d = dp();
+        let word = |d: &Dataplane<FakeMaps>, port: u16| {
+            d.maps()
+                .port_words
+                .get(&u32::from(port >> 5))
+                .copied()
+                .unwrap_or(0)
+        };
+        d.upsert_service(&spec(80, vec![be("10.1.0.2", 3)]))
+            .unwrap();
+        d.upsert_service(&spec(81, vec![be("10.1.0.2", 3)]))
+            .unwrap();
+        let mut other = spec(80, vec![be("10.1.0.3", 3)]);
+        other.key.addr = "10.0.0.2".parse().unwrap();
+        d.upsert_service(&other).unwrap();
+        assert_eq!(word(&d, 80), (1 << (80 & 31)) | (1 << (81 & 31)));
+        // Port 80 stays while another service uses it; 81 goes with its only service.
+        d.remove_service(&spec(80, vec![]).key).unwrap();
+        d.remove_service(&spec(81, vec![]).key).unwrap();
+        assert_eq!(word(&d, 80), 1 << (80 & 31));
+        assert!(d.maps().select(&other.key.to_abi(), 7).is_some());
+        d.remove_service(&other.key).unwrap();
+        assert_eq!(word(&d, 80), 0);
+        // A restart rebuilds the bitmap from the services in the maps.
+        d.upsert_service(&spec(65535, vec![be("10.1.0.2", 3)]))
+            .unwrap();
+        let mut maps = d.maps().clone();
+        maps.port_words.clear();
+        let mut d2 = Dataplane::new(maps, Config::default()).unwrap();
+        d2.restore().unwrap();
+        assert_eq!(word(&d2, 65535), 1 << 31);
+    }
+
+    #[test]
+    fn generations_follow_assignments_not_ids() {
+        let mut d = dp();
+        let ip = |s: &str| (s.parse::<IpAddr>().unwrap(), 80);
+        let r1 = d
+            .upsert_service(&spec(80, vec![be("10.1.0.2", 3), be("10.1.0.3", 4)]))
+            .unwrap();
+        let gen_of = |d: &Dataplane<FakeMaps>, id: u32| d.maps().backends[&id].generation;
+        let (id2, id3) = (r1.backends[&ip("10.1.0.2")], r1.backends[&ip("10.1.0.3")]);
+        let (g2, g3) = (gen_of(&d, id2), gen_of(&d, id3));
+        assert!(g2 != 0 && g3 != 0 && g2 != g3);
+        // Re-applying keeps every generation: live flows stay valid.
+        d.upsert_service(&spec(80, vec![be("10.1.0.2", 3), be("10.1.0.3", 4)]))
+            .unwrap();
+        assert_eq!((gen_of(&d, id2), gen_of(&d, id3)), (g2, g3));
+        // .3 leaves; its id goes to another service's backend with a fresh generation, so
+        // flows that remember (id3, g3) cannot follow it.
+        d.upsert_service(&spec(80, vec![be("10.1.0.2", 3)]))
+            .unwrap();
+        let r = d
+            .upsert_service(&spec(81, vec![be("10.1.0.9", 3)]))
+            .unwrap();
+        assert_eq!(r.backends[&ip("10.1.0.9")], id3, "the id is reused");
+        let g9 = gen_of(&d, id3);
+        assert!(g9 != g3 && g9 != g2);
+        // The mode travels with the backend entry (the hit path reads it there).
+        assert_eq!(d.maps().backends[&id2].mode, abi::MODE_NAT);
+        // After a restart the next generation is above every one in the maps.
+        let mut d2 = Dataplane::new(d.maps().clone(), Config::default()).unwrap();
+        d2.restore().unwrap();
+        let r = d2
+            .upsert_service(&spec(82, vec![be("10.1.0.7", 3)]))
+            .unwrap();
+        let g7 = gen_of(&d2, r.backends[&ip("10.1.0.7")]);
+        assert!(g7 > g9 && g7 > g2, "{g7} after {g2}, {g9}");
     }
 
     #[test]

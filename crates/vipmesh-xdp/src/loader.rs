@@ -205,9 +205,10 @@ fn pin_dir(root: &Path) -> PathBuf {
     root.join("vipmesh")
 }
 
-const MAP_NAMES: [&str; 12] = [
+const MAP_NAMES: [&str; 13] = [
     "services",
     "backends",
+    "svc_ports",
     "maglev_outer",
     "tx_ports",
     "flows",

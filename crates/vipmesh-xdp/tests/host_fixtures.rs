@@ -538,6 +538,60 @@ fn flows_stick_to_their_backend_across_table_swaps() {
 
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn a_flow_never_follows_a_reused_backend_id() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    let a = fp
+        .dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[("10.1.0.2", 8080)]))
+        .unwrap();
+    let syn = pkt("10.9.0.7", 40000, "10.0.0.1", 80, Tcp, SYN);
+    let out = fp.test_run(Program::XdpLb, &syn, 1).unwrap();
+    assert_eq!(packet::check(&out.data).unwrap().dst, ip("10.1.0.2"));
+    // The flow entry exists and the hit path would take it without a service lookup.
+    let fk = flow_key("10.9.0.7", 40000, "10.0.0.1", 80, Tcp);
+    let flow = fp.dataplane().maps().flow(&fk).unwrap().unwrap();
+    // Service A goes; service B's backend takes the freed backend id.
+    fp.dataplane()
+        .remove_service(&ServiceKey {
+            addr: ip("10.0.0.1"),
+            port: 80,
+            proto: Tcp,
+        })
+        .unwrap();
+    let b = fp
+        .dataplane()
+        .upsert_service(&service("10.0.0.2", 80, Tcp, Nat, &[("10.1.0.9", 8080)]))
+        .unwrap();
+    let reused = b.backends[&(ip("10.1.0.9"), 8080)];
+    assert_eq!(reused, a.backends[&(ip("10.1.0.2"), 8080)]);
+    assert_eq!(
+        flow.backend, reused,
+        "the stale flow points at the reused id"
+    );
+    // Its next packet is not forwarded to service B's backend: the generation differs, the
+    // service lookup misses, and the packet goes to the stack untouched.
+    let ack = pkt("10.9.0.7", 40000, "10.0.0.1", 80, Tcp, ACK);
+    let out = fp.test_run(Program::XdpLb, &ack, 1).unwrap();
+    assert_eq!((out.verdict, &out.data), (XDP_PASS, &ack));
+    // The same VIP back with the backend at a new id: the flow is re-created, not followed.
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 80, Tcp, Nat, &[("10.1.0.2", 8080)]))
+        .unwrap();
+    let out = fp.test_run(Program::XdpLb, &ack, 1).unwrap();
+    assert_eq!(packet::check(&out.data).unwrap().dst, ip("10.1.0.2"));
+    let c = fp.dataplane().counters().unwrap();
+    assert_eq!(
+        (c["flow_hit"], c["flow_expired"], c["pass_not_ours"]),
+        (0, 1, 1)
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn lru_pressure_keeps_forwarding_and_counts_evictions() {
     if !can_run() {
         return;
