@@ -259,9 +259,12 @@ int xdp_lb(struct xdp_md *ctx)
 	}
 	{
 		__u32 port = bpf_ntohs(p.key.dport), word = port >> 5;
-		__u32 *bits = bpf_map_lookup_elem(&svc_ports, &word);
+		__u32 h = vm_addr_bit(&p.key.dst), aword = VM_FILTER_ADDR_BASE + (h >> 5);
+		__u32 *pbits = bpf_map_lookup_elem(&svc_filter, &word);
+		__u32 *abits = bpf_map_lookup_elem(&svc_filter, &aword);
 
-		if (!bits || !(*bits & (1u << (port & 31)))) {
+		if (!pbits || !(*pbits & (1u << (port & 31))) || !abits ||
+		    !(*abits & (1u << (h & 31)))) {
 			vm_count(VM_C_PASS_NOT_OURS);
 			return XDP_PASS;
 		}

@@ -19,8 +19,13 @@
 #define VM_FLOW_ENTRIES 65536
 /* The largest Maglev table (M) a service may use; inner maps hold M + 1 slots. */
 #define VM_MAX_TABLE 65537
-/* `svc_ports` bitmap: one bit per destination port (host order), 32 per word. */
-#define VM_PORT_WORDS 2048
+/* `svc_filter`: two bitmaps of 65536 bits, 32 per word. Words [0, 2048) have
+ * one bit per destination port (host order); words [2048, 4096) one bit per
+ * destination address hash (vm_addr_bit). Userspace computes the same bits. */
+#define VM_FILTER_WORDS 4096
+#define VM_FILTER_ADDR_BASE 2048
+/* Multiplier of the address hash (Knuth's 2^32 / phi). MUST match abi.rs. */
+#define VM_ADDR_HASH_MUL 0x9e3779b1u
 
 #define VM_FAMILY_V4 4
 #define VM_FAMILY_V6 6

@@ -14,15 +14,15 @@ struct {
 	__type(value, struct vm_svc);
 } services SEC(".maps");
 
-/* Which destination ports any service uses, whatever its address and protocol:
- * a bitmap that lets traffic for other ports pass with one array load instead of
- * two hash lookups. Bit (port & 31) of word (port >> 5), port in host order. */
+/* Which destination ports, and which destination address hashes, any service
+ * uses (see VM_FILTER_WORDS): traffic that is not ours passes after two array
+ * loads instead of two hash lookups. False positives only cost the lookups. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, VM_PORT_WORDS);
+	__uint(max_entries, VM_FILTER_WORDS);
 	__type(key, __u32);
 	__type(value, __u32);
-} svc_ports SEC(".maps");
+} svc_filter SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -155,6 +155,14 @@ static __always_inline __u16 vm_ipv4_csum(struct iphdr *ip)
 	return ~vm_csum_fold(s);
 }
 
+/* Bit of an address in the address half of `svc_filter` (16 bits). */
+static __always_inline __u32 vm_addr_bit(const struct vm_addr *a)
+{
+	__u32 w = a->w[0] ^ a->w[1] ^ a->w[2] ^ a->w[3];
+
+	return (w * VM_ADDR_HASH_MUL) >> 16;
+}
+
 /* ---- jhash (Bob Jenkins' lookup3 final mix) over the flow key ---- */
 
 static __always_inline __u32 vm_rol32(__u32 w, int s)

@@ -14,8 +14,26 @@ pub const MAX_TX_PORTS: u32 = 256;
 pub const FLOW_ENTRIES: u32 = 65536;
 /// Largest Maglev table size M (`VM_MAX_TABLE`); inner maps hold M + 1 slots.
 pub const MAX_TABLE: u32 = 65537;
-/// Words of the `svc_ports` bitmap (`VM_PORT_WORDS`): one bit per port, 32 per word.
-pub const PORT_WORDS: u32 = 2048;
+/// Words of the `svc_filter` map (`VM_FILTER_WORDS`): a port bitmap, then an address-hash
+/// bitmap ([`filter_bits`]).
+pub const FILTER_WORDS: u32 = 4096;
+/// First word of the address half of `svc_filter` (`VM_FILTER_ADDR_BASE`).
+pub const FILTER_ADDR_BASE: u32 = 2048;
+/// Multiplier of the address hash (`VM_ADDR_HASH_MUL`).
+pub const ADDR_HASH_MUL: u32 = 0x9e37_79b1;
+
+/// The two `svc_filter` bits, as (word, bit mask), that a service key sets: its destination port
+/// (host order) in the port half, and the hash of its address in the address half. Mirrors the
+/// check at the top of `xdp_lb` (and `vm_addr_bit`).
+pub fn filter_bits(key: &SvcKey) -> [(u32, u32); 2] {
+    let port = u32::from(u16::from_be(key.port));
+    let w = key.addr.w[0] ^ key.addr.w[1] ^ key.addr.w[2] ^ key.addr.w[3];
+    let h = w.wrapping_mul(ADDR_HASH_MUL) >> 16;
+    [
+        (port >> 5, 1 << (port & 31)),
+        (FILTER_ADDR_BASE + (h >> 5), 1 << (h & 31)),
+    ]
+}
 /// Number of global counters (`VM_C_COUNT`).
 pub const COUNTER_SLOTS: u32 = 32;
 

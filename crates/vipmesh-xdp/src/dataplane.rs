@@ -74,11 +74,6 @@ pub struct Dataplane<M> {
     tx_slots: BTreeMap<u32, u32>,
 }
 
-/// Word of the `svc_ports` bitmap holding `port`, and the port's bit in it.
-fn port_bit(port: u16) -> (u32, u32) {
-    (u32::from(port >> 5), 1 << (port & 31))
-}
-
 fn lowest_free(used: impl Iterator<Item = u32>, cap: u32) -> Option<u32> {
     let mut next = 0u32;
     for u in used {
@@ -193,11 +188,11 @@ impl<M: MapLayer> Dataplane<M> {
                     backend_ids,
                 },
             );
-            words.insert(port_bit(key.port).0);
+            words.extend(abi::filter_bits(&key.to_abi()).map(|(w, _)| w));
         }
-        // The bitmap is pinned with the rest; rewriting it heals a half-written one.
+        // The filter is pinned with the rest; rewriting it heals a half-written one.
         for w in words {
-            self.maps.set_port_word(w, self.port_word(w))?;
+            self.maps.set_filter_word(w, self.filter_word(w))?;
         }
         tracing::info!(
             services = self.services.len(),
@@ -207,11 +202,11 @@ impl<M: MapLayer> Dataplane<M> {
         Ok(self.services.len())
     }
 
-    /// Word `word` of the `svc_ports` bitmap for the services programmed.
-    fn port_word(&self, word: u32) -> u32 {
+    /// Word `word` of the `svc_filter` bitmaps for the services programmed.
+    fn filter_word(&self, word: u32) -> u32 {
         self.services
             .keys()
-            .map(|k| port_bit(k.port))
+            .flat_map(|k| abi::filter_bits(&k.to_abi()))
             .filter(|&(w, _)| w == word)
             .fold(0, |acc, (_, bit)| acc | bit)
     }
@@ -445,8 +440,10 @@ impl<M: MapLayer> Dataplane<M> {
         self.next_gen = next_gen;
         self.used_backend_ids.extend(ids.values().copied());
         self.maps.swap_table(id, table.as_slice())?;
-        let (word, bit) = port_bit(spec.key.port);
-        self.maps.set_port_word(word, self.port_word(word) | bit)?;
+        for (word, bit) in abi::filter_bits(&spec.key.to_abi()) {
+            self.maps
+                .set_filter_word(word, self.filter_word(word) | bit)?;
+        }
         self.maps.set_service(
             &spec.key.to_abi(),
             &abi::Svc {
@@ -497,8 +494,9 @@ impl<M: MapLayer> Dataplane<M> {
             self.gens.remove(&b);
         }
         self.services.remove(key);
-        let word = port_bit(key.port).0;
-        self.maps.set_port_word(word, self.port_word(word))?;
+        for (word, _) in abi::filter_bits(&key.to_abi()) {
+            self.maps.set_filter_word(word, self.filter_word(word))?;
+        }
         tracing::info!(service = %key, id, "service removed");
         Ok(())
     }
@@ -644,38 +642,47 @@ mod tests {
     }
 
     #[test]
-    fn port_bitmap_tracks_the_ports_in_use() {
+    fn filter_bitmaps_track_the_ports_and_addresses_in_use() {
         let mut d = dp();
-        let word = |d: &Dataplane<FakeMaps>, port: u16| {
-            d.maps()
-                .port_words
-                .get(&u32::from(port >> 5))
-                .copied()
-                .unwrap_or(0)
+        // Whether both filter bits of a key are set.
+        let set = |d: &Dataplane<FakeMaps>, k: &ServiceKey| {
+            abi::filter_bits(&k.to_abi())
+                .iter()
+                .all(|&(w, bit)| d.maps().filter_words.get(&w).copied().unwrap_or(0) & bit != 0)
         };
-        d.upsert_service(&spec(80, vec![be("10.1.0.2", 3)]))
-            .unwrap();
-        d.upsert_service(&spec(81, vec![be("10.1.0.2", 3)]))
-            .unwrap();
-        let mut other = spec(80, vec![be("10.1.0.3", 3)]);
-        other.key.addr = "10.0.0.2".parse().unwrap();
-        d.upsert_service(&other).unwrap();
-        assert_eq!(word(&d, 80), (1 << (80 & 31)) | (1 << (81 & 31)));
-        // Port 80 stays while another service uses it; 81 goes with its only service.
-        d.remove_service(&spec(80, vec![]).key).unwrap();
-        d.remove_service(&spec(81, vec![]).key).unwrap();
-        assert_eq!(word(&d, 80), 1 << (80 & 31));
-        assert!(d.maps().select(&other.key.to_abi(), 7).is_some());
-        d.remove_service(&other.key).unwrap();
-        assert_eq!(word(&d, 80), 0);
-        // A restart rebuilds the bitmap from the services in the maps.
-        d.upsert_service(&spec(65535, vec![be("10.1.0.2", 3)]))
-            .unwrap();
+        let a80 = spec(80, vec![be("10.1.0.2", 3)]);
+        let a81 = spec(81, vec![be("10.1.0.2", 3)]);
+        let mut b80 = spec(80, vec![be("10.1.0.3", 3)]);
+        b80.key.addr = "10.0.0.2".parse().unwrap();
+        for s in [&a80, &a81, &b80] {
+            d.upsert_service(s).unwrap();
+        }
+        assert!([&a80, &a81, &b80].iter().all(|s| set(&d, &s.key)));
+        let [(pw, pbit), (aw, abit)] = abi::filter_bits(&a80.key.to_abi());
+        assert_eq!((pw, pbit), (80 >> 5, 1 << (80 & 31)));
+        assert!(aw >= abi::FILTER_ADDR_BASE && aw < abi::FILTER_WORDS && abit != 0);
+        // Bits stay while another service uses them and go with the last one.
+        d.remove_service(&a80.key).unwrap();
+        assert!(
+            set(&d, &a80.key),
+            "port 80 (b80) and 10.0.0.1 (a81) are still in use"
+        );
+        d.remove_service(&a81.key).unwrap();
+        assert!(!set(&d, &a80.key) && !set(&d, &a81.key));
+        assert!(d.maps().select(&b80.key.to_abi(), 7).is_some());
+        d.remove_service(&b80.key).unwrap();
+        assert!(d.maps().filter_words.values().all(|&w| w == 0));
+        // v6 keys use the address half too; a restart rebuilds both halves from the services.
+        let mut v6 = spec(65535, vec![be("10.1.0.2", 3)]);
+        v6.key.addr = "fd00::1".parse().unwrap();
+        v6.backends[0].addr = "fd01::2".parse().unwrap();
+        d.upsert_service(&v6).unwrap();
         let mut maps = d.maps().clone();
-        maps.port_words.clear();
+        maps.filter_words.clear();
         let mut d2 = Dataplane::new(maps, Config::default()).unwrap();
         d2.restore().unwrap();
-        assert_eq!(word(&d2, 65535), 1 << 31);
+        assert!(set(&d2, &v6.key));
+        assert_eq!(d2.maps().filter_words.get(&(65535 >> 5)), Some(&(1 << 31)));
     }
 
     #[test]

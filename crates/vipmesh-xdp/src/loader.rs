@@ -208,7 +208,7 @@ fn pin_dir(root: &Path) -> PathBuf {
 const MAP_NAMES: [&str; 13] = [
     "services",
     "backends",
-    "svc_ports",
+    "svc_filter",
     "maglev_outer",
     "tx_ports",
     "flows",

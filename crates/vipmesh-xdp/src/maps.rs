@@ -60,13 +60,12 @@ pub trait MapLayer {
     ///
     /// [`Error::MapFull`] when `svc` is out of range; map creation or update errors.
     fn swap_table(&mut self, svc: u32, slots: &[u32]) -> Result<(), Error>;
-    /// Writes word `word` of the `svc_ports` bitmap (bit `port & 31` of word `port >> 5` is set
-    /// when some service uses destination port `port`).
+    /// Writes word `word` of the `svc_filter` bitmaps ([`abi::filter_bits`]).
     ///
     /// # Errors
     ///
     /// [`Error::MapFull`] when `word` is out of range.
-    fn set_port_word(&mut self, word: u32, bits: u32) -> Result<(), Error>;
+    fn set_filter_word(&mut self, word: u32, bits: u32) -> Result<(), Error>;
     /// Points DEVMAP slot `slot` at interface `ifindex`.
     ///
     /// # Errors
@@ -121,7 +120,7 @@ pub trait MapLayer {
 pub struct KernelMaps {
     services: HashMap<MapData, abi::SvcKey, abi::Svc>,
     backends: Array<MapData, abi::BackendEntry>,
-    svc_ports: Array<MapData, u32>,
+    svc_filter: Array<MapData, u32>,
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
     tx_ports: DevMap<MapData>,
     config: Array<MapData, abi::Cfg>,
@@ -191,7 +190,7 @@ impl KernelMaps {
         Ok(KernelMaps {
             services: take(ebpf, "services")?,
             backends: take(ebpf, "backends")?,
-            svc_ports: take(ebpf, "svc_ports")?,
+            svc_filter: take(ebpf, "svc_filter")?,
             maglev: take(ebpf, "maglev_outer")?,
             tx_ports: take(ebpf, "tx_ports")?,
             config: take(ebpf, "config")?,
@@ -258,10 +257,10 @@ impl MapLayer for KernelMaps {
             .map_err(|e| full_or("backends", abi::MAX_BACKENDS, "set", e))
     }
 
-    fn set_port_word(&mut self, word: u32, bits: u32) -> Result<(), Error> {
-        self.svc_ports
+    fn set_filter_word(&mut self, word: u32, bits: u32) -> Result<(), Error> {
+        self.svc_filter
             .set(word, bits, 0)
-            .map_err(|e| full_or("svc_ports", abi::PORT_WORDS, "set", e))
+            .map_err(|e| full_or("svc_filter", abi::FILTER_WORDS, "set", e))
     }
 
     fn swap_table(&mut self, svc: u32, slots: &[u32]) -> Result<(), Error> {

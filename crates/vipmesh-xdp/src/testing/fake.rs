@@ -21,8 +21,8 @@ pub struct FakeMaps {
     pub swaps: BTreeMap<u32, u32>,
     /// `tx_ports`.
     pub tx_ports: BTreeMap<u32, u32>,
-    /// `svc_ports` (only written words; the rest read as zero).
-    pub port_words: BTreeMap<u32, u32>,
+    /// `svc_filter` (only written words; the rest read as zero).
+    pub filter_words: BTreeMap<u32, u32>,
     /// `config`.
     pub config: abi::Cfg,
     /// `task_ports` and `task_egress`.
@@ -33,13 +33,13 @@ pub struct FakeMaps {
 
 impl FakeMaps {
     /// What the XDP program would pick for a flow hash: the backend of slot `hash % M`, or
-    /// `None` when the port bitmap or the service lookup misses (pass), or (drop) when the service
+    /// `None` when the filter bitmaps or the service lookup miss (pass), or (drop) when the service
     /// has no table or an empty one, or the backend is not valid.
     pub fn select(&self, key: &abi::SvcKey, hash: u32) -> Option<abi::BackendEntry> {
-        let port = u16::from_be(key.port);
-        let bits = self.port_words.get(&u32::from(port >> 5)).copied()?;
-        if bits & (1 << (port & 31)) == 0 {
-            return None;
+        for (word, bit) in abi::filter_bits(key) {
+            if self.filter_words.get(&word).copied().unwrap_or(0) & bit == 0 {
+                return None;
+            }
         }
         let svc = self.services.get(key)?;
         let t = self.tables.get(&svc.id)?;
@@ -78,14 +78,14 @@ impl MapLayer for FakeMaps {
         Ok(())
     }
 
-    fn set_port_word(&mut self, word: u32, bits: u32) -> Result<(), Error> {
-        if word >= abi::PORT_WORDS {
+    fn set_filter_word(&mut self, word: u32, bits: u32) -> Result<(), Error> {
+        if word >= abi::FILTER_WORDS {
             return Err(Error::MapFull {
-                map: "svc_ports",
-                capacity: abi::PORT_WORDS,
+                map: "svc_filter",
+                capacity: abi::FILTER_WORDS,
             });
         }
-        self.port_words.insert(word, bits);
+        self.filter_words.insert(word, bits);
         Ok(())
     }
 
