@@ -13,6 +13,11 @@
 //! FIN leaves every flow closing, so the next SYN on the tuple re-creates it: Maglev lookup,
 //! flow and reverse entries rewritten in place), and "cold" with a distinct 5-tuple per
 //! syscall (two LRU inserts per packet, evictions once the table is full).
+//!
+//! Floors: `ebpf/bench_floor.c` (benchmark-only) parses the frame and does just one lookup, or
+//! just one update, in an LRU hash shaped like `flows`. No design with a per-flow LRU table can
+//! hit below the first or record a new flow below the second, so the summary prints both beside
+//! the goals.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -64,7 +69,42 @@ fn svc(addr: &str, port: u16, mode: ForwardMode, be: &str, be_port: u16) -> Serv
     }
 }
 
+/// The benchmark-only floor programs (`ebpf/bench_floor.c`).
+const FLOOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench_floor.o"));
+
+struct Floor {
+    ebpf: aya::Ebpf,
+}
+
+impl Floor {
+    fn load() -> Floor {
+        let mut ebpf = aya::Ebpf::load(FLOOR).expect("load bench_floor.o");
+        for name in ["floor_pass", "floor_lookup", "floor_update"] {
+            let p: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap();
+        }
+        Floor { ebpf }
+    }
+
+    /// Kernel-measured time of `iters` runs of `name` on `f`, using repeats.
+    fn repeated(&mut self, name: &str, f: &[u8], iters: u32) -> Duration {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let p: &mut aya::programs::Xdp = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; f.len() + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(f),
+                data_out: Some(&mut out),
+                repeat: iters,
+                ..Default::default()
+            })
+            .unwrap();
+        r.duration * iters
+    }
+}
+
 struct Setup {
+    floor: Floor,
     fp: FastPath,
     pass: Vec<u8>,
     miss: Vec<u8>,
@@ -125,6 +165,7 @@ fn setup() -> Option<Setup> {
         XDP_REDIRECT
     );
     Some(Setup {
+        floor: Floor::load(),
         fp,
         pass: frame("10.9.0.7", 40000, "10.0.0.1", 80, ACK),
         miss: frame("10.9.0.7", 40000, "10.0.0.9", 80, ACK),
@@ -181,7 +222,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn summary(s: &mut Setup) {
     // Ratios in one run: 7 rounds, median of each.
     let fp = &mut s.fp;
-    let mut r: [Vec<f64>; 10] = Default::default();
+    let mut r: [Vec<f64>; 13] = Default::default();
     for round in 0..7u64 {
         let per = |d: Duration, n: u64| d.as_nanos() as f64 / n as f64;
         r[0].push(per(
@@ -226,6 +267,18 @@ fn summary(s: &mut Setup) {
             repeated(fp, Program::XdpLb, &s.other_port, 1_000_000),
             1_000_000,
         ));
+        r[10].push(per(
+            s.floor.repeated("floor_pass", &s.hit, 1_000_000),
+            1_000_000,
+        ));
+        r[11].push(per(
+            s.floor.repeated("floor_lookup", &s.hit, 1_000_000),
+            1_000_000,
+        ));
+        r[12].push(per(
+            s.floor.repeated("floor_update", &s.hit, 1_000_000),
+            1_000_000,
+        ));
     }
     let m: Vec<f64> = r.into_iter().map(median).collect();
     println!("\n== xdp per-packet cost (BPF_PROG_TEST_RUN, median of 7 rounds, ns/packet)");
@@ -255,6 +308,20 @@ fn summary(s: &mut Setup) {
         "  xdp_lb new flow, warm (Maglev + in-place flow/rev) {:7.1}   {:.2}x baseline   (goal <= 5x)",
         m[8],
         m[8] / m[0]
+    );
+    println!(
+        "floors (bench_floor.c, same rounds; its own XDP_PASS {:.1} ns):",
+        m[10]
+    );
+    println!(
+        "  parse + one LRU lookup (hit)  {:7.1}   {:.2}x its baseline   (the least a hit can cost)",
+        m[11],
+        m[11] / m[10]
+    );
+    println!(
+        "  parse + one LRU update        {:7.1}   {:.2}x its baseline   (the least a recorded new flow can cost)",
+        m[12],
+        m[12] / m[10]
     );
     println!(
         "repeat=1, one syscall per packet (kernel-measured, includes per-call timer overhead):"
