@@ -4,8 +4,9 @@
  *
  *   xdp_lb     XDP on the node's uplink: service lookup, LRU flow table, Maglev,
  *              then NAT (DNAT + DEVMAP redirect) or encap-DSR (IPIP / IP6IP6).
- *   tc_rev     tc ingress on the node-side veth of a task (NAT mode): reverse
- *              SNAT back to VIP:port, expiry on FIN/RST/idle, redirect to uplink.
+ *   tc_rev     tc ingress on the node-side veth of a task (NAT mode): finds the
+ *              reply's flow (rev_vips + flows), SNAT back to VIP:port, expiry on
+ *              FIN/RST/idle, redirect to uplink. No per-flow reverse state.
  *   tc_decap   tc ingress inside the task (encap mode): strip the outer header,
  *              translate the published port to the target port.
  *   tc_egress  tc egress inside the task (encap mode): target -> published port.
@@ -300,6 +301,10 @@ int xdp_lb(struct xdp_md *ctx)
 				f->atime = now;
 			if (f->state == VM_ST_NEW && !syn)
 				f->state = VM_ST_ESTABLISHED;
+			else if (syn && (f->flags & VM_FLOW_REPLIED))
+				/* The client starts over on the same tuple: its SYN-ACK
+				 * is expected, not stale (see tc_rev). */
+				f->flags &= ~VM_FLOW_REPLIED;
 			goto forward;
 		}
 	}
@@ -339,23 +344,27 @@ int xdp_lb(struct xdp_md *ctx)
 		be = bpf_map_lookup_elem(&backends, &bid);
 		if (!be || !(be->flags & VM_BACKEND_VALID))
 			goto no_backend;
-		if (f) {
+		nf.atime = now;
+		nf.backend = bid;
+		nf.svc = svc_id;
+		nf.generation = be->generation;
+		nf.state = VM_ST_NEW;
+		if (be->mode == VM_MODE_NAT) {
+			/* What tc_rev needs to send replies back the way we came. */
+			struct ethhdr *eth = data;
+
+			if ((void *)(eth + 1) > data_end)
+				return XDP_PASS;
+			nf.ifindex = ctx->ingress_ifindex;
+			__builtin_memcpy(nf.client_mac, eth->h_source, 6);
+			__builtin_memcpy(nf.our_mac, eth->h_dest, 6);
+		}
+		if (f)
 			/* Re-created flow (expired, closing, or its backend left): rewrite
 			 * the entry in place, which costs far less than an LRU update. */
-			f->atime = now;
-			f->backend = bid;
-			f->svc = svc_id;
-			f->generation = be->generation;
-			f->state = VM_ST_NEW;
-		} else {
-			nf.atime = now;
-			nf.backend = bid;
-			nf.svc = svc_id;
-			nf.generation = be->generation;
-			nf.state = VM_ST_NEW;
-			if (bpf_map_update_elem(&flows, &p.key, &nf, BPF_ANY))
-				vm_count(VM_C_FLOW_INSERT_FAIL);
-		}
+			*f = nf;
+		else if (bpf_map_update_elem(&flows, &p.key, &nf, BPF_ANY))
+			vm_count(VM_C_FLOW_INSERT_FAIL);
 		vm_count(VM_C_FLOW_NEW);
 		new_flow = 1;
 	}
@@ -387,31 +396,6 @@ forward:
 
 		if ((void *)(eth + 1) > data_end)
 			return XDP_PASS;
-		if (new_flow || syn) {
-			struct vm_flow_key rk = {};
-			struct vm_rev rv = {};
-			struct vm_rev *re;
-
-			rk.src = be->addr;
-			rk.dst = p.key.src;
-			rk.sport = be->port;
-			rk.dport = p.key.sport;
-			rk.proto = p.key.proto;
-			rk.family = p.key.family;
-			rv.vip = p.key.dst;
-			rv.vport = p.key.dport;
-			rv.atime = now;
-			rv.state = VM_ST_NEW;
-			rv.ifindex = ctx->ingress_ifindex;
-			rv.svc = svc_id;
-			__builtin_memcpy(rv.client_mac, eth->h_source, 6);
-			__builtin_memcpy(rv.our_mac, eth->h_dest, 6);
-			re = bpf_map_lookup_elem(&rev, &rk);
-			if (re)
-				*re = rv; /* in place: cheaper than an LRU update */
-			else if (bpf_map_update_elem(&rev, &rk, &rv, BPF_ANY))
-				vm_count(VM_C_REV_INSERT_FAIL);
-		}
 		if (vm_nat_rewrite(data, data_end, &p, be))
 			return XDP_PASS;
 		__builtin_memcpy(eth->h_dest, be->dmac, 6);
@@ -499,67 +483,85 @@ SEC("classifier")
 int tc_rev(struct __sk_buff *skb)
 {
 	struct vm_pkt p = {};
-	struct vm_rev *r;
+	struct vm_svc_key bk = {};
+	struct vm_flow_key fk = {};
+	struct vm_rev_vips *rv;
+	struct vm_flow *f = NULL;
+	struct vm_backend *be;
 	struct vm_cfg *c;
-	struct vm_addr vip;
 	__u8 macs[12];
 	__u64 now, idle, age;
-	__u32 ifindex;
-	__u16 vport;
+	__u32 ifindex, bid;
 	int syn;
 
 	if (vm_tc_parse(skb, &p) != VM_P_OK)
 		return TC_ACT_OK;
-	r = bpf_map_lookup_elem(&rev, &p.key);
-	if (!r)
+	/* Which services does the sender serve as a NAT backend? */
+	bk.addr = p.key.src;
+	bk.port = p.key.sport;
+	bk.proto = p.key.proto;
+	bk.family = p.key.family;
+	rv = bpf_map_lookup_elem(&rev_vips, &bk);
+	if (!rv)
+		return TC_ACT_OK;
+	/* The client's flow towards one of them, balanced to this backend. */
+	fk.src = p.key.dst;
+	fk.sport = p.key.dport;
+	fk.proto = p.key.proto;
+	fk.family = p.key.family;
+#pragma unroll
+	for (int i = 0; i < VM_REV_VIPS; i++) {
+		if (i >= rv->n)
+			break;
+		fk.dst = rv->v[i].vip;
+		fk.dport = rv->v[i].vport;
+		f = bpf_map_lookup_elem(&flows, &fk);
+		if (f && f->backend == rv->v[i].backend)
+			break;
+		f = NULL;
+	}
+	if (!f)
+		return TC_ACT_OK;
+	bid = f->backend;
+	be = bpf_map_lookup_elem(&backends, &bid);
+	if (!be || !(be->flags & VM_BACKEND_VALID) || be->generation != f->generation)
 		return TC_ACT_OK;
 	c = vm_config();
 	if (!c)
 		return TC_ACT_OK;
 	now = vm_now();
 	idle = p.key.proto == IPPROTO_TCP ? c->tcp_idle_ns : c->udp_idle_ns;
-	age = vm_age(now, r->atime);
+	age = vm_age(now, f->atime);
 	syn = p.tcp_flags & VM_TCP_SYN;
-	if (syn && r->state != VM_ST_NEW) {
-		/* A SYN-ACK for an entry past its handshake belongs to another
+	if (syn && (f->flags & VM_FLOW_REPLIED)) {
+		/* A SYN-ACK for a flow past its handshake belongs to another
 		 * connection reusing the 4-tuple (not load-balanced): stale. */
-		bpf_map_delete_elem(&rev, &p.key);
+		bpf_map_delete_elem(&flows, &fk);
 		vm_count(VM_C_REV_STALE_SYN);
 		return TC_ACT_OK;
 	}
-	if (age > idle || (r->state == VM_ST_CLOSING && age > c->close_ns)) {
-		bpf_map_delete_elem(&rev, &p.key);
+	if (age > idle || (f->state == VM_ST_CLOSING && age > c->close_ns)) {
 		vm_count(VM_C_REV_EXPIRED);
 		return TC_ACT_OK;
 	}
-	vip = r->vip;
-	vport = r->vport;
-	ifindex = r->ifindex;
-	__builtin_memcpy(macs, r->client_mac, 6);
-	__builtin_memcpy(macs + 6, r->our_mac, 6);
+	ifindex = f->ifindex;
+	__builtin_memcpy(macs, f->client_mac, 6);
+	__builtin_memcpy(macs + 6, f->our_mac, 6);
 	if (p.tcp_flags & VM_TCP_RST) {
-		struct vm_flow_key fk = {};
-
-		fk.src = p.key.dst;
-		fk.dst = vip;
-		fk.sport = p.key.dport;
-		fk.dport = vport;
-		fk.proto = p.key.proto;
-		fk.family = p.key.family;
 		bpf_map_delete_elem(&flows, &fk);
-		bpf_map_delete_elem(&rev, &p.key);
 		vm_count(VM_C_REV_CLOSED);
 	} else {
 		if (p.tcp_flags & VM_TCP_FIN) {
-			if (r->state != VM_ST_CLOSING)
+			if (f->state != VM_ST_CLOSING)
 				vm_count(VM_C_REV_CLOSED);
-			r->state = VM_ST_CLOSING;
-		} else if (!syn && r->state == VM_ST_NEW) {
-			r->state = VM_ST_ESTABLISHED;
+			f->state = VM_ST_CLOSING;
 		}
-		r->atime = now;
+		if (!syn && !(f->flags & VM_FLOW_REPLIED))
+			f->flags |= VM_FLOW_REPLIED;
+		if (f->atime != now)
+			f->atime = now;
 	}
-	if (vm_tc_snat(skb, &p, &vip, vport))
+	if (vm_tc_snat(skb, &p, &fk.dst, fk.dport))
 		return TC_ACT_SHOT;
 	if (bpf_skb_store_bytes(skb, 0, macs, 12, 0))
 		return TC_ACT_SHOT;

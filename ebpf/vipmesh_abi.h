@@ -35,6 +35,12 @@
 
 #define VM_BACKEND_VALID 1
 
+/* vm_flow.flags */
+#define VM_FLOW_REPLIED 1 /* a reply without SYN went back through tc_rev */
+
+/* How many NAT services may share one backend address:port (rev_vips). */
+#define VM_REV_VIPS 4
+
 /* Flow states (vm_flow.state, vm_rev.state). */
 #define VM_ST_NEW 0
 #define VM_ST_ESTABLISHED 1
@@ -71,7 +77,6 @@ enum vm_counter {
 	VM_C_DECAP = 22,
 	VM_C_DECAP_PORT = 23,
 	VM_C_EGRESS_PORT = 24,
-	VM_C_REV_INSERT_FAIL = 25,
 	VM_C_COUNT = 32,
 };
 
@@ -112,7 +117,7 @@ struct vm_backend {
 	__u8 pad[3];
 };
 
-/* Key of `flows` (client 5-tuple as received) and `rev` (backend side). */
+/* Key of `flows`: the client 5-tuple as received. */
 struct vm_flow_key {
 	struct vm_addr src;
 	struct vm_addr dst;
@@ -123,28 +128,37 @@ struct vm_flow_key {
 	__u16 pad;
 };
 
-/* Value of `flows`. A hit is valid while backends[backend] is valid and
- * has the same generation: then the service lookup is skipped. */
+/* Value of `flows`, the one state of a flow for both directions. A hit is
+ * valid while backends[backend] is valid and has the same generation: then the
+ * service lookup is skipped. In NAT mode tc_rev finds the flow of a reply
+ * through rev_vips and restores the VIP from its key. */
 struct vm_flow {
-	__u64 atime; /* bpf_ktime_get_coarse_ns() of the last packet */
+	__u64 atime; /* vm_now() of the last packet, either direction */
 	__u32 backend;
 	__u32 svc;
 	__u32 generation; /* vm_backend.generation when the flow was created */
-	__u8 state;
-	__u8 pad[3];
+	__u8 state; /* VM_ST_* */
+	__u8 flags; /* VM_FLOW_* */
+	__u16 pad;
+	__u32 ifindex; /* NAT: where the client's packets came in */
+	__u8 client_mac[6]; /* NAT: destination of replies */
+	__u8 our_mac[6]; /* NAT: source of replies */
 };
 
-/* Value of `rev` (NAT mode reverse translation). */
-struct vm_rev {
+/* One service a NAT backend serves: the VIP:port its replies leave as. */
+struct vm_rev_vip {
 	struct vm_addr vip;
-	__u64 atime;
 	__u16 vport;
-	__u8 state;
-	__u8 pad;
-	__u32 ifindex; /* where the client's packets came in */
-	__u8 client_mac[6];
-	__u8 our_mac[6];
-	__u32 svc;
+	__u16 pad;
+	__u32 backend; /* the backend's id in that service */
+};
+
+/* Value of `rev_vips`, keyed by a vm_svc_key of the backend's address, target
+ * port and protocol: the services it serves, n <= VM_REV_VIPS. */
+struct vm_rev_vips {
+	__u32 n;
+	__u32 pad;
+	struct vm_rev_vip v[VM_REV_VIPS];
 };
 
 /* Single element of `config`. */

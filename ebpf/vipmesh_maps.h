@@ -63,12 +63,14 @@ struct {
 	__type(value, struct vm_flow);
 } flows SEC(".maps");
 
+/* NAT mode: backend address:target port:protocol -> the VIPs it serves, so
+ * that tc_rev can find a reply's flow without any per-flow reverse state. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, VM_FLOW_ENTRIES);
-	__type(key, struct vm_flow_key);
-	__type(value, struct vm_rev);
-} rev SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VM_MAX_BACKENDS);
+	__type(key, struct vm_svc_key);
+	__type(value, struct vm_rev_vips);
+} rev_vips SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

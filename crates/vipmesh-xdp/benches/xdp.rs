@@ -4,15 +4,15 @@
 //!
 //! Honest hit path: with `repeat = N` the kernel re-runs the program on the buffer the previous
 //! run rewrote, so a NAT program would only rewrite once. The hit benches therefore use a
-//! "ping-pong" pair of services (VIP:80 -> B:8080 and B:8080 -> VIP:80, and the matching
-//! reverse entries), so every repeat performs a full lookup + rewrite. Cases that cannot be
+//! "ping-pong" pair of services (VIP:80 -> B:8080 and B:8080 -> VIP:80, each the other's
+//! reverse path), so every repeat performs a full lookup + rewrite. Cases that cannot be
 //! repeated (a new flow each time, encapsulation that grows the frame) are measured one run per
 //! syscall (`repeat = 1`) against a baseline measured the same way.
 //!
 //! New flows are measured twice: "warm" with `repeat = 1e6` on a ping-pong SYN|FIN frame (the
-//! FIN leaves every flow closing, so the next SYN on the tuple re-creates it: Maglev lookup,
-//! flow and reverse entries rewritten in place), and "cold" with a distinct 5-tuple per
-//! syscall (two LRU inserts per packet, evictions once the table is full).
+//! FIN leaves every flow closing, so the next SYN on the tuple re-creates it: service lookup,
+//! Maglev, the flow entry rewritten in place), and "cold" with a distinct 5-tuple per syscall
+//! (one LRU insert per packet, evictions once the table is full).
 //!
 //! Floors: `ebpf/bench_floor.c` (benchmark-only) parses the frame and does just one lookup, or
 //! just one update, in an LRU hash shaped like `flows`. No design with a per-flow LRU table can
@@ -139,7 +139,7 @@ fn setup() -> Option<Setup> {
         .unwrap();
     dp.upsert_service(&svc("10.0.0.5", 80, ForwardMode::Encap, "10.1.0.3", 0))
         .unwrap();
-    // Create the flows and reverse entries of both ping-pong directions.
+    // Create the flows of both ping-pong directions.
     for f in [
         frame("10.9.0.7", 40000, "10.0.0.1", 80, SYN),
         frame("10.9.0.7", 40000, "10.1.0.2", 8080, SYN),
@@ -305,7 +305,7 @@ fn summary(s: &mut Setup) {
         m[3] / m[0]
     );
     println!(
-        "  xdp_lb new flow, warm (Maglev + in-place flow/rev) {:7.1}   {:.2}x baseline   (goal <= 5x)",
+        "  xdp_lb new flow, warm (Maglev + flow rewritten in place) {:7.1}   {:.2}x baseline   (goal <= 5x)",
         m[8],
         m[8] / m[0]
     );
@@ -333,7 +333,7 @@ fn summary(s: &mut Setup) {
         m[7] / m[4]
     );
     println!(
-        "  xdp_lb new flow, cold (distinct tuples: 2 LRU inserts, evictions) {:7.1}   {:.2}x baseline",
+        "  xdp_lb new flow, cold (distinct tuples: 1 LRU insert, evictions) {:7.1}   {:.2}x baseline",
         m[5],
         m[5] / m[4]
     );

@@ -47,6 +47,10 @@ pub const MODE_NAT: u8 = 0;
 pub const MODE_ENCAP: u8 = 1;
 /// `VM_BACKEND_VALID`.
 pub const BACKEND_VALID: u8 = 1;
+/// `VM_FLOW_REPLIED`: a reply without SYN went back through `tc_rev`.
+pub const FLOW_REPLIED: u8 = 1;
+/// `VM_REV_VIPS`: how many NAT services may share one backend address and port.
+pub const REV_VIPS: usize = 4;
 /// `VM_ST_NEW`.
 pub const ST_NEW: u8 = 0;
 /// `VM_ST_ESTABLISHED`.
@@ -141,7 +145,8 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// Last packet time (`bpf_ktime_get_coarse_ns`, as cached per CPU by the programs).
+    /// Last packet in either direction (`bpf_ktime_get_coarse_ns`, as cached per CPU by the
+    /// programs).
     pub atime: u64,
     /// Backend id.
     pub backend: u32,
@@ -151,32 +156,43 @@ pub struct Flow {
     pub generation: u32,
     /// `ST_*`.
     pub state: u8,
+    /// `FLOW_*`.
+    pub flags: u8,
     /// Padding.
-    pub pad: [u8; 3],
+    pub pad: u16,
+    /// NAT: the interface the client's packets came in on.
+    pub ifindex: u32,
+    /// NAT: the client-side MAC (destination of replies).
+    pub client_mac: [u8; 6],
+    /// NAT: the node's MAC (source of replies).
+    pub our_mac: [u8; 6],
 }
 
-/// `struct vm_rev`.
+/// `struct vm_rev_vip`: one service a NAT backend serves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Rev {
-    /// The VIP the client addressed.
+pub struct RevVip {
+    /// The VIP replies leave as.
     pub vip: Addr,
-    /// Last packet time.
-    pub atime: u64,
-    /// The port the client addressed.
+    /// The VIP port replies leave as (network byte order).
     pub vport: u16,
-    /// `ST_*`.
-    pub state: u8,
     /// Padding.
-    pub pad: u8,
-    /// Interface the client's packets came in on.
-    pub ifindex: u32,
-    /// Client-side MAC (destination of replies).
-    pub client_mac: [u8; 6],
-    /// Node MAC (source of replies).
-    pub our_mac: [u8; 6],
-    /// Service id.
-    pub svc: u32,
+    pub pad: u16,
+    /// The backend's id in that service.
+    pub backend: u32,
+}
+
+/// `struct vm_rev_vips`: value of `rev_vips`, keyed by the backend's address, target port and
+/// protocol ([`SvcKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevVips {
+    /// How many of `v` are used.
+    pub n: u32,
+    /// Padding.
+    pub pad: u32,
+    /// The services, in service-key order.
+    pub v: [RevVip; REV_VIPS],
 }
 
 /// `struct vm_cfg`.
@@ -251,15 +267,12 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<Field>)> {
         l!(
             "vm_flow",
             Flow,
-            [atime, backend, svc, generation, state, pad]
-        ),
-        l!(
-            "vm_rev",
-            Rev,
             [
-                vip, atime, vport, state, pad, ifindex, client_mac, our_mac, svc
+                atime, backend, svc, generation, state, flags, pad, ifindex, client_mac, our_mac
             ]
         ),
+        l!("vm_rev_vip", RevVip, [vip, vport, pad, backend]),
+        l!("vm_rev_vips", RevVips, [n, pad, v]),
         l!(
             "vm_cfg",
             Cfg,
@@ -271,7 +284,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<Field>)> {
 }
 
 /// Global counters, in the order of `enum vm_counter`.
-pub const COUNTER_NAMES: [&str; 26] = [
+pub const COUNTER_NAMES: [&str; 25] = [
     "rx",
     "pass_not_ip",
     "pass_fragment",
@@ -297,5 +310,4 @@ pub const COUNTER_NAMES: [&str; 26] = [
     "decap",
     "decap_port",
     "egress_port",
-    "rev_insert_fail",
 ];

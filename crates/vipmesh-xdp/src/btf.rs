@@ -192,7 +192,7 @@ mod tests {
     fn abi_matches_the_compiled_object() {
         let btf = btf_section(crate::OBJECT).unwrap();
         let structs = parse_structs(&btf).unwrap();
-        assert!(structs.contains_key("vm_rev"), "{:?}", structs.keys());
+        assert!(structs.contains_key("vm_rev_vips"), "{:?}", structs.keys());
         check_layout(&btf).unwrap();
     }
 
@@ -202,20 +202,20 @@ mod tests {
         let btf = btf_section(crate::OBJECT).unwrap();
         let mut structs = parse_structs(&btf).unwrap();
         check_structs(&structs).unwrap();
-        structs.get_mut("vm_rev").unwrap().members[1].1 += 4;
+        structs.get_mut("vm_flow").unwrap().members[1].1 += 4;
         let err = check_structs(&structs).unwrap_err();
         assert!(
             matches!(
                 err,
                 Error::LayoutMismatch {
-                    structure: "vm_rev",
-                    field: "atime",
+                    structure: "vm_flow",
+                    field: "backend",
                     ..
                 }
             ),
             "{err}"
         );
-        structs.get_mut("vm_rev").unwrap().members[1].1 -= 4;
+        structs.get_mut("vm_flow").unwrap().members[1].1 -= 4;
         structs.get_mut("vm_backend").unwrap().size += 4;
         assert!(matches!(
             check_structs(&structs),

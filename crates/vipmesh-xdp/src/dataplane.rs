@@ -74,6 +74,19 @@ pub struct Dataplane<M> {
     tx_slots: BTreeMap<u32, u32>,
 }
 
+/// A NAT backend as `rev_vips` keys it: address, target port, protocol.
+type RevKey = (IpAddr, u16, Proto);
+
+/// The NAT backends of a service, as `rev_vips` keys them (none in encap mode).
+fn rev_keys(state: &ServiceState) -> impl Iterator<Item = RevKey> + '_ {
+    let nat = state.spec.mode == ForwardMode::Nat;
+    state
+        .backend_ids
+        .keys()
+        .filter(move |_| nat)
+        .map(|&(addr, port)| (addr, port, state.spec.key.proto))
+}
+
 fn lowest_free(used: impl Iterator<Item = u32>, cap: u32) -> Option<u32> {
     let mut next = 0u32;
     for u in used {
@@ -190,16 +203,89 @@ impl<M: MapLayer> Dataplane<M> {
             );
             words.extend(abi::filter_bits(&key.to_abi()).map(|(w, _)| w));
         }
-        // The filter is pinned with the rest; rewriting it heals a half-written one.
+        // The filter and the reverse-path entries are pinned with the rest; rewriting them heals
+        // a half-written state.
         for w in words {
             self.maps.set_filter_word(w, self.filter_word(w))?;
         }
+        let keys = self.services.values().flat_map(rev_keys).collect();
+        let rev = self.rev_entries(keys, None)?;
+        self.write_rev(rev)?;
         tracing::info!(
             services = self.services.len(),
             backends = self.used_backend_ids.len(),
             "dataplane state restored from the maps"
         );
         Ok(self.services.len())
+    }
+
+    /// The `rev_vips` entry of NAT backend `key` (`None`: it serves no NAT service), for the
+    /// services programmed with `pending` in place of the service of the same key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when more than [`abi::REV_VIPS`] NAT services share the backend.
+    fn rev_entry(
+        &self,
+        key: RevKey,
+        pending: Option<&ServiceState>,
+    ) -> Result<Option<abi::RevVips>, Error> {
+        let (addr, port, proto) = key;
+        let pending_key = pending.map(|p| p.spec.key);
+        let mut vips: Vec<(ServiceKey, u32)> = self
+            .services
+            .values()
+            .filter(|s| Some(s.spec.key) != pending_key)
+            .chain(pending)
+            .filter(|s| s.spec.mode == ForwardMode::Nat && s.spec.key.proto == proto)
+            .filter_map(|s| s.backend_ids.get(&(addr, port)).map(|&b| (s.spec.key, b)))
+            .collect();
+        vips.sort();
+        if vips.len() > abi::REV_VIPS {
+            return Err(Error::InvalidConfig {
+                field: "backends",
+                value: format!(
+                    "{} ({proto:?}) in {}",
+                    SocketAddr::new(addr, port),
+                    vips.iter()
+                        .map(|(k, _)| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                reason: "more than 4 NAT services share this backend address and port",
+            });
+        }
+        let mut e = abi::RevVips::default();
+        for (slot, (k, backend)) in e.v.iter_mut().zip(&vips) {
+            *slot = abi::RevVip {
+                vip: addr_to_abi(k.addr),
+                vport: k.port.to_be(),
+                pad: 0,
+                backend: *backend,
+            };
+        }
+        e.n = u32::try_from(vips.len()).unwrap_or(0);
+        Ok((!vips.is_empty()).then_some(e))
+    }
+
+    /// The `rev_vips` entries of `keys` ([`Dataplane::rev_entry`]).
+    fn rev_entries(
+        &self,
+        keys: BTreeSet<RevKey>,
+        pending: Option<&ServiceState>,
+    ) -> Result<Vec<(RevKey, Option<abi::RevVips>)>, Error> {
+        keys.into_iter()
+            .map(|k| Ok((k, self.rev_entry(k, pending)?)))
+            .collect()
+    }
+
+    /// Writes `rev_vips` entries (from [`Dataplane::rev_entries`]).
+    fn write_rev(&mut self, entries: Vec<(RevKey, Option<abi::RevVips>)>) -> Result<(), Error> {
+        for ((addr, port, proto), e) in entries {
+            let k = ServiceKey { addr, port, proto }.to_abi();
+            self.maps.set_rev_vips(&k, e.as_ref())?;
+        }
+        Ok(())
     }
 
     /// Word `word` of the `svc_filter` bitmaps for the services programmed.
@@ -408,6 +494,16 @@ impl<M: MapLayer> Dataplane<M> {
             ForwardMode::Nat => abi::MODE_NAT,
             ForwardMode::Encap => abi::MODE_ENCAP,
         };
+        // The reverse-path entries of the backends that come, stay or go (errors before writes).
+        let next = ServiceState {
+            id,
+            spec: spec.clone(),
+            backend_ids: ids.clone(),
+        };
+        let affected = rev_keys(&next)
+            .chain(old.into_iter().flat_map(rev_keys))
+            .collect();
+        let rev = self.rev_entries(affected, Some(&next))?;
 
         // Writes.
         for b in &spec.backends {
@@ -439,6 +535,7 @@ impl<M: MapLayer> Dataplane<M> {
         }
         self.next_gen = next_gen;
         self.used_backend_ids.extend(ids.values().copied());
+        self.write_rev(rev)?;
         self.maps.swap_table(id, table.as_slice())?;
         for (word, bit) in abi::filter_bits(&spec.key.to_abi()) {
             self.maps
@@ -459,14 +556,7 @@ impl<M: MapLayer> Dataplane<M> {
             self.gens.remove(&r);
         }
         tracing::info!(service = %spec.key, id, backends = ids.len(), removed = removed.len(), "service programmed");
-        self.services.insert(
-            spec.key,
-            ServiceState {
-                id,
-                spec: spec.clone(),
-                backend_ids: ids.clone(),
-            },
-        );
+        self.services.insert(spec.key, next);
         Ok(ServiceReport {
             key: spec.key,
             id,
@@ -493,10 +583,12 @@ impl<M: MapLayer> Dataplane<M> {
             self.used_backend_ids.remove(&b);
             self.gens.remove(&b);
         }
-        self.services.remove(key);
+        let gone = self.services.remove(key);
         for (word, _) in abi::filter_bits(&key.to_abi()) {
             self.maps.set_filter_word(word, self.filter_word(word))?;
         }
+        let rev = self.rev_entries(gone.iter().flat_map(rev_keys).collect(), None)?;
+        self.write_rev(rev)?;
         tracing::info!(service = %key, id, "service removed");
         Ok(())
     }
@@ -660,7 +752,7 @@ mod tests {
         assert!([&a80, &a81, &b80].iter().all(|s| set(&d, &s.key)));
         let [(pw, pbit), (aw, abit)] = abi::filter_bits(&a80.key.to_abi());
         assert_eq!((pw, pbit), (80 >> 5, 1 << (80 & 31)));
-        assert!(aw >= abi::FILTER_ADDR_BASE && aw < abi::FILTER_WORDS && abit != 0);
+        assert!((abi::FILTER_ADDR_BASE..abi::FILTER_WORDS).contains(&aw) && abit != 0);
         // Bits stay while another service uses them and go with the last one.
         d.remove_service(&a80.key).unwrap();
         assert!(
@@ -683,6 +775,101 @@ mod tests {
         d2.restore().unwrap();
         assert!(set(&d2, &v6.key));
         assert_eq!(d2.maps().filter_words.get(&(65535 >> 5)), Some(&(1 << 31)));
+    }
+
+    #[test]
+    fn rev_vips_list_the_nat_services_of_each_backend() {
+        let mut d = dp();
+        let rk = |addr: &str| {
+            ServiceKey {
+                addr: addr.parse().unwrap(),
+                port: 80,
+                proto: Proto::Tcp,
+            }
+            .to_abi()
+        };
+        // Two NAT services share 10.1.0.2:80; the entry lists both, in service-key order.
+        let r81 = d
+            .upsert_service(&spec(81, vec![be("10.1.0.2", 3)]))
+            .unwrap();
+        let r80 = d
+            .upsert_service(&spec(80, vec![be("10.1.0.2", 3), be("10.1.0.3", 3)]))
+            .unwrap();
+        let e = d.maps().rev_vips[&rk("10.1.0.2")];
+        assert_eq!(e.n, 2);
+        assert_eq!(
+            (u16::from_be(e.v[0].vport), u16::from_be(e.v[1].vport)),
+            (80, 81)
+        );
+        let b = |r: &ServiceReport, a: &str| r.backends[&(a.parse().unwrap(), 80)];
+        assert_eq!(
+            (e.v[0].backend, e.v[1].backend),
+            (b(&r80, "10.1.0.2"), b(&r81, "10.1.0.2"))
+        );
+        assert_eq!(e.v[0].vip, addr_to_abi("10.0.0.1".parse().unwrap()));
+        assert_eq!(d.maps().rev_vips[&rk("10.1.0.3")].n, 1);
+        // A backend that leaves its last service leaves the map; one that leaves one of two
+        // stays for the other.
+        d.upsert_service(&spec(80, vec![be("10.1.0.9", 3)]))
+            .unwrap();
+        assert!(!d.maps().rev_vips.contains_key(&rk("10.1.0.3")));
+        assert_eq!(d.maps().rev_vips[&rk("10.1.0.2")].n, 1);
+        // Encap services have no reverse path.
+        let mut enc = spec(82, vec![be("10.1.0.2", 3)]);
+        enc.mode = ForwardMode::Encap;
+        let mut d2 = Dataplane::new(
+            FakeMaps::default(),
+            Config {
+                node_v4: Some("192.0.2.1".parse().unwrap()),
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        d2.upsert_service(&enc).unwrap();
+        assert!(d2.maps().rev_vips.is_empty());
+        // Switching 81 to encap drops it from the backend's entry; removing 80 empties it.
+        let mut s81 = spec(81, vec![be("10.1.0.2", 3)]);
+        d.upsert_service(&s81).unwrap();
+        assert_eq!(d.maps().rev_vips[&rk("10.1.0.2")].n, 1);
+        d.remove_service(&spec(80, vec![]).key).unwrap();
+        assert_eq!(d.maps().rev_vips[&rk("10.1.0.2")].n, 1, "81 still uses it");
+        s81.mode = ForwardMode::Encap;
+        d.set_config(Config {
+            node_v4: Some("192.0.2.1".parse().unwrap()),
+            ..Config::default()
+        })
+        .unwrap();
+        d.upsert_service(&s81).unwrap();
+        assert!(d.maps().rev_vips.is_empty());
+    }
+
+    #[test]
+    fn a_fifth_nat_service_on_one_backend_is_refused_before_any_write() {
+        let mut d = dp();
+        for port in 80..84 {
+            d.upsert_service(&spec(port, vec![be("10.1.0.2", 3)]))
+                .unwrap();
+        }
+        let before = d.maps().clone();
+        let err = d
+            .upsert_service(&spec(84, vec![be("10.1.0.2", 3)]))
+            .unwrap_err();
+        match &err {
+            Error::InvalidConfig { field, value, .. } => {
+                assert_eq!(*field, "backends");
+                assert!(
+                    value.contains("10.1.0.2:80") && value.contains("10.0.0.1:84"),
+                    "{value}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            format!("{:?}", d.maps()),
+            format!("{before:?}"),
+            "nothing written"
+        );
+        assert_eq!(d.services().count(), 4);
     }
 
     #[test]

@@ -30,11 +30,15 @@
 //! # Flow state
 //!
 //! The LRU `flows` table pins a client 5-tuple to its backend (it survives table changes while
-//! the backend remains). A flow is forgotten after [`Config::tcp_idle`]/[`Config::udp_idle`],
-//! on RST, and after [`Config::close_timeout`] once it saw FIN; a new SYN on a closing tuple is
-//! a new flow. The reverse table `rev` (NAT) follows the same rules and also drops entries when
-//! a SYN-ACK shows up for an established entry (a non-balanced connection reusing the tuple).
-//! LRU pressure evicts the oldest flows; a mid-stream TCP packet without state is counted
+//! the backend remains; a flow remembers its backend's generation, so it never follows a
+//! reused backend id). It is the only per-flow state, for both directions: in NAT mode `tc_rev`
+//! finds a reply's flow through `rev_vips` (backend address:port → the VIPs it serves, at most
+//! [`abi::REV_VIPS`]) and restores the VIP from the flow's key, so a new flow costs one LRU
+//! insert. A flow is forgotten after [`Config::tcp_idle`]/[`Config::udp_idle`] without packets
+//! in either direction, on RST from either side, and after [`Config::close_timeout`] once
+//! either side sent FIN; a new SYN on a closing tuple is a new flow. A SYN-ACK for a flow that
+//! already saw a reply drops the flow (a non-balanced connection reusing the tuple). LRU
+//! pressure evicts the oldest flows; a mid-stream TCP packet without state is counted
 //! (`flow_miss_midstream`) and re-hashed through Maglev, so it still reaches the same backend
 //! while the table is unchanged.
 //!

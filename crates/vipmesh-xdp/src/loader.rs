@@ -126,7 +126,7 @@ impl Pinning {
 pub struct LoadOptions {
     /// Dataplane configuration.
     pub config: Config,
-    /// Capacity of the LRU flow table (and of the reverse table).
+    /// Capacity of the LRU flow table (both directions of a flow share one entry).
     pub flow_entries: u32,
     /// Pinning.
     pub pinning: Pinning,
@@ -212,7 +212,7 @@ const MAP_NAMES: [&str; 13] = [
     "maglev_outer",
     "tx_ports",
     "flows",
-    "rev",
+    "rev_vips",
     "config",
     "counters",
     "svc_stats",
@@ -246,7 +246,6 @@ impl FastPath {
         }
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries("flows", opts.flow_entries);
-        loader.map_max_entries("rev", opts.flow_entries);
         let dir;
         let paths: Vec<(&str, PathBuf)>;
         if let Some(root) = opts.pinning.root() {

@@ -66,6 +66,14 @@ pub trait MapLayer {
     ///
     /// [`Error::MapFull`] when `word` is out of range.
     fn set_filter_word(&mut self, word: u32, bits: u32) -> Result<(), Error>;
+    /// Sets (`Some`) or removes (`None`) the services NAT backend `key` (its address, target port
+    /// and protocol) serves, which `tc_rev` uses to find a reply's flow.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when the map is full.
+    fn set_rev_vips(&mut self, key: &abi::SvcKey, vips: Option<&abi::RevVips>)
+    -> Result<(), Error>;
     /// Points DEVMAP slot `slot` at interface `ifindex`.
     ///
     /// # Errors
@@ -130,7 +138,7 @@ pub struct KernelMaps {
     task_ports: HashMap<MapData, abi::SvcKey, abi::PortMap>,
     task_egress: HashMap<MapData, abi::SvcKey, abi::PortMap>,
     flows: HashMap<MapData, abi::FlowKey, abi::Flow>,
-    rev: HashMap<MapData, abi::FlowKey, abi::Rev>,
+    rev_vips: HashMap<MapData, abi::SvcKey, abi::RevVips>,
 }
 
 impl std::fmt::Debug for KernelMaps {
@@ -200,7 +208,7 @@ impl KernelMaps {
             task_ports: take(ebpf, "task_ports")?,
             task_egress: take(ebpf, "task_egress")?,
             flows: take(ebpf, "flows")?,
-            rev: take(ebpf, "rev")?,
+            rev_vips: take(ebpf, "rev_vips")?,
         })
     }
 
@@ -217,16 +225,16 @@ impl KernelMaps {
         }
     }
 
-    /// Looks up a reverse-NAT entry (backend-side 5-tuple).
+    /// Looks up the services a NAT backend (address, target port, protocol) serves.
     ///
     /// # Errors
     ///
     /// Map errors other than "not found".
-    pub fn rev(&self, key: &abi::FlowKey) -> Result<Option<abi::Rev>, Error> {
-        match self.rev.get(key, 0) {
+    pub fn rev_vips(&self, key: &abi::SvcKey) -> Result<Option<abi::RevVips>, Error> {
+        match self.rev_vips.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(Error::map("rev", "lookup", e)),
+            Err(e) => Err(Error::map("rev_vips", "lookup", e)),
         }
     }
 
@@ -255,6 +263,24 @@ impl MapLayer for KernelMaps {
         self.backends
             .set(id, entry, 0)
             .map_err(|e| full_or("backends", abi::MAX_BACKENDS, "set", e))
+    }
+
+    fn set_rev_vips(
+        &mut self,
+        key: &abi::SvcKey,
+        vips: Option<&abi::RevVips>,
+    ) -> Result<(), Error> {
+        match vips {
+            Some(v) => self
+                .rev_vips
+                .insert(key, v, 0)
+                .map_err(|e| full_or("rev_vips", abi::MAX_BACKENDS, "insert", e)),
+            None => match self.rev_vips.remove(key) {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(Error::map("rev_vips", "remove", e)),
+            },
+        }
     }
 
     fn set_filter_word(&mut self, word: u32, bits: u32) -> Result<(), Error> {

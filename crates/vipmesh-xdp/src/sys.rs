@@ -20,7 +20,7 @@ unsafe impl aya::Pod for abi::FlowKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for abi::Flow {}
 // SAFETY: as above.
-unsafe impl aya::Pod for abi::Rev {}
+unsafe impl aya::Pod for abi::RevVips {}
 // SAFETY: as above.
 unsafe impl aya::Pod for abi::Cfg {}
 // SAFETY: as above.

@@ -300,7 +300,6 @@ fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
     // TCP lifecycle on v4: FIN marks closing, a new SYN on the tuple is a new flow, RST removes.
     let (vip, client, backend) = ("10.0.0.1", "10.9.0.7", "10.1.0.2");
     let fk = flow_key(client, 40000, vip, 80, Tcp);
-    let rk = flow_key(backend, 8080, client, 40000, Tcp);
     let est = fp
         .test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, ACK), 1)
         .unwrap();
@@ -314,25 +313,43 @@ fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
         fp.dataplane().maps().flow(&fk).unwrap().unwrap().state,
         abi::ST_ESTABLISHED
     );
-    assert_eq!(
-        fp.dataplane().maps().rev(&rk).unwrap().unwrap().state,
-        abi::ST_ESTABLISHED
-    );
+    let flags =
+        |fp: &mut vipmesh_xdp::FastPath| fp.dataplane().maps().flow(&fk).unwrap().map(|f| f.flags);
+    assert_eq!(flags(&mut fp), Some(abi::FLOW_REPLIED));
     // A stale SYN-ACK (a direct, non-balanced connection reusing the tuple) is not rewritten
-    // and drops the reverse entry.
+    // and drops the flow.
     let stale = pkt(backend, 8080, client, 40000, Tcp, SYN | ACK);
     let out = fp.test_run(Program::TcRev, &stale, 1).unwrap();
     assert_eq!((out.verdict, &out.data), (TC_ACT_OK, &stale));
-    assert!(fp.dataplane().maps().rev(&rk).unwrap().is_none());
+    assert_eq!(flags(&mut fp), None);
     assert_eq!(fp.dataplane().counters().unwrap()["rev_stale_syn"], 1);
-    // A new SYN re-creates both entries.
+    // A new SYN re-creates the flow, and its SYN-ACK goes back through the VIP.
     assert_eq!(
         fp.test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, SYN), 1)
             .unwrap()
             .verdict,
         XDP_REDIRECT
     );
-    assert!(fp.dataplane().maps().rev(&rk).unwrap().is_some());
+    assert_eq!(flags(&mut fp), Some(0));
+    let out = fp.test_run(Program::TcRev, &stale, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(packet::check(&out.data).unwrap().src, ip(vip));
+    // The client starting over on an answered flow (SYN on the same tuple) expects a SYN-ACK
+    // again: it is not taken for stale.
+    let ack = pkt(backend, 8080, client, 40000, Tcp, ACK);
+    assert_eq!(
+        fp.test_run(Program::TcRev, &ack, 1).unwrap().verdict,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(flags(&mut fp), Some(abi::FLOW_REPLIED));
+    fp.test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, SYN), 1)
+        .unwrap();
+    assert_eq!(flags(&mut fp), Some(0));
+    assert_eq!(
+        fp.test_run(Program::TcRev, &stale, 1).unwrap().verdict,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(fp.dataplane().counters().unwrap()["rev_stale_syn"], 1);
     // Client FIN: closing.
     let out = fp
         .test_run(
@@ -358,7 +375,7 @@ fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
         fp.dataplane().maps().flow(&fk).unwrap().unwrap().state,
         abi::ST_NEW
     );
-    // Backend FIN marks the reverse entry closing.
+    // Backend FIN marks the flow closing (one state for both directions).
     fp.test_run(
         Program::TcRev,
         &pkt(backend, 8080, client, 40000, Tcp, FIN | ACK),
@@ -366,10 +383,10 @@ fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
     )
     .unwrap();
     assert_eq!(
-        fp.dataplane().maps().rev(&rk).unwrap().unwrap().state,
+        fp.dataplane().maps().flow(&fk).unwrap().unwrap().state,
         abi::ST_CLOSING
     );
-    // Backend RST: rewritten, then both entries are gone.
+    // Backend RST: rewritten, then the flow is gone.
     let out = fp
         .test_run(
             Program::TcRev,
@@ -378,7 +395,6 @@ fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
         )
         .unwrap();
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
-    assert!(fp.dataplane().maps().rev(&rk).unwrap().is_none());
     assert!(fp.dataplane().maps().flow(&fk).unwrap().is_none());
     // Client RST removes the forward entry.
     fp.test_run(Program::XdpLb, &pkt(client, 40000, vip, 80, Tcp, SYN), 1)
@@ -534,6 +550,48 @@ fn flows_stick_to_their_backend_across_table_swaps() {
             assert_eq!(now, placed[i], "flow {port} stays on its backend");
         }
     }
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn replies_of_a_backend_shared_by_two_vips_leave_as_the_right_vip() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024);
+    let backend = ("10.1.0.2", 8080);
+    for vip in ["10.0.0.1", "10.0.0.2"] {
+        fp.dataplane()
+            .upsert_service(&service(vip, 80, Tcp, Nat, &[backend]))
+            .unwrap();
+    }
+    // Two flows on one backend address and port, one per VIP. (The same client port towards
+    // both would be one connection to the backend: the backend's own stack could not tell them
+    // apart, so neither can the reverse path. Kernel NAT avoids it by rewriting the source
+    // port; a source-preserving fast path cannot.)
+    let flows = [("10.0.0.1", 40000), ("10.0.0.2", 40001)];
+    for (vip, sport) in flows {
+        let out = fp
+            .test_run(
+                Program::XdpLb,
+                &pkt("10.9.0.7", sport, vip, 80, Tcp, SYN),
+                1,
+            )
+            .unwrap();
+        assert_eq!(packet::check(&out.data).unwrap().dst, ip(backend.0));
+    }
+    for (vip, sport) in flows {
+        let reply = pkt(backend.0, backend.1, "10.9.0.7", sport, Tcp, SYN | ACK);
+        let out = fp.test_run(Program::TcRev, &reply, 1).unwrap();
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "{vip} {sport}");
+        let p = packet::check(&out.data).unwrap();
+        assert_eq!((p.src, p.sport, p.dport), (ip(vip), 80, sport));
+    }
+    // A reply no flow asked for passes untouched.
+    let other = pkt(backend.0, backend.1, "10.9.0.7", 40002, Tcp, SYN | ACK);
+    let out = fp.test_run(Program::TcRev, &other, 1).unwrap();
+    assert_eq!((out.verdict, out.data), (TC_ACT_OK, other));
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub struct FakeMaps {
     pub swaps: BTreeMap<u32, u32>,
     /// `tx_ports`.
     pub tx_ports: BTreeMap<u32, u32>,
+    /// `rev_vips`.
+    pub rev_vips: BTreeMap<abi::SvcKey, abi::RevVips>,
     /// `svc_filter` (only written words; the rest read as zero).
     pub filter_words: BTreeMap<u32, u32>,
     /// `config`.
@@ -75,6 +77,30 @@ impl MapLayer for FakeMaps {
             });
         }
         self.backends.insert(id, *entry);
+        Ok(())
+    }
+
+    fn set_rev_vips(
+        &mut self,
+        key: &abi::SvcKey,
+        vips: Option<&abi::RevVips>,
+    ) -> Result<(), Error> {
+        match vips {
+            Some(v) => {
+                if !self.rev_vips.contains_key(key)
+                    && self.rev_vips.len() >= abi::MAX_BACKENDS as usize
+                {
+                    return Err(Error::MapFull {
+                        map: "rev_vips",
+                        capacity: abi::MAX_BACKENDS,
+                    });
+                }
+                self.rev_vips.insert(*key, *v);
+            }
+            None => {
+                self.rev_vips.remove(key);
+            }
+        }
         Ok(())
     }
 
