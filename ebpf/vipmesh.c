@@ -430,51 +430,62 @@ static __always_inline int vm_tc_parse(struct __sk_buff *skb, struct vm_pkt *p)
 	return vm_parse((void *)(long)skb->data, (void *)(long)skb->data_end, p);
 }
 
-/* Rewrites the source (addr, port) of a TCP/UDP packet with the tc helpers,
- * which also handle CHECKSUM_PARTIAL skbs (BPF_F_PSEUDO_HDR). */
+/* Rewrites the source (addr, port) and the MACs of a TCP/UDP packet. Headers
+ * are written directly (the verifier unclones the skb first) and the IPv4
+ * header checksum by hand; only the L4 checksum goes through
+ * bpf_l4_csum_replace, which alone can tell a CHECKSUM_PARTIAL skb (a TSO/GSO
+ * segment from the task: only the pseudo-header part changes) from a complete
+ * one. */
 static __always_inline int vm_tc_snat(struct __sk_buff *skb, struct vm_pkt *p,
-				      const struct vm_addr *addr, __u16 port)
+				      const struct vm_addr *addr, __u16 port, const __u8 *macs)
 {
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
 	__u32 l4 = p->key.family == VM_FAMILY_V4 ? V4_L4 : V6_L4;
 	__u32 csum_off = l4 + (p->key.proto == IPPROTO_TCP ? 16 : 6);
+	__u16 *sport = data + l4;
 	__u64 mangled = 0;
+	__s64 diff = 0;
 	int do_l4 = 1;
 
-	if (p->key.proto == IPPROTO_UDP) {
-		void *data = (void *)(long)skb->data;
-		void *data_end = (void *)(long)skb->data_end;
-		struct udphdr *udp = data + l4;
+	if ((void *)(sport + 1) > data_end)
+		return -1;
+	if (p->key.proto == IPPROTO_UDP && p->key.family == VM_FAMILY_V4) {
+		struct udphdr *udp = data + V4_L4;
 
 		if ((void *)(udp + 1) > data_end)
 			return -1;
-		if (p->key.family == VM_FAMILY_V4) {
-			mangled = BPF_F_MARK_MANGLED_0;
-			do_l4 = udp->check != 0;
-		}
+		mangled = BPF_F_MARK_MANGLED_0;
+		do_l4 = udp->check != 0;
 	}
 	if (p->key.family == VM_FAMILY_V4) {
-		__u32 old = p->key.src.w[0], new = addr->w[0];
+		struct iphdr *ip = data + ETH_LEN;
 
-		if (bpf_l3_csum_replace(skb, ETH_LEN + 10, old, new, 4))
+		if ((void *)(ip + 1) > data_end)
 			return -1;
-		if (do_l4 && bpf_l4_csum_replace(skb, csum_off, old, new,
-						 BPF_F_PSEUDO_HDR | mangled | 4))
-			return -1;
-		if (bpf_skb_store_bytes(skb, ETH_LEN + 12, &new, 4, 0))
-			return -1;
+		ip->saddr = addr->w[0];
+		vm_csum_replace4(&ip->check, p->key.src.w[0], addr->w[0]);
 	} else {
-		__s64 diff = bpf_csum_diff((__be32 *)&p->key.src, 16, (__be32 *)addr, 16, 0);
+		struct ipv6hdr *ip6 = data + ETH_LEN;
 
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		diff = bpf_csum_diff((__be32 *)&p->key.src, 16, (__be32 *)addr, 16, 0);
 		if (diff < 0)
 			return -1;
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR))
+		__builtin_memcpy(&ip6->saddr, addr, 16);
+	}
+	*sport = port;
+	__builtin_memcpy(data, macs, 12);
+	/* Packet pointers are stale after these helpers: no access below. */
+	if (p->key.family == VM_FAMILY_V4) {
+		if (do_l4 && bpf_l4_csum_replace(skb, csum_off, p->key.src.w[0], addr->w[0],
+						 BPF_F_PSEUDO_HDR | mangled | 4))
 			return -1;
-		if (bpf_skb_store_bytes(skb, ETH_LEN + 8, addr, 16, 0))
-			return -1;
+	} else if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR)) {
+		return -1;
 	}
 	if (do_l4 && bpf_l4_csum_replace(skb, csum_off, p->key.sport, port, mangled | 2))
-		return -1;
-	if (bpf_skb_store_bytes(skb, l4, &port, 2, 0))
 		return -1;
 	return 0;
 }
@@ -561,9 +572,7 @@ int tc_rev(struct __sk_buff *skb)
 		if (f->atime != now)
 			f->atime = now;
 	}
-	if (vm_tc_snat(skb, &p, &fk.dst, fk.dport))
-		return TC_ACT_SHOT;
-	if (bpf_skb_store_bytes(skb, 0, macs, 12, 0))
+	if (vm_tc_snat(skb, &p, &fk.dst, fk.dport, macs))
 		return TC_ACT_SHOT;
 	vm_count(VM_C_REV_HIT);
 	return bpf_redirect(ifindex, 0);

@@ -15,6 +15,20 @@ use vipmesh_xdp::{
     verdict::*,
 };
 
+fn spec_of(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> packet::Spec {
+    packet::Spec {
+        dmac: NODE_MAC,
+        smac: CLIENT_MAC,
+        src: ip(src),
+        dst: ip(dst),
+        proto,
+        sport,
+        dport,
+        flags: 0,
+        payload: Vec::new(),
+    }
+}
+
 fn flow_key(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> abi::FlowKey {
     let s = ip(src);
     abi::FlowKey {
@@ -588,6 +602,28 @@ fn replies_of_a_backend_shared_by_two_vips_leave_as_the_right_vip() {
         let p = packet::check(&out.data).unwrap();
         assert_eq!((p.src, p.sport, p.dport), (ip(vip), 80, sport));
     }
+    // A minimal frame (v4 UDP, no payload: 42 bytes, which veth does not pad) is rewritten
+    // too, not dropped for being short.
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.1", 53, Udp, Nat, &[(backend.0, 5353)]))
+        .unwrap();
+    let q = packet::build(&packet::Spec {
+        payload: Vec::new(),
+        ..spec_of("10.9.0.7", 40000, "10.0.0.1", 53, Udp)
+    });
+    assert_eq!(q.len(), 42);
+    assert_eq!(
+        fp.test_run(Program::XdpLb, &q, 1).unwrap().verdict,
+        XDP_REDIRECT
+    );
+    let r = packet::build(&packet::Spec {
+        payload: Vec::new(),
+        ..spec_of(backend.0, 5353, "10.9.0.7", 40000, Udp)
+    });
+    let out = fp.test_run(Program::TcRev, &r, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = packet::check(&out.data).unwrap();
+    assert_eq!((p.src, p.sport, p.payload.len()), (ip("10.0.0.1"), 53, 0));
     // A reply no flow asked for passes untouched.
     let other = pkt(backend.0, backend.1, "10.9.0.7", 40002, Tcp, SYN | ACK);
     let out = fp.test_run(Program::TcRev, &other, 1).unwrap();
