@@ -9,7 +9,8 @@
  *              FIN/RST/idle, redirect to uplink. No per-flow reverse state.
  *   tc_decap   tc ingress inside the task (encap mode): strip the outer header,
  *              translate the published port to the target port.
- *   tc_egress  tc egress inside the task (encap mode): target -> published port.
+ *   tc_egress  tc egress inside the task (encap mode): target -> published port,
+ *              and the MSS of SYN-ACKs clamped to fit the encap MTU.
  *   xdp_pass   the benchmark baseline, and the NAPI enabler for redirect targets.
  *
  * Verdicts (documented in crates/vipmesh-xdp/src/lib.rs):
@@ -404,6 +405,15 @@ forward:
 		return bpf_redirect_map(&tx_ports, be->tx_slot, XDP_DROP);
 	}
 
+	if (p.key.proto == IPPROTO_TCP && (p.tcp_flags & VM_TCP_SYN) && c->encap_mtu) {
+		/* Outer header + inner IP + TCP must fit the encap MTU. */
+		if (p.key.family == VM_FAMILY_V4) {
+			if (vm_clamp_mss(data + V4_L4, data_end, c->encap_mtu - 60))
+				vm_count(VM_C_MSS_CLAMPED);
+		} else if (vm_clamp_mss(data + V6_L4, data_end, c->encap_mtu - 100)) {
+			vm_count(VM_C_MSS_CLAMPED);
+		}
+	}
 	if (vm_encap(ctx, &p, be, c)) {
 		vm_count(VM_C_ENCAP_FAIL);
 		return XDP_DROP;
@@ -660,6 +670,41 @@ int tc_decap(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* tc: lowers the MSS option of a TCP SYN(-ACK) to `max` with the helpers, which
+ * leave the checksum of a CHECKSUM_PARTIAL skb alone (the stack completes it
+ * over the new bytes). Returns 1 when it did, -1 on a helper error. */
+static __always_inline int vm_tc_clamp_mss(struct __sk_buff *skb, struct vm_pkt *p, __u16 max)
+{
+	__u32 l4 = p->key.family == VM_FAMILY_V4 ? V4_L4 : V6_L4;
+	void *data, *data_end;
+	long off;
+	__u8 *v;
+	__u16 cur, nv;
+
+	/* Options may sit past what vm_tc_parse pulled; a SYN is small. */
+	if (bpf_skb_pull_data(skb, 0))
+		return 0;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (l4 == V4_L4)
+		v = vm_mss_field(data + V4_L4, data_end);
+	else
+		v = vm_mss_field(data + V6_L4, data_end);
+	if (!v)
+		return 0;
+	off = v - (__u8 *)data - l4;
+	cur = (__u16)v[0] << 8 | v[1];
+	if (cur <= max)
+		return 0;
+	nv = bpf_htons(max);
+	if (bpf_skb_store_bytes(skb, l4 + off, &nv, 2, 0))
+		return -1;
+	if (bpf_l4_csum_replace(skb, l4 + 16, vm_mss_csum_word(cur, off),
+				vm_mss_csum_word(max, off), 2))
+		return -1;
+	return 1;
+}
+
 SEC("classifier")
 int tc_egress(struct __sk_buff *skb)
 {
@@ -680,6 +725,21 @@ int tc_egress(struct __sk_buff *skb)
 	if (!pm)
 		return TC_ACT_OK;
 	port = pm->port;
+	if (p.key.proto == IPPROTO_TCP && (p.tcp_flags & VM_TCP_SYN)) {
+		/* The task's SYN-ACK sets the size of the client's segments, which
+		 * the node encapsulates: clamp its MSS to fit the encap MTU. */
+		struct vm_cfg *c = vm_config();
+		int r = 0;
+
+		if (c && c->encap_mtu)
+			r = vm_tc_clamp_mss(skb, &p, c->encap_mtu - (p.key.family == VM_FAMILY_V4 ? 60 : 100));
+		if (r < 0)
+			return TC_ACT_SHOT;
+		if (r > 0)
+			vm_count(VM_C_MSS_CLAMPED);
+	}
+	if (port == p.key.sport)
+		return TC_ACT_OK; /* a VIP flow without port translation */
 	l4 = p.key.family == VM_FAMILY_V4 ? V4_L4 : V6_L4;
 	csum_off = l4 + (p.key.proto == IPPROTO_TCP ? 16 : 6);
 	if (p.key.proto == IPPROTO_UDP) {

@@ -77,6 +77,7 @@ enum vm_counter {
 	VM_C_DECAP = 22,
 	VM_C_DECAP_PORT = 23,
 	VM_C_EGRESS_PORT = 24,
+	VM_C_MSS_CLAMPED = 25,
 	VM_C_COUNT = 32,
 };
 
@@ -169,7 +170,10 @@ struct vm_cfg {
 	__u64 udp_idle_ns;
 	__u64 close_ns; /* how long a flow lives after FIN */
 	__u32 flags;
-	__u32 pad;
+	/* MTU of the links encapsulated packets cross: the MSS of TCP SYNs to
+	 * encap services is clamped so that encapsulated segments fit. */
+	__u16 encap_mtu;
+	__u16 pad;
 };
 
 /* Per-CPU statistics per service and per backend. */

@@ -155,6 +155,76 @@ static __always_inline __u16 vm_ipv4_csum(struct iphdr *ip)
 	return ~vm_csum_fold(s);
 }
 
+/* The 2-byte value of the MSS option of the TCP header `tcp` (bounds-checked
+ * against data_end), or NULL when there is none. Options are walked for at
+ * most 10 steps (40 bytes of options hold no more), stopping at EOL or
+ * anything malformed. */
+static __always_inline __u8 *vm_mss_field(struct tcphdr *tcp, void *data_end)
+{
+	__u8 *opt = (__u8 *)(tcp + 1);
+	__u8 *end;
+
+	if ((void *)(tcp + 1) > data_end)
+		return NULL;
+	end = (__u8 *)tcp + tcp->doff * 4;
+#pragma unroll
+	for (int i = 0; i < 10; i++) {
+		__u8 kind, len;
+
+		if (opt + 1 > end || (void *)(opt + 1) > data_end)
+			return NULL;
+		kind = opt[0];
+		if (kind == 0)
+			return NULL;
+		if (kind == 1) {
+			opt++;
+			continue;
+		}
+		if (opt + 2 > end || (void *)(opt + 2) > data_end)
+			return NULL;
+		len = opt[1];
+		if (kind == 2) {
+			if (len != 4 || opt + 4 > end || (void *)(opt + 4) > data_end)
+				return NULL;
+			return opt + 2;
+		}
+		if (len < 2)
+			return NULL;
+		opt += len;
+	}
+	return NULL;
+}
+
+/* The MSS value `v` (host order) as the TCP checksum sees it at byte offset
+ * `off` of the header: the raw 16-bit word at an even offset, byte-swapped
+ * across two words at an odd one. */
+static __always_inline __u16 vm_mss_csum_word(__u16 v, long off)
+{
+	__u16 raw = bpf_htons(v);
+
+	return off & 1 ? __builtin_bswap16(raw) : raw;
+}
+
+/* XDP: lowers the MSS option of the TCP SYN at `tcp` to `max`, fixing the
+ * checksum incrementally. Returns 1 when it did. */
+static __always_inline int vm_clamp_mss(struct tcphdr *tcp, void *data_end, __u16 max)
+{
+	__u8 *v = vm_mss_field(tcp, data_end);
+	long off;
+	__u16 cur;
+
+	if (!v)
+		return 0;
+	off = v - (__u8 *)tcp;
+	cur = (__u16)v[0] << 8 | v[1];
+	if (cur <= max)
+		return 0;
+	v[0] = max >> 8;
+	v[1] = max & 0xff;
+	vm_csum_replace2(&tcp->check, vm_mss_csum_word(cur, off), vm_mss_csum_word(max, off));
+	return 1;
+}
+
 /* Bit of an address in the address half of `svc_filter` (16 bits). */
 static __always_inline __u32 vm_addr_bit(const struct vm_addr *a)
 {

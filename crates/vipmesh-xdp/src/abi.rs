@@ -211,8 +211,10 @@ pub struct Cfg {
     pub close_ns: u64,
     /// Reserved.
     pub flags: u32,
+    /// MTU of the links encapsulated packets cross (MSS clamping of SYNs to encap services).
+    pub encap_mtu: u16,
     /// Padding.
-    pub pad: u32,
+    pub pad: u16,
 }
 
 /// `struct vm_stats`.
@@ -276,7 +278,16 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<Field>)> {
         l!(
             "vm_cfg",
             Cfg,
-            [node4, node6, tcp_idle_ns, udp_idle_ns, close_ns, flags, pad]
+            [
+                node4,
+                node6,
+                tcp_idle_ns,
+                udp_idle_ns,
+                close_ns,
+                flags,
+                encap_mtu,
+                pad
+            ]
         ),
         l!("vm_stats", StatsEntry, [packets, bytes, new_flows]),
         l!("vm_port_map", PortMap, [port, pad]),
@@ -284,7 +295,7 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<Field>)> {
 }
 
 /// Global counters, in the order of `enum vm_counter`.
-pub const COUNTER_NAMES: [&str; 25] = [
+pub const COUNTER_NAMES: [&str; 26] = [
     "rx",
     "pass_not_ip",
     "pass_fragment",
@@ -310,4 +321,5 @@ pub const COUNTER_NAMES: [&str; 25] = [
     "decap",
     "decap_port",
     "egress_port",
+    "mss_clamped",
 ];

@@ -68,6 +68,8 @@ pub struct Dataplane<M> {
     config: Config,
     services: BTreeMap<ServiceKey, ServiceState>,
     used_backend_ids: BTreeSet<u32>,
+    /// Task side: the target port of each published VIP ([`Dataplane::set_task_port`]).
+    task_targets: BTreeMap<ServiceKey, u16>,
     /// Generation of each allocated backend id ([`abi::BackendEntry::generation`]).
     gens: BTreeMap<u32, u32>,
     next_gen: u32,
@@ -111,6 +113,7 @@ impl<M: MapLayer> Dataplane<M> {
             config,
             services: BTreeMap::new(),
             used_backend_ids: BTreeSet::new(),
+            task_targets: BTreeMap::new(),
             gens: BTreeMap::new(),
             next_gen: 1,
             tx_slots: BTreeMap::new(),
@@ -598,9 +601,12 @@ impl<M: MapLayer> Dataplane<M> {
         self.services.values().map(|s| &s.spec)
     }
 
-    /// Sets the task-side port translation for encap mode: packets to `vip:published` are
-    /// delivered to `vip:target` and replies from `vip:target` leave as `vip:published`.
-    /// `target == published` removes the translation.
+    /// Sets the task side of encap service `vip` (`vip.port` is the published port): packets to
+    /// `vip:published` are delivered to `vip:target`, and replies from `vip:target` leave as
+    /// `vip:published` with the MSS of their SYN-ACK clamped to [`Config::encap_mtu`] (the
+    /// client's segments to the task are the ones the node encapsulates). With
+    /// `target == published` only the clamping stays. A later call with another target
+    /// replaces the earlier one.
     ///
     /// # Errors
     ///
@@ -611,13 +617,17 @@ impl<M: MapLayer> Dataplane<M> {
             port: target,
             ..vip
         };
+        if let Some(&old) = self.task_targets.get(&vip).filter(|&&old| old != target) {
+            let okey = ServiceKey { port: old, ..vip };
+            self.maps
+                .set_task_port(TaskPortMap::Egress, &okey.to_abi(), None)?;
+        }
         self.maps
             .set_task_port(TaskPortMap::Ingress, &vip.to_abi(), translate)?;
-        self.maps.set_task_port(
-            TaskPortMap::Egress,
-            &tkey.to_abi(),
-            translate.map(|_| vip.port),
-        )
+        self.maps
+            .set_task_port(TaskPortMap::Egress, &tkey.to_abi(), Some(vip.port))?;
+        self.task_targets.insert(vip, target);
+        Ok(())
     }
 
     /// Statistics of a service.
@@ -1021,6 +1031,17 @@ mod tests {
             !d.maps()
                 .task_ports
                 .contains_key(&(TaskPortMap::Ingress, key.to_abi()))
+        );
+        // The old target's egress entry goes; the new one stays (it marks VIP:target as a VIP
+        // flow whose SYN-ACK MSS is clamped), translating to the same port.
+        assert!(
+            !d.maps()
+                .task_ports
+                .contains_key(&(TaskPortMap::Egress, tkey.to_abi()))
+        );
+        assert_eq!(
+            d.maps().task_ports[&(TaskPortMap::Egress, key.to_abi())],
+            8080
         );
     }
 }

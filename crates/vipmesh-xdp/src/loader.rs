@@ -263,15 +263,33 @@ impl FastPath {
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
         for p in Program::ALL {
-            let prog = ebpf.program_mut(p.name()).ok_or_else(|| {
-                Error::program(p.name(), "find", ProgramError::UnexpectedProgramType)
-            })?;
-            let r = if p.is_xdp() {
-                <&mut Xdp>::try_from(prog).and_then(|x| x.load())
-            } else {
-                <&mut SchedClassifier>::try_from(prog).and_then(|x| x.load())
-            };
-            r.map_err(|e| Error::program(p.name(), "load", e))?;
+            // The verifier gives up with EAGAIN when a signal arrives while it works (any
+            // thread of a busy process); like libbpf, try again a few times.
+            let mut attempt = 0;
+            loop {
+                let prog = ebpf.program_mut(p.name()).ok_or_else(|| {
+                    Error::program(p.name(), "find", ProgramError::UnexpectedProgramType)
+                })?;
+                let r = if p.is_xdp() {
+                    <&mut Xdp>::try_from(prog).and_then(|x| x.load())
+                } else {
+                    <&mut SchedClassifier>::try_from(prog).and_then(|x| x.load())
+                };
+                match r {
+                    Ok(()) => break,
+                    Err(ProgramError::LoadError { io_error, .. })
+                        if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 4 =>
+                    {
+                        attempt += 1;
+                        tracing::debug!(
+                            program = p.name(),
+                            attempt,
+                            "verifier interrupted, retrying"
+                        );
+                    }
+                    Err(e) => return Err(Error::program(p.name(), "load", e)),
+                }
+            }
         }
         let mut maps = KernelMaps::from_ebpf(&mut ebpf)?;
         crate::maps::MapLayer::set_config(&mut maps, &cfg)?;

@@ -152,6 +152,11 @@ pub struct Config {
     /// A flow that saw FIN is forgotten after this long without packets; a new SYN on its
     /// tuple starts a new flow at once.
     pub close_timeout: Duration,
+    /// MTU of the links encapsulated packets cross (at least 1280). The fast path lowers the
+    /// MSS option of TCP SYNs to encap services so that a full segment still fits once wrapped:
+    /// to `encap_mtu - 60` for IPv4 (outer and inner IPv4 header, TCP header) and
+    /// `encap_mtu - 100` for IPv6. Counted as `mss_clamped`.
+    pub encap_mtu: u16,
 }
 
 impl Default for Config {
@@ -162,6 +167,7 @@ impl Default for Config {
             tcp_idle: Duration::from_secs(300),
             udp_idle: Duration::from_secs(30),
             close_timeout: Duration::from_secs(10),
+            encap_mtu: 1500,
         }
     }
 }
@@ -183,6 +189,13 @@ impl Config {
             }
             Ok(v)
         };
+        if self.encap_mtu < 1280 {
+            return Err(Error::InvalidConfig {
+                field: "encap_mtu",
+                value: self.encap_mtu.to_string(),
+                reason: "below 1280, the IPv6 minimum MTU",
+            });
+        }
         Ok(abi::Cfg {
             node4: self
                 .node_v4
@@ -196,6 +209,7 @@ impl Config {
             udp_idle_ns: ns("udp_idle", self.udp_idle)?,
             close_ns: ns("close_timeout", self.close_timeout)?,
             flags: 0,
+            encap_mtu: self.encap_mtu,
             pad: 0,
         })
     }
@@ -323,5 +337,24 @@ mod tests {
             })
         ));
         assert!(Config::default().to_abi().is_ok());
+    }
+
+    #[test]
+    fn config_rejects_an_encap_mtu_below_1280() {
+        let c = Config {
+            encap_mtu: 1279,
+            ..Config::default()
+        };
+        match c.to_abi() {
+            Err(Error::InvalidConfig { field, value, .. }) => {
+                assert_eq!((field, value.as_str()), ("encap_mtu", "1279"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = Config {
+            encap_mtu: 1280,
+            ..Config::default()
+        };
+        assert_eq!(ok.to_abi().unwrap().encap_mtu, 1280);
     }
 }

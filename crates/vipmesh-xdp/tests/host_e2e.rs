@@ -43,6 +43,12 @@ fn e2e(mode: ForwardMode, vip: std::net::Ipv4Addr) {
         lab::md5(&lab::big_payload()),
         "md5 of the 4 MiB transfer"
     );
+    // 4 MiB upload intact: full-size client segments (in encap mode, MSS clamping makes them
+    // fit the task links' 1500-byte MTU once wrapped).
+    assert!(
+        lab.upload(vip, PUBLISHED).expect("upload"),
+        "the task got the upload intact"
+    );
     // Traffic not for the VIP is untouched: ping the node, reach a task directly.
     lab.sh(&lab.client, &format!("ping -c1 -W2 {NODE_ADDR} >/dev/null"));
     let direct = lab
@@ -61,6 +67,9 @@ fn e2e(mode: ForwardMode, vip: std::net::Ipv4Addr) {
     );
     let c = fp.dataplane().counters().unwrap();
     assert!(c["pass_not_ours"] > 0 || c["pass_proto"] > 0, "{c:?}");
+    if mode == ForwardMode::Encap {
+        assert!(c["mss_clamped"] > 0, "SYNs and SYN-ACKs clamped: {c:?}");
+    }
 }
 
 fn lab_spec_key(mode: ForwardMode) -> vipmesh_xdp::ServiceKey {

@@ -15,6 +15,29 @@ use vipmesh_xdp::{
     verdict::*,
 };
 
+/// The MSS option's value, walking the options as a TCP stack does (EOL ends, NOP is one byte,
+/// anything malformed ends the walk).
+fn mss_of(opts: &[u8]) -> Option<u16> {
+    let mut i = 0;
+    while let Some(&kind) = opts.get(i) {
+        match kind {
+            0 => return None,
+            1 => i += 1,
+            _ => {
+                let len = usize::from(*opts.get(i + 1)?);
+                if kind == 2 && len == 4 {
+                    return Some(u16::from_be_bytes([*opts.get(i + 2)?, *opts.get(i + 3)?]));
+                }
+                if len < 2 {
+                    return None;
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
 fn spec_of(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> packet::Spec {
     packet::Spec {
         dmac: NODE_MAC,
@@ -628,6 +651,100 @@ fn replies_of_a_backend_shared_by_two_vips_leave_as_the_right_vip() {
     let other = pkt(backend.0, backend.1, "10.9.0.7", 40002, Tcp, SYN | ACK);
     let out = fp.test_run(Program::TcRev, &other, 1).unwrap();
     assert_eq!((out.verdict, out.data), (TC_ACT_OK, other));
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn encap_clamps_the_mss_of_syns_to_fit_the_encap_mtu() {
+    if !can_run() {
+        return;
+    }
+    let _ns = TestNetns::new();
+    let mut fp = load(config(), 1024); // encap_mtu 1500: v4 MSS <= 1440, v6 MSS <= 1400
+    let mut clamped = 0;
+    for (vip, client, backend, max) in [
+        ("10.0.0.1", "10.9.0.7", "10.1.0.2", 1440u16),
+        ("fd00::1", "fd09::7", "fd01::2", 1400),
+    ] {
+        fp.dataplane()
+            .upsert_service(&service(vip, 8080, Tcp, Encap, &[(backend, 0)]))
+            .unwrap();
+        let mss = packet::mss_option;
+        // (options in, MSS expected out): first option; after a NOP (odd offset, the checksum
+        // sees the field across two words); after SACK-permitted and a timestamp; already small
+        // enough; no MSS at all; a malformed option before it (left alone).
+        let ts = [8u8, 10, 0, 0, 0, 1, 0, 0, 0, 0];
+        let cases: Vec<(Vec<u8>, Option<u16>)> = vec![
+            (mss(1460).to_vec(), Some(max)),
+            ([&[1u8][..], &mss(65495)].concat(), Some(max)),
+            ([&[4u8, 2][..], &ts, &mss(9000)].concat(), Some(max)),
+            (mss(1200).to_vec(), Some(1200)),
+            ([4u8, 2].to_vec(), None),
+            ([&[3u8, 0][..], &mss(9000)].concat(), None),
+        ];
+        for (sport, (opts, want)) in (40000u16..).zip(cases) {
+            for flags in [SYN, SYN | ACK] {
+                let mut sp = spec_of(client, sport, vip, 8080, Tcp);
+                sp.flags = flags;
+                let input = packet::build_with_tcp_options(&sp, &opts);
+                let out = fp.test_run(Program::XdpLb, &input, 1).unwrap();
+                assert_eq!(out.verdict, XDP_REDIRECT);
+                // check() verifies the inner TCP checksum after the rewrite.
+                let p = packet::check(&out.data).unwrap_or_else(|e| panic!("{vip} {opts:?}: {e}"));
+                assert_eq!(mss_of(&p.tcp_options), want, "{vip} {opts:?} {flags:#x}");
+                if mss_of(&opts) == want {
+                    assert_eq!(&out.data[out.data.len() - input.len() + 14..], &input[14..]);
+                } else {
+                    clamped += 1;
+                }
+            }
+        }
+        // Task side: the SYN-ACK from VIP:target (which sets the size of the client's segments,
+        // the ones the node encapsulates) is clamped by tc_egress, with or without a port
+        // translation.
+        for target in [80u16, 8080] {
+            let key = ServiceKey {
+                addr: ip(vip),
+                port: 8080,
+                proto: Tcp,
+            };
+            fp.dataplane().set_task_port(key, target).unwrap();
+            let mut sp = spec_of(vip, target, client, 40000, Tcp);
+            sp.flags = SYN | ACK;
+            let synack = packet::build_with_tcp_options(&sp, &[&[1u8][..], &mss(1460)].concat());
+            let out = fp.test_run(Program::TcEgress, &synack, 1).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            let p = packet::check(&out.data).unwrap_or_else(|e| panic!("{vip} {target}: {e}"));
+            assert_eq!((p.sport, mss_of(&p.tcp_options)), (8080, Some(max)));
+            clamped += 1;
+        }
+        // Data segments and NAT services are never touched.
+        let mut sp = spec_of(client, 41000, vip, 8080, Tcp);
+        sp.flags = ACK;
+        let data = packet::build_with_tcp_options(&sp, &mss(9000));
+        let out = fp.test_run(Program::XdpLb, &data, 1).unwrap();
+        let hdr = if ip(vip).is_ipv4() { 20 } else { 40 };
+        assert_eq!(&out.data[14 + hdr..], &data[14..]);
+    }
+    fp.dataplane()
+        .upsert_service(&service("10.0.0.3", 80, Tcp, Nat, &[("10.1.0.2", 8080)]))
+        .unwrap();
+    let mut sp = spec_of("10.9.0.7", 42000, "10.0.0.3", 80, Tcp);
+    sp.flags = SYN;
+    let syn = packet::build_with_tcp_options(&sp, &packet::mss_option(9000));
+    let out = fp.test_run(Program::XdpLb, &syn, 1).unwrap();
+    assert_eq!(
+        packet::check(&out.data).unwrap().tcp_options,
+        packet::mss_option(9000)
+    );
+    assert_eq!(
+        fp.dataplane().counters().unwrap()["mss_clamped"],
+        clamped as u64
+    );
+    assert_eq!(
+        clamped, 16,
+        "(3 cases x 2 flag sets + 2 task-side) x 2 families"
+    );
 }
 
 #[test]

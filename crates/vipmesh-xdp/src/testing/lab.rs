@@ -146,6 +146,13 @@ fn handle(s: TcpStream, peer: SocketAddr, task: &str) {
                 let _ = w.write_all(&big_payload());
                 return;
             }
+            "put" => {
+                // BIG_LEN bytes follow; answer whether they are big_payload().
+                let mut got = vec![0u8; BIG_LEN];
+                let ok = r.read_exact(&mut got).is_ok() && got == big_payload();
+                let _ = w.write_all(if ok { b"ok\n" } else { b"bad\n" });
+                return;
+            }
             l if l.starts_with("GET ") => {
                 // Minimal HTTP/1.x for wrk: skip the headers, answer, close.
                 let mut h = String::new();
@@ -193,10 +200,11 @@ impl Lab {
             topo.veth((&node, &node_if), (&ns, "eth0"));
             topo.addr(&node, &node_if, &format!("10.51.{i}.1/24"));
             topo.addr(&ns, "eth0", &format!("10.51.{i}.2/24"));
-            topo.sh(&node, &format!("ip link set {node_if} mtu 1600"));
+            // Default MTU (1500) on the node-task links: encapsulated segments fit because the
+            // fast path clamps the MSS of SYNs (Config::encap_mtu).
             topo.sh(
                 &ns,
-                "ip link set eth0 mtu 1600 && ip route add default via 10.51.IDX.1 && \
+                "ip route add default via 10.51.IDX.1 && \
                  sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
                  net.ipv4.conf.eth0.rp_filter=0"
                     .replace("IDX", &i.to_string())
@@ -393,6 +401,7 @@ impl Lab {
                 Duration::from_secs(5),
             )?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_write_timeout(Some(Duration::from_secs(10)))?;
             Ok(s)
         })
     }
@@ -435,6 +444,18 @@ impl Lab {
         let mut out = Vec::with_capacity(BIG_LEN);
         s.read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    /// Sends `big_payload()` (4 MiB) to `addr:port` from the client; `Ok(true)` when the task
+    /// received it intact. Full-size segments from the client: in encap mode they only fit the
+    /// task link's MTU once the MSS is clamped.
+    pub fn upload(&self, addr: Ipv4Addr, port: u16) -> std::io::Result<bool> {
+        let mut s = self.connect(addr, port)?;
+        s.write_all(b"put\n")?;
+        s.write_all(&big_payload())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out == b"ok\n")
     }
 
     /// Runs `sh -c cmd` in `ns`.

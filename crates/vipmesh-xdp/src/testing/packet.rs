@@ -84,8 +84,9 @@ fn v6_octets(a: IpAddr) -> [u8; 16] {
     }
 }
 
-/// L4 header + payload with a correct checksum.
-fn l4(spec: &Spec) -> Vec<u8> {
+/// L4 header (with `tcp_options`, padded to 4 bytes, for TCP) + payload with a correct
+/// checksum.
+fn l4(spec: &Spec, tcp_options: &[u8]) -> Vec<u8> {
     let mut seg = Vec::new();
     seg.extend_from_slice(&spec.sport.to_be_bytes());
     seg.extend_from_slice(&spec.dport.to_be_bytes());
@@ -93,10 +94,13 @@ fn l4(spec: &Spec) -> Vec<u8> {
         Proto::Tcp => {
             seg.extend_from_slice(&1000u32.to_be_bytes()); // seq
             seg.extend_from_slice(&(if spec.flags & ACK != 0 { 2000u32 } else { 0 }).to_be_bytes());
-            seg.push(5 << 4);
+            let opt_len = tcp_options.len().div_ceil(4) * 4;
+            seg.push(u8::try_from(5 + opt_len / 4).unwrap_or(15) << 4);
             seg.push(spec.flags);
             seg.extend_from_slice(&64240u16.to_be_bytes());
             seg.extend_from_slice(&[0, 0, 0, 0]); // csum, urg
+            seg.extend_from_slice(tcp_options);
+            seg.resize(20 + opt_len, 0); // EOL padding
         }
         Proto::Udp => {
             let len = u16::try_from(8 + spec.payload.len()).unwrap_or(u16::MAX);
@@ -143,7 +147,19 @@ pub fn ipv6_header(src: [u8; 16], dst: [u8; 16], next: u8, payload_len: usize) -
 
 /// Builds the frame.
 pub fn build(spec: &Spec) -> Vec<u8> {
-    let seg = l4(spec);
+    build_with_tcp_options(spec, &[])
+}
+
+/// The TCP MSS option (kind 2, length 4).
+pub fn mss_option(mss: u16) -> [u8; 4] {
+    let [hi, lo] = mss.to_be_bytes();
+    [2, 4, hi, lo]
+}
+
+/// Builds the frame with TCP options (at most 40 bytes; padded with EOL to a multiple of 4).
+/// Ignored for UDP.
+pub fn build_with_tcp_options(spec: &Spec, tcp_options: &[u8]) -> Vec<u8> {
+    let seg = l4(spec, tcp_options);
     let mut f = Vec::new();
     f.extend_from_slice(&spec.dmac);
     f.extend_from_slice(&spec.smac);
@@ -192,6 +208,8 @@ pub struct Parsed {
     pub dport: u16,
     /// TCP flags.
     pub flags: u8,
+    /// TCP options (the header bytes past the first 20; empty for UDP).
+    pub tcp_options: Vec<u8>,
     /// Payload.
     pub payload: Vec<u8>,
 }
@@ -272,7 +290,7 @@ pub fn check(frame: &[u8]) -> Result<Parsed, String> {
         let inner_et = if proto == 4 { 0x0800 } else { 0x86dd };
         (src, dst, proto, l4b, _) = ip_layer(l4b, inner_et)?;
     }
-    let (sport, dport, flags, payload) = match proto {
+    let (sport, dport, flags, tcp_options, payload) = match proto {
         6 => {
             let h = get(l4b, 0, 20)?;
             let doff = usize::from(h[12] >> 4) * 4;
@@ -280,6 +298,7 @@ pub fn check(frame: &[u8]) -> Result<Parsed, String> {
                 u16::from_be_bytes([h[0], h[1]]),
                 u16::from_be_bytes([h[2], h[3]]),
                 h[13],
+                get(l4b, 20, doff.saturating_sub(20))?,
                 get(l4b, doff, l4b.len().saturating_sub(doff))?,
             )
         }
@@ -289,6 +308,7 @@ pub fn check(frame: &[u8]) -> Result<Parsed, String> {
                 u16::from_be_bytes([h[0], h[1]]),
                 u16::from_be_bytes([h[2], h[3]]),
                 0,
+                &[][..],
                 get(l4b, 8, l4b.len() - 8)?,
             )
         }
@@ -311,6 +331,7 @@ pub fn check(frame: &[u8]) -> Result<Parsed, String> {
         sport,
         dport,
         flags,
+        tcp_options: tcp_options.to_vec(),
         payload: payload.to_vec(),
     })
 }
