@@ -47,7 +47,10 @@
 //! Linux 6.6+ (tcx links for tc programs; XDP and DEVMAP from 5.x), `CAP_BPF` (or
 //! `CAP_SYS_ADMIN`) and `CAP_NET_ADMIN`. A veth that receives redirected frames needs NAPI on
 //! its peer: attach [`Program::XdpPass`] there (or enable GRO). Senders on the same host must
-//! disable TX checksum offload (XDP cannot complete partial checksums).
+//! disable TX checksum offload (XDP cannot complete partial checksums). In encap mode attach
+//! [`Program::TcEgress`] in each task as well as [`Program::TcDecap`]: besides the port
+//! translation it clamps the MSS of the task's SYN-ACKs to [`Config::encap_mtu`], which is what
+//! keeps the client's segments small enough to wrap.
 #![deny(missing_docs)]
 
 pub mod abi;
