@@ -77,6 +77,16 @@ static __always_inline __u64 vm_age(__u64 now, __u64 then)
 	return now > then ? now - then : 0;
 }
 
+/* The vm_svc_key of a packet's destination (a service) or source (a backend or,
+ * task side, a VIP). */
+static __always_inline void vm_key_of(struct vm_svc_key *k, struct vm_pkt *p, int src)
+{
+	k->addr = src ? p->key.src : p->key.dst;
+	k->port = src ? p->key.sport : p->key.dport;
+	k->proto = p->key.proto;
+	k->family = p->key.family;
+}
+
 static __always_inline struct vm_cfg *vm_config(void)
 {
 	__u32 zero = 0;
@@ -310,10 +320,7 @@ int xdp_lb(struct xdp_md *ctx)
 		}
 	}
 
-	sk.addr = p.key.dst;
-	sk.port = p.key.dport;
-	sk.proto = p.key.proto;
-	sk.family = p.key.family;
+	vm_key_of(&sk, &p, 0);
 	{
 		struct vm_svc *svc = bpf_map_lookup_elem(&services, &sk);
 		struct vm_flow nf = {};
@@ -518,10 +525,7 @@ int tc_rev(struct __sk_buff *skb)
 	if (vm_tc_parse(skb, &p) != VM_P_OK)
 		return TC_ACT_OK;
 	/* Which services does the sender serve as a NAT backend? */
-	bk.addr = p.key.src;
-	bk.port = p.key.sport;
-	bk.proto = p.key.proto;
-	bk.family = p.key.family;
+	vm_key_of(&bk, &p, 1);
 	rv = bpf_map_lookup_elem(&rev_vips, &bk);
 	if (!rv)
 		return TC_ACT_OK;
@@ -597,10 +601,7 @@ static __always_inline int vm_tc_dport(struct __sk_buff *skb, struct vm_pkt *p)
 	__u64 mangled = 0;
 	__u16 port;
 
-	k.addr = p->key.dst;
-	k.port = p->key.dport;
-	k.proto = p->key.proto;
-	k.family = p->key.family;
+	vm_key_of(&k, p, 0);
 	pm = bpf_map_lookup_elem(&task_ports, &k);
 	if (!pm)
 		return 0;
@@ -717,10 +718,7 @@ int tc_egress(struct __sk_buff *skb)
 
 	if (vm_tc_parse(skb, &p) != VM_P_OK)
 		return TC_ACT_OK;
-	k.addr = p.key.src;
-	k.port = p.key.sport;
-	k.proto = p.key.proto;
-	k.family = p.key.family;
+	vm_key_of(&k, &p, 1);
 	pm = bpf_map_lookup_elem(&task_egress, &k);
 	if (!pm)
 		return TC_ACT_OK;

@@ -281,67 +281,54 @@ fn summary(s: &mut Setup) {
         ));
     }
     let m: Vec<f64> = r.into_iter().map(median).collect();
+    // One line: label, ns/packet, ratio to `base`, and a note.
+    let row = |label: &str, v: f64, base: f64, note: &str| {
+        println!("  {label:<58} {v:7.1}   {:.2}x   {note}", v / base);
+    };
     println!("\n== xdp per-packet cost (BPF_PROG_TEST_RUN, median of 7 rounds, ns/packet)");
-    println!("repeat=1e6 (ping-pong for rewrites):");
-    println!("  xdp_pass baseline        {:7.1}", m[0]);
     println!(
-        "  xdp_lb miss, no service on the port {:7.1}   {:.2}x baseline",
-        m[9],
-        m[9] / m[0]
+        "repeat=1e6 (ping-pong for rewrites), against xdp_pass {:.1} ns:",
+        m[0]
     );
-    println!(
-        "  xdp_lb miss, a service port but not a VIP {:7.1}   {:.2}x baseline",
-        m[1],
-        m[1] / m[0]
-    );
-    println!(
-        "  xdp_lb NAT flow hit      {:7.1}   {:.2}x baseline   (goal <= 2.5x)",
-        m[2],
-        m[2] / m[0]
-    );
-    println!(
-        "  tc_rev reverse NAT       {:7.1}   {:.2}x baseline",
-        m[3],
-        m[3] / m[0]
-    );
-    println!(
-        "  xdp_lb new flow, warm (Maglev + flow rewritten in place) {:7.1}   {:.2}x baseline   (goal <= 5x)",
+    row("xdp_lb miss, no service on the port", m[9], m[0], "");
+    row("xdp_lb miss, a service port but not a VIP", m[1], m[0], "");
+    row("xdp_lb NAT flow hit", m[2], m[0], "(goal <= 2.5x)");
+    row("tc_rev reverse NAT", m[3], m[0], "");
+    row(
+        "xdp_lb new flow, warm (Maglev + flow rewritten in place)",
         m[8],
-        m[8] / m[0]
+        m[0],
+        "(goal <= 5x)",
     );
     println!(
-        "floors (bench_floor.c, same rounds; its own XDP_PASS {:.1} ns):",
+        "floors (bench_floor.c, same rounds), against its own XDP_PASS {:.1} ns:",
         m[10]
     );
-    println!(
-        "  parse + one LRU lookup (hit)  {:7.1}   {:.2}x its baseline   (the least a hit can cost)",
+    row(
+        "parse + one LRU lookup (hit)",
         m[11],
-        m[11] / m[10]
+        m[10],
+        "(the least a hit can cost)",
     );
-    println!(
-        "  parse + one LRU update        {:7.1}   {:.2}x its baseline   (the least a recorded new flow can cost)",
+    row(
+        "parse + one LRU update",
         m[12],
-        m[12] / m[10]
+        m[10],
+        "(the least a recorded new flow can cost)",
     );
     println!(
-        "repeat=1, one syscall per packet (kernel-measured, includes per-call timer overhead):"
+        "repeat=1, one syscall per packet (kernel-measured, includes per-call timer overhead), \
+         against xdp_pass {:.1} ns:",
+        m[4]
     );
-    println!("  xdp_pass baseline        {:7.1}", m[4]);
-    println!(
-        "  xdp_lb NAT flow hit      {:7.1}   {:.2}x baseline",
-        m[7],
-        m[7] / m[4]
-    );
-    println!(
-        "  xdp_lb new flow, cold (distinct tuples: 1 LRU insert, evictions) {:7.1}   {:.2}x baseline",
+    row("xdp_lb NAT flow hit", m[7], m[4], "");
+    row(
+        "xdp_lb new flow, cold (distinct tuples: 1 LRU insert, evictions)",
         m[5],
-        m[5] / m[4]
+        m[4],
+        "",
     );
-    println!(
-        "  xdp_lb encap flow hit    {:7.1}   {:.2}x baseline",
-        m[6],
-        m[6] / m[4]
-    );
+    row("xdp_lb encap flow hit", m[6], m[4], "");
 }
 
 fn benches(c: &mut Criterion) {

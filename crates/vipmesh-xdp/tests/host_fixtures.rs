@@ -38,20 +38,6 @@ fn mss_of(opts: &[u8]) -> Option<u16> {
     None
 }
 
-fn spec_of(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> packet::Spec {
-    packet::Spec {
-        dmac: NODE_MAC,
-        smac: CLIENT_MAC,
-        src: ip(src),
-        dst: ip(dst),
-        proto,
-        sport,
-        dport,
-        flags: 0,
-        payload: Vec::new(),
-    }
-}
-
 fn flow_key(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> abi::FlowKey {
     let s = ip(src);
     abi::FlowKey {

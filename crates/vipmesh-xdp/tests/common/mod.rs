@@ -86,6 +86,15 @@ pub fn service(
 
 pub fn pkt(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto, flags: u8) -> Vec<u8> {
     packet::build(&Spec {
+        flags,
+        payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        ..spec_of(src, sport, dst, dport, proto)
+    })
+}
+
+/// The spec of a client → node frame: no flags, no payload.
+pub fn spec_of(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> Spec {
+    Spec {
         dmac: NODE_MAC,
         smac: CLIENT_MAC,
         src: ip(src),
@@ -93,7 +102,7 @@ pub fn pkt(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto, flags: u8
         proto,
         sport,
         dport,
-        flags,
-        payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-    })
+        flags: 0,
+        payload: Vec::new(),
+    }
 }
