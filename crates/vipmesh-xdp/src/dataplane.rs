@@ -10,7 +10,7 @@ use vipmesh_maglev::{BackendId, BackendKey, MaglevTable, Weight};
 
 use crate::{
     Error, abi,
-    maps::{Counters, MapLayer, TaskPortMap},
+    maps::{Counters, MapLayer, StatsMap, TaskPortMap},
     model::{
         Backend, Config, Egress, ForwardMode, MacAddr, Proto, ServiceKey, ServiceSpec, Stats,
         addr_from_abi, addr_to_abi, family,
@@ -479,6 +479,7 @@ impl<M: MapLayer> Dataplane<M> {
 
         // Generations: kept ids keep theirs (their flows stay), new ids get fresh ones.
         let mut gens = BTreeMap::new();
+        let mut fresh = BTreeSet::new();
         let mut next_gen = self.next_gen;
         for &bid in ids.values() {
             let kept = old.is_some_and(|s| s.backend_ids.values().any(|&v| v == bid));
@@ -487,6 +488,7 @@ impl<M: MapLayer> Dataplane<M> {
                 _ => {
                     let g = next_gen;
                     next_gen = next_gen.wrapping_add(1).max(1);
+                    fresh.insert(bid);
                     g
                 }
             };
@@ -508,7 +510,13 @@ impl<M: MapLayer> Dataplane<M> {
             .collect();
         let rev = self.rev_entries(affected, Some(&next))?;
 
-        // Writes.
+        // Writes. New ids start with zeroed statistics, not those of their last holder.
+        if old.is_none() {
+            self.maps.reset_stats(StatsMap::Service, id)?;
+        }
+        for &bid in &fresh {
+            self.maps.reset_stats(StatsMap::Backend, bid)?;
+        }
         for b in &spec.backends {
             let slot = tx[&b.egress.ifindex];
             if self.tx_slots.get(&b.egress.ifindex) != Some(&slot) {
@@ -880,6 +888,39 @@ mod tests {
             "nothing written"
         );
         assert_eq!(d.services().count(), 4);
+    }
+
+    #[test]
+    fn reused_ids_start_with_zeroed_statistics() {
+        let mut d = dp();
+        let bkey = |id: u32| id | 0x8000_0000;
+        let r = d
+            .upsert_service(&spec(80, vec![be("10.1.0.2", 3)]))
+            .unwrap();
+        let bid = r.backends[&("10.1.0.2".parse().unwrap(), 80)];
+        let busy = Stats {
+            packets: 9,
+            bytes: 900,
+            new_flows: 3,
+        };
+        d.maps_mut().stats.insert(r.id, busy);
+        d.maps_mut().stats.insert(bkey(bid), busy);
+        // Re-applying keeps the counts of what stays.
+        d.upsert_service(&spec(80, vec![be("10.1.0.2", 3)]))
+            .unwrap();
+        assert_eq!(d.maps().service_stats(r.id).unwrap(), busy);
+        assert_eq!(d.maps().backend_stats(bid).unwrap(), busy);
+        // A new service and backend that take the freed ids do not inherit them.
+        d.remove_service(&spec(80, vec![]).key).unwrap();
+        let r2 = d
+            .upsert_service(&spec(81, vec![be("10.1.0.9", 3)]))
+            .unwrap();
+        assert_eq!(
+            (r2.id, r2.backends[&("10.1.0.9".parse().unwrap(), 80)]),
+            (r.id, bid)
+        );
+        assert_eq!(d.maps().service_stats(r.id).unwrap(), Stats::default());
+        assert_eq!(d.maps().backend_stats(bid).unwrap(), Stats::default());
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub(crate) use loader::OBJECT;
 pub use loader::{
     AttachMode, Attachment, FastPath, LoadOptions, Pinning, Program, TestRunOutput, verdict,
 };
-pub use maps::{Counters, KernelMaps, MapLayer, TaskPortMap};
+pub use maps::{Counters, KernelMaps, MapLayer, StatsMap, TaskPortMap};
 pub use model::{
     Backend, Config, Egress, ForwardMode, MacAddr, Proto, ServiceKey, ServiceSpec, Stats,
     addr_to_abi,

@@ -16,6 +16,15 @@ pub enum TaskPortMap {
     Egress,
 }
 
+/// Which per-CPU statistics map to reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StatsMap {
+    /// `svc_stats`, by service id.
+    Service,
+    /// `backend_stats`, by backend id.
+    Backend,
+}
+
 /// What [`MapLayer::dump`] reads back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dump {
@@ -116,6 +125,13 @@ pub trait MapLayer {
     ///
     /// Map errors.
     fn backend_stats(&self, id: u32) -> Result<Stats, Error>;
+    /// Zeroes the statistics of service or backend `id` on every CPU (when the id is given to a
+    /// new service or backend, which must not inherit the counts of the last holder).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when `id` is out of range; map errors.
+    fn reset_stats(&mut self, map: StatsMap, id: u32) -> Result<(), Error>;
     /// Reads the global counters.
     ///
     /// # Errors
@@ -422,6 +438,24 @@ impl MapLayer for KernelMaps {
             .get(&svc, 0)
             .map_err(|e| Error::map("svc_stats", "get", e))?;
         Ok(sum(v.iter().copied()))
+    }
+
+    fn reset_stats(&mut self, map: StatsMap, id: u32) -> Result<(), Error> {
+        let (m, name, capacity) = match map {
+            StatsMap::Service => (&mut self.svc_stats, "svc_stats", abi::MAX_SERVICES),
+            StatsMap::Backend => (&mut self.backend_stats, "backend_stats", abi::MAX_BACKENDS),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| Error::Io {
+            op: "read /sys/devices/system/cpu/possible",
+            source,
+        })?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![abi::StatsEntry::default(); cpus])
+            .map_err(|source| Error::Io {
+                op: "per-CPU statistics",
+                source,
+            })?;
+        m.set(id, zero, 0)
+            .map_err(|e| full_or(name, capacity, "set", e))
     }
 
     fn backend_stats(&self, id: u32) -> Result<Stats, Error> {

@@ -765,6 +765,16 @@ fn a_flow_never_follows_a_reused_backend_id() {
         .unwrap();
     let reused = b.backends[&(ip("10.1.0.9"), 8080)];
     assert_eq!(reused, a.backends[&(ip("10.1.0.2"), 8080)]);
+    // The reused ids (service and backend) start with zeroed statistics.
+    let bkey = ServiceKey {
+        addr: ip("10.0.0.2"),
+        port: 80,
+        proto: Tcp,
+    };
+    assert_eq!(b.id, a.id, "the service id is reused too");
+    assert_eq!(fp.dataplane().service_stats(&bkey).unwrap().packets, 0);
+    let per_backend = fp.dataplane().backend_stats(&bkey).unwrap();
+    assert_eq!(per_backend[&(ip("10.1.0.9"), 8080)].packets, 0);
     assert_eq!(
         flow.backend, reused,
         "the stale flow points at the reused id"

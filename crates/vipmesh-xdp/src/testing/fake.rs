@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     Error, abi,
-    maps::{Counters, Dump, MapLayer, TaskPortMap},
+    maps::{Counters, Dump, MapLayer, StatsMap, TaskPortMap},
     model::Stats,
 };
 
@@ -194,6 +194,21 @@ impl MapLayer for FakeMaps {
             .get(&(id | 0x8000_0000))
             .copied()
             .unwrap_or_default())
+    }
+
+    fn reset_stats(&mut self, map: StatsMap, id: u32) -> Result<(), Error> {
+        let (key, capacity, name) = match map {
+            StatsMap::Service => (id, abi::MAX_SERVICES, "svc_stats"),
+            StatsMap::Backend => (id | 0x8000_0000, abi::MAX_BACKENDS, "backend_stats"),
+        };
+        if id >= capacity {
+            return Err(Error::MapFull {
+                map: name,
+                capacity,
+            });
+        }
+        self.stats.remove(&key);
+        Ok(())
     }
 
     fn counters(&self) -> Result<Counters, Error> {
