@@ -201,6 +201,25 @@ enum LinkId {
     Tc(aya::programs::tc::SchedClassifierLinkId),
 }
 
+/// Pins an XDP or tc link at `path` and gives it back as the same kind of link, to be handed
+/// back to its program ([bpf_link pinning](https://docs.kernel.org/bpf/bpf_links.html)).
+fn pin_link<L>(link: L, path: &Path) -> Result<L, Error>
+where
+    FdLink: TryFrom<L>,
+    L: TryFrom<FdLink>,
+    <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+    <L as TryFrom<FdLink>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let err = |op: &'static str, e: Box<dyn std::error::Error + Send + Sync>| Error::LinkPin {
+        op,
+        path: path.to_owned(),
+        source: e,
+    };
+    let fd = FdLink::try_from(link).map_err(|e| err("convert", Box::new(e)))?;
+    let pinned = fd.pin(path).map_err(|e| err("pin", Box::new(e)))?;
+    L::try_from(FdLink::from(pinned)).map_err(|e| err("convert", Box::new(e)))
+}
+
 fn pin_dir(root: &Path) -> PathBuf {
     root.join("vipmesh")
 }
@@ -475,13 +494,7 @@ impl FastPath {
                     let l = xdp
                         .take_link(id)
                         .map_err(|e| Error::program(name, "take_link", e))?;
-                    let fd =
-                        FdLink::try_from(l).map_err(|e| pin_err("convert", path, Box::new(e)))?;
-                    let pinned = fd
-                        .pin(path)
-                        .map_err(|e| pin_err("pin", path, Box::new(e)))?;
-                    let l = XdpLink::try_from(FdLink::from(pinned))
-                        .map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                    let l = pin_link(l, path)?;
                     LinkId::Xdp(
                         xdp.attach_to_link(l)
                             .map_err(|e| Error::program(name, "relink", e))?,
@@ -494,13 +507,7 @@ impl FastPath {
                     let l = tc
                         .take_link(id)
                         .map_err(|e| Error::program(name, "take_link", e))?;
-                    let fd =
-                        FdLink::try_from(l).map_err(|e| pin_err("convert", path, Box::new(e)))?;
-                    let pinned = fd
-                        .pin(path)
-                        .map_err(|e| pin_err("pin", path, Box::new(e)))?;
-                    let l = SchedClassifierLink::try_from(FdLink::from(pinned))
-                        .map_err(|e| pin_err("convert", path, Box::new(e)))?;
+                    let l = pin_link(l, path)?;
                     LinkId::Tc(
                         tc.attach_to_link(l)
                             .map_err(|e| Error::program(name, "relink", e))?,
