@@ -219,66 +219,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs per summary round: repeats of one frame, or one-packet syscalls.
+const REPEATS: u64 = 1_000_000;
+const SINGLES: u64 = 20_000;
+
+fn per(d: Duration, n: u64) -> f64 {
+    d.as_nanos() as f64 / n as f64
+}
+
+/// ns/packet over `REPEATS` repeats of `p` on `f`.
+fn ns_repeated(fp: &mut FastPath, p: Program, f: &[u8]) -> f64 {
+    per(repeated(fp, p, f, REPEATS), REPEATS)
+}
+
+/// ns/packet over `SINGLES` one-packet syscalls, frames from `next`.
+fn ns_single(fp: &mut FastPath, p: Program, next: impl FnMut(u64) -> Vec<u8>) -> f64 {
+    per(single(fp, p, SINGLES, next), SINGLES)
+}
+
 fn summary(s: &mut Setup) {
     // Ratios in one run: 7 rounds, median of each.
     let fp = &mut s.fp;
     let mut r: [Vec<f64>; 13] = Default::default();
     for round in 0..7u64 {
-        let per = |d: Duration, n: u64| d.as_nanos() as f64 / n as f64;
-        r[0].push(per(
-            repeated(fp, Program::XdpPass, &s.pass, 1_000_000),
-            1_000_000,
-        ));
-        r[1].push(per(
-            repeated(fp, Program::XdpLb, &s.miss, 1_000_000),
-            1_000_000,
-        ));
-        r[2].push(per(
-            repeated(fp, Program::XdpLb, &s.hit, 1_000_000),
-            1_000_000,
-        ));
-        r[3].push(per(
-            repeated(fp, Program::TcRev, &s.rev, 1_000_000),
-            1_000_000,
-        ));
-        r[4].push(per(
-            single(fp, Program::XdpPass, 20_000, |_| s.pass.clone()),
-            20_000,
-        ));
-        r[5].push(per(
-            single(fp, Program::XdpLb, 20_000, |i| {
-                new_flow_frame(round * 20_000 + i + 7_000_000)
-            }),
-            20_000,
-        ));
-        r[6].push(per(
-            single(fp, Program::XdpLb, 20_000, |_| s.encap.clone()),
-            20_000,
-        ));
-        r[7].push(per(
-            single(fp, Program::XdpLb, 20_000, |_| s.hit.clone()),
-            20_000,
-        ));
-        r[8].push(per(
-            repeated(fp, Program::XdpLb, &s.renew, 1_000_000),
-            1_000_000,
-        ));
-        r[9].push(per(
-            repeated(fp, Program::XdpLb, &s.other_port, 1_000_000),
-            1_000_000,
-        ));
-        r[10].push(per(
-            s.floor.repeated("floor_pass", &s.hit, 1_000_000),
-            1_000_000,
-        ));
-        r[11].push(per(
-            s.floor.repeated("floor_lookup", &s.hit, 1_000_000),
-            1_000_000,
-        ));
-        r[12].push(per(
-            s.floor.repeated("floor_update", &s.hit, 1_000_000),
-            1_000_000,
-        ));
+        r[0].push(ns_repeated(fp, Program::XdpPass, &s.pass));
+        r[1].push(ns_repeated(fp, Program::XdpLb, &s.miss));
+        r[2].push(ns_repeated(fp, Program::XdpLb, &s.hit));
+        r[3].push(ns_repeated(fp, Program::TcRev, &s.rev));
+        r[4].push(ns_single(fp, Program::XdpPass, |_| s.pass.clone()));
+        r[5].push(ns_single(fp, Program::XdpLb, |i| {
+            new_flow_frame(round * SINGLES + i + 7_000_000)
+        }));
+        r[6].push(ns_single(fp, Program::XdpLb, |_| s.encap.clone()));
+        r[7].push(ns_single(fp, Program::XdpLb, |_| s.hit.clone()));
+        r[8].push(ns_repeated(fp, Program::XdpLb, &s.renew));
+        r[9].push(ns_repeated(fp, Program::XdpLb, &s.other_port));
+        for (k, name) in [
+            (10, "floor_pass"),
+            (11, "floor_lookup"),
+            (12, "floor_update"),
+        ] {
+            r[k].push(per(s.floor.repeated(name, &s.hit, REPEATS as u32), REPEATS));
+        }
     }
     let m: Vec<f64> = r.into_iter().map(median).collect();
     // One line: label, ns/packet, ratio to `base`, and a note.
