@@ -89,6 +89,20 @@ fn rev_keys(state: &ServiceState) -> impl Iterator<Item = RevKey> + '_ {
         .map(|&(addr, port)| (addr, port, state.spec.key.proto))
 }
 
+/// The service key of a `vm_svc_key`, unless its protocol is neither TCP nor UDP.
+fn key_from_abi(k: &abi::SvcKey) -> Option<ServiceKey> {
+    let proto = match k.proto {
+        6 => Proto::Tcp,
+        17 => Proto::Udp,
+        _ => return None,
+    };
+    Some(ServiceKey {
+        addr: addr_from_abi(k.addr, k.family),
+        port: u16::from_be(k.port),
+        proto,
+    })
+}
+
 fn lowest_free(used: impl Iterator<Item = u32>, cap: u32) -> Option<u32> {
     let mut next = 0u32;
     for u in used {
@@ -137,6 +151,21 @@ impl<M: MapLayer> Dataplane<M> {
             .map(|(&slot, &ifindex)| (ifindex, slot))
             .collect();
         self.used_backend_ids = dump.backends.keys().copied().collect();
+        // Task side: VIP:published -> target, so that a new target replaces the old one.
+        self.task_targets = dump
+            .task_egress
+            .iter()
+            .filter_map(|(k, &published)| {
+                let t = key_from_abi(k)?;
+                Some((
+                    ServiceKey {
+                        port: published,
+                        ..t
+                    },
+                    t.port,
+                ))
+            })
+            .collect();
         self.gens = dump
             .backends
             .iter()
@@ -150,15 +179,8 @@ impl<M: MapLayer> Dataplane<M> {
         self.services.clear();
         let mut words = BTreeSet::new();
         for (k, v, table) in &dump.services {
-            let proto = match k.proto {
-                6 => Proto::Tcp,
-                17 => Proto::Udp,
-                _ => continue,
-            };
-            let key = ServiceKey {
-                addr: addr_from_abi(k.addr, k.family),
-                port: u16::from_be(k.port),
-                proto,
+            let Some(key) = key_from_abi(k) else {
+                continue;
             };
             let mode = if v.mode == abi::MODE_ENCAP {
                 ForwardMode::Encap
@@ -1084,5 +1106,17 @@ mod tests {
             d.maps().task_ports[&(TaskPortMap::Egress, key.to_abi())],
             8080
         );
+        // After a restart the target is known again: moving it to 9090 drops the 8080 entry.
+        let mut d2 = Dataplane::new(d.maps().clone(), Config::default()).unwrap();
+        d2.restore().unwrap();
+        d2.set_task_port(key, 9090).unwrap();
+        let egress: Vec<u16> = d2
+            .maps()
+            .task_ports
+            .keys()
+            .filter(|(m, _)| *m == TaskPortMap::Egress)
+            .map(|(_, k)| u16::from_be(k.port))
+            .collect();
+        assert_eq!(egress, vec![9090]);
     }
 }

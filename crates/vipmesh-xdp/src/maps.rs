@@ -34,6 +34,8 @@ pub struct Dump {
     pub backends: BTreeMap<u32, abi::BackendEntry>,
     /// Egress slot -> ifindex.
     pub tx_ports: BTreeMap<u32, u32>,
+    /// Task side: `task_egress`, VIP:target -> published port (host order).
+    pub task_egress: BTreeMap<abi::SvcKey, u16>,
 }
 
 /// Global counters by name ([`abi::COUNTER_NAMES`]), summed over CPUs.
@@ -427,6 +429,10 @@ impl MapLayer for KernelMaps {
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(Error::map("tx_ports", "dump", e)),
             }
+        }
+        for kv in self.task_egress.iter() {
+            let (k, v) = kv.map_err(|e| Error::map("task_egress", "dump", e))?;
+            out.task_egress.insert(k, u16::from_be(v.port));
         }
         out.services.sort_by_key(|(k, _, _)| *k);
         Ok(out)

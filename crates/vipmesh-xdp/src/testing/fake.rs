@@ -181,6 +181,12 @@ impl MapLayer for FakeMaps {
                 .map(|(i, b)| (*i, *b))
                 .collect(),
             tx_ports: self.tx_ports.clone(),
+            task_egress: self
+                .task_ports
+                .iter()
+                .filter(|((m, _), _)| *m == TaskPortMap::Egress)
+                .map(|((_, k), p)| (*k, *p))
+                .collect(),
         })
     }
 
