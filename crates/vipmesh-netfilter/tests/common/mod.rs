@@ -29,6 +29,34 @@ fn jump(from: BuiltinChain, to: &ChainName, matches: Matches) -> Jump {
     }
 }
 
+/// Hooks the VIP chain on mangle INPUT, then SNATs what goes to `subnet` (only IPVS traffic
+/// `with_ipvs`) to `to` from nat POSTROUTING, in that order.
+fn vip_jump_and_snat(
+    rs: &mut OwnedRuleset,
+    vip: &ChainName,
+    subnet: &str,
+    to: &str,
+    with_ipvs: bool,
+) {
+    rs.add_jump(
+        Table::Mangle,
+        jump(BuiltinChain::Input, vip, Matches::new()),
+    )
+    .unwrap();
+    let snat = cn("VIPMESH-SNAT");
+    let mut m = Matches::new().destination(subnet.parse().unwrap());
+    if with_ipvs {
+        m = m.ipvs();
+    }
+    rs.add_rule(Table::Nat, &snat, Rule::new(m, Target::Snat(ip(to))))
+        .unwrap();
+    rs.add_jump(
+        Table::Nat,
+        jump(BuiltinChain::Postrouting, &snat, Matches::new()),
+    )
+    .unwrap();
+}
+
 /// The load-balancer sandbox of one overlay network: VIP marks (mangle INPUT), the
 /// `-m ipvs` SNAT (nat POSTROUTING), and fast failure for a VIP without backends (filter INPUT).
 pub fn vip_lb(vips: u32, with_ipvs: bool) -> OwnedRuleset {
@@ -47,27 +75,7 @@ pub fn vip_lb(vips: u32, with_ipvs: bool) -> OwnedRuleset {
         )
         .unwrap();
     }
-    rs.add_jump(
-        Table::Mangle,
-        jump(BuiltinChain::Input, &vip, Matches::new()),
-    )
-    .unwrap();
-    let snat = cn("VIPMESH-SNAT");
-    let mut m = Matches::new().destination("10.0.0.0/16".parse().unwrap());
-    if with_ipvs {
-        m = m.ipvs();
-    }
-    rs.add_rule(
-        Table::Nat,
-        &snat,
-        Rule::new(m, Target::Snat(ip("10.0.0.2"))),
-    )
-    .unwrap();
-    rs.add_jump(
-        Table::Nat,
-        jump(BuiltinChain::Postrouting, &snat, Matches::new()),
-    )
-    .unwrap();
+    vip_jump_and_snat(&mut rs, &vip, "10.0.0.0/16", "10.0.0.2", with_ipvs);
     let rej = cn("VIPMESH-NOBACKEND");
     rs.add_rule(
         Table::Filter,
@@ -195,27 +203,7 @@ pub fn ingress_sbox(with_ipvs: bool) -> OwnedRuleset {
         ),
     )
     .unwrap();
-    rs.add_jump(
-        Table::Mangle,
-        jump(BuiltinChain::Input, &vip, Matches::new()),
-    )
-    .unwrap();
-    let snat = cn("VIPMESH-SNAT");
-    let mut m = Matches::new().destination("10.255.0.0/16".parse().unwrap());
-    if with_ipvs {
-        m = m.ipvs();
-    }
-    rs.add_rule(
-        Table::Nat,
-        &snat,
-        Rule::new(m, Target::Snat(ip("10.255.0.2"))),
-    )
-    .unwrap();
-    rs.add_jump(
-        Table::Nat,
-        jump(BuiltinChain::Postrouting, &snat, Matches::new()),
-    )
-    .unwrap();
+    vip_jump_and_snat(&mut rs, &vip, "10.255.0.0/16", "10.255.0.2", with_ipvs);
     rs
 }
 
