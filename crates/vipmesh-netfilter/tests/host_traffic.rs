@@ -86,17 +86,9 @@ fn wait_http(ns: &Ns, url: &str) {
     panic!("[{}] {url} never came up", ns.name);
 }
 
-fn jump(table: Table, from: BuiltinChain, to: &ChainName, rs: &mut OwnedRuleset) {
-    rs.add_jump(
-        table,
-        Jump {
-            from,
-            matches: Matches::new(),
-            to: to.clone(),
-            position: JumpPosition::Prepend,
-        },
-    )
-    .unwrap();
+/// Hooks chain `to` on builtin chain `from` of `table`.
+fn hook(table: Table, from: BuiltinChain, to: &ChainName, rs: &mut OwnedRuleset) {
+    rs.add_jump(table, jump(from, to, Matches::new())).unwrap();
 }
 
 /// Mark, DNAT and REDIRECT rules in the lb namespace.
@@ -116,7 +108,7 @@ fn lb_rules() -> OwnedRuleset {
         .with_comment(Comment::new("svc web").unwrap()),
     )
     .unwrap();
-    jump(Table::Mangle, BuiltinChain::Prerouting, &vip, &mut rs);
+    hook(Table::Mangle, BuiltinChain::Prerouting, &vip, &mut rs);
     let nat = cn("VIPMESH-PUBLISH");
     rs.add_rule(
         Table::Nat,
@@ -145,7 +137,7 @@ fn lb_rules() -> OwnedRuleset {
         ),
     )
     .unwrap();
-    jump(Table::Nat, BuiltinChain::Prerouting, &nat, &mut rs);
+    hook(Table::Nat, BuiltinChain::Prerouting, &nat, &mut rs);
     rs
 }
 
@@ -270,7 +262,7 @@ fn reject_makes_a_vip_without_backends_fail_fast() {
         ),
     )
     .unwrap();
-    jump(Table::Filter, BuiltinChain::Input, &c, &mut rs);
+    hook(Table::Filter, BuiltinChain::Input, &c, &mut rs);
     let a = lab.lb.applier();
     a.apply(&rs).unwrap();
     // curl exit 7 = "Failed to connect": the RST arrives, not a timeout (28).

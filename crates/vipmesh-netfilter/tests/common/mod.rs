@@ -20,7 +20,8 @@ pub fn port(p: u16) -> Port {
     Port::new(p).unwrap()
 }
 
-fn jump(from: BuiltinChain, to: &ChainName, matches: Matches) -> Jump {
+/// A jump prepended to builtin chain `from`.
+pub fn jump(from: BuiltinChain, to: &ChainName, matches: Matches) -> Jump {
     Jump {
         from,
         matches,
