@@ -1,0 +1,2 @@
+//! The nftables backend (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! The ingress overlay network (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Test support for vipmesh (work in progress).
+#![deny(missing_docs)]
