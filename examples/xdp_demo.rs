@@ -12,15 +12,16 @@
 //!
 //! Exits 0 only if all of that holds. Needs root (namespaces, BPF).
 //!
-//! Run: `cargo run -p vipmesh-xdp --features test-util --example xdp_demo`
+//! Run: `cargo run -p vipmesh-xdp --example xdp_demo`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{collections::BTreeMap, net::Ipv4Addr, process::ExitCode};
 
-use vipmesh_xdp::{
-    ForwardMode,
-    testing::lab::{CLIENT_ADDR, DSR_VIP, Lab, NODE_ADDR, PUBLISHED},
+use vipmesh_testkit::{
+    Requirement, unmet,
+    xdp_lab::{CLIENT_ADDR, DSR_VIP, Lab, NODE_ADDR, PUBLISHED},
 };
+use vipmesh_xdp::ForwardMode;
 
 const REQUESTS: usize = 30;
 
@@ -61,8 +62,9 @@ fn check(ok: &mut bool, cond: bool, what: &str) {
 }
 
 fn main() -> ExitCode {
-    if let Some(why) = vipmesh_netns::testing::privileged_skip_reason() {
-        eprintln!("xdp_demo needs root: {why}");
+    let why = unmet(&[Requirement::Netns]);
+    if !why.is_empty() {
+        eprintln!("xdp_demo cannot run here: {}", why.join("; "));
         return ExitCode::from(2);
     }
     if !vipmesh_xdp::object_available() {

@@ -15,12 +15,13 @@
 //! Needs root and wrk. Run through `benches/xdp/compare.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
 
-use vipmesh_xdp::{
-    ForwardMode,
-    testing::lab::{Lab, NODE_ADDR, PUBLISHED, TARGET},
+use vipmesh_testkit::{
+    Requirement, require,
+    xdp_lab::{Lab, NODE_ADDR, PUBLISHED, TARGET},
 };
+use vipmesh_xdp::ForwardMode;
 
 const HTTP_PUBLISHED: u16 = PUBLISHED;
 const HTTP_TARGET: u16 = TARGET;
@@ -66,14 +67,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // cargo bench/test harness probes
     }
-    if let Some(why) = vipmesh_netns::testing::privileged_skip_reason() {
-        eprintln!("!!!!! xdp wrk comparison SKIPPED: {why} !!!!!");
-        return;
-    }
-    if Command::new("wrk").arg("--version").output().is_err() {
-        eprintln!("!!!!! xdp wrk comparison SKIPPED: wrk is not installed !!!!!");
-        return;
-    }
+    // Fails (loudly, with the reason) rather than skipping when it cannot run here.
+    require(&[Requirement::Netns, Requirement::Tool("wrk")]);
     let rounds = env("ROUNDS", 3);
     let secs = env("SECS", 5);
     let conns = env("CONNS", 16);

@@ -8,5 +8,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = vipmesh_xdp::btf::parse_structs(data);
     let _ = vipmesh_xdp::btf::check_layout(data);
     let _ = vipmesh_xdp::btf::btf_section(data);
-    let _ = vipmesh_xdp::testing::packet::check(data);
+    let _ = vipmesh_testkit::packet::check(data);
 });

@@ -23,11 +23,10 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use vipmesh_testkit::packet::{self, ACK, FIN, SYN, Spec};
 use vipmesh_xdp::{
     Backend, Config, Egress, FastPath, ForwardMode, LoadOptions, MacAddr, Program, Proto,
-    ServiceKey, ServiceSpec, TableSize,
-    testing::packet::{self, ACK, FIN, SYN, Spec},
-    verdict::*,
+    ServiceKey, ServiceSpec, TableSize, verdict::*,
 };
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];

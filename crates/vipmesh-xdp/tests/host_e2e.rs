@@ -5,11 +5,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::can_run;
-use vipmesh_xdp::{
-    AttachMode, ForwardMode,
-    testing::lab::{self, CLIENT_ADDR, DSR_VIP, Lab, NODE_ADDR, PUBLISHED},
-};
+use common::require_xdp;
+use vipmesh_testkit::xdp_lab::{self as lab, CLIENT_ADDR, DSR_VIP, Lab, NODE_ADDR, PUBLISHED};
+use vipmesh_xdp::{AttachMode, ForwardMode};
 
 fn spread_and_client_ip(lab: &Lab, vip: std::net::Ipv4Addr) -> BTreeMap<String, usize> {
     let mut per_task = BTreeMap::new();
@@ -87,27 +85,21 @@ fn lab_spec_key(mode: ForwardMode) -> vipmesh_xdp::ServiceKey {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn nat_mode_end_to_end() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     e2e(ForwardMode::Nat, NODE_ADDR);
 }
 
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn encap_mode_end_to_end() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     e2e(ForwardMode::Encap, DSR_VIP);
 }
 
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn replacing_a_backend_keeps_existing_flows() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let mut lab = Lab::new("xr", 3);
     lab.start_xdp(ForwardMode::Nat);
     let spec = lab.spec(ForwardMode::Nat, &[0, 1]);

@@ -5,13 +5,15 @@
 mod common;
 
 use common::*;
-use vipmesh_netns::testing::TestNetns;
+use vipmesh_testkit::{
+    TestNetns,
+    packet::{self, ACK, FIN, PSH, RST, SYN},
+};
 use vipmesh_xdp::{
     ForwardMode::{Encap, Nat},
     Program, Proto,
     Proto::{Tcp, Udp},
     ServiceKey, abi, addr_to_abi,
-    testing::packet::{self, ACK, FIN, PSH, RST, SYN},
     verdict::*,
 };
 
@@ -54,9 +56,7 @@ fn flow_key(src: &str, sport: u16, dst: &str, dport: u16, proto: Proto) -> abi::
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn nat_v4_v6_tcp_udp_rewrites_and_keeps_checksums_valid() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     for (vip, client, backend) in [
@@ -88,9 +88,7 @@ fn nat_v4_v6_tcp_udp_rewrites_and_keeps_checksums_valid() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn encap_v4_v6_tcp_udp_wraps_towards_the_backend() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     for (vip, client, backend, node) in [
@@ -125,9 +123,7 @@ fn encap_v4_v6_tcp_udp_wraps_towards_the_backend() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn not_ours_and_malformed_pass_untouched() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     fp.dataplane()
@@ -217,9 +213,7 @@ fn not_ours_and_malformed_pass_untouched() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn service_without_backends_drops() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     fp.dataplane()
@@ -278,9 +272,7 @@ fn service_without_backends_drops() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     for (vip, client, backend) in [
@@ -431,9 +423,7 @@ fn reverse_path_restores_vip_and_expires_on_fin_and_rst() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn idle_timeout_expires_flows() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let cfg = vipmesh_xdp::Config {
         tcp_idle: std::time::Duration::from_millis(1),
@@ -470,9 +460,7 @@ fn idle_timeout_expires_flows() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn decap_and_port_translation_on_the_task_side() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     for (vip, client, backend) in [
@@ -523,9 +511,7 @@ fn decap_and_port_translation_on_the_task_side() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn flows_stick_to_their_backend_across_table_swaps() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 4096);
     let b = [("10.1.0.2", 8080), ("10.1.0.3", 8080), ("10.1.0.4", 8080)];
@@ -578,9 +564,7 @@ fn flows_stick_to_their_backend_across_table_swaps() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn replies_of_a_backend_shared_by_two_vips_leave_as_the_right_vip() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     let backend = ("10.1.0.2", 8080);
@@ -642,9 +626,7 @@ fn replies_of_a_backend_shared_by_two_vips_leave_as_the_right_vip() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn encap_clamps_the_mss_of_syns_to_fit_the_encap_mtu() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024); // encap_mtu 1500: v4 MSS <= 1440, v6 MSS <= 1400
     let mut clamped = 0;
@@ -736,9 +718,7 @@ fn encap_clamps_the_mss_of_syns_to_fit_the_encap_mtu() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn a_flow_never_follows_a_reused_backend_id() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 1024);
     let a = fp
@@ -800,9 +780,7 @@ fn a_flow_never_follows_a_reused_backend_id() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn lru_pressure_keeps_forwarding_and_counts_evictions() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _ns = TestNetns::new();
     let mut fp = load(config(), 64);
     fp.dataplane()

@@ -6,10 +6,10 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use vipmesh_netns::testing::TestNetns;
+use vipmesh_testkit::{TestNetns, packet::SYN};
 use vipmesh_xdp::{
     AttachMode, Error, FastPath, ForwardMode::Nat, LoadOptions, Pinning, Program, Proto::Tcp, sys,
-    testing::packet::SYN, verdict::*,
+    verdict::*,
 };
 
 fn bpftool_ok(args: &str) -> bool {
@@ -48,9 +48,7 @@ fn veth(t: &TestNetns) {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn attach_errors_are_typed() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let t = TestNetns::new();
     veth(&t);
     let mut fp = load(config(), 1024);
@@ -85,9 +83,7 @@ fn attach_errors_are_typed() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn detach_leaves_nothing_behind() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let t = TestNetns::new();
     veth(&t);
     let mut fp = load(config(), 1024);
@@ -135,9 +131,7 @@ fn detach_leaves_nothing_behind() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn pinned_maps_survive_a_restart_and_unpin_removes_them() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _t = TestNetns::new();
     let root = std::env::temp_dir().join(format!("vipmesh-bpffs-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();
@@ -208,7 +202,7 @@ fn pinned_maps_survive_a_restart_and_unpin_removes_them() {
         "10.0.0.1",
         80,
         Tcp,
-        vipmesh_xdp::testing::packet::ACK,
+        vipmesh_testkit::packet::ACK,
     );
     assert_eq!(
         fp2.test_run(Program::XdpLb, &ack, 1).unwrap().verdict,
@@ -224,9 +218,7 @@ fn pinned_maps_survive_a_restart_and_unpin_removes_them() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn bpffs_not_mountable_is_a_typed_error() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     for root in ["/proc/version", "/nonexistent/vipmesh-test"] {
         let opts = LoadOptions {
             pinning: Pinning::Maps { root: root.into() },
@@ -242,9 +234,7 @@ fn bpffs_not_mountable_is_a_typed_error() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn missing_capabilities_are_typed_errors() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     // Capabilities are per thread: drop them on a scratch thread only.
     let r = std::thread::spawn(|| {
         sys::drop_effective_caps(&[sys::CAP_BPF, sys::CAP_SYS_ADMIN]).unwrap();
@@ -283,9 +273,7 @@ fn missing_capabilities_are_typed_errors() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn bad_service_input_is_rejected_before_any_write() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let _t = TestNetns::new();
     let mut fp = load(config(), 1024);
     // Table too small for the backends (from the Maglev crate).
@@ -361,9 +349,7 @@ fn xdp_prog_id(t: &TestNetns, dev: &str) -> Option<u32> {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn pinned_links_keep_the_fast_path_attached_across_a_restart() {
-    if !can_run() {
-        return;
-    }
+    require_xdp();
     let t = TestNetns::new();
     veth(&t);
     let root = std::env::temp_dir().join(format!("vipmesh-bpffs-links-{}", std::process::id()));

@@ -3,10 +3,10 @@
 
 use std::net::IpAddr;
 
+use vipmesh_testkit::packet::{self, Spec};
 use vipmesh_xdp::{
     Backend, Config, Egress, FastPath, ForwardMode, LoadOptions, MacAddr, Proto, ServiceKey,
     ServiceSpec, TableSize,
-    testing::packet::{self, Spec},
 };
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
@@ -14,18 +14,14 @@ pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const EGRESS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xe1];
 pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
 
-/// Returns false (after printing why, loudly) when privileged tests cannot run here.
-pub fn can_run() -> bool {
-    if let Some(why) = vipmesh_netns::testing::privileged_skip_reason() {
-        eprintln!("!!!!! SKIPPING privileged XDP test: {why} !!!!!");
-        return false;
-    }
+/// Fails the calling test (with the reason) when privileged XDP tests cannot run here.
+pub fn require_xdp() {
+    vipmesh_testkit::require(&[vipmesh_testkit::Requirement::Netns]);
     if !vipmesh_xdp::object_available() {
         panic!(
             "the eBPF object was not built (clang missing?) but this machine must run XDP tests"
         );
     }
-    true
 }
 
 pub fn ip(s: &str) -> IpAddr {

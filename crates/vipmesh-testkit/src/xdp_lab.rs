@@ -1,4 +1,4 @@
-//! A namespace lab for end-to-end tests, the demo and the benchmark: a client, a node and
+//! The XDP namespace lab (feature `xdp`) for end-to-end tests, the demo and the benchmark: a client, a node and
 //! tasks, each in its own network namespace, with a small line server in every task.
 //!
 //! ```text
@@ -9,7 +9,6 @@
 //! on one connection), `big\n` with [`BIG_LEN`] deterministic bytes, then closes, and an HTTP
 //! `GET` with the same line as a one-shot HTTP/1.1 response (for wrk).
 //! Everything is deleted on drop (namespaces, servers), also on panic.
-#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -22,12 +21,14 @@ use std::{
     time::Duration,
 };
 
-use vipmesh_netns::{Netns, testing::Topology};
+use vipmesh_netns::Netns;
 
-use crate::{
+use vipmesh_xdp::{
     AttachMode, Backend, Config, Egress, FastPath, ForwardMode, LoadOptions, MacAddr, Program,
     Proto, ServiceKey, ServiceSpec, TableSize,
 };
+
+use crate::Topology;
 
 /// Size of the `big` answer: 4 MiB.
 pub const BIG_LEN: usize = 4 << 20;
@@ -114,7 +115,7 @@ fn serve(task: String, ns: String, stop: Arc<AtomicBool>) -> JoinHandle<()> {
                 Err(_) => {
                     // Sleep until a connection is pending (or 100 ms, to notice `stop`).
                     use std::os::fd::AsFd as _;
-                    crate::sys::wait_readable(l.as_fd(), 100);
+                    vipmesh_xdp::sys::wait_readable(l.as_fd(), 100);
                 }
             }
         }
@@ -292,7 +293,7 @@ impl Lab {
     /// Loads the fast path, attaches it (XDP on `n0`, and per task: `tc_rev` on `n<i>` for
     /// NAT, `tc_decap`/`tc_egress` plus the VIP on `lo` for encap, `xdp_pass` on the task's
     /// `eth0` for NAPI, or GRO instead when `VIPMESH_LAB_NAPI_GRO` is set) and publishes the service over every task. Returns the XDP attachment.
-    pub fn start_xdp(&mut self, mode: ForwardMode) -> crate::Attachment {
+    pub fn start_xdp(&mut self, mode: ForwardMode) -> vipmesh_xdp::Attachment {
         let config = Config {
             node_v4: Some(NODE_ADDR),
             ..Config::default()
@@ -351,7 +352,10 @@ impl Lab {
 
     /// Programs `spec` from inside the node namespace (egress ifindexes are resolved in the
     /// namespace of the calling thread).
-    pub fn upsert(&mut self, spec: &ServiceSpec) -> Result<crate::ServiceReport, crate::Error> {
+    pub fn upsert(
+        &mut self,
+        spec: &ServiceSpec,
+    ) -> Result<vipmesh_xdp::ServiceReport, vipmesh_xdp::Error> {
         let fp = self.fp.as_mut().expect("start_xdp first");
         in_ns(&self.node, || fp.dataplane().upsert_service(spec))
     }

@@ -1,9 +1,9 @@
-//! Builds Ethernet frames with correct checksums and checks the frames programs emit.
+//! Packet builders (feature `xdp`): builds Ethernet frames with correct checksums and checks the frames programs emit.
 //! Parsing never panics: every length is checked before use.
 
 use std::net::IpAddr;
 
-use crate::model::Proto;
+use vipmesh_xdp::Proto;
 
 /// TCP flags.
 pub const FIN: u8 = 0x01;
