@@ -7,30 +7,16 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
 use vipmesh_dns::{DnsServer, DnsTable, Error};
-use vipmesh_netns::testing::{TestNetns, privileged_skip_reason};
+use vipmesh_testkit::{Requirement, TestNetns, require};
 
 const DNS: &str = "127.0.0.11";
 
-/// Why these tests cannot run here, printed loudly; `None` when they can.
-fn skip() -> bool {
-    let why = privileged_skip_reason().or_else(|| {
-        Command::new("dig")
-            .arg("-v")
-            .output()
-            .is_err()
-            .then(|| "`dig` (dnsutils) is not installed".to_owned())
-    });
-    match why {
-        Some(why) => {
-            eprintln!("!!!!!!!! SKIPPED privileged DNS test: {why} !!!!!!!!");
-            true
-        }
-        None => false,
-    }
+/// Fails the calling test, with the reason, when it cannot run here.
+fn require_dns() {
+    require(&[Requirement::Netns, Requirement::Tool("dig")]);
 }
 
 fn addr() -> SocketAddr {
@@ -100,9 +86,7 @@ fn lines(out: &str) -> Vec<String> {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn answers_a_aaaa_nodata_nxdomain_refused_like_docker() {
-    if skip() {
-        return;
-    }
+    require_dns();
     let t = TestNetns::new();
     let server = DnsServer::spawn(Some(t.netns()), addr(), table()).unwrap();
 
@@ -146,9 +130,7 @@ fn answers_a_aaaa_nodata_nxdomain_refused_like_docker() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn dnsrr_answers_both_tasks_in_both_orders() {
-    if skip() {
-        return;
-    }
+    require_dns();
     let t = TestNetns::new();
     let _server = DnsServer::spawn(Some(t.netns()), addr(), table()).unwrap();
 
@@ -175,9 +157,7 @@ fn dnsrr_answers_both_tasks_in_both_orders() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn big_answers_truncate_over_udp_and_complete_over_tcp() {
-    if skip() {
-        return;
-    }
+    require_dns();
     let t = TestNetns::new();
     let tasks: Vec<Ipv4Addr> = (0..100u32)
         .map(|i| Ipv4Addr::from(0x0a01_0000 + i))
@@ -240,9 +220,7 @@ fn a_query(id: u16, name: &str) -> Vec<u8> {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn malformed_packets_get_formerr_or_nothing_and_the_server_keeps_answering() {
-    if skip() {
-        return;
-    }
+    require_dns();
     let t = TestNetns::new();
     let _server = DnsServer::spawn(Some(t.netns()), addr(), table()).unwrap();
     // The test thread is inside the namespace (TestNetns entered it), so this socket is too.
@@ -301,9 +279,7 @@ fn malformed_packets_get_formerr_or_nothing_and_the_server_keeps_answering() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn update_swaps_the_table_without_restart() {
-    if skip() {
-        return;
-    }
+    require_dns();
     let t = TestNetns::new();
     let server = DnsServer::spawn(Some(t.netns()), addr(), table()).unwrap();
     assert_eq!(lines(&dig(&t, "vote +short")), ["10.0.0.9"]);
@@ -329,9 +305,7 @@ fn update_swaps_the_table_without_restart() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn bind_errors_are_typed() {
-    if skip() {
-        return;
-    }
+    require_dns();
     let t = TestNetns::new();
     let _server = DnsServer::spawn(Some(t.netns()), addr(), table()).unwrap();
 
@@ -365,9 +339,7 @@ fn bind_errors_are_typed() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn serves_in_the_given_namespace_only() {
-    if skip() {
-        return;
-    }
+    require_dns();
     // The test thread ends up in `other`; the server must still bind in `served`.
     let served = TestNetns::new();
     let other = TestNetns::new();
@@ -391,9 +363,7 @@ fn serves_in_the_given_namespace_only() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn spawn_and_drop_from_async_code() {
-    if skip() {
-        return;
-    }
+    require_dns();
     let t = TestNetns::new();
     // A caller inside a tokio runtime (as a runtime's agent would be): the server's own
     // runtime must neither nest nor be dropped in there.

@@ -13,7 +13,7 @@ use vipmesh_ipvs::{
     Scheduler, ServiceEntry, ServiceKey, Timeouts,
 };
 use vipmesh_netns::Netns;
-use vipmesh_netns::testing::{TestNetns, privileged_skip_reason};
+use vipmesh_testkit::{Requirement, TestNetns, Topology, require};
 
 /// A varied rule file in ipvsadm's canonical `-Sn` form: v4/v6, TCP/UDP/SCTP/fwmark,
 /// persistence with netmask, one-packet, scheduler flags, every forwarding method
@@ -47,28 +47,16 @@ const RULES: &str = "\
 -A -t 10.0.0.6:80 -s sed
 ";
 
-/// Prints why and returns `None` when this machine cannot run the test. Inside the lab's
-/// guest (`VIPMESH_GUEST=1`) a skip is a failure: there the suite must run.
-fn setup() -> Option<(TestNetns, Client)> {
-    let in_lab = std::env::var("VIPMESH_GUEST").as_deref() == Ok("1");
-    if let Some(why) = privileged_skip_reason() {
-        assert!(!in_lab, "cannot run in the lab guest: {why}");
-        eprintln!("!!! SKIPPED (not run): {why}");
-        return None;
-    }
+/// Fails the calling test, with the reason, when this machine cannot run it (root, iproute2,
+/// IPVS: the lab's guest kernel).
+fn setup() -> (TestNetns, Client) {
     let _ = Command::new("modprobe")
         .args(["-a", "ip_vs", "ip_vs_rr"])
         .status();
-    if !std::path::Path::new("/proc/net/ip_vs").exists() {
-        assert!(!in_lab, "the lab guest kernel has no IPVS");
-        eprintln!(
-            "!!! SKIPPED (not run): this kernel has no IPVS; run me in the guest (cargo xtask test)"
-        );
-        return None;
-    }
+    require(&[Requirement::Netns, Requirement::Ipvs]);
     let t = TestNetns::new();
     let c = Client::open().expect("open IPVS client in the test netns");
-    Some((t, c))
+    (t, c)
 }
 
 fn sh(t: &TestNetns, cmd: &str) -> String {
@@ -127,7 +115,7 @@ fn ok_all(results: Vec<Result<(), Error>>) {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn vipmesh_writes_ipvsadm_reads_back_identically() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     modprobe_for(RULES);
     ok_all(c.execute(&parse_rules(RULES).unwrap()));
     let save = sh(&t, "ipvsadm -Sn");
@@ -143,7 +131,7 @@ fn vipmesh_writes_ipvsadm_reads_back_identically() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn ipvsadm_writes_vipmesh_reads_back_identically() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     modprobe_for(RULES);
     ipvsadm_restore(&t, RULES);
     // thresholds are not in -S output: set them with ipvsadm and read them typed
@@ -193,7 +181,7 @@ fn ipvsadm_writes_vipmesh_reads_back_identically() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn list_views_are_byte_identical_to_ipvsadm() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     modprobe_for(RULES);
     ipvsadm_restore(&t, RULES);
     let info = c.info().unwrap();
@@ -219,7 +207,7 @@ fn list_views_are_byte_identical_to_ipvsadm() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn every_scheduler_the_kernel_offers() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     let rel = sh(&t, "uname -r");
     let dir = format!("/lib/modules/{}/kernel/net/netfilter/ipvs", rel.trim());
     let mut scheds: Vec<String> = std::fs::read_dir(&dir)
@@ -268,7 +256,7 @@ fn every_scheduler_the_kernel_offers() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn kernel_errors_keep_errno_op_and_object() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     let key = ServiceKey::addr(Protocol::Tcp, "10.0.0.1".parse().unwrap(), 80);
     let svc = IpvsService::new(key, Scheduler::RR).unwrap();
     let d = IpvsDest::new("10.0.0.10".parse().unwrap(), 80, FwdMethod::Masq);
@@ -348,7 +336,7 @@ fn kernel_errors_keep_errno_op_and_object() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn update_get_delete_and_flush() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     let _ = Command::new("modprobe")
         .args(["-a", "ip_vs_wrr", "ip_vs_sh"])
         .status();
@@ -393,7 +381,7 @@ fn update_get_delete_and_flush() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn timeouts_and_info() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     let info = c.info().unwrap();
     assert_eq!(info.version_string(), "1.2.1");
     assert!(sh(&t, "ipvsadm -Ln").starts_with(&format!(
@@ -438,7 +426,7 @@ fn timeouts_and_info() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn a_namespace_other_than_the_callers() {
-    let Some((t, mut here)) = setup() else { return };
+    let (t, mut here) = setup();
     let other = format!("vmipvs{}-other", std::process::id());
     // not through `ip netns exec` (its private mount namespace would hide the new file)
     let st = Command::new("sh")
@@ -489,7 +477,7 @@ fn a_namespace_other_than_the_callers() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn large_batch_results_line_up_with_ops() {
-    let Some((t, mut c)) = setup() else { return };
+    let (t, mut c) = setup();
     // 1000 services and a duplicate every 97th op: crosses several sendmsg chunks
     let mut ops = Vec::new();
     let mut dup_at = Vec::new();
@@ -563,7 +551,7 @@ fn run_in(
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn examples_speak_ipvsadm() {
-    let Some((t, _c)) = setup() else { return };
+    let (t, _c) = setup();
     modprobe_for(RULES);
     let restore = example("ipvs_restore");
     let list = example("ipvs_list");
@@ -623,30 +611,19 @@ fn examples_speak_ipvsadm() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn connection_counts_and_stats_follow_real_traffic() {
-    if privileged_skip_reason().is_some()
-        || Command::new("modprobe")
-            .arg("ip_vs")
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-    {
-        eprintln!("!!! SKIPPED (not run): needs root and IPVS (the guest kernel)");
-        return;
-    }
+    require(&[Requirement::Netns, Requirement::Ipvs]);
     let _ = Command::new("modprobe")
         .args(["-a", "ip_vs_rr", "veth"])
         .status();
-    let mut topo = vipmesh_netns::testing::Topology::new("ipvs");
+    let mut topo = Topology::new("ipvs");
     let client = topo.ns("client");
     let be = topo.ns("be");
     topo.veth((&client, "eth0"), (&be, "eth0"));
     topo.addr(&client, "eth0", "10.0.0.7/24");
     topo.addr(&be, "eth0", "10.0.0.10/24");
-    topo.sh(
-        &be,
-        "mkdir -p /tmp/vmipvs-www && echo be > /tmp/vmipvs-www/index.html",
-    );
-    topo.spawn(&be, "busybox httpd -f -p 80 -h /tmp/vmipvs-www");
+    let www = topo.temp_dir("www");
+    std::fs::write(www.join("index.html"), "be\n").unwrap();
+    topo.spawn(&be, &format!("busybox httpd -f -p 80 -h {}", www.display()));
     // wait for the backend itself (not through IPVS, so it is not counted)
     topo.sh(&client, "for i in $(seq 100); do curl -s -o /dev/null -m 2 http://10.0.0.10/ && exit 0; sleep 0.2; done; exit 1");
     let mut c = Client::open_in_path(format!("/run/netns/{client}")).unwrap();

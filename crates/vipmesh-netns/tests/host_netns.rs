@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use vipmesh_netns::Netns;
-use vipmesh_netns::testing::{TestNetns, Topology};
+use vipmesh_testkit::{TestNetns, Topology};
 
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
