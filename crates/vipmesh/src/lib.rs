@@ -38,8 +38,6 @@ pub mod dataplane;
 #[cfg(feature = "dns")]
 pub mod dns;
 mod error;
-#[cfg(feature = "test-util")]
-pub mod lab;
 pub mod mesh;
 pub mod model;
 pub mod plan;
