@@ -448,6 +448,50 @@ impl Applier {
         })
     }
 
+    /// Runs exactly `plan` (computed by the caller with [`plan()`] against an observation it
+    /// made or cached) as one `iptables-restore -w --noflush` batch: no observe, no read-back.
+    /// Callers that plan themselves (the vipmesh controller) use this so each sync reads the
+    /// ruleset at most once. An empty plan runs nothing.
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`], [`Error::NetnsNotFound`], [`Error::ToolMissing`] before
+    /// anything runs; [`Error::RestoreFailed`] when the kernel rejects the batch (each table
+    /// section is committed atomically, so a failed section changes nothing). Any failure
+    /// also drops this applier's cached state ([`ObserveMode::Cached`]).
+    pub fn execute(&self, plan: &Plan) -> Result<(), Error> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let family = plan.family;
+        let res = self.preflight(family, "apply").and_then(|(restore, _)| {
+            let input = plan.to_string();
+            tracing::info!(
+                netns = %self.netns.describe(), %family,
+                tables = plan.tables.len(), lines = input.lines().count(), "iptables-restore"
+            );
+            match run(
+                &self.netns,
+                &restore,
+                &["-w", "--noflush"],
+                Some(input.as_bytes()),
+                "apply",
+            ) {
+                Ok(_) => Ok(()),
+                Err(Error::CommandFailed { tool, stderr, .. }) => {
+                    Err(restore_error(tool, &stderr, &input))
+                }
+                Err(e) => Err(e),
+            }
+        });
+        if res.is_err() {
+            *self
+                .cache_slot(family)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        res
+    }
+
     /// Remove every chain with our prefix and every tagged jump in all three tables of
     /// `family`, and nothing else.
     ///

@@ -1,91 +1,116 @@
-//! The kernel side, behind three small traits so the controller can run on fakes:
-//! [`vipmesh_ipvs::IpvsBackend`] for IPVS, [`Rules`] for our netfilter chains and [`Host`]
-//! for addresses, sysctls and the kernel version of the LB namespace.
+//! The kernel side, behind small traits so the controller can run on fakes:
+//! [`vipmesh_ipvs::IpvsBackend`] for IPVS, [`Rules`] for our netfilter chains and [`Host`] for
+//! addresses, sysctls and the kernel version, bundled per namespace in an [`NsHandle`] that a
+//! [`Kernel`] opens.
 //!
-//! The real implementations work inside the LB namespace: IPVS over a generic netlink socket
-//! opened there, `iptables-restore` through `nsenter`, addresses with
-//! [`ip-address(8)`](https://man7.org/linux/man-pages/man8/ip-address.8.html) and sysctls by
-//! writing `/proc/sys` from a thread that entered the namespace
+//! The real implementations share ONE handle per namespace (an fd opened once,
+//! [`vipmesh_netns::Netns`]): the IPVS generic-netlink socket is created inside it,
+//! `iptables-restore`/`iptables-save` are spawned from a thread that entered it, addresses go
+//! through rtnetlink on a socket opened inside it
+//! ([`rtnetlink(7)`](https://man7.org/linux/man-pages/man7/rtnetlink.7.html)), and sysctls are
+//! read and written from a thread inside it
 //! ([`proc_sys_net(5)`](https://man7.org/linux/man-pages/man5/proc_sys_net.5.html)).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Arc;
 
+use vipmesh_ipvs::{self as ipvs, IpvsBackend};
 use vipmesh_netfilter as nf;
 use vipmesh_netns::Netns;
 
 use crate::error::Error;
 use crate::model::Family;
+use crate::plan::{KernelVersion, NsIdentity, ObservedAddr, RulesPlan};
+use crate::rules;
 
 /// Our netfilter chains in one namespace.
 pub trait Rules {
-    /// Our chains as they are now (foreign content excluded).
+    /// Our chains and tagged jumps of `family` as they are now (foreign content excluded):
+    /// one ruleset read.
     ///
     /// # Errors
     /// [`Error::Netfilter`].
-    fn recorded(&mut self, family: Family) -> Result<nf::OwnedRuleset, Error>;
-    /// Whether the kernel already holds exactly `desired`.
+    fn observe(&mut self, family: Family) -> Result<nf::Observed, Error>;
+    /// Runs exactly this batch (`plan.diff`, one atomic `iptables-restore`), after which the
+    /// kernel holds `plan.desired`.
     ///
     /// # Errors
-    /// [`Error::Netfilter`].
-    fn matches(&mut self, desired: &nf::OwnedRuleset) -> Result<bool, Error>;
-    /// Makes our chains equal `desired` in one atomic batch.
-    ///
-    /// # Errors
-    /// [`Error::Netfilter`]; nothing is applied then.
-    fn apply(&mut self, desired: &nf::OwnedRuleset) -> Result<(), Error>;
+    /// [`Error::Netfilter`]; nothing of a failed table section is applied.
+    fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error>;
 }
 
-/// Addresses, sysctls and the kernel version of the LB namespace.
+/// Addresses, sysctls and the kernel version of one namespace.
 pub trait Host {
-    /// The addresses on the LB interface.
+    /// Every address of the namespace.
     ///
     /// # Errors
-    /// [`Error::System`].
-    fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, Error>;
-    /// Adds a host address (/32 or /128) to the LB interface; present is success.
+    /// [`Error::System`] (errno kept).
+    fn addresses(&mut self) -> Result<BTreeMap<IpAddr, ObservedAddr>, Error>;
+    /// Adds a host address (/32 or /128) to `interface`, tagged as ours; present is success.
     ///
     /// # Errors
-    /// [`Error::System`].
-    fn add_address(&mut self, addr: IpAddr) -> Result<(), Error>;
-    /// Removes a host address; absent is success.
+    /// [`Error::System`] (errno kept).
+    fn add_address(&mut self, interface: &str, addr: IpAddr) -> Result<(), Error>;
+    /// Removes an address; absent is success.
     ///
     /// # Errors
-    /// [`Error::System`].
-    fn del_address(&mut self, addr: IpAddr) -> Result<(), Error>;
-    /// Adds many addresses at once (the default adds them one by one).
+    /// [`Error::System`] (errno kept).
+    fn del_address(&mut self, interface: &str, addr: IpAddr, prefix: u8) -> Result<(), Error>;
+    /// Reads sysctls (dotted keys); keys that do not exist are left out.
     ///
     /// # Errors
-    /// [`Error::System`]; some addresses may then be added.
-    fn add_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
-        addrs.iter().try_for_each(|a| self.add_address(*a))
-    }
-    /// Removes many addresses at once (the default removes them one by one).
-    ///
-    /// # Errors
-    /// [`Error::System`]; some addresses may then be removed.
-    fn del_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
-        addrs.iter().try_for_each(|a| self.del_address(*a))
-    }
-    /// Reads sysctls (dotted keys); unreadable ones are left out.
-    fn sysctls(&mut self, keys: &[String]) -> BTreeMap<String, String>;
+    /// [`Error::System`] when the namespace cannot be entered or a key cannot be read for
+    /// another reason than its absence.
+    fn sysctls(&mut self, keys: &[String]) -> Result<BTreeMap<String, String>, Error>;
     /// Writes a sysctl.
     ///
     /// # Errors
     /// [`Error::System`].
     fn set_sysctl(&mut self, key: &str, value: &str) -> Result<(), Error>;
-    /// The running kernel's (major, minor).
-    fn kernel(&mut self) -> (u32, u32);
+    /// The running kernel.
+    ///
+    /// # Errors
+    /// [`Error::System`] or [`Error::Invalid`] when the release cannot be read or parsed.
+    fn kernel(&mut self) -> Result<KernelVersion, Error>;
 }
 
-/// Parses "6.1.0-56-amd64" into (6, 1).
-pub fn parse_kernel_release(s: &str) -> (u32, u32) {
-    let mut it = s.trim().split(|c: char| !c.is_ascii_digit());
-    let major = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let minor = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    (major, minor)
+/// The three backends of one namespace, opened together through one namespace handle.
+#[derive(Debug)]
+pub struct NsHandle<I, R, H> {
+    /// IPVS.
+    pub ipvs: I,
+    /// Our netfilter chains.
+    pub rules: R,
+    /// Addresses, sysctls, kernel version.
+    pub host: H,
+    /// Which namespace this handle points to (None where unknown, e.g. fakes without one).
+    pub identity: Option<NsIdentity>,
+}
+
+/// Opens namespaces: the kernel, or a fake world.
+pub trait Kernel {
+    /// IPVS backend.
+    type Ipvs: IpvsBackend + std::fmt::Debug;
+    /// Rules backend.
+    type Rules: Rules + std::fmt::Debug;
+    /// Host backend.
+    type Host: Host + std::fmt::Debug;
+    /// Opens a namespace by name (under `/run/netns`) or path.
+    ///
+    /// # Errors
+    /// [`Error::MissingNamespace`], [`Error::Netns`], [`Error::Ipvs`] (`ip_vs` missing, no
+    /// CAP_NET_ADMIN).
+    #[allow(clippy::type_complexity)]
+    fn open(&mut self, netns: &str) -> Result<NsHandle<Self::Ipvs, Self::Rules, Self::Host>, Error>;
+    /// The identity of the namespace the name points to now (a re-created namespace has a new
+    /// one).
+    ///
+    /// # Errors
+    /// [`Error::MissingNamespace`].
+    fn identity(&mut self, netns: &str) -> Result<Option<NsIdentity>, Error>;
 }
 
 /// Resolves a namespace given as a name under `/run/netns` or an absolute path.
@@ -97,7 +122,7 @@ pub fn netns_path(netns: &str) -> PathBuf {
     }
 }
 
-/// Opens the LB namespace.
+/// Opens a namespace.
 ///
 /// # Errors
 /// [`Error::MissingNamespace`] when it does not exist, [`Error::Netns`] otherwise.
@@ -116,7 +141,59 @@ pub fn open_netns(netns: &str) -> Result<Netns, Error> {
     })
 }
 
-/// [`Rules`] on the kernel, through `vipmesh-netfilter`.
+fn path_identity(netns: &str) -> Result<Option<NsIdentity>, Error> {
+    match std::fs::metadata(netns_path(netns)) {
+        Ok(m) => Ok(Some(NsIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::MissingNamespace {
+            netns: netns.to_string(),
+        }),
+        Err(source) => Err(Error::System {
+            op: "stat".into(),
+            netns: netns.to_string(),
+            source,
+        }),
+    }
+}
+
+/// The real kernel.
+#[derive(Debug, Default)]
+pub struct RealKernel;
+
+/// The backends of a namespace on the real kernel.
+pub type RealNs = NsHandle<ipvs::Client, KernelRules, KernelHost>;
+
+impl Kernel for RealKernel {
+    type Ipvs = ipvs::Client;
+    type Rules = KernelRules;
+    type Host = KernelHost;
+
+    fn open(&mut self, netns: &str) -> Result<RealNs, Error> {
+        // The identity is taken before opening: a namespace replaced in between makes the
+        // next check see a difference and reopen, never the other way round.
+        let identity = path_identity(netns)?;
+        let ns = Arc::new(open_netns(netns)?);
+        let client = ipvs::Client::open_in(&ns).map_err(|source| Error::Ipvs {
+            op: "open".into(),
+            netns: netns.to_string(),
+            source: Box::new(source),
+        })?;
+        Ok(NsHandle {
+            ipvs: client,
+            rules: KernelRules::new(netns, ns.clone()),
+            host: KernelHost::new(netns, ns),
+            identity,
+        })
+    }
+
+    fn identity(&mut self, netns: &str) -> Result<Option<NsIdentity>, Error> {
+        path_identity(netns)
+    }
+}
+
+/// [`Rules`] on the kernel, through `vipmesh-netfilter`, in the namespace's handle.
 #[derive(Debug)]
 pub struct KernelRules {
     applier: nf::Applier,
@@ -124,10 +201,10 @@ pub struct KernelRules {
 }
 
 impl KernelRules {
-    /// Rules in the namespace `netns` (a name or a path).
-    pub fn new(netns: &str) -> KernelRules {
+    /// Rules in the namespace behind `ns` (named `netns` in errors).
+    pub fn new(netns: &str, ns: Arc<Netns>) -> KernelRules {
         KernelRules {
-            applier: nf::Applier::new(nf::NetnsTarget::Path(netns_path(netns))),
+            applier: nf::Applier::new(nf::NetnsTarget::Handle(ns)).with_verify(nf::Verify::Skip),
             netns: netns.to_string(),
         }
     }
@@ -142,46 +219,35 @@ impl KernelRules {
 }
 
 impl Rules for KernelRules {
-    fn recorded(&mut self, family: Family) -> Result<nf::OwnedRuleset, Error> {
+    fn observe(&mut self, family: Family) -> Result<nf::Observed, Error> {
         self.applier
-            .observe_ruleset(crate::rules::nf_family(family))
+            .observe(rules::nf_family(family))
             .map_err(|e| self.err("observe", e))
     }
 
-    fn matches(&mut self, desired: &nf::OwnedRuleset) -> Result<bool, Error> {
+    fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error> {
         self.applier
-            .plan(desired)
-            .map(|p| p.is_empty())
-            .map_err(|e| self.err("plan", e))
-    }
-
-    fn apply(&mut self, desired: &nf::OwnedRuleset) -> Result<(), Error> {
-        self.applier
-            .apply(desired)
-            .map(|_| ())
+            .execute(&plan.diff)
             .map_err(|e| self.err("apply", e))
     }
 }
 
-/// [`Host`] on the kernel, inside the LB namespace.
+/// [`Host`] on the kernel, inside one namespace.
 #[derive(Debug)]
 pub struct KernelHost {
-    netns: Netns,
+    ns: Arc<Netns>,
     name: String,
-    interface: String,
+    link: Option<vipmesh_netns::rtnl::Rtnl>,
 }
 
 impl KernelHost {
-    /// The LB namespace `netns` (name or path) and its interface on the subnet.
-    ///
-    /// # Errors
-    /// [`Error::MissingNamespace`].
-    pub fn new(netns: &str, interface: &str) -> Result<KernelHost, Error> {
-        Ok(KernelHost {
-            netns: open_netns(netns)?,
+    /// The host side of the namespace behind `ns` (named `netns` in errors).
+    pub fn new(netns: &str, ns: Arc<Netns>) -> KernelHost {
+        KernelHost {
+            ns,
             name: netns.to_string(),
-            interface: interface.to_string(),
-        })
+            link: None,
+        }
     }
 
     fn sys(&self, op: String, source: std::io::Error) -> Error {
@@ -192,135 +258,130 @@ impl KernelHost {
         }
     }
 
-    fn ip(&self, args: &[&str]) -> Result<String, Error> {
-        self.ip_stdin(args, None)
-    }
-
-    /// Runs `ip ARGS` inside the namespace, with `input` on its standard input.
-    fn ip_stdin(&self, args: &[&str], input: Option<&str>) -> Result<String, Error> {
-        use std::io::Write as _;
-        use std::process::Stdio;
-        let path = netns_path(&self.name);
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", path.display()))
-            .arg("ip")
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let op = format!("ip {}", args.join(" "));
-        let mut child = c.spawn().map_err(|e| self.sys(op.clone(), e))?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| self.sys(op.clone(), e))?;
+    fn rtnl(&mut self) -> Result<&mut vipmesh_netns::rtnl::Rtnl, Error> {
+        if self.link.is_none() {
+            let r = vipmesh_netns::rtnl::Rtnl::open(&self.ns).map_err(|source| {
+                Error::Netns {
+                    netns: self.name.clone(),
+                    source,
+                }
+            })?;
+            self.link = Some(r);
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| self.sys(op.clone(), e))?;
-        if !out.status.success() {
-            let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(self.sys(op, std::io::Error::other(msg)));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-fn host_prefix(addr: IpAddr) -> String {
-    match addr {
-        IpAddr::V4(_) => format!("{addr}/32"),
-        IpAddr::V6(_) => format!("{addr}/128"),
+        let name = self.name.clone();
+        self.link.as_mut().ok_or_else(|| Error::System {
+            op: "rtnetlink".into(),
+            netns: name,
+            source: std::io::Error::other("no rtnetlink socket"),
+        })
     }
 }
 
 impl Host for KernelHost {
-    fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, Error> {
-        let out = self.ip(&["-o", "addr", "show", "dev", &self.interface.clone()])?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                w.position(|x| x == "inet" || x == "inet6")?;
-                w.next()?.split('/').next()?.parse().ok()
+    fn addresses(&mut self) -> Result<BTreeMap<IpAddr, ObservedAddr>, Error> {
+        let name = self.name.clone();
+        let r = self.rtnl()?;
+        let links = r.links().map_err(|source| Error::Netns {
+            netns: name.clone(),
+            source,
+        })?;
+        let addrs = r.addresses().map_err(|source| Error::Netns {
+            netns: name.clone(),
+            source,
+        })?;
+        let by_index: BTreeMap<u32, String> =
+            links.into_iter().map(|l| (l.index, l.name)).collect();
+        Ok(addrs
+            .into_iter()
+            .filter_map(|a| {
+                Some((
+                    a.addr,
+                    ObservedAddr {
+                        interface: by_index.get(&a.ifindex)?.clone(),
+                        prefix: a.prefix_len,
+                        owned: a.proto == Some(vipmesh_netns::rtnl::VIPMESH_ADDR_PROTO),
+                    },
+                ))
             })
             .collect())
     }
 
-    fn add_address(&mut self, addr: IpAddr) -> Result<(), Error> {
-        let iface = self.interface.clone();
-        let p = host_prefix(addr);
-        let mut args = vec!["addr", "replace", p.as_str(), "dev", iface.as_str()];
-        if addr.is_ipv6() {
-            args.push("nodad");
-        }
-        self.ip(&args).map(|_| ())
-    }
-
-    fn del_address(&mut self, addr: IpAddr) -> Result<(), Error> {
-        if !self.addresses()?.contains(&addr) {
-            return Ok(());
-        }
-        let iface = self.interface.clone();
-        self.ip(&["addr", "del", &host_prefix(addr), "dev", &iface])
-            .map(|_| ())
-    }
-
-    /// One `ip -batch -` process for all of them (`addr replace` is idempotent).
-    fn add_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
-        let mut batch = String::new();
-        for a in addrs {
-            batch.push_str(&format!(
-                "addr replace {} dev {}",
-                host_prefix(*a),
-                self.interface
-            ));
-            if a.is_ipv6() {
-                batch.push_str(" nodad");
+    fn add_address(&mut self, interface: &str, addr: IpAddr) -> Result<(), Error> {
+        let name = self.name.clone();
+        let r = self.rtnl()?;
+        let wrap = |source| Error::Netns {
+            netns: name.clone(),
+            source,
+        };
+        let idx = match r.link_index(interface) {
+            Ok(i) => i,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::MissingInterface {
+                    netns: name.clone(),
+                    interface: interface.to_string(),
+                });
             }
-            batch.push('\n');
-        }
-        self.ip_stdin(&["-batch", "-"], Some(&batch)).map(|_| ())
+            Err(e) => return Err(wrap(e)),
+        };
+        r.add_address(
+            idx,
+            addr,
+            crate::plan::host_prefix(addr),
+            vipmesh_netns::rtnl::VIPMESH_ADDR_PROTO,
+        )
+        .map_err(wrap)
     }
 
-    /// One `ip -batch -` process for those present.
-    fn del_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
-        let present = self.addresses()?;
-        let batch: String = addrs
-            .iter()
-            .filter(|a| present.contains(a))
-            .map(|a| format!("addr del {} dev {}\n", host_prefix(*a), self.interface))
-            .collect();
-        if batch.is_empty() {
-            return Ok(());
+    fn del_address(&mut self, interface: &str, addr: IpAddr, prefix: u8) -> Result<(), Error> {
+        let name = self.name.clone();
+        let r = self.rtnl()?;
+        let wrap = |source| Error::Netns {
+            netns: name.clone(),
+            source,
+        };
+        let idx = match r.link_index(interface) {
+            Ok(i) => i,
+            // The interface is gone, and its addresses with it.
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(wrap(e)),
+        };
+        match r.delete_address(idx, addr, prefix) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(wrap(e)),
         }
-        self.ip_stdin(&["-batch", "-"], Some(&batch)).map(|_| ())
     }
 
-    fn sysctls(&mut self, keys: &[String]) -> BTreeMap<String, String> {
+    fn sysctls(&mut self, keys: &[String]) -> Result<BTreeMap<String, String>, Error> {
         let keys = keys.to_vec();
-        self.netns
+        let res = self
+            .ns
             .run(move || {
-                keys.iter()
-                    .filter_map(|k| {
-                        let p = format!("/proc/sys/{}", k.replace('.', "/"));
-                        std::fs::read_to_string(p)
-                            .ok()
-                            .map(|v| (k.clone(), v.trim().to_string()))
-                    })
-                    .collect()
+                let mut out = BTreeMap::new();
+                for k in keys {
+                    let p = format!("/proc/sys/{}", k.replace('.', "/"));
+                    match std::fs::read_to_string(&p) {
+                        Ok(v) => {
+                            out.insert(k, v.trim().to_string());
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err((k, e)),
+                    }
+                }
+                Ok(out)
             })
-            .unwrap_or_default()
+            .map_err(|source| Error::Netns {
+                netns: self.name.clone(),
+                source,
+            })?;
+        res.map_err(|(k, e)| self.sys(format!("read sysctl {k}"), e))
     }
 
     fn set_sysctl(&mut self, key: &str, value: &str) -> Result<(), Error> {
         let p = format!("/proc/sys/{}", key.replace('.', "/"));
         let v = value.to_string();
         let res = self
-            .netns
+            .ns
             .run(move || std::fs::write(&p, v))
             .map_err(|source| Error::Netns {
                 netns: self.name.clone(),
@@ -329,114 +390,9 @@ impl Host for KernelHost {
         res.map_err(|e| self.sys(format!("sysctl {key}={value}"), e))
     }
 
-    fn kernel(&mut self) -> (u32, u32) {
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| parse_kernel_release(&s))
-            .unwrap_or((0, 0))
-    }
-}
-
-/// In-memory [`Rules`] and [`Host`] with the kernel's semantics, for logic tests.
-#[cfg(any(test, feature = "test-util"))]
-pub mod fake {
-    use super::*;
-
-    /// In-memory rules: what was applied is what is recorded.
-    #[derive(Debug, Default)]
-    pub struct FakeRules {
-        /// The applied ruleset per family.
-        pub applied: BTreeMap<Family, nf::OwnedRuleset>,
-        /// How many batches were applied.
-        pub batches: usize,
-    }
-
-    impl Rules for FakeRules {
-        fn recorded(&mut self, family: Family) -> Result<nf::OwnedRuleset, Error> {
-            Ok(self
-                .applied
-                .get(&family)
-                .cloned()
-                .unwrap_or_else(|| nf::OwnedRuleset::new(crate::rules::nf_family(family))))
-        }
-        fn matches(&mut self, desired: &nf::OwnedRuleset) -> Result<bool, Error> {
-            let fam = match desired.family() {
-                nf::Family::V4 => Family::V4,
-                nf::Family::V6 => Family::V6,
-            };
-            Ok(self.applied.get(&fam) == Some(desired))
-        }
-        fn apply(&mut self, desired: &nf::OwnedRuleset) -> Result<(), Error> {
-            desired.validate().map_err(|source| Error::Netfilter {
-                op: "apply".into(),
-                netns: "fake".into(),
-                source: Box::new(source),
-            })?;
-            let fam = match desired.family() {
-                nf::Family::V4 => Family::V4,
-                nf::Family::V6 => Family::V6,
-            };
-            self.applied.insert(fam, desired.clone());
-            self.batches += 1;
-            Ok(())
-        }
-    }
-
-    /// In-memory addresses and sysctls of a given kernel version.
-    #[derive(Debug)]
-    pub struct FakeHost {
-        /// Addresses on the LB interface.
-        pub addrs: BTreeSet<IpAddr>,
-        /// Sysctl values.
-        pub sysctls: BTreeMap<String, String>,
-        /// Kernel version.
-        pub kernel: (u32, u32),
-    }
-
-    impl Default for FakeHost {
-        fn default() -> Self {
-            FakeHost {
-                addrs: BTreeSet::new(),
-                sysctls: BTreeMap::new(),
-                kernel: (6, 1),
-            }
-        }
-    }
-
-    impl Host for FakeHost {
-        fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, Error> {
-            Ok(self.addrs.clone())
-        }
-        fn add_address(&mut self, addr: IpAddr) -> Result<(), Error> {
-            self.addrs.insert(addr);
-            Ok(())
-        }
-        fn del_address(&mut self, addr: IpAddr) -> Result<(), Error> {
-            self.addrs.remove(&addr);
-            Ok(())
-        }
-        fn sysctls(&mut self, keys: &[String]) -> BTreeMap<String, String> {
-            keys.iter()
-                .filter_map(|k| self.sysctls.get(k).map(|v| (k.clone(), v.clone())))
-                .collect()
-        }
-        fn set_sysctl(&mut self, key: &str, value: &str) -> Result<(), Error> {
-            self.sysctls.insert(key.to_string(), value.to_string());
-            Ok(())
-        }
-        fn kernel(&mut self) -> (u32, u32) {
-            self.kernel
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_releases_parse() {
-        assert_eq!(parse_kernel_release("6.1.0-56-amd64\n"), (6, 1));
-        assert_eq!(parse_kernel_release("5.10.0"), (5, 10));
-        assert_eq!(parse_kernel_release("garbage"), (0, 0));
+    fn kernel(&mut self) -> Result<KernelVersion, Error> {
+        let s = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_err(|e| self.sys("read /proc/sys/kernel/osrelease".into(), e))?;
+        KernelVersion::parse(&s)
     }
 }

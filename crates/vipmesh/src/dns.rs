@@ -4,9 +4,10 @@
 //! services answer with their tasks, shuffled per query. See `vipmesh-dns` for the server.
 
 use crate::error::Error;
-use crate::model::{DesiredState, EndpointMode};
+use crate::model::{EndpointMode, NetworkState};
 
-/// Builds the DNS table of `desired` for `zone` (e.g. `mesh.local.`).
+/// Builds the DNS table of one network for `zone` (e.g. `mesh.local.`): service discovery is
+/// scoped per network, as Swarm's embedded DNS is.
 ///
 /// # Errors
 /// [`Error::Dns`] naming `dns.zone` or the service when the DNS layer rejects it.
@@ -14,17 +15,15 @@ use crate::model::{DesiredState, EndpointMode};
 /// # Examples
 /// ```
 /// use vipmesh::model::*;
-/// let net = Network {
-///     name: "demo".into(), subnet: "10.0.0.0/24".parse()?, lb_netns: "lb".into(),
-///     lb_interface: "eth0".into(), lb_addr: "10.0.0.2".parse().unwrap(),
-/// };
+/// let net = Network::new("demo", "10.0.0.0/24".parse()?, "lb", "eth0",
+///     "10.0.0.2".parse().unwrap())?;
 /// let vote = Service::vip("vote", "10.0.0.9".parse().unwrap(), &["10.0.0.10".parse().unwrap()])?;
-/// let desired = DesiredState::new(net, vec![vote], Options::default())?;
+/// let desired = NetworkState::new(net, vec![vote])?;
 /// let table = vipmesh::dns::table(&desired, "mesh.local.")?;
 /// assert_eq!(table.len(), 1);
 /// # Ok::<(), vipmesh::Error>(())
 /// ```
-pub fn table(desired: &DesiredState, zone: &str) -> Result<vipmesh_dns::DnsTable, Error> {
+pub fn table(desired: &NetworkState, zone: &str) -> Result<vipmesh_dns::DnsTable, Error> {
     let bad = |field: &'static str, value: &str, e: vipmesh_dns::Error| Error::Dns {
         field,
         value: value.to_string(),
@@ -35,8 +34,8 @@ pub fn table(desired: &DesiredState, zone: &str) -> Result<vipmesh_dns::DnsTable
         let name = s.name.as_str();
         let tasks: Vec<_> = s.backends.iter().map(|b| b.addr).collect();
         b = match s.mode {
-            EndpointMode::Vip(vip) => b
-                .vip(name, [vip])
+            EndpointMode::Vip(vips) => b
+                .vip(name, vips.iter())
                 .and_then(|b| b.tasks(name, tasks))
                 .map_err(|e| bad("service.name", name, e))?,
             EndpointMode::DnsRr => b

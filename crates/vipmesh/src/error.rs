@@ -3,8 +3,9 @@
 use std::fmt::Display;
 
 /// Errors of the mesh API. Validation errors name the field and the value; kernel errors
-/// keep the backend's error (and its errno) as their source.
+/// keep the backend's error (and its errno) as their source and name the namespace.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A value of the desired state is invalid.
     #[error("invalid {field} {value:?}: {reason}")]
@@ -26,9 +27,11 @@ pub enum Error {
         /// serde's message.
         message: String,
     },
-    /// No free fwmark is left in the configured range.
-    #[error("fwmark range {first:#x}..={last:#x} is exhausted ({needed} services need a mark)")]
+    /// No free fwmark is left in a network's range.
+    #[error("network {network}: fwmark range {first:#x}..={last:#x} is exhausted ({needed} services need a mark)")]
     FwmarkExhausted {
+        /// The network.
+        network: String,
         /// First mark of the range.
         first: u32,
         /// Last mark of the range.
@@ -36,11 +39,56 @@ pub enum Error {
         /// How many services need one.
         needed: usize,
     },
-    /// The load-balancer namespace does not exist.
-    #[error("load-balancer namespace {netns:?} does not exist")]
+    /// A namespace of the state does not exist.
+    #[error("namespace {netns:?} does not exist")]
     MissingNamespace {
         /// The namespace name or path.
         netns: String,
+    },
+    /// A step was not run because a step it depends on failed.
+    #[error("held in {netns:?}: {reason}")]
+    Held {
+        /// The namespace.
+        netns: String,
+        /// Which step failed.
+        reason: String,
+    },
+    /// An interface of the state does not exist in its namespace.
+    #[error("interface {interface:?} does not exist in namespace {netns:?}")]
+    MissingInterface {
+        /// The namespace.
+        netns: String,
+        /// The interface.
+        interface: String,
+    },
+    /// A saved drain book cannot be read.
+    #[error("drain book {path}: {message}")]
+    DrainBook {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// A service or network named by an incremental update does not exist.
+    #[error("{kind} {name:?} does not exist")]
+    UnknownObject {
+        /// `network` or `service`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Some steps of an apply failed; the report has a result per step. The kernel holds
+    /// every step that succeeded; the next sync is a full one.
+    #[error("{failed} of {total} steps failed; first: {first}")]
+    StepsFailed {
+        /// How many failed.
+        failed: usize,
+        /// How many ran.
+        total: usize,
+        /// The first failure, rendered with its causes.
+        first: String,
+        /// The whole report.
+        report: Box<crate::apply::Report>,
     },
     /// A network namespace operation failed.
     #[error("network namespace {netns:?}")]

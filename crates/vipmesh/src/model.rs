@@ -1,8 +1,11 @@
 //! The typed desired state a runtime hands to vipmesh, and its validation.
 //!
-//! Everything here is pure. Building a [`DesiredState`] with [`DesiredState::new`] checks
-//! every cross-object rule (unique names and VIPs, VIPs inside the subnet, no VIP that is also
-//! a backend), so a value of that type is always valid.
+//! Everything here is pure. A [`NodeState`] is what one node must hold: its networks, each a
+//! [`NetworkState`] (the network and its services). Building one with [`NodeState::new`] or
+//! [`NetworkState::new`] checks every cross-object rule (unique ids, names and VIPs, VIPs inside
+//! a subnet of their family, no VIP that is also a backend, non-overlapping fwmark ranges), so
+//! a value of these types is always valid. Deserialisation validates too: every struct denies
+//! unknown fields and every newtype goes through its constructor (`TryFrom`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -227,28 +230,195 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A port a service serves on its VIP. Port 0 is rejected.
+/// A port number, 1–65535 (0 is not a port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u16")]
+pub struct Port(u16);
+
+impl Port {
+    /// Validates a port.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `port` for 0 or a value above 65535.
+    pub fn new(p: u32) -> Result<Port, Error> {
+        match u16::try_from(p) {
+            Ok(v) if v != 0 => Ok(Port(v)),
+            _ => Err(Error::invalid("port", p, "must be 1..=65535")),
+        }
+    }
+
+    /// The value.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for Port {
+    type Error = Error;
+    fn try_from(p: u32) -> Result<Port, Error> {
+        Port::new(p)
+    }
+}
+
+impl From<Port> for u16 {
+    fn from(p: Port) -> u16 {
+        p.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A port a service serves on its VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServicePort {
     /// The protocol.
     pub protocol: Protocol,
     /// The port, 1–65535.
-    pub port: u16,
+    pub port: Port,
+}
+
+impl ServicePort {
+    /// A port of a protocol.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `port` for 0.
+    pub fn new(protocol: Protocol, port: u16) -> Result<ServicePort, Error> {
+        Ok(ServicePort {
+            protocol,
+            port: Port::new(u32::from(port))?,
+        })
+    }
+}
+
+/// The virtual IPs of a service: at most one per family. In a state file either one address
+/// (`"10.0.0.9"`) or a list (`["10.0.0.9", "fd00::9"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Vips {
+    v4: Option<IpAddr>,
+    v6: Option<IpAddr>,
+}
+
+impl Vips {
+    /// One VIP.
+    pub fn one(addr: IpAddr) -> Vips {
+        let mut v = Vips::default();
+        match Family::of(addr) {
+            Family::V4 => v.v4 = Some(addr),
+            Family::V6 => v.v6 = Some(addr),
+        }
+        v
+    }
+
+    /// Validates a list: 1 or 2 addresses, at most one per family.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `service.vip`.
+    pub fn new(addrs: &[IpAddr]) -> Result<Vips, Error> {
+        if addrs.is_empty() || addrs.len() > 2 {
+            return Err(Error::invalid(
+                "service.vip",
+                format!("{addrs:?}"),
+                "one address, or one of each family",
+            ));
+        }
+        let mut v = Vips::default();
+        for a in addrs {
+            let slot = match Family::of(*a) {
+                Family::V4 => &mut v.v4,
+                Family::V6 => &mut v.v6,
+            };
+            if slot.replace(*a).is_some() {
+                return Err(Error::invalid(
+                    "service.vip",
+                    format!("{addrs:?}"),
+                    "at most one VIP per family",
+                ));
+            }
+        }
+        Ok(v)
+    }
+
+    /// The VIP of a family.
+    pub fn get(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.v4,
+            Family::V6 => self.v6,
+        }
+    }
+
+    /// Every VIP, v4 first.
+    pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.v4.into_iter().chain(self.v6)
+    }
+
+    /// The families that have a VIP.
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.iter().map(Family::of)
+    }
+}
+
+impl fmt::Display for Vips {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<String> = self.iter().map(|a| a.to_string()).collect();
+        f.write_str(&all.join(","))
+    }
+}
+
+impl Serialize for Vips {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let all: Vec<IpAddr> = self.iter().collect();
+        match all.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Vips {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Vips, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vips;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an IP address or a list of one IPv4 and one IPv6 address")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Vips, E> {
+                let a: IpAddr = s.parse().map_err(E::custom)?;
+                Ok(Vips::one(a))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vips, A::Error> {
+                let mut addrs = Vec::new();
+                while let Some(a) = seq.next_element::<IpAddr>()? {
+                    addrs.push(a);
+                    if addrs.len() > 2 {
+                        break;
+                    }
+                }
+                Vips::new(&addrs).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// How clients find a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointMode {
-    /// A virtual IP, load-balanced by IPVS.
-    Vip(IpAddr),
+    /// Virtual IPs (one per family), load-balanced by IPVS.
+    Vip(Vips),
     /// DNS round robin: the name resolves to the task addresses, shuffled; no VIP, no IPVS.
     DnsRr,
 }
 
 /// An IPVS scheduler name, checked against the schedulers Linux ships.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Scheduler(String);
 
 impl Scheduler {
@@ -285,6 +455,19 @@ impl Scheduler {
     }
 }
 
+impl TryFrom<String> for Scheduler {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Scheduler, Error> {
+        Scheduler::new(&s)
+    }
+}
+
+impl From<Scheduler> for String {
+    fn from(s: Scheduler) -> String {
+        s.0
+    }
+}
+
 impl Default for Scheduler {
     fn default() -> Self {
         Scheduler::rr()
@@ -297,32 +480,100 @@ impl fmt::Display for Scheduler {
     }
 }
 
-impl<'de> Deserialize<'de> for Scheduler {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scheduler, D::Error> {
-        let s = String::deserialize(d)?;
-        Scheduler::new(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// Client affinity: connections from one client go to the same task for `timeout_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "PersistenceFile")]
 pub struct Persistence {
     /// Seconds a client stays with its task (1–2678400, as ipvsadm).
     pub timeout_secs: u32,
-    /// The client netmask prefix that groups clients (IPv4 0–32, IPv6 0–128); 32/128 = one
-    /// client address.
+    /// The IPv4 client netmask prefix that groups clients (0–32, default 32 = one address).
     #[serde(default = "default_netmask")]
     pub netmask_prefix: u8,
+    /// The IPv6 client prefix (1–128, default 128 = one address; the kernel rejects 0 for
+    /// IPv6, `ip_vs_ctl.c`).
+    #[serde(default = "default_netmask6")]
+    pub netmask_prefix_v6: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersistenceFile {
+    timeout_secs: u32,
+    #[serde(default = "default_netmask")]
+    netmask_prefix: u8,
+    #[serde(default = "default_netmask6")]
+    netmask_prefix_v6: u8,
+}
+
+impl TryFrom<PersistenceFile> for Persistence {
+    type Error = Error;
+    fn try_from(f: PersistenceFile) -> Result<Persistence, Error> {
+        Persistence::new(f.timeout_secs, f.netmask_prefix, f.netmask_prefix_v6)
+    }
+}
+
+impl Persistence {
+    /// Validates persistence settings.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `service.persistence.*`.
+    pub fn new(timeout_secs: u32, netmask_prefix: u8, netmask_prefix_v6: u8) -> Result<Persistence, Error> {
+        if timeout_secs == 0 || timeout_secs > 2_678_400 {
+            return Err(Error::invalid(
+                "service.persistence.timeout_secs",
+                timeout_secs,
+                "must be 1..=2678400",
+            ));
+        }
+        if netmask_prefix > 32 {
+            return Err(Error::invalid(
+                "service.persistence.netmask_prefix",
+                netmask_prefix,
+                "must be 0..=32",
+            ));
+        }
+        if netmask_prefix_v6 == 0 || netmask_prefix_v6 > 128 {
+            return Err(Error::invalid(
+                "service.persistence.netmask_prefix_v6",
+                netmask_prefix_v6,
+                "must be 1..=128 (the kernel rejects 0 for IPv6)",
+            ));
+        }
+        Ok(Persistence {
+            timeout_secs,
+            netmask_prefix,
+            netmask_prefix_v6,
+        })
+    }
+
+    /// One-address affinity for `timeout_secs`.
+    ///
+    /// # Errors
+    /// As [`Persistence::new`].
+    pub fn per_client(timeout_secs: u32) -> Result<Persistence, Error> {
+        Persistence::new(timeout_secs, 32, 128)
+    }
+
+    /// The prefix used for a family.
+    pub fn prefix(&self, family: Family) -> u8 {
+        match family {
+            Family::V4 => self.netmask_prefix,
+            Family::V6 => self.netmask_prefix_v6,
+        }
+    }
 }
 
 fn default_netmask() -> u8 {
     32
 }
 
+fn default_netmask6() -> u8 {
+    128
+}
+
 /// A relative weight, 0–65535 (IPVS's range); 0 takes no new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct Weight(u32);
 
 impl Weight {
@@ -340,15 +591,37 @@ impl Weight {
         Ok(Weight(w))
     }
 
+    /// Weight 0 (drain).
+    pub const ZERO: Weight = Weight(0);
+
     /// The value.
     pub fn get(self) -> u32 {
         self.0
     }
 }
 
+impl TryFrom<u32> for Weight {
+    type Error = Error;
+    fn try_from(w: u32) -> Result<Weight, Error> {
+        Weight::new(w)
+    }
+}
+
+impl From<Weight> for u32 {
+    fn from(w: Weight) -> u32 {
+        w.0
+    }
+}
+
 impl Default for Weight {
     fn default() -> Self {
         Weight(1)
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -390,7 +663,7 @@ pub struct Service {
     /// Client affinity.
     #[serde(default)]
     pub persistence: Option<Persistence>,
-    /// Its tasks. May be empty: traffic to the VIP is then rejected at once.
+    /// Its tasks (of either family). May be empty: traffic to the VIP is then rejected at once.
     #[serde(default)]
     pub backends: Vec<Backend>,
 }
@@ -403,11 +676,22 @@ impl Service {
     pub fn vip(name: &str, vip: IpAddr, backends: &[IpAddr]) -> Result<Service, Error> {
         Ok(Service {
             name: ServiceName::new(name)?,
-            mode: EndpointMode::Vip(vip),
+            mode: EndpointMode::Vip(Vips::one(vip)),
             ports: Vec::new(),
             scheduler: Scheduler::rr(),
             persistence: None,
             backends: backends.iter().copied().map(Backend::new).collect(),
+        })
+    }
+
+    /// A dual-stack (or single-family) VIP service: one VIP per family in `vips`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad name or VIP list.
+    pub fn vips(name: &str, vips: &[IpAddr], backends: &[IpAddr]) -> Result<Service, Error> {
+        Ok(Service {
+            mode: EndpointMode::Vip(Vips::new(vips)?),
+            ..Service::vip(name, IpAddr::from([0, 0, 0, 0]), backends)?
         })
     }
 
@@ -422,12 +706,29 @@ impl Service {
         })
     }
 
-    /// The VIP, in VIP mode.
-    pub fn vip_addr(&self) -> Option<IpAddr> {
+    /// The VIPs, in VIP mode.
+    pub fn vips_of(&self) -> Option<Vips> {
         match self.mode {
-            EndpointMode::Vip(a) => Some(a),
+            EndpointMode::Vip(v) => Some(v),
             EndpointMode::DnsRr => None,
         }
+    }
+
+    /// The VIP of a family, in VIP mode.
+    pub fn vip_addr(&self, family: Family) -> Option<IpAddr> {
+        self.vips_of().and_then(|v| v.get(family))
+    }
+
+    /// True in VIP mode.
+    pub fn is_vip(&self) -> bool {
+        matches!(self.mode, EndpointMode::Vip(_))
+    }
+
+    /// The backends of one family.
+    pub fn backends_of(&self, family: Family) -> impl Iterator<Item = &Backend> + '_ {
+        self.backends
+            .iter()
+            .filter(move |b| Family::of(b.addr) == family)
     }
 
     /// True when every port is UDP: removed backends are then deleted at once, since UDP
@@ -437,38 +738,156 @@ impl Service {
     }
 }
 
-/// A network: its subnet and its load-balancer namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Network {
-    /// The network's name (used in messages).
-    pub name: String,
-    /// The subnet tasks and VIPs live in.
-    pub subnet: Subnet,
-    /// The load-balancer namespace: a name under `/run/netns` or an absolute path.
-    pub lb_netns: String,
-    /// The LB namespace's interface on the subnet (VIPs are added to it).
-    pub lb_interface: String,
-    /// The LB namespace's own address on the subnet (the SNAT source).
-    pub lb_addr: IpAddr,
+/// A short network id, 1–10 of `a-z0-9`. It names the network's chains
+/// (`VIPMESH-<id>-MARK`, within iptables' 28-character limit) and its rule comments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NetworkId(String);
+
+impl NetworkId {
+    /// The longest id: `VIPMESH-` + 10 + `-` + a 9-character suffix stays within 28.
+    pub const MAX_LEN: usize = 10;
+
+    /// Validates an id.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `network.id`.
+    pub fn new(id: &str) -> Result<NetworkId, Error> {
+        if id.is_empty() || id.len() > Self::MAX_LEN {
+            return Err(Error::invalid(
+                "network.id",
+                id,
+                "must be 1-10 characters (it names iptables chains, at most 28 bytes)",
+            ));
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(Error::invalid(
+                "network.id",
+                id,
+                "only a-z and 0-9 are allowed",
+            ));
+        }
+        Ok(NetworkId(id.to_string()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// Tunables.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl TryFrom<String> for NetworkId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<NetworkId, Error> {
+        NetworkId::new(&s)
+    }
+}
+
+impl From<NetworkId> for String {
+    fn from(n: NetworkId) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for NetworkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for NetworkId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The fwmarks a network may allocate: non-empty, without 0. Ranges of the networks of one
+/// node never overlap, which is how IPVS services are attributed to their network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "FwmarkFile")]
+pub struct FwmarkRange {
+    first: u32,
+    last: u32,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Options {
-    /// First fwmark vipmesh may allocate (default 0x100, as Swarm).
-    #[serde(default = "default_first_mark")]
-    pub fwmark_first: u32,
-    /// Last fwmark vipmesh may allocate (default 0x1ffff).
-    #[serde(default = "default_last_mark")]
-    pub fwmark_last: u32,
-    /// How long a removed TCP backend drains before it is deleted even with connections.
-    #[serde(default = "default_drain", with = "secs")]
-    pub drain_timeout: Duration,
-    /// Where the load-balancing rules live (default: a load-balancer namespace).
-    #[serde(default)]
-    pub layout: Layout,
+struct FwmarkFile {
+    first: u32,
+    last: u32,
+}
+
+impl TryFrom<FwmarkFile> for FwmarkRange {
+    type Error = Error;
+    fn try_from(f: FwmarkFile) -> Result<FwmarkRange, Error> {
+        FwmarkRange::new(f.first, f.last)
+    }
+}
+
+impl FwmarkRange {
+    /// Validates a range.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `network.fwmarks`.
+    pub fn new(first: u32, last: u32) -> Result<FwmarkRange, Error> {
+        if first == 0 || first > last {
+            return Err(Error::invalid(
+                "network.fwmarks",
+                format!("{first:#x}..={last:#x}"),
+                "the fwmark range must be non-empty and not include 0",
+            ));
+        }
+        Ok(FwmarkRange { first, last })
+    }
+
+    /// The first mark.
+    pub fn first(&self) -> u32 {
+        self.first
+    }
+
+    /// The last mark.
+    pub fn last(&self) -> u32 {
+        self.last
+    }
+
+    /// Whether `m` lies in the range.
+    pub fn contains(&self, m: u32) -> bool {
+        (self.first..=self.last).contains(&m)
+    }
+
+    /// Whether two ranges share a mark.
+    pub fn overlaps(&self, o: &FwmarkRange) -> bool {
+        self.first <= o.last && o.first <= self.last
+    }
+}
+
+impl Default for FwmarkRange {
+    /// `0x100..=0x1ffff`: Swarm's first mark, as default for a node with one network.
+    fn default() -> Self {
+        FwmarkRange {
+            first: 0x100,
+            last: 0x1ffff,
+        }
+    }
+}
+
+impl fmt::Display for FwmarkRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}..={:#x}", self.first, self.last)
+    }
+}
+
+/// One subnet of a network and the load balancer's own address in it (the SNAT source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSubnet {
+    /// The subnet tasks and VIPs of this family live in.
+    pub subnet: Subnet,
+    /// The LB namespace's address in it.
+    pub lb_addr: IpAddr,
 }
 
 /// Where the load-balancing rules live.
@@ -483,188 +902,175 @@ pub enum Layout {
     /// The old Swarm layout: the rules live in each client's own namespace (`lb_netns` names
     /// the client, `lb_interface`/`lb_addr` its interface and address). Marks are set in mangle
     /// `OUTPUT` on the client's own packets; no VIP address, no SNAT and no forwarding are
-    /// needed, since IPVS answers locally generated traffic. Apply the same state once per
-    /// client namespace.
+    /// needed, since IPVS answers locally generated traffic. Several networks may share one
+    /// client namespace: each owns its chains and its fwmark range.
     PerClient,
 }
 
-fn default_first_mark() -> u32 {
-    0x100
-}
-fn default_last_mark() -> u32 {
-    0x1ffff
-}
-fn default_drain() -> Duration {
-    Duration::from_secs(30)
-}
-
-mod secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs(u64::deserialize(d)?))
-    }
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            fwmark_first: default_first_mark(),
-            fwmark_last: default_last_mark(),
-            drain_timeout: default_drain(),
-            layout: Layout::default(),
-        }
-    }
-}
-
-/// The whole desired state of one network. Build it with [`DesiredState::new`]; a value of
-/// this type is valid.
+/// A network: its id, subnets, load-balancer namespace and fwmark range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DesiredState {
+pub struct Network {
+    /// Its short id (names its chains).
+    pub id: NetworkId,
+    /// The load-balancer namespace: a name under `/run/netns` or an absolute path.
+    pub lb_netns: String,
+    /// The LB namespace's interface on the subnet (VIPs are added to it).
+    pub lb_interface: String,
+    /// One subnet per family (v4, v6 or both).
+    pub subnets: Vec<NetSubnet>,
+    /// The fwmarks this network allocates.
+    pub fwmarks: FwmarkRange,
+    /// Where its rules live.
+    pub layout: Layout,
+}
+
+impl Network {
+    /// A single-family network with the default mark range and layout.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad id.
+    pub fn new(
+        id: &str,
+        subnet: Subnet,
+        lb_netns: &str,
+        lb_interface: &str,
+        lb_addr: IpAddr,
+    ) -> Result<Network, Error> {
+        Ok(Network {
+            id: NetworkId::new(id)?,
+            lb_netns: lb_netns.to_string(),
+            lb_interface: lb_interface.to_string(),
+            subnets: vec![NetSubnet { subnet, lb_addr }],
+            fwmarks: FwmarkRange::default(),
+            layout: Layout::default(),
+        })
+    }
+
+    /// Adds the subnet of the other family (dual stack).
+    pub fn with_subnet(mut self, subnet: Subnet, lb_addr: IpAddr) -> Network {
+        self.subnets.push(NetSubnet { subnet, lb_addr });
+        self
+    }
+
+    /// Sets the fwmark range.
+    pub fn with_fwmarks(mut self, fwmarks: FwmarkRange) -> Network {
+        self.fwmarks = fwmarks;
+        self
+    }
+
+    /// Sets the layout.
+    pub fn with_layout(mut self, layout: Layout) -> Network {
+        self.layout = layout;
+        self
+    }
+
+    /// The subnet of a family.
+    pub fn subnet(&self, family: Family) -> Option<&NetSubnet> {
+        self.subnets.iter().find(|s| s.subnet.family() == family)
+    }
+
+    /// The families the network carries, v4 first.
+    pub fn families(&self) -> Vec<Family> {
+        let mut f: Vec<Family> = self.subnets.iter().map(|s| s.subnet.family()).collect();
+        f.sort();
+        f
+    }
+}
+
+/// A network and its services. Build it with [`NetworkState::new`]; a value of this type is
+/// valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkState {
     network: Network,
     services: BTreeMap<ServiceName, Service>,
-    options: Options,
 }
 
-/// The serialised form (the state file): see the README for an example.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateFile {
-    /// The network.
-    pub network: Network,
-    /// Its services.
-    #[serde(default)]
-    pub services: Vec<Service>,
-    /// Tunables.
-    #[serde(default)]
-    pub options: Options,
-}
-
-impl DesiredState {
+impl NetworkState {
     /// Validates a network and its services.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the field and value: duplicate service names or VIPs, a VIP
-    /// outside the subnet or of the wrong family, a VIP that is also a backend or the LB
-    /// address, port 0, a persistence timeout or netmask out of range, a bad fwmark range,
-    /// a backend of the wrong family.
+    /// [`Error::Invalid`] naming the field and value: an empty or duplicate-family subnet
+    /// list, an LB address outside its subnet, duplicate service names or VIPs, a VIP outside
+    /// the subnet of its family or of a family the network has no subnet for, a VIP that is
+    /// also a backend or the LB address, a backend of a family the network lacks, a persistence
+    /// netmask the kernel would reject.
     ///
     /// # Examples
     /// ```
     /// use vipmesh::model::*;
-    /// let net = Network {
-    ///     name: "demo".into(),
-    ///     subnet: "10.0.0.0/24".parse()?,
-    ///     lb_netns: "lb-demo".into(),
-    ///     lb_interface: "eth0".into(),
-    ///     lb_addr: "10.0.0.2".parse().unwrap(),
-    /// };
+    /// let net = Network::new("demo", "10.0.0.0/24".parse()?, "lb-demo", "eth0",
+    ///     "10.0.0.2".parse().unwrap())?;
     /// let vote = Service::vip("vote", "10.0.0.9".parse().unwrap(),
     ///     &["10.0.0.10".parse().unwrap(), "10.0.0.11".parse().unwrap()])?;
-    /// let state = DesiredState::new(net, vec![vote], Options::default())?;
+    /// let state = NetworkState::new(net, vec![vote])?;
     /// assert_eq!(state.services().count(), 1);
     /// # Ok::<(), vipmesh::Error>(())
     /// ```
-    pub fn new(
-        network: Network,
-        services: Vec<Service>,
-        options: Options,
-    ) -> Result<DesiredState, Error> {
-        let subnet = network.subnet;
-        if !subnet.contains(network.lb_addr) {
-            return Err(Error::invalid(
-                "network.lb_addr",
-                network.lb_addr,
-                &format!("not inside the subnet {subnet}"),
-            ));
-        }
-        if network.lb_interface.is_empty() || network.lb_interface.len() > 15 {
-            return Err(Error::invalid(
-                "network.lb_interface",
-                &network.lb_interface,
-                "interface names are 1-15 bytes",
-            ));
-        }
-        if network.lb_netns.is_empty() {
-            return Err(Error::invalid("network.lb_netns", "", "empty"));
-        }
-        if options.fwmark_first == 0 || options.fwmark_first > options.fwmark_last {
-            return Err(Error::invalid(
-                "options.fwmark_first",
-                format!("{:#x}..={:#x}", options.fwmark_first, options.fwmark_last),
-                "the fwmark range must be non-empty and not include 0",
-            ));
-        }
-        let mut by_name = BTreeMap::new();
+    pub fn new(network: Network, services: Vec<Service>) -> Result<NetworkState, Error> {
+        validate_network(&network)?;
+        let mut st = NetworkState {
+            network,
+            services: BTreeMap::new(),
+        };
         let mut vips = BTreeSet::new();
-        let mut backend_addrs = BTreeSet::new();
-        for s in &services {
-            for b in &s.backends {
-                backend_addrs.insert(b.addr);
+        let backend_addrs: BTreeSet<IpAddr> = services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.addr))
+            .collect();
+        for s in services {
+            st.check_service(&s, &backend_addrs, &mut vips)?;
+            let name = s.name.clone();
+            if st.services.insert(name.clone(), s).is_some() {
+                return Err(Error::invalid("service.name", name, "used by two services"));
             }
         }
-        for s in services {
-            let name = s.name.clone();
-            for p in &s.ports {
-                if p.port == 0 {
-                    return Err(Error::invalid(
-                        "service.ports.port",
-                        format!("{name}: {}/0", p.protocol),
-                        "port 0 is not a port",
-                    ));
-                }
+        Ok(st)
+    }
+
+    fn check_service(
+        &self,
+        s: &Service,
+        backend_addrs: &BTreeSet<IpAddr>,
+        vips: &mut BTreeSet<IpAddr>,
+    ) -> Result<(), Error> {
+        let name = &s.name;
+        let net = &self.network;
+        let mut seen = BTreeSet::new();
+        for b in &s.backends {
+            let fam = Family::of(b.addr);
+            if net.subnet(fam).is_none() {
+                return Err(Error::invalid(
+                    "service.backends.addr",
+                    format!("{name}: {}", b.addr),
+                    &format!("the network has no {fam} subnet"),
+                ));
             }
-            if let Some(p) = s.persistence {
-                if p.timeout_secs == 0 || p.timeout_secs > 2_678_400 {
-                    return Err(Error::invalid(
-                        "service.persistence.timeout_secs",
-                        format!("{name}: {}", p.timeout_secs),
-                        "must be 1..=2678400",
-                    ));
-                }
-                let max = if subnet.family() == Family::V4 {
-                    32
-                } else {
-                    128
-                };
-                if p.netmask_prefix > max {
-                    return Err(Error::invalid(
-                        "service.persistence.netmask_prefix",
-                        format!("{name}: {}", p.netmask_prefix),
-                        &format!("must be 0..={max}"),
-                    ));
-                }
+            if !seen.insert(b.addr) {
+                return Err(Error::invalid(
+                    "service.backends.addr",
+                    format!("{name}: {}", b.addr),
+                    "listed twice",
+                ));
             }
-            let mut seen = BTreeSet::new();
-            for b in &s.backends {
-                if Family::of(b.addr) != subnet.family() {
-                    return Err(Error::invalid(
-                        "service.backends.addr",
-                        format!("{name}: {}", b.addr),
-                        &format!("not of the network's family ({})", subnet.family()),
-                    ));
-                }
-                if !seen.insert(b.addr) {
-                    return Err(Error::invalid(
-                        "service.backends.addr",
-                        format!("{name}: {}", b.addr),
-                        "listed twice",
-                    ));
-                }
-            }
-            if let EndpointMode::Vip(vip) = s.mode {
-                if !subnet.contains(vip) {
+        }
+        if let Some(v) = s.vips_of() {
+            for vip in v.iter() {
+                let fam = Family::of(vip);
+                let Some(sn) = net.subnet(fam) else {
                     return Err(Error::invalid(
                         "service.vip",
                         format!("{name}: {vip}"),
-                        &format!("not inside the subnet {subnet}"),
+                        &format!("the network has no {fam} subnet"),
+                    ));
+                };
+                if !sn.subnet.contains(vip) {
+                    return Err(Error::invalid(
+                        "service.vip",
+                        format!("{name}: {vip}"),
+                        &format!("not inside the subnet {}", sn.subnet),
                     ));
                 }
-                if vip == network.lb_addr {
+                if vip == sn.lb_addr {
                     return Err(Error::invalid(
                         "service.vip",
                         format!("{name}: {vip}"),
@@ -686,42 +1092,28 @@ impl DesiredState {
                     ));
                 }
             }
-            if by_name.insert(name.clone(), s).is_some() {
-                return Err(Error::invalid("service.name", name, "used by two services"));
-            }
         }
-        Ok(DesiredState {
-            network,
-            services: by_name,
-            options,
-        })
+        Ok(())
     }
 
-    /// Validates a parsed state file.
+    /// Parses and validates one network from JSON (the form of one entry of a state file's
+    /// `networks`).
     ///
     /// # Errors
-    /// As [`DesiredState::new`].
-    pub fn from_file(f: StateFile) -> Result<DesiredState, Error> {
-        DesiredState::new(f.network, f.services, f.options)
-    }
-
-    /// Parses and validates a JSON state file. Unknown fields and wrong types are errors
-    /// with their line and column.
-    ///
-    /// # Errors
-    /// [`Error::StateFile`] with line and column, or as [`DesiredState::new`].
-    pub fn from_json(text: &str) -> Result<DesiredState, Error> {
-        let f: StateFile = serde_json::from_str(text).map_err(|e| Error::StateFile {
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
-        })?;
-        DesiredState::from_file(f)
+    /// [`Error::StateFile`] with line and column, or as [`NetworkState::new`].
+    pub fn from_json(text: &str) -> Result<NetworkState, Error> {
+        let f: NetworkFile = parse_json(text)?;
+        f.try_into()
     }
 
     /// The network.
     pub fn network(&self) -> &Network {
         &self.network
+    }
+
+    /// The network's id.
+    pub fn id(&self) -> &NetworkId {
+        &self.network.id
     }
 
     /// The services, by name.
@@ -734,19 +1126,337 @@ impl DesiredState {
         self.services.get(name)
     }
 
-    /// Replaces a service by a new version of itself that the caller took from another valid
-    /// state with the same network (used by incremental updates).
-    pub(crate) fn replace_service(&mut self, s: Service) {
-        self.services.insert(s.name.clone(), s);
+    /// Adds or replaces one service, validated against the rest of the network.
+    ///
+    /// # Errors
+    /// As [`NetworkState::new`]; `self` is unchanged then.
+    pub fn upsert_service(&mut self, s: Service) -> Result<(), Error> {
+        let mut services: Vec<Service> = self
+            .services
+            .values()
+            .filter(|o| o.name != s.name)
+            .cloned()
+            .collect();
+        services.push(s);
+        *self = NetworkState::new(self.network.clone(), services)?;
+        Ok(())
     }
 
-    /// The tunables.
-    pub fn options(&self) -> &Options {
+    /// Removes one service; returns it.
+    pub fn remove_service(&mut self, name: &str) -> Option<Service> {
+        self.services.remove(name)
+    }
+
+    /// Replaces a service by a version of itself taken from another valid state of the same
+    /// network (the controller's record of what it applied).
+    pub(crate) fn set_service_unchecked(&mut self, s: Service) {
+        self.services.insert(s.name.clone(), s);
+    }
+}
+
+fn validate_network(n: &Network) -> Result<(), Error> {
+    if n.subnets.is_empty() || n.subnets.len() > 2 {
+        return Err(Error::invalid(
+            "network.subnets",
+            format!("{}: {} subnets", n.id, n.subnets.len()),
+            "one subnet, or one of each family",
+        ));
+    }
+    if n.subnets.len() == 2 && n.subnets[0].subnet.family() == n.subnets[1].subnet.family() {
+        return Err(Error::invalid(
+            "network.subnets",
+            format!("{}: {} and {}", n.id, n.subnets[0].subnet, n.subnets[1].subnet),
+            "at most one subnet per family",
+        ));
+    }
+    for s in &n.subnets {
+        if !s.subnet.contains(s.lb_addr) {
+            return Err(Error::invalid(
+                "network.subnets.lb_addr",
+                format!("{}: {}", n.id, s.lb_addr),
+                &format!("not inside the subnet {}", s.subnet),
+            ));
+        }
+    }
+    if n.lb_interface.is_empty()
+        || n.lb_interface.len() > 15
+        || n.lb_interface
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
+        return Err(Error::invalid(
+            "network.lb_interface",
+            &n.lb_interface,
+            "interface names are 1-15 bytes without '/', ':' or spaces",
+        ));
+    }
+    if n.lb_netns.is_empty() {
+        return Err(Error::invalid("network.lb_netns", "", "empty"));
+    }
+    if !n.lb_netns.starts_with('/') {
+        vipmesh_netns::validate_name(&n.lb_netns)
+            .map_err(|e| Error::invalid("network.lb_netns", &n.lb_netns, &e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Node-wide tunables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOptions {
+    /// How long a removed TCP backend drains before it is deleted even with connections.
+    #[serde(default = "default_drain", with = "secs")]
+    pub drain_timeout: Duration,
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+/// Everything one node must hold: its networks (each with its services) and node options.
+/// Build it with [`NodeState::new`]; a value of this type is valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeState {
+    networks: BTreeMap<NetworkId, NetworkState>,
+    options: NodeOptions,
+}
+
+impl NodeState {
+    /// Validates the networks of a node together.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`]: two networks with one id; overlapping fwmark ranges; one VIP in
+    /// two networks of the same namespace.
+    ///
+    /// # Examples
+    /// ```
+    /// use vipmesh::model::*;
+    /// let a = Network::new("a", "10.1.0.0/24".parse()?, "client", "eth0", "10.1.0.2".parse().unwrap())?
+    ///     .with_layout(Layout::PerClient)
+    ///     .with_fwmarks(FwmarkRange::new(0x100, 0x1ff)?);
+    /// let b = Network::new("b", "10.2.0.0/24".parse()?, "client", "eth1", "10.2.0.2".parse().unwrap())?
+    ///     .with_layout(Layout::PerClient)
+    ///     .with_fwmarks(FwmarkRange::new(0x100, 0x2ff)?);
+    /// let err = NodeState::new(vec![NetworkState::new(a, vec![])?, NetworkState::new(b, vec![])?],
+    ///     NodeOptions::default()).unwrap_err();
+    /// assert!(err.to_string().contains("network.fwmarks"));
+    /// # Ok::<(), vipmesh::Error>(())
+    /// ```
+    pub fn new(networks: Vec<NetworkState>, options: NodeOptions) -> Result<NodeState, Error> {
+        let mut by_id: BTreeMap<NetworkId, NetworkState> = BTreeMap::new();
+        for n in networks {
+            let id = n.id().clone();
+            for o in by_id.values() {
+                let (a, b) = (&n.network, &o.network);
+                if a.fwmarks.overlaps(&b.fwmarks) {
+                    return Err(Error::invalid(
+                        "network.fwmarks",
+                        format!("{}: {} overlaps {}: {}", a.id, a.fwmarks, b.id, b.fwmarks),
+                        "the fwmark ranges of a node's networks must not overlap",
+                    ));
+                }
+                if a.lb_netns == b.lb_netns {
+                    let va: BTreeSet<IpAddr> = n.services().filter_map(Service::vips_of).flat_map(|v| v.iter().collect::<Vec<_>>()).collect();
+                    if let Some(v) = o
+                        .services()
+                        .filter_map(Service::vips_of)
+                        .flat_map(|v| v.iter().collect::<Vec<_>>())
+                        .find(|v| va.contains(v))
+                    {
+                        return Err(Error::invalid(
+                            "service.vip",
+                            format!("{v} in {} and {}", a.id, b.id),
+                            "one VIP in two networks of the same namespace",
+                        ));
+                    }
+                }
+            }
+            if by_id.insert(id.clone(), n).is_some() {
+                return Err(Error::invalid("network.id", id, "used by two networks"));
+            }
+        }
+        Ok(NodeState {
+            networks: by_id,
+            options,
+        })
+    }
+
+    /// A node with one network and default options.
+    ///
+    /// # Errors
+    /// As [`NodeState::new`].
+    pub fn single(network: NetworkState) -> Result<NodeState, Error> {
+        NodeState::new(vec![network], NodeOptions::default())
+    }
+
+    /// Parses and validates a JSON state file. Unknown fields and wrong types are errors with
+    /// their line and column; invalid values name the field and the value.
+    ///
+    /// # Errors
+    /// [`Error::StateFile`] with line and column, or as [`NodeState::new`].
+    pub fn from_json(text: &str) -> Result<NodeState, Error> {
+        let f: StateFile = parse_json(text)?;
+        NodeState::try_from(f)
+    }
+
+    /// The networks, by id.
+    pub fn networks(&self) -> impl Iterator<Item = &NetworkState> {
+        self.networks.values()
+    }
+
+    /// One network.
+    pub fn network(&self, id: &str) -> Option<&NetworkState> {
+        self.networks.get(id)
+    }
+
+    /// The options.
+    pub fn options(&self) -> &NodeOptions {
         &self.options
     }
 
-    /// The family of the network.
-    pub fn family(&self) -> Family {
-        self.network.subnet.family()
+    /// The namespaces the networks live in, each with its networks (sorted, deduplicated).
+    pub fn namespaces(&self) -> BTreeMap<&str, Vec<&NetworkState>> {
+        let mut m: BTreeMap<&str, Vec<&NetworkState>> = BTreeMap::new();
+        for n in self.networks.values() {
+            m.entry(n.network.lb_netns.as_str()).or_default().push(n);
+        }
+        m
+    }
+
+    /// Replaces one network (validated against the others).
+    ///
+    /// # Errors
+    /// As [`NodeState::new`]; `self` is unchanged then.
+    pub fn upsert_network(&mut self, n: NetworkState) -> Result<(), Error> {
+        let mut all: Vec<NetworkState> = self
+            .networks
+            .values()
+            .filter(|o| o.id() != n.id())
+            .cloned()
+            .collect();
+        all.push(n);
+        *self = NodeState::new(all, self.options.clone())?;
+        Ok(())
+    }
+
+    /// Mutable access for the controller's validated single-service updates.
+    pub(crate) fn network_mut(&mut self, id: &str) -> Option<&mut NetworkState> {
+        self.networks.get_mut(id)
+    }
+
+    /// Removes one network; returns it.
+    pub fn remove_network(&mut self, id: &str) -> Option<NetworkState> {
+        self.networks.remove(id)
+    }
+
+    /// The state file form (round-trips through [`NodeState::from_json`]).
+    pub fn to_file(&self) -> StateFile {
+        StateFile {
+            networks: self
+                .networks
+                .values()
+                .map(|n| NetworkFile {
+                    id: n.network.id.clone(),
+                    lb_netns: n.network.lb_netns.clone(),
+                    lb_interface: n.network.lb_interface.clone(),
+                    subnets: n.network.subnets.clone(),
+                    fwmarks: n.network.fwmarks,
+                    layout: n.network.layout,
+                    services: n.services().cloned().collect(),
+                })
+                .collect(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| Error::StateFile {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })
+}
+
+/// One network in a state file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    /// The network's short id.
+    pub id: NetworkId,
+    /// The LB namespace.
+    pub lb_netns: String,
+    /// The LB interface.
+    pub lb_interface: String,
+    /// One subnet per family.
+    pub subnets: Vec<NetSubnet>,
+    /// The fwmark range (default `0x100..=0x1ffff`).
+    #[serde(default)]
+    pub fwmarks: FwmarkRange,
+    /// The layout (default `lb_namespace`).
+    #[serde(default)]
+    pub layout: Layout,
+    /// Its services.
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+impl TryFrom<NetworkFile> for NetworkState {
+    type Error = Error;
+    fn try_from(f: NetworkFile) -> Result<NetworkState, Error> {
+        NetworkState::new(
+            Network {
+                id: f.id,
+                lb_netns: f.lb_netns,
+                lb_interface: f.lb_interface,
+                subnets: f.subnets,
+                fwmarks: f.fwmarks,
+                layout: f.layout,
+            },
+            f.services,
+        )
+    }
+}
+
+/// The serialised form of a [`NodeState`] (the state file): see the README for an example.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// The networks.
+    pub networks: Vec<NetworkFile>,
+    /// Node options.
+    #[serde(default)]
+    pub options: NodeOptions,
+}
+
+impl TryFrom<StateFile> for NodeState {
+    type Error = Error;
+    fn try_from(f: StateFile) -> Result<NodeState, Error> {
+        let nets = f
+            .networks
+            .into_iter()
+            .map(NetworkState::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        NodeState::new(nets, f.options)
     }
 }

@@ -1,15 +1,68 @@
-//! Pure planning: desired state + observed kernel state -> the steps that make them equal.
+//! Pure planning: a node's desired state + what was observed in its namespaces → the steps
+//! that make them equal, grouped by namespace.
 //!
-//! The [`Plan`]'s `Display` is its stable text form (golden-tested). A plan is empty when the
-//! kernel already matches, so applying twice changes nothing.
+//! [`plan`] is a pure function: the drain clock is an input ([`DrainBook`] and `now`) and an
+//! output ([`Plan::drains`]). The [`Plan`]'s `Display` is its stable text form (golden-tested):
+//! per namespace, the sysctls, address changes, IPVS operations and the exact
+//! `iptables-restore` batch (the rule diff). A plan is empty when the kernel already matches,
+//! so applying twice changes nothing.
+//!
+//! Execution order inside a namespace (see [`NsPlan`]): sysctls, addresses, IPVS additions
+//! and updates, the netfilter batch, then IPVS removals. New IPVS services exist before the
+//! rule that marks traffic into them, removed ones go only after their rule, and an address
+//! is added or removed before the rule that records it changes, so a kill at any instant
+//! leaves a state from which the next sync finds everything it owns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use vipmesh_netfilter as nf;
+
 use crate::error::Error;
-use crate::model::{DesiredState, Family, Layout, Persistence, Service, ServiceName};
+use crate::model::{
+    Family, Layout, NetworkId, NetworkState, NodeState, Persistence, Scheduler, Service,
+    ServiceName, Weight,
+};
+use crate::rules::{self, Recorded};
+
+/// A kernel release, `major.minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KernelVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl KernelVersion {
+    /// Parses `6.1.0-56-amd64` into 6.1.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `kernel.osrelease` when there is no `major.minor`.
+    pub fn parse(s: &str) -> Result<KernelVersion, Error> {
+        let mut it = s.trim().splitn(3, |c: char| !c.is_ascii_digit());
+        match (
+            it.next().and_then(|v| v.parse().ok()),
+            it.next().and_then(|v| v.parse().ok()),
+        ) {
+            (Some(major), Some(minor)) => Ok(KernelVersion { major, minor }),
+            _ => Err(Error::invalid(
+                "kernel.osrelease",
+                s.trim(),
+                "expected MAJOR.MINOR...",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
 
 /// One IPVS real server as observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,117 +75,189 @@ pub struct ObservedDest {
     pub inactive: u32,
 }
 
-/// One IPVS fwmark service in our range, as observed.
+/// IPVS persistence as the kernel holds it: timeout and client prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IpvsPersistence {
+    /// Seconds.
+    pub timeout: u32,
+    /// Client netmask prefix.
+    pub prefix: u8,
+}
+
+impl IpvsPersistence {
+    /// The kernel form of a service's persistence for one family.
+    pub fn of(p: &Persistence, family: Family) -> IpvsPersistence {
+        IpvsPersistence {
+            timeout: p.timeout_secs,
+            prefix: p.prefix(family),
+        }
+    }
+}
+
+/// One IPVS fwmark service, as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedService {
     /// Scheduler name.
     pub scheduler: String,
     /// Persistence, if set.
-    pub persistence: Option<Persistence>,
+    pub persistence: Option<IpvsPersistence>,
     /// Real servers by address.
     pub dests: BTreeMap<IpAddr, ObservedDest>,
 }
 
-/// What vipmesh owns in the kernel of one LB namespace, as observed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Observed {
-    /// Our IPVS fwmark services (marks in our range, of the network's family), by mark.
-    pub ipvs: BTreeMap<u32, ObservedService>,
-    /// Marks and VIPs recorded in our mark rules (the comment names the service): this is
-    /// how marks survive a restart.
-    pub marks: BTreeMap<ServiceName, (u32, IpAddr)>,
-    /// Whether our netfilter rules already equal the desired ones.
-    pub rules_match: bool,
-    /// VIP addresses present on the LB interface.
-    pub addresses: BTreeSet<IpAddr>,
-    /// Current values of the sysctls we manage (absent = not readable).
-    pub sysctls: BTreeMap<String, String>,
-    /// The kernel's (major, minor) version.
-    pub kernel: (u32, u32),
+/// An address in a namespace, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedAddr {
+    /// The interface it is on.
+    pub interface: String,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// True when it carries our address protocol (`IFA_PROTO`): ours, found after any crash.
+    pub owned: bool,
 }
 
-/// When each draining real server started draining, in seconds of the caller's clock.
+/// The identity of a namespace file (device and inode of its nsfs inode): a namespace deleted
+/// and re-created under the same name has a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NsIdentity {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+/// What vipmesh may own in one namespace, as observed: read once per sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsObserved {
+    /// Which namespace was read.
+    pub identity: Option<NsIdentity>,
+    /// Every IPVS fwmark service, by (family, mark). Ownership is decided by the planner
+    /// (marks in a network's range, or recorded by our rules); the rest is never touched.
+    pub ipvs: BTreeMap<(Family, u32), ObservedService>,
+    /// Our chains and tagged jumps, per family.
+    pub rules: BTreeMap<Family, nf::Observed>,
+    /// Every address of the namespace, by address.
+    pub addresses: BTreeMap<IpAddr, ObservedAddr>,
+    /// Current values of the sysctls we manage (absent = the key does not exist).
+    pub sysctls: BTreeMap<String, String>,
+    /// The running kernel.
+    pub kernel: KernelVersion,
+}
+
+impl NsObserved {
+    /// An empty namespace on a given kernel.
+    pub fn empty(kernel: KernelVersion) -> NsObserved {
+        NsObserved {
+            identity: None,
+            ipvs: BTreeMap::new(),
+            rules: [Family::V4, Family::V6]
+                .into_iter()
+                .map(|f| (f, nf::Observed::empty(rules::nf_family(f))))
+                .collect(),
+            addresses: BTreeMap::new(),
+            sysctls: BTreeMap::new(),
+            kernel,
+        }
+    }
+
+    /// Every mark recorded by our mark rules, both families.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        let mut all: Vec<Recorded> = self.rules.values().flat_map(rules::recorded).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// What was observed on the node: one entry per namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeObserved {
+    /// By namespace (as named in the state).
+    pub namespaces: BTreeMap<String, NsObserved>,
+}
+
+/// When each draining real server started draining, in seconds of the caller's clock. Saved
+/// between runs by the CLI (JSON, versioned).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DrainBook {
-    started: BTreeMap<(u32, IpAddr), u64>,
+    version: DrainBookVersion,
+    started: Vec<DrainEntry>,
+}
+
+/// The version of the drain book's file format; other versions are refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+struct DrainBookVersion;
+
+impl TryFrom<u32> for DrainBookVersion {
+    type Error = String;
+    fn try_from(v: u32) -> Result<Self, String> {
+        if v == 1 {
+            Ok(DrainBookVersion)
+        } else {
+            Err(format!("drain book version {v} is not supported (this is version 1)"))
+        }
+    }
+}
+
+impl From<DrainBookVersion> for u32 {
+    fn from(_: DrainBookVersion) -> u32 {
+        1
+    }
+}
+
+/// One draining real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainEntry {
+    /// The IPVS service's fwmark.
+    pub mark: u32,
+    /// The real server.
+    pub addr: IpAddr,
+    /// When it started draining.
+    pub since: u64,
 }
 
 impl DrainBook {
-    /// Brings the book in line with what is observed and desired at time `now`: a real server
-    /// at weight 0 that is not desired is draining (a restarted process adopts it from now);
-    /// anything else is forgotten.
-    pub fn sync(
-        &mut self,
-        desired: &DesiredState,
-        marks: &BTreeMap<ServiceName, u32>,
-        observed: &Observed,
-        now: u64,
-    ) {
-        let mut keep = BTreeSet::new();
-        for s in desired.services() {
-            let Some(mark) = marks.get(&s.name) else {
-                continue;
-            };
-            let Some(os) = observed.ipvs.get(mark) else {
-                continue;
-            };
-            for addr in os.dests.keys() {
-                if !s.backends.iter().any(|b| b.addr == *addr) {
-                    keep.insert((*mark, *addr));
-                    self.started.entry((*mark, *addr)).or_insert(now);
-                }
-            }
-        }
-        self.started.retain(|k, _| keep.contains(k));
-    }
-
-    /// [`DrainBook::sync`] for one service: its real servers that are not desired drain
-    /// (from `now` if new to the book); its desired ones are forgotten.
-    pub fn sync_service(
-        &mut self,
-        s: &Service,
-        mark: u32,
-        observed: Option<&ObservedService>,
-        now: u64,
-    ) {
-        let Some(os) = observed else { return };
-        for addr in os.dests.keys() {
-            if s.backends.iter().any(|b| b.addr == *addr) {
-                self.started.remove(&(mark, *addr));
-            } else {
-                self.started.entry((mark, *addr)).or_insert(now);
-            }
-        }
+    fn find(&self, mark: u32, addr: IpAddr) -> Option<usize> {
+        self.started
+            .binary_search_by(|e| (e.mark, e.addr).cmp(&(mark, addr)))
+            .ok()
     }
 
     /// Records that `(mark, addr)` started draining at `now` (kept if already draining).
     pub fn start(&mut self, mark: u32, addr: IpAddr, now: u64) {
-        self.started.entry((mark, addr)).or_insert(now);
+        if let Err(i) = self
+            .started
+            .binary_search_by(|e| (e.mark, e.addr).cmp(&(mark, addr)))
+        {
+            self.started.insert(
+                i,
+                DrainEntry {
+                    mark,
+                    addr,
+                    since: now,
+                },
+            );
+        }
     }
 
     /// Forgets `(mark, addr)` (deleted, or desired again).
     pub fn forget(&mut self, mark: u32, addr: IpAddr) {
-        self.started.remove(&(mark, addr));
+        if let Some(i) = self.find(mark, addr) {
+            self.started.remove(i);
+        }
     }
 
     /// When `(mark, addr)` started draining.
     pub fn started(&self, mark: u32, addr: IpAddr) -> Option<u64> {
-        self.started.get(&(mark, addr)).copied()
+        self.find(mark, addr).map(|i| self.started[i].since)
     }
 
-    /// The book as `(fwmark, address, start)` entries, sorted (for saving between runs).
-    pub fn entries(&self) -> Vec<(u32, IpAddr, u64)> {
-        self.started
-            .iter()
-            .map(|((m, a), t)| (*m, *a, *t))
-            .collect()
-    }
-
-    /// Rebuilds a book from [`DrainBook::entries`].
-    pub fn from_entries(entries: impl IntoIterator<Item = (u32, IpAddr, u64)>) -> DrainBook {
-        DrainBook {
-            started: entries.into_iter().map(|(m, a, t)| ((m, a), t)).collect(),
-        }
+    /// The entries, sorted.
+    pub fn entries(&self) -> &[DrainEntry] {
+        &self.started
     }
 
     /// Number of draining real servers.
@@ -143,6 +268,39 @@ impl DrainBook {
     /// True when nothing drains.
     pub fn is_empty(&self) -> bool {
         self.started.is_empty()
+    }
+
+    /// The earliest time a drain times out with `timeout`, if anything drains.
+    pub fn next_deadline(&self, timeout: Duration) -> Option<u64> {
+        self.started
+            .iter()
+            .map(|e| e.since.saturating_add(timeout.as_secs()))
+            .min()
+    }
+
+    /// Parses a saved book.
+    ///
+    /// # Errors
+    /// [`Error::DrainBook`] naming `path` for anything that is not a valid book of this
+    /// version (never an empty book instead).
+    pub fn from_json(path: &str, text: &str) -> Result<DrainBook, Error> {
+        let mut b: DrainBook = serde_json::from_str(text).map_err(|e| Error::DrainBook {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        b.started.sort();
+        b.started.dedup_by(|a, b| (a.mark, a.addr) == (b.mark, b.addr));
+        Ok(b)
+    }
+
+    /// The saved form.
+    pub fn to_json(&self) -> String {
+        // A struct of plain values always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn retain(&mut self, keep: &BTreeSet<(u32, IpAddr)>) {
+        self.started.retain(|e| keep.contains(&(e.mark, e.addr)));
     }
 }
 
@@ -170,165 +328,130 @@ impl fmt::Display for DeleteReason {
     }
 }
 
-/// One step of a plan.
+/// A sysctl to write.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Step {
-    /// Write a sysctl in the LB namespace.
-    Sysctl {
-        /// The key, dotted (`net.ipv4.vs.conntrack`).
-        key: String,
-        /// The value.
-        value: String,
-    },
-    /// Add a VIP address to the LB interface.
-    AddAddress {
+pub struct SysctlSet {
+    /// The key, dotted (`net.ipv4.vs.conntrack`).
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+impl fmt::Display for SysctlSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sysctl {}={}", self.key, self.value)
+    }
+}
+
+/// An address to add to or remove from an interface (always a host prefix, /32 or /128).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AddrChange {
+    /// Add a VIP address.
+    Add {
+        /// The interface.
+        interface: String,
         /// The VIP.
         addr: IpAddr,
-        /// Its service.
-        service: ServiceName,
+        /// Its network and service.
+        owner: (NetworkId, ServiceName),
     },
-    /// Apply our netfilter rules (one `iptables-restore` batch).
-    Rules {
-        /// How many services have mark rules.
-        services: usize,
+    /// Remove an address of ours that no service uses.
+    Del {
+        /// The interface it is on.
+        interface: String,
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length as observed.
+        prefix: u8,
     },
-    /// Create an IPVS fwmark service.
+}
+
+/// The host prefix of an address.
+pub fn host_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+impl fmt::Display for AddrChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddrChange::Add {
+                interface,
+                addr,
+                owner,
+            } => write!(
+                f,
+                "address add {addr}/{} dev {interface} ({}/{})",
+                host_prefix(*addr),
+                owner.0,
+                owner.1
+            ),
+            AddrChange::Del {
+                interface,
+                addr,
+                prefix,
+            } => write!(f, "address del {addr}/{prefix} dev {interface}"),
+        }
+    }
+}
+
+/// What an IPVS step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpvsChange {
+    /// Create the fwmark service.
     AddService {
-        /// The service.
-        service: ServiceName,
-        /// Its fwmark.
-        mark: u32,
         /// Scheduler.
-        scheduler: String,
+        scheduler: Scheduler,
         /// Persistence.
-        persistence: Option<Persistence>,
+        persistence: Option<IpvsPersistence>,
     },
     /// Change scheduler or persistence in place (no connection is dropped).
     UpdateService {
-        /// The service.
-        service: ServiceName,
-        /// Its fwmark.
-        mark: u32,
         /// Scheduler.
-        scheduler: String,
+        scheduler: Scheduler,
         /// Persistence.
-        persistence: Option<Persistence>,
+        persistence: Option<IpvsPersistence>,
     },
-    /// Add a real server.
+    /// Add a real server (Masq, port 0).
     AddDest {
-        /// The service.
-        service: ServiceName,
-        /// Its fwmark.
-        mark: u32,
         /// The task address.
         addr: IpAddr,
         /// Weight.
-        weight: u32,
+        weight: Weight,
     },
     /// Change a real server's weight (0 = start draining).
     UpdateDest {
-        /// The service.
-        service: ServiceName,
-        /// Its fwmark.
-        mark: u32,
         /// The task address.
         addr: IpAddr,
         /// New weight.
-        weight: u32,
+        weight: Weight,
     },
     /// Delete a real server.
     DelDest {
-        /// The service (or `-` when the service is gone).
-        service: String,
-        /// Its fwmark.
-        mark: u32,
         /// The task address.
         addr: IpAddr,
         /// Why.
         reason: DeleteReason,
     },
-    /// Delete an IPVS fwmark service of ours that no service uses.
-    DelService {
-        /// Its fwmark.
-        mark: u32,
-    },
-    /// Remove a VIP address that no service uses.
-    DelAddress {
-        /// The address.
-        addr: IpAddr,
-    },
+    /// Delete the fwmark service.
+    DelService,
 }
 
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let persist = |p: &Option<Persistence>| match p {
-            Some(p) => format!(" persistent {} mask /{}", p.timeout_secs, p.netmask_prefix),
-            None => String::new(),
-        };
-        match self {
-            Step::Sysctl { key, value } => write!(f, "sysctl {key}={value}"),
-            Step::AddAddress { addr, service } => write!(f, "address add {addr} ({service})"),
-            Step::Rules { services } => {
-                write!(
-                    f,
-                    "netfilter apply VIPMESH- chains ({services} VIP services)"
-                )
-            }
-            Step::AddService {
-                service,
-                mark,
-                scheduler,
-                persistence,
-            } => write!(
-                f,
-                "ipvs add-service FWM {mark} {scheduler}{} ({service})",
-                persist(persistence)
-            ),
-            Step::UpdateService {
-                service,
-                mark,
-                scheduler,
-                persistence,
-            } => write!(
-                f,
-                "ipvs set-service FWM {mark} {scheduler}{} ({service})",
-                persist(persistence)
-            ),
-            Step::AddDest {
-                service,
-                mark,
-                addr,
-                weight,
-            } => write!(
-                f,
-                "ipvs add-dest FWM {mark} -> {} Masq weight {weight} ({service})",
-                hostport(*addr)
-            ),
-            Step::UpdateDest {
-                service,
-                mark,
-                addr,
-                weight,
-            } => write!(
-                f,
-                "ipvs set-dest FWM {mark} -> {} weight {weight}{} ({service})",
-                hostport(*addr),
-                if *weight == 0 { " drain" } else { "" }
-            ),
-            Step::DelDest {
-                service,
-                mark,
-                addr,
-                reason,
-            } => write!(
-                f,
-                "ipvs del-dest FWM {mark} -> {} ({service}: {reason})",
-                hostport(*addr)
-            ),
-            Step::DelService { mark } => write!(f, "ipvs del-service FWM {mark}"),
-            Step::DelAddress { addr } => write!(f, "address del {addr}"),
-        }
-    }
+/// One IPVS operation on one fwmark service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsStep {
+    /// The owning network (None: a mark recorded by a network id that is not valid).
+    pub network: Option<NetworkId>,
+    /// The service, when one is desired or recorded for this mark.
+    pub service: Option<ServiceName>,
+    /// The family of the IPVS service.
+    pub family: Family,
+    /// Its fwmark.
+    pub mark: u32,
+    /// What to do.
+    pub change: IpvsChange,
 }
 
 fn hostport(addr: IpAddr) -> String {
@@ -338,75 +461,283 @@ fn hostport(addr: IpAddr) -> String {
     }
 }
 
-/// The steps, in execution order: sysctls, addresses, rules, services, dests, then
-/// removals.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// The steps.
-    pub steps: Vec<Step>,
-    /// The fwmark of every VIP service (kept and newly allocated).
-    pub marks: BTreeMap<ServiceName, u32>,
-}
-
-impl Plan {
-    /// True when the kernel already matches.
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+impl fmt::Display for IpvsStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let persist = |p: &Option<IpvsPersistence>| match p {
+            Some(p) => format!(" persistent {} mask /{}", p.timeout, p.prefix),
+            None => String::new(),
+        };
+        let fam = match self.family {
+            Family::V4 => "",
+            Family::V6 => " IPv6",
+        };
+        let mark = self.mark;
+        match &self.change {
+            IpvsChange::AddService {
+                scheduler,
+                persistence,
+            } => write!(
+                f,
+                "ipvs add-service FWM {mark}{fam} {scheduler}{}",
+                persist(persistence)
+            )?,
+            IpvsChange::UpdateService {
+                scheduler,
+                persistence,
+            } => write!(
+                f,
+                "ipvs set-service FWM {mark}{fam} {scheduler}{}",
+                persist(persistence)
+            )?,
+            IpvsChange::AddDest { addr, weight } => write!(
+                f,
+                "ipvs add-dest FWM {mark}{fam} -> {} Masq weight {weight}",
+                hostport(*addr)
+            )?,
+            IpvsChange::UpdateDest { addr, weight } => write!(
+                f,
+                "ipvs set-dest FWM {mark}{fam} -> {} weight {weight}{}",
+                hostport(*addr),
+                if weight.get() == 0 { " drain" } else { "" }
+            )?,
+            IpvsChange::DelDest { addr, reason } => write!(
+                f,
+                "ipvs del-dest FWM {mark}{fam} -> {} [{reason}]",
+                hostport(*addr)
+            )?,
+            IpvsChange::DelService => write!(f, "ipvs del-service FWM {mark}{fam}")?,
+        }
+        match (&self.network, &self.service) {
+            (Some(n), Some(s)) => write!(f, " ({n}/{s})"),
+            (Some(n), None) => write!(f, " ({n})"),
+            (None, Some(s)) => write!(f, " (?/{s})"),
+            (None, None) => Ok(()),
+        }
     }
 }
 
-impl fmt::Display for Plan {
+/// The netfilter batch of one family in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesPlan {
+    /// The family.
+    pub family: Family,
+    /// Everything we want in our chains of this namespace (all its networks, merged): what the
+    /// kernel holds once the batch succeeded.
+    pub desired: nf::OwnedRuleset,
+    /// The `iptables-restore --noflush` batch: exactly the rule diff.
+    pub diff: nf::Plan,
+}
+
+/// Everything to do in one namespace, in execution order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsPlan {
+    /// Sysctls to write.
+    pub sysctls: Vec<SysctlSet>,
+    /// Addresses to add, then to remove.
+    pub addresses: Vec<AddrChange>,
+    /// IPVS additions and updates (services, then real servers).
+    pub ipvs: Vec<IpvsStep>,
+    /// Netfilter batches (only families that change).
+    pub rules: Vec<RulesPlan>,
+    /// IPVS removals (real servers, then services), after the rules stopped marking into them.
+    pub ipvs_removals: Vec<IpvsStep>,
+}
+
+impl NsPlan {
+    /// True when nothing changes in this namespace.
+    pub fn is_empty(&self) -> bool {
+        self.sysctls.is_empty()
+            && self.addresses.is_empty()
+            && self.ipvs.is_empty()
+            && self.rules.is_empty()
+            && self.ipvs_removals.is_empty()
+    }
+
+    /// Number of steps (a netfilter batch counts as one).
+    pub fn len(&self) -> usize {
+        self.sysctls.len()
+            + self.addresses.len()
+            + self.ipvs.len()
+            + self.rules.len()
+            + self.ipvs_removals.len()
+    }
+}
+
+impl fmt::Display for NsPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.steps.is_empty() {
-            return writeln!(f, "(no changes)");
+        for s in &self.sysctls {
+            writeln!(f, "  {s}")?;
         }
-        for s in &self.steps {
-            writeln!(f, "{s}")?;
+        for a in &self.addresses {
+            writeln!(f, "  {a}")?;
+        }
+        for s in &self.ipvs {
+            writeln!(f, "  {s}")?;
+        }
+        for r in &self.rules {
+            writeln!(f, "  netfilter {}: iptables-restore --noflush", r.family)?;
+            for line in r.diff.to_string().lines() {
+                writeln!(f, "    {line}")?;
+            }
+        }
+        for s in &self.ipvs_removals {
+            writeln!(f, "  {s}")?;
         }
         Ok(())
     }
 }
 
-/// Assigns a fwmark to every VIP service: the mark recorded in the kernel when there is one
-/// (so a restarted process picks the same marks), else the lowest free mark in the range.
+/// A node's plan: per namespace, the typed sub-plans; the fwmarks it allocated; the drain
+/// book as it stands once the plan is applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Per namespace (only namespaces with something to do).
+    pub namespaces: BTreeMap<String, NsPlan>,
+    /// The fwmark of every VIP service, per network.
+    pub marks: BTreeMap<NetworkId, BTreeMap<ServiceName, u32>>,
+    /// The drain clock after this plan.
+    pub drains: DrainBook,
+}
+
+impl Plan {
+    /// True when the kernel already matches.
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.values().all(NsPlan::is_empty)
+    }
+
+    /// Number of steps.
+    pub fn len(&self) -> usize {
+        self.namespaces.values().map(NsPlan::len).sum()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return writeln!(f, "(no changes)");
+        }
+        for (ns, p) in &self.namespaces {
+            if p.is_empty() {
+                continue;
+            }
+            writeln!(f, "namespace {ns}")?;
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Assigns a fwmark to every VIP service of `net` in the namespace observed as `obs`:
+/// 1. the mark its rule comment records (restarts keep their marks);
+/// 2. else the mark of an IPVS service of ours (in the network's range, not recorded for
+///    another service) whose real servers are the service's backends — the second record, so a
+///    mark survives the loss of its rule (a flushed chain) without recreating the service;
+/// 3. else the lowest free mark of the range. A mark still held by an IPVS service or a
+///    recorded rule is never reused while that state exists.
 ///
 /// # Errors
 /// [`Error::FwmarkExhausted`] when the range has too few free marks.
 pub fn allocate_marks(
-    desired: &DesiredState,
-    observed: &Observed,
+    net: &NetworkState,
+    obs: &NsObserved,
 ) -> Result<BTreeMap<ServiceName, u32>, Error> {
-    let opts = desired.options();
-    let range = opts.fwmark_first..=opts.fwmark_last;
+    let n = net.network();
+    let range = n.fwmarks;
+    let recorded = obs.recorded();
     let mut marks = BTreeMap::new();
     let mut used = BTreeSet::new();
-    let vip_services: Vec<&Service> = desired
-        .services()
-        .filter(|s| s.vip_addr().is_some())
+    let vip_services: Vec<&Service> = net.services().filter(|s| s.is_vip()).collect();
+    for s in &vip_services {
+        let mine = recorded.iter().find(|r| {
+            r.network == n.id.as_str()
+                && r.service == s.name
+                && range.contains(r.mark)
+                && !used.contains(&r.mark)
+        });
+        if let Some(r) = mine {
+            used.insert(r.mark);
+            marks.insert(s.name.clone(), r.mark);
+        }
+    }
+    // Marks recorded for anything else in the range stay reserved until they are deleted.
+    let mut reserved: BTreeSet<u32> = used.clone();
+    reserved.extend(
+        recorded
+            .iter()
+            .filter(|r| range.contains(r.mark))
+            .map(|r| r.mark),
+    );
+    // Second record: unrecorded IPVS services of ours, matched by their real servers.
+    let mut unclaimed: BTreeSet<u32> = obs
+        .ipvs
+        .keys()
+        .map(|(_, m)| *m)
+        .filter(|m| range.contains(*m) && !reserved.contains(m))
         .collect();
     for s in &vip_services {
-        if let Some((m, _)) = observed.marks.get(&s.name)
-            && range.contains(m)
-            && used.insert(*m)
-        {
-            marks.insert(s.name.clone(), *m);
+        if marks.contains_key(&s.name) || s.backends.is_empty() {
+            continue;
+        }
+        let overlap = |m: u32| -> usize {
+            obs.ipvs
+                .iter()
+                .filter(|((_, mark), _)| *mark == m)
+                .map(|(_, os)| {
+                    s.backends
+                        .iter()
+                        .filter(|b| os.dests.contains_key(&b.addr))
+                        .count()
+                })
+                .sum()
+        };
+        let best = unclaimed
+            .iter()
+            .map(|m| (overlap(*m), *m))
+            .filter(|(o, _)| *o > 0)
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        if let Some((_, m)) = best {
+            unclaimed.remove(&m);
+            marks.insert(s.name.clone(), m);
         }
     }
-    // Marks held by IPVS services of ours that no desired service claims stay reserved until
-    // they are deleted, so a mark is never reused while stale state still carries it.
-    let mut reserved: BTreeSet<u32> = used;
-    for (name, (m, _)) in &observed.marks {
-        if desired.service(name.as_str()).is_none() {
-            reserved.insert(*m);
+    // Services without backends have no real servers to match: take an unclaimed IPVS
+    // service with none either and the same scheduler, lowest mark first (they were
+    // allocated in name order, and such a service holds no connection to lose).
+    for s in &vip_services {
+        if marks.contains_key(&s.name) {
+            continue;
+        }
+        let Some(fam) = s.vips_of().and_then(|v| v.families().next()) else {
+            continue;
+        };
+        let persistence = s.persistence.map(|p| IpvsPersistence::of(&p, fam));
+        let found = unclaimed.iter().copied().find(|m| {
+            obs.ipvs.get(&(fam, *m)).is_some_and(|os| {
+                os.dests.is_empty()
+                    && os.scheduler == s.scheduler.as_str()
+                    && os.persistence == persistence
+            })
+        });
+        if let Some(m) = found {
+            unclaimed.remove(&m);
+            marks.insert(s.name.clone(), m);
         }
     }
-    reserved.extend(observed.ipvs.keys().copied());
+    reserved.extend(marks.values().copied());
+    reserved.extend(
+        obs.ipvs
+            .keys()
+            .map(|(_, m)| *m)
+            .filter(|m| range.contains(*m)),
+    );
+    let needed = vip_services.len();
     let exhausted = || Error::FwmarkExhausted {
-        first: opts.fwmark_first,
-        last: opts.fwmark_last,
-        needed: vip_services.len(),
+        network: n.id.to_string(),
+        first: range.first(),
+        last: range.last(),
+        needed,
     };
-    let mut free = (opts.fwmark_first..=opts.fwmark_last).filter(|m| !reserved.contains(m));
+    let mut free = (range.first()..=range.last()).filter(|m| !reserved.contains(m));
     for s in &vip_services {
         if marks.contains_key(&s.name) {
             continue;
@@ -417,9 +748,13 @@ pub fn allocate_marks(
     Ok(marks)
 }
 
-/// The sysctls of a layout: [`sysctls`] in an LB namespace; in a client namespace (no SNAT,
-/// no forwarding) only the IPVS expiry ones.
-pub fn sysctls_for(layout: Layout, kernel: (u32, u32), family: Family) -> BTreeMap<String, String> {
+/// The sysctls of a layout and family: all of [`sysctls`] in an LB namespace; in a client
+/// namespace (no SNAT, no forwarding) only the IPVS expiry ones.
+pub fn sysctls_for(
+    layout: Layout,
+    kernel: KernelVersion,
+    family: Family,
+) -> BTreeMap<String, String> {
     let mut m = sysctls(kernel, family);
     if layout == Layout::PerClient {
         m.retain(|k, _| k.contains(".vs.expire_") || k.ends_with("conn_reuse_mode"));
@@ -428,7 +763,7 @@ pub fn sysctls_for(layout: Layout, kernel: (u32, u32), family: Family) -> BTreeM
 }
 
 /// The sysctls vipmesh sets in an LB namespace, chosen by kernel version (see the README).
-pub fn sysctls(kernel: (u32, u32), family: Family) -> BTreeMap<String, String> {
+pub fn sysctls(kernel: KernelVersion, family: Family) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let mut set = |k: &str, v: &str| {
         m.insert(k.to_string(), v.to_string());
@@ -436,7 +771,12 @@ pub fn sysctls(kernel: (u32, u32), family: Family) -> BTreeMap<String, String> {
     set("net.ipv4.vs.conntrack", "1");
     set("net.ipv4.vs.expire_nodest_conn", "1");
     set("net.ipv4.vs.expire_quiescent_template", "1");
-    if kernel < (5, 9) {
+    if kernel
+        < (KernelVersion {
+            major: 5,
+            minor: 9,
+        })
+    {
         // Before 5.9, conn_reuse_mode=1 with conntrack stalls reused ports for 1 s
         // (k8s #70747); 5.9 fixed it, so newer kernels keep the default.
         set("net.ipv4.vs.conn_reuse_mode", "0");
@@ -448,176 +788,307 @@ pub fn sysctls(kernel: (u32, u32), family: Family) -> BTreeMap<String, String> {
     m
 }
 
-/// Computes the plan. `now` is in seconds of the same clock as the [`DrainBook`].
+/// The sysctls every network of a namespace needs, merged.
+pub fn namespace_sysctls(nets: &[&NetworkState], kernel: KernelVersion) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for n in nets {
+        for fam in n.network().families() {
+            m.extend(sysctls_for(n.network().layout, kernel, fam));
+        }
+    }
+    m
+}
+
+/// Computes the plan of a node. Namespaces observed but holding no desired network are torn
+/// down (everything of ours in them removed); desired namespaces missing from `observed`
+/// (they could not be read) get no steps, and their drain entries are kept. `now` is in
+/// seconds of the [`DrainBook`]'s clock.
 ///
 /// # Errors
-/// [`Error::FwmarkExhausted`].
+/// [`Error::FwmarkExhausted`]; [`Error::Netfilter`] if the rule model rejects a value.
 pub fn plan(
-    desired: &DesiredState,
-    observed: &Observed,
+    desired: &NodeState,
+    observed: &NodeObserved,
     drains: &DrainBook,
     now: u64,
 ) -> Result<Plan, Error> {
-    let marks = allocate_marks(desired, observed)?;
-    Ok(plan_with_marks(desired, observed, marks, drains, now))
-}
-
-/// [`plan`] with the marks [`allocate_marks`] already chose for `desired` and `observed`.
-pub fn plan_with_marks(
-    desired: &DesiredState,
-    observed: &Observed,
-    marks: BTreeMap<ServiceName, u32>,
-    drains: &DrainBook,
-    now: u64,
-) -> Plan {
-    let mut steps = Vec::new();
-    let drain_timeout = desired.options().drain_timeout.as_secs();
-
-    let layout = desired.options().layout;
-    for (k, v) in sysctls_for(layout, observed.kernel, desired.family()) {
-        if observed.sysctls.get(&k) != Some(&v) {
-            steps.push(Step::Sysctl { key: k, value: v });
-        }
-    }
-    let mut wanted_addrs = BTreeSet::new();
-    for s in desired.services() {
-        if let (Layout::LbNamespace, Some(vip)) = (layout, s.vip_addr()) {
-            wanted_addrs.insert(vip);
-            if !observed.addresses.contains(&vip) {
-                steps.push(Step::AddAddress {
-                    addr: vip,
-                    service: s.name.clone(),
-                });
+    let by_ns = desired.namespaces();
+    let mut out = Plan {
+        drains: drains.clone(),
+        ..Plan::default()
+    };
+    let mut keep_drains = BTreeSet::new();
+    let timeout = desired.options().drain_timeout.as_secs();
+    for (ns, nets) in &by_ns {
+        if !observed.namespaces.contains_key(*ns) {
+            for e in drains.entries() {
+                if nets.iter().any(|n| n.network().fwmarks.contains(e.mark)) {
+                    keep_drains.insert((e.mark, e.addr));
+                }
             }
         }
     }
-    // Recorded marks must match the allocation too, or the rules are rewritten.
-    let recorded_ok = desired
-        .services()
-        .filter(|s| s.vip_addr().is_some())
-        .all(|s| {
-            observed.marks.get(&s.name).map(|(m, a)| (*m, Some(*a)))
-                == marks.get(&s.name).map(|m| (*m, s.vip_addr()))
-        });
-    if !observed.rules_match || !recorded_ok {
-        steps.push(Step::Rules {
-            services: marks.len(),
-        });
-    }
-
-    let mut dest_steps = Vec::new();
-    for s in desired.services() {
-        let Some(&mark) = marks.get(&s.name) else {
-            continue;
+    for (ns, obs) in &observed.namespaces {
+        let nets: &[&NetworkState] = by_ns.get(ns.as_str()).map_or(&[], |v| v.as_slice());
+        let mut p = NsPlan {
+            sysctls: Vec::new(),
+            addresses: Vec::new(),
+            ipvs: Vec::new(),
+            rules: Vec::new(),
+            ipvs_removals: Vec::new(),
         };
-        let (svc, dests) = service_steps(
-            s,
-            mark,
-            observed.ipvs.get(&mark),
-            drains,
-            now,
-            drain_timeout,
-        );
-        steps.extend(svc);
-        dest_steps.extend(dests);
-    }
-    steps.extend(dest_steps);
-
-    let live: BTreeSet<u32> = marks.values().copied().collect();
-    for mark in observed.ipvs.keys() {
-        if !live.contains(mark) {
-            steps.push(Step::DelService { mark: *mark });
+        let mut marks = BTreeMap::new();
+        for n in nets {
+            marks.insert(n.id().clone(), allocate_marks(n, obs)?);
+        }
+        if !nets.is_empty() {
+            for (key, value) in namespace_sysctls(nets, obs.kernel) {
+                if obs.sysctls.get(&key) != Some(&value) {
+                    p.sysctls.push(SysctlSet { key, value });
+                }
+            }
+        }
+        plan_addresses(nets, obs, &mut p);
+        for fam in [Family::V4, Family::V6] {
+            let mut rs = nf::OwnedRuleset::new(rules::nf_family(fam));
+            for n in nets {
+                rules::add_network(&mut rs, n, fam, &marks[n.id()])?;
+            }
+            let empty = nf::Observed::empty(rules::nf_family(fam));
+            let o = obs.rules.get(&fam).unwrap_or(&empty);
+            let diff = nf::plan(&rs, o).map_err(|source| Error::Netfilter {
+                op: "plan".into(),
+                netns: ns.clone(),
+                source: Box::new(source),
+            })?;
+            if !diff.is_empty() {
+                p.rules.push(RulesPlan {
+                    family: fam,
+                    desired: rs,
+                    diff,
+                });
+            }
+        }
+        let mut live = BTreeSet::new();
+        let mut dest_steps = Vec::new();
+        for n in nets {
+            for s in n.services() {
+                let Some(&mark) = marks[n.id()].get(&s.name) else {
+                    continue;
+                };
+                for fam in s.vips_of().into_iter().flat_map(|v| v.families().collect::<Vec<_>>()) {
+                    live.insert((fam, mark));
+                    let os = obs.ipvs.get(&(fam, mark));
+                    sync_service_drains(&mut out.drains, s, fam, mark, os, now, &mut keep_drains);
+                    let (svc, dests) = service_steps(
+                        n.id(),
+                        s,
+                        fam,
+                        mark,
+                        os,
+                        &out.drains,
+                        now,
+                        timeout,
+                    );
+                    p.ipvs.extend(svc);
+                    for d in dests {
+                        if matches!(d.change, IpvsChange::DelDest { .. }) {
+                            p.ipvs_removals.push(d);
+                        } else {
+                            dest_steps.push(d);
+                        }
+                    }
+                }
+            }
+        }
+        p.ipvs.extend(dest_steps);
+        // Services of ours no desired service uses: in a desired network's range, or recorded
+        // by one of our rules (a network that left this namespace).
+        let recorded = obs.recorded();
+        for ((fam, mark), _) in &obs.ipvs {
+            if live.contains(&(*fam, *mark)) {
+                continue;
+            }
+            let owner = nets.iter().find(|n| n.network().fwmarks.contains(*mark));
+            let rec = recorded.iter().find(|r| r.mark == *mark);
+            let in_other_range = desired
+                .networks()
+                .any(|n| n.network().fwmarks.contains(*mark) && n.network().lb_netns != *ns);
+            let (network, service) = match (owner, rec) {
+                (Some(n), r) => (Some(n.id().clone()), r.map(|r| r.service.clone())),
+                (None, Some(r)) if !in_other_range => {
+                    (NetworkId::new(&r.network).ok(), Some(r.service.clone()))
+                }
+                _ => continue, // not ours: never touched
+            };
+            p.ipvs_removals.push(IpvsStep {
+                network,
+                service,
+                family: *fam,
+                mark: *mark,
+                change: IpvsChange::DelService,
+            });
+        }
+        for (id, m) in marks {
+            out.marks.insert(id, m);
+        }
+        if !p.is_empty() {
+            out.namespaces.insert(ns.clone(), p);
         }
     }
-    for (name, (_, addr)) in &observed.marks {
-        if desired
-            .service(name.as_str())
-            .and_then(Service::vip_addr)
-            .is_none()
-            && !wanted_addrs.contains(addr)
-            && observed.addresses.contains(addr)
-        {
-            steps.push(Step::DelAddress { addr: *addr });
+    // Entries of services and real servers that are gone are forgotten.
+    out.drains.retain(&keep_drains);
+    for p in out.namespaces.values() {
+        for s in &p.ipvs_removals {
+            if let IpvsChange::DelDest { addr, .. } = s.change {
+                out.drains.forget(s.mark, addr);
+            }
         }
     }
-    steps.dedup();
-    Plan { steps, marks }
+    Ok(out)
 }
 
-/// The IPVS steps of one VIP service: (service-level steps, real-server steps).
-pub fn service_steps(
+fn plan_addresses(nets: &[&NetworkState], obs: &NsObserved, p: &mut NsPlan) {
+    let mut wanted: BTreeMap<IpAddr, (&str, NetworkId, ServiceName)> = BTreeMap::new();
+    for n in nets {
+        let net = n.network();
+        if net.layout != Layout::LbNamespace {
+            continue;
+        }
+        for s in n.services() {
+            for vip in s.vips_of().iter().flat_map(|v| v.iter().collect::<Vec<_>>()) {
+                wanted.insert(
+                    vip,
+                    (net.lb_interface.as_str(), net.id.clone(), s.name.clone()),
+                );
+            }
+        }
+    }
+    for (addr, (iface, id, svc)) in &wanted {
+        let present = obs
+            .addresses
+            .get(addr)
+            .is_some_and(|a| a.interface == *iface && a.prefix == host_prefix(*addr));
+        if !present {
+            p.addresses.push(AddrChange::Add {
+                interface: iface.to_string(),
+                addr: *addr,
+                owner: (id.clone(), svc.clone()),
+            });
+        }
+    }
+    // Ours: tagged with our address protocol, or a VIP our rules record (addresses added
+    // before the protocol tag existed).
+    let recorded: BTreeSet<IpAddr> = obs.recorded().into_iter().map(|r| r.vip).collect();
+    for (addr, a) in &obs.addresses {
+        let ours = a.owned || (recorded.contains(addr) && a.prefix == host_prefix(*addr));
+        let wanted_here = wanted
+            .get(addr)
+            .is_some_and(|(iface, ..)| *iface == a.interface);
+        if ours && !wanted_here {
+            p.addresses.push(AddrChange::Del {
+                interface: a.interface.clone(),
+                addr: *addr,
+                prefix: a.prefix,
+            });
+        }
+    }
+}
+
+/// Brings the drain book in line for one service's IPVS service at `now`: real servers that
+/// are there but not desired are draining (a restarted process adopts them from now); desired
+/// ones are forgotten. Every entry still draining is added to `keep`.
+fn sync_service_drains(
+    book: &mut DrainBook,
     s: &Service,
+    family: Family,
+    mark: u32,
+    observed: Option<&ObservedService>,
+    now: u64,
+    keep: &mut BTreeSet<(u32, IpAddr)>,
+) {
+    let Some(os) = observed else { return };
+    for addr in os.dests.keys() {
+        if s.backends_of(family).any(|b| b.addr == *addr) {
+            book.forget(mark, *addr);
+        } else {
+            book.start(mark, *addr, now);
+            keep.insert((mark, *addr));
+        }
+    }
+}
+
+/// The IPVS steps of one VIP service in one family: (service-level steps, real-server steps).
+#[allow(clippy::too_many_arguments)]
+pub fn service_steps(
+    network: &NetworkId,
+    s: &Service,
+    family: Family,
     mark: u32,
     observed: Option<&ObservedService>,
     drains: &DrainBook,
     now: u64,
     drain_timeout: u64,
-) -> (Vec<Step>, Vec<Step>) {
+) -> (Vec<IpvsStep>, Vec<IpvsStep>) {
+    let step = |change| IpvsStep {
+        network: Some(network.clone()),
+        service: Some(s.name.clone()),
+        family,
+        mark,
+        change,
+    };
     let mut svc_steps = Vec::new();
     let mut dest_steps = Vec::new();
-    let scheduler = s.scheduler.as_str().to_string();
+    let persistence = s.persistence.map(|p| IpvsPersistence::of(&p, family));
     let empty = ObservedService {
-        scheduler: scheduler.clone(),
-        persistence: s.persistence,
+        scheduler: s.scheduler.as_str().to_string(),
+        persistence,
         dests: BTreeMap::new(),
     };
     let os = match observed {
         Some(os) => os,
         None => {
-            svc_steps.push(Step::AddService {
-                service: s.name.clone(),
-                mark,
-                scheduler: scheduler.clone(),
-                persistence: s.persistence,
-            });
+            svc_steps.push(step(IpvsChange::AddService {
+                scheduler: s.scheduler.clone(),
+                persistence,
+            }));
             &empty
         }
     };
-    if os.scheduler != scheduler || os.persistence != s.persistence {
-        svc_steps.push(Step::UpdateService {
-            service: s.name.clone(),
-            mark,
-            scheduler,
-            persistence: s.persistence,
-        });
+    if os.scheduler != s.scheduler.as_str() || os.persistence != persistence {
+        svc_steps.push(step(IpvsChange::UpdateService {
+            scheduler: s.scheduler.clone(),
+            persistence,
+        }));
     }
-    for b in &s.backends {
-        let weight = b.weight.get();
+    for b in s.backends_of(family) {
         match os.dests.get(&b.addr) {
-            None => dest_steps.push(Step::AddDest {
-                service: s.name.clone(),
-                mark,
+            None => dest_steps.push(step(IpvsChange::AddDest {
                 addr: b.addr,
-                weight,
-            }),
-            Some(d) if d.weight != weight => dest_steps.push(Step::UpdateDest {
-                service: s.name.clone(),
-                mark,
+                weight: b.weight,
+            })),
+            Some(d) if d.weight != b.weight.get() => dest_steps.push(step(IpvsChange::UpdateDest {
                 addr: b.addr,
-                weight,
-            }),
+                weight: b.weight,
+            })),
             Some(_) => {}
         }
     }
     for (addr, d) in &os.dests {
-        if s.backends.iter().any(|b| b.addr == *addr) {
+        if s.backends_of(family).any(|b| b.addr == *addr) {
             continue;
         }
-        let del = |reason| Step::DelDest {
-            service: s.name.to_string(),
-            mark,
+        let del = |reason| step(IpvsChange::DelDest {
             addr: *addr,
             reason,
-        };
+        });
         if s.udp_only() {
             dest_steps.push(del(DeleteReason::Udp));
         } else if d.weight != 0 {
-            dest_steps.push(Step::UpdateDest {
-                service: s.name.clone(),
-                mark,
+            dest_steps.push(step(IpvsChange::UpdateDest {
                 addr: *addr,
-                weight: 0,
-            });
+                weight: Weight::ZERO,
+            }));
         } else if d.active + d.inactive == 0 {
             dest_steps.push(del(DeleteReason::Drained));
         } else if drains
@@ -630,80 +1101,63 @@ pub fn service_steps(
     (svc_steps, dest_steps)
 }
 
-impl Observed {
-    /// Updates this view with the effect of a step that succeeded, so a controller can keep
-    /// an accurate picture without dumping the kernel again. `marks` is the plan's
-    /// allocation, `desired` the state it was made for.
-    pub fn advance(
-        &mut self,
-        step: &Step,
-        desired: &DesiredState,
-        marks: &BTreeMap<ServiceName, u32>,
-    ) {
-        match step {
-            Step::Sysctl { key, value } => {
-                self.sysctls.insert(key.clone(), value.clone());
-            }
-            Step::AddAddress { addr, .. } => {
-                self.addresses.insert(*addr);
-            }
-            Step::DelAddress { addr } => {
-                self.addresses.remove(addr);
-            }
-            Step::Rules { .. } => {
-                self.rules_match = true;
-                self.marks = desired
-                    .services()
-                    .filter_map(|s| Some((s.name.clone(), (*marks.get(&s.name)?, s.vip_addr()?))))
-                    .collect();
-            }
-            Step::AddService {
-                mark,
-                scheduler,
-                persistence,
-                ..
-            }
-            | Step::UpdateService {
-                mark,
-                scheduler,
-                persistence,
-                ..
-            } => {
-                let e = self.ipvs.entry(*mark).or_insert_with(|| ObservedService {
-                    scheduler: String::new(),
-                    persistence: None,
-                    dests: BTreeMap::new(),
-                });
-                e.scheduler.clone_from(scheduler);
-                e.persistence = *persistence;
-            }
-            Step::AddDest {
-                mark, addr, weight, ..
-            }
-            | Step::UpdateDest {
-                mark, addr, weight, ..
-            } => {
-                if let Some(svc) = self.ipvs.get_mut(mark) {
-                    svc.dests
-                        .entry(*addr)
-                        .or_insert(ObservedDest {
-                            weight: 0,
-                            active: 0,
-                            inactive: 0,
-                        })
-                        .weight = *weight;
+/// Plans only the IPVS real servers, scheduler and persistence of the named services, against
+/// an observation whose IPVS entries for them are fresh (the controller's incremental sync).
+/// Nothing else is looked at: no sysctls, addresses, rules or other services.
+pub fn plan_services(
+    desired: &NodeState,
+    observed: &NodeObserved,
+    marks: &BTreeMap<NetworkId, BTreeMap<ServiceName, u32>>,
+    services: &BTreeSet<(NetworkId, ServiceName)>,
+    drains: &DrainBook,
+    now: u64,
+) -> Plan {
+    let timeout = desired.options().drain_timeout.as_secs();
+    let mut out = Plan {
+        marks: marks.clone(),
+        drains: drains.clone(),
+        ..Plan::default()
+    };
+    for (id, name) in services {
+        let Some(n) = desired.network(id.as_str()) else {
+            continue;
+        };
+        let Some(s) = n.service(name.as_str()) else {
+            continue;
+        };
+        let Some(mark) = marks.get(id).and_then(|m| m.get(name)).copied() else {
+            continue;
+        };
+        let ns = &n.network().lb_netns;
+        let Some(obs) = observed.namespaces.get(ns) else {
+            continue;
+        };
+        let p = out.namespaces.entry(ns.clone()).or_insert_with(|| NsPlan {
+            sysctls: Vec::new(),
+            addresses: Vec::new(),
+            ipvs: Vec::new(),
+            rules: Vec::new(),
+            ipvs_removals: Vec::new(),
+        });
+        for fam in s.vips_of().into_iter().flat_map(|v| v.families().collect::<Vec<_>>()) {
+            let os = obs.ipvs.get(&(fam, mark));
+            let mut keep = BTreeSet::new();
+            sync_service_drains(&mut out.drains, s, fam, mark, os, now, &mut keep);
+            let (svc, dests) =
+                service_steps(id, s, fam, mark, os, &out.drains, now, timeout);
+            p.ipvs.extend(svc);
+            for d in dests {
+                if let IpvsChange::DelDest { addr, .. } = d.change {
+                    out.drains.forget(mark, addr);
+                    p.ipvs_removals.push(d);
+                } else {
+                    p.ipvs.push(d);
                 }
-            }
-            Step::DelDest { mark, addr, .. } => {
-                if let Some(svc) = self.ipvs.get_mut(mark) {
-                    svc.dests.remove(addr);
-                }
-            }
-            Step::DelService { mark } => {
-                self.ipvs.remove(mark);
             }
         }
     }
+    out.namespaces.retain(|_, p| !p.is_empty());
+    out
 }
 
 /// Seconds since the Unix epoch, the clock [`plan`] and [`DrainBook`] use in production.

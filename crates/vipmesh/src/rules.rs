@@ -1,14 +1,17 @@
-//! The one place that maps services to netfilter rules (pure).
+//! The one place that maps a network's services to netfilter rules (pure).
 //!
-//! In the LB namespace, as libnetwork's `configureFWMark` does, but in our own chains:
-//! - mangle `VIPMESH-MARK` (jumped to from `INPUT`, since the VIP is a local address there):
-//!   `-d VIP [-p P --dport N] -m comment --comment "vipmesh svc=NAME" -j MARK --set-mark M`.
-//!   The comment records the service's mark in the kernel, which is how marks survive a
-//!   restart.
-//! - nat `VIPMESH-SNAT` (from `POSTROUTING`): `-d SUBNET -m ipvs --ipvs -j SNAT --to-source LB`,
-//!   so replies from tasks come back through the LB namespace.
-//! - filter `VIPMESH-REJECT` (from `INPUT`): a VIP whose service has no backends is rejected
-//!   at once (TCP reset, ICMP port unreachable otherwise), as kube-proxy does.
+//! Each network owns its own chains, named from its id, so several networks can share one
+//! namespace (the per-client layout) without touching each other. In the LB namespace, as
+//! libnetwork's `configureFWMark` does, but in our own chains:
+//! - mangle `VIPMESH-<id>-MARK` (jumped to from `INPUT`, since the VIP is a local address
+//!   there): `-d VIP [-p P --dport N] -m comment --comment "vipmesh net=ID svc=NAME" -j MARK
+//!   --set-mark M`. The comment records the service's mark in the kernel, which is how marks
+//!   survive a restart (and the IPVS services themselves are the second record).
+//! - nat `VIPMESH-<id>-SNAT` (from `POSTROUTING`): `-d SUBNET -m ipvs --ipvs -j SNAT
+//!   --to-source LB`, so replies from tasks come back through the LB namespace.
+//! - filter `VIPMESH-<id>-REJECT` (from `INPUT`): a VIP whose service has no backends of its
+//!   family is rejected at once (TCP reset, ICMP port unreachable otherwise), as kube-proxy
+//!   does.
 //!
 //! With [`Layout::PerClient`] the rules live in each client's own namespace: the mark and
 //! reject chains are jumped to from `OUTPUT`, and there is no SNAT.
@@ -19,16 +22,45 @@ use std::net::IpAddr;
 use vipmesh_netfilter as nf;
 
 use crate::error::Error;
-use crate::model::{DesiredState, Family, Layout, Protocol, ServiceName};
+use crate::model::{Family, Layout, NetworkState, Protocol, ServiceName};
 
-/// The mangle chain holding the mark rules.
-pub const MARK_CHAIN: &str = "VIPMESH-MARK";
-/// The nat chain holding the SNAT rule.
-pub const SNAT_CHAIN: &str = "VIPMESH-SNAT";
-/// The filter chain rejecting VIPs with no backends.
-pub const REJECT_CHAIN: &str = "VIPMESH-REJECT";
-/// Comment prefix of a mark rule; the service name follows.
-pub const SERVICE_TAG: &str = "vipmesh svc=";
+/// Comment prefix of a mark rule: `vipmesh net=ID svc=NAME`.
+pub const RECORD_TAG: &str = "vipmesh net=";
+
+/// The chain names of one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chains {
+    /// mangle: the mark rules.
+    pub mark: nf::ChainName,
+    /// nat: the SNAT rule.
+    pub snat: nf::ChainName,
+    /// filter: rejects for VIPs without backends.
+    pub reject: nf::ChainName,
+}
+
+/// The chain name `VIPMESH-<id>-<suffix>`.
+///
+/// # Errors
+/// [`Error::Netfilter`] if the name is not a valid chain name (cannot happen for a valid
+/// network id and the suffixes used here).
+pub fn chain_name(net: &str, suffix: &str) -> Result<nf::ChainName, Error> {
+    nf::ChainName::new(format!("{}{net}-{suffix}", nf::ChainName::PREFIX))
+        .map_err(|e| nf_err("chain name", e))
+}
+
+impl Chains {
+    /// The chains of network `id`.
+    ///
+    /// # Errors
+    /// As [`chain_name`].
+    pub fn of(id: &str) -> Result<Chains, Error> {
+        Ok(Chains {
+            mark: chain_name(id, "MARK")?,
+            snat: chain_name(id, "SNAT")?,
+            reject: chain_name(id, "REJECT")?,
+        })
+    }
+}
 
 fn nf_err(op: &str, source: nf::Error) -> Error {
     Error::Netfilter {
@@ -38,15 +70,19 @@ fn nf_err(op: &str, source: nf::Error) -> Error {
     }
 }
 
-fn chain(name: &str) -> Result<nf::ChainName, Error> {
-    nf::ChainName::new(name).map_err(|e| nf_err("chain name", e))
-}
-
 /// The netfilter family of a network family.
 pub fn nf_family(f: Family) -> nf::Family {
     match f {
         Family::V4 => nf::Family::V4,
         Family::V6 => nf::Family::V6,
+    }
+}
+
+/// The network family of a netfilter family.
+pub fn family_of(f: nf::Family) -> Family {
+    match f {
+        nf::Family::V4 => Family::V4,
+        nf::Family::V6 => Family::V6,
     }
 }
 
@@ -58,89 +94,76 @@ fn proto(p: Protocol) -> nf::Protocol {
     }
 }
 
-/// Renders the whole owned ruleset of the LB namespace for `desired` with `marks`.
+/// Adds network `net`'s rules for `family` (with the fwmarks `marks`) to `rs`. A network
+/// without a subnet of that family adds nothing.
 ///
 /// # Errors
 /// [`Error::Netfilter`] if a value is rejected by the rule model (it validates again).
-pub fn ruleset(
-    desired: &DesiredState,
+pub fn add_network(
+    rs: &mut nf::OwnedRuleset,
+    net: &NetworkState,
+    family: Family,
     marks: &BTreeMap<ServiceName, u32>,
-) -> Result<nf::OwnedRuleset, Error> {
-    let fam = nf_family(desired.family());
-    let mut rs = nf::OwnedRuleset::new(fam);
-    let mark_chain = chain(MARK_CHAIN)?;
-    let snat_chain = chain(SNAT_CHAIN)?;
-    let reject_chain = chain(REJECT_CHAIN)?;
+) -> Result<(), Error> {
+    let n = net.network();
+    let Some(sn) = n.subnet(family) else {
+        return Ok(());
+    };
+    let chains = Chains::of(n.id.as_str())?;
     let add = |rs: &mut nf::OwnedRuleset, t: nf::Table, c: &nf::ChainName, r: nf::Rule| {
         rs.add_rule(t, c, r).map_err(|e| nf_err("add rule", e))
     };
-    rs.declare_chain(nf::Table::Mangle, &mark_chain);
-    if desired.options().layout == Layout::LbNamespace {
-        rs.declare_chain(nf::Table::Nat, &snat_chain);
+    let per_client = n.layout == Layout::PerClient;
+    rs.declare_chain(nf::Table::Mangle, &chains.mark);
+    if !per_client {
+        rs.declare_chain(nf::Table::Nat, &chains.snat);
     }
-    rs.declare_chain(nf::Table::Filter, &reject_chain);
-    for s in desired.services() {
-        let (Some(vip), Some(mark)) = (s.vip_addr(), marks.get(&s.name)) else {
+    rs.declare_chain(nf::Table::Filter, &chains.reject);
+    for s in net.services() {
+        let (Some(vip), Some(mark)) = (s.vip_addr(family), marks.get(&s.name)) else {
             continue;
         };
-        let comment = nf::Comment::new(format!("{SERVICE_TAG}{}", s.name))
+        let comment = nf::Comment::new(format!("{RECORD_TAG}{} svc={}", n.id, s.name))
             .map_err(|e| nf_err("comment", e))?;
         let dst = nf::Matches::new().destination(nf::Cidr::host(vip));
         let target = nf::Target::SetMark(nf::Mark::new(*mark));
         if s.ports.is_empty() {
-            add(
-                &mut rs,
-                nf::Table::Mangle,
-                &mark_chain,
-                nf::Rule::new(dst.clone(), target.clone()).with_comment(comment.clone()),
-            )?;
+            let r = nf::Rule::new(dst.clone(), target.clone()).with_comment(comment.clone());
+            add(rs, nf::Table::Mangle, &chains.mark, r)?;
         }
         for p in &s.ports {
-            let port = nf::Port::new(p.port).map_err(|e| nf_err("port", e))?;
+            let port = nf::Port::new(p.port.get()).map_err(|e| nf_err("port", e))?;
             let m = dst
                 .clone()
                 .protocol(proto(p.protocol))
                 .dport(nf::PortRange::single(port));
-            add(
-                &mut rs,
-                nf::Table::Mangle,
-                &mark_chain,
-                nf::Rule::new(m, target.clone()).with_comment(comment.clone()),
-            )?;
+            let r = nf::Rule::new(m, target.clone()).with_comment(comment.clone());
+            add(rs, nf::Table::Mangle, &chains.mark, r)?;
         }
-        if s.backends.is_empty() {
+        if s.backends_of(family).next().is_none() {
             let tcp_reset = nf::Rule::new(
                 dst.clone().protocol(nf::Protocol::Tcp),
                 nf::Target::Reject(nf::RejectWith::TcpReset),
             )
             .with_comment(comment.clone());
-            let unreachable = match desired.family() {
+            let unreachable = match family {
                 Family::V4 => nf::RejectWith::IcmpPortUnreachable,
                 Family::V6 => nf::RejectWith::Icmp6PortUnreachable,
             };
-            add(&mut rs, nf::Table::Filter, &reject_chain, tcp_reset)?;
-            add(
-                &mut rs,
-                nf::Table::Filter,
-                &reject_chain,
-                nf::Rule::new(dst.clone(), nf::Target::Reject(unreachable)).with_comment(comment),
-            )?;
+            add(rs, nf::Table::Filter, &chains.reject, tcp_reset)?;
+            let r = nf::Rule::new(dst.clone(), nf::Target::Reject(unreachable))
+                .with_comment(comment);
+            add(rs, nf::Table::Filter, &chains.reject, r)?;
         }
     }
-    let per_client = desired.options().layout == Layout::PerClient;
     if !per_client {
-        let subnet = desired.network().subnet;
-        let cidr =
-            nf::Cidr::new(subnet.addr(), subnet.prefix()).map_err(|e| nf_err("subnet", e))?;
-        add(
-            &mut rs,
-            nf::Table::Nat,
-            &snat_chain,
-            nf::Rule::new(
-                nf::Matches::new().destination(cidr).ipvs(),
-                nf::Target::Snat(desired.network().lb_addr),
-            ),
-        )?;
+        let cidr = nf::Cidr::new(sn.subnet.addr(), sn.subnet.prefix())
+            .map_err(|e| nf_err("subnet", e))?;
+        let r = nf::Rule::new(
+            nf::Matches::new().destination(cidr).ipvs(),
+            nf::Target::Snat(sn.lb_addr),
+        );
+        add(rs, nf::Table::Nat, &chains.snat, r)?;
     }
     let jump = |from, to: &nf::ChainName| nf::Jump {
         from,
@@ -155,46 +178,87 @@ pub fn ruleset(
     } else {
         nf::BuiltinChain::Input
     };
-    rs.add_jump(nf::Table::Mangle, jump(hook, &mark_chain))
+    rs.add_jump(nf::Table::Mangle, jump(hook, &chains.mark))
         .map_err(|e| nf_err("add jump", e))?;
     if !per_client {
         rs.add_jump(
             nf::Table::Nat,
-            jump(nf::BuiltinChain::Postrouting, &snat_chain),
+            jump(nf::BuiltinChain::Postrouting, &chains.snat),
         )
         .map_err(|e| nf_err("add jump", e))?;
     }
-    rs.add_jump(nf::Table::Filter, jump(hook, &reject_chain))
+    rs.add_jump(nf::Table::Filter, jump(hook, &chains.reject))
         .map_err(|e| nf_err("add jump", e))?;
+    Ok(())
+}
+
+/// The rules of one network for one family, alone in a ruleset (for tests and goldens).
+///
+/// # Errors
+/// As [`add_network`].
+pub fn ruleset(
+    net: &NetworkState,
+    family: Family,
+    marks: &BTreeMap<ServiceName, u32>,
+) -> Result<nf::OwnedRuleset, Error> {
+    let mut rs = nf::OwnedRuleset::new(nf_family(family));
+    add_network(&mut rs, net, family, marks)?;
     Ok(rs)
 }
 
-/// Reads back the service → (fwmark, VIP) records from our mark rules.
-pub fn recorded_marks(rs: &nf::OwnedRuleset) -> BTreeMap<ServiceName, (u32, IpAddr)> {
-    let mut out = BTreeMap::new();
-    let Some(mangle) = rs.tables().get(&nf::Table::Mangle) else {
+/// One service's mark as recorded in the kernel by a mark rule's comment.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Recorded {
+    /// The network id the comment names (as written; it may belong to a network that is no
+    /// longer desired).
+    pub network: String,
+    /// The service.
+    pub service: ServiceName,
+    /// Its fwmark.
+    pub mark: u32,
+    /// The VIP the rule matches.
+    pub vip: IpAddr,
+}
+
+/// Reads back the recorded marks from our mark chains (any network) of one observed family.
+pub fn recorded(obs: &nf::Observed) -> Vec<Recorded> {
+    let mut out = Vec::new();
+    let Some(mangle) = obs.tables.get(&nf::Table::Mangle) else {
         return out;
     };
-    let Some(rules) = mangle
-        .chains
-        .iter()
-        .find(|(c, _)| c.as_str() == MARK_CHAIN)
-        .map(|(_, r)| r)
-    else {
-        return out;
-    };
-    for r in rules {
-        let (Some(c), nf::Target::SetMark(m), Some(d)) =
-            (&r.comment, &r.target, &r.matches.destination)
-        else {
-            continue;
-        };
-        let Some(name) = c.as_str().strip_prefix(SERVICE_TAG) else {
-            continue;
-        };
-        if let Ok(n) = ServiceName::new(name) {
-            out.entry(n).or_insert((m.value, d.cidr.addr()));
+    for rules in mangle.chains.values() {
+        for r in rules {
+            let Some(nf::Rule {
+                comment: Some(c),
+                target: nf::Target::SetMark(m),
+                matches,
+                ..
+            }) = &r.rule
+            else {
+                continue;
+            };
+            let Some(d) = &matches.destination else {
+                continue;
+            };
+            let Some(rest) = c.as_str().strip_prefix(RECORD_TAG) else {
+                continue;
+            };
+            let Some((net, svc)) = rest.split_once(" svc=") else {
+                continue;
+            };
+            if let Ok(service) = ServiceName::new(svc) {
+                let rec = Recorded {
+                    network: net.to_string(),
+                    service,
+                    mark: m.value,
+                    vip: d.cidr.addr(),
+                };
+                if !out.contains(&rec) {
+                    out.push(rec);
+                }
+            }
         }
     }
+    out.sort();
     out
 }

@@ -1,68 +1,89 @@
-//! Logic tests on the in-memory backends (kernel semantics from `vipmesh-ipvs`'s Fake), golden
-//! plan and rule texts, and property tests.
+//! Logic tests on the fake node (kernel semantics from `vipmesh-ipvs`'s Fake and the
+//! netfilter planner), golden plan and rule texts, and property tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use proptest::prelude::*;
-use vipmesh_ipvs::fake::Fake;
 use vipmesh_ipvs::{self as ipvs, IpvsBackend};
 
-use crate::dataplane::fake::{FakeHost, FakeRules};
+use crate::controller::{Controller, ControllerConfig, ObserveMode, SyncKind};
+use crate::fake::FakeKernel;
 use crate::model::*;
-use crate::plan::{DeleteReason, DrainBook, Observed, Step, plan};
-use crate::{Error, Mesh};
+use crate::plan::{
+    DeleteReason, DrainBook, IpvsChange, KernelVersion, NodeObserved, NsObserved, Plan, plan,
+};
+use crate::{Error, ObjectStatus};
 
-type FakeMesh = Mesh<Fake, FakeRules, FakeHost>;
+type Ctl = Controller<FakeKernel>;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
 fn network() -> Network {
-    Network {
-        name: "demo".into(),
-        subnet: "10.0.0.0/24".parse().unwrap(),
-        lb_netns: "lb-demo".into(),
-        lb_interface: "eth0".into(),
-        lb_addr: ip("10.0.0.2"),
-    }
+    Network::new(
+        "demo",
+        "10.0.0.0/24".parse().unwrap(),
+        "lb-demo",
+        "eth0",
+        ip("10.0.0.2"),
+    )
+    .unwrap()
 }
 
 fn sample() -> Vec<Service> {
     let vote = Service::vip("vote", ip("10.0.0.9"), &[ip("10.0.0.10"), ip("10.0.0.11")]).unwrap();
     let mut api = Service::vip("api", ip("10.0.0.20"), &[ip("10.0.0.21")]).unwrap();
     api.ports = vec![
-        ServicePort {
-            protocol: Protocol::Tcp,
-            port: 8080,
-        },
-        ServicePort {
-            protocol: Protocol::Udp,
-            port: 53,
-        },
+        ServicePort::new(Protocol::Tcp, 8080).unwrap(),
+        ServicePort::new(Protocol::Udp, 53).unwrap(),
     ];
     api.scheduler = Scheduler::new("wrr").unwrap();
-    api.persistence = Some(Persistence {
-        timeout_secs: 300,
-        netmask_prefix: 24,
-    });
+    api.persistence = Some(Persistence::new(300, 24, 128).unwrap());
     let web = Service::dnsrr("web", &[ip("10.0.0.30"), ip("10.0.0.31")]).unwrap();
     let empty = Service::vip("empty", ip("10.0.0.40"), &[]).unwrap();
     vec![vote, api, web, empty]
 }
 
-fn state(services: Vec<Service>) -> DesiredState {
-    DesiredState::new(network(), services, Options::default()).unwrap()
+fn node(services: Vec<Service>) -> NodeState {
+    NodeState::single(NetworkState::new(network(), services).unwrap()).unwrap()
 }
 
-fn fake_mesh() -> FakeMesh {
-    Mesh::from_parts(
-        Fake::new(),
-        FakeRules::default(),
-        FakeHost::default(),
-        "fake",
-    )
+fn world() -> FakeKernel {
+    let k = FakeKernel::new();
+    k.add_namespace("lb-demo", &["lo", "eth0"]);
+    k
+}
+
+fn ctl(k: &FakeKernel) -> Ctl {
+    Controller::new(k.clone(), ControllerConfig::default())
+}
+
+fn apply(c: &mut Ctl, state: NodeState, now: u64) {
+    c.set_desired(state);
+    if let Err(e) = c.sync_full(now) {
+        panic!("apply failed: {e}");
+    }
+}
+
+fn plan_at(c: &mut Ctl, now: u64) -> Plan {
+    let (obs, failed) = c.observe(now);
+    assert!(failed.is_empty(), "{failed:?}");
+    c.plan(&obs, now).unwrap()
+}
+
+fn empty_seen(ns: &[&str]) -> NodeObserved {
+    let mut o = NodeObserved::default();
+    for n in ns {
+        o.namespaces.insert(
+            n.to_string(),
+            NsObserved::empty(KernelVersion { major: 6, minor: 1 }),
+        );
+    }
+    o
 }
 
 fn golden(name: &str, actual: &str) {
@@ -72,6 +93,7 @@ fn golden(name: &str, actual: &str) {
     if std::env::var_os("BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
+        return;
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run with BLESS=1 to create)", path.display()));
@@ -81,11 +103,27 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
+fn mark_of(c: &Ctl, svc: &str) -> u32 {
+    c.marks()[&NetworkId::new("demo").unwrap()][svc]
+}
+
+fn dests(k: &FakeKernel, ns: &str, fam: ipvs::Family, mark: u32) -> Vec<(IpAddr, u32)> {
+    let key = ipvs::ServiceKey::fwmark(fam, mark).unwrap();
+    k.with(ns, |n| n.ipvs.dests(&key).unwrap())
+        .iter()
+        .map(|d| (d.dest.key.addr, d.dest.weight.get()))
+        .collect()
+}
+
+fn ipvs_log(k: &FakeKernel, ns: &str) -> usize {
+    k.with(ns, |n| n.ipvs.log.len())
+}
+
 #[test]
-fn golden_initial_plan() {
+fn golden_initial_plan_shows_every_step_and_the_rule_diff() {
     let p = plan(
-        &state(sample()),
-        &Observed::default(),
+        &node(sample()),
+        &empty_seen(&["lb-demo"]),
         &DrainBook::default(),
         0,
     )
@@ -95,9 +133,10 @@ fn golden_initial_plan() {
 
 #[test]
 fn golden_vip_rules() {
-    let desired = state(sample());
-    let p = plan(&desired, &Observed::default(), &DrainBook::default(), 0).unwrap();
-    let rs = crate::rules::ruleset(&desired, &p.marks).unwrap();
+    let st = node(sample());
+    let p = plan(&st, &empty_seen(&["lb-demo"]), &DrainBook::default(), 0).unwrap();
+    let net = st.network("demo").unwrap();
+    let rs = crate::rules::ruleset(net, Family::V4, &p.marks[net.id()]).unwrap();
     let text = vipmesh_netfilter::plan(
         &rs,
         &vipmesh_netfilter::Observed::empty(vipmesh_netfilter::Family::V4),
@@ -108,105 +147,129 @@ fn golden_vip_rules() {
 }
 
 #[test]
+fn golden_plan_of_a_change_shows_added_and_removed_rules() {
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    let mut changed = sample();
+    changed.retain(|s| s.name.as_str() != "api");
+    changed[0].ports = vec![ServicePort::new(Protocol::Tcp, 80).unwrap()];
+    changed[0].backends.push(Backend::new(ip("10.0.0.12")));
+    c.set_desired(node(changed));
+    golden("plan_change.txt", &plan_at(&mut c, 1).to_string());
+}
+
+#[test]
 fn apply_then_plan_is_empty_and_apply_twice_changes_nothing() {
-    let desired = state(sample());
-    let mut m = fake_mesh();
-    let r = m.apply_at(&desired, 0).unwrap();
-    assert!(r.ok(), "{r}");
-    let (p, _) = m.plan_at(&desired, 1).unwrap();
-    assert!(p.is_empty(), "{p}");
-    let ops_before = m.ipvs().log.len();
-    let batches = m.rules().batches;
-    let r = m.apply_at(&desired, 2).unwrap();
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    assert!(plan_at(&mut c, 1).is_empty());
+    let ops = ipvs_log(&k, "lb-demo");
+    let batches = k.with("lb-demo", |n| n.batches);
+    let r = c.sync_full(2).unwrap();
     assert!(r.steps.is_empty(), "{r}");
+    assert_eq!(ipvs_log(&k, "lb-demo"), ops, "no IPVS operation on re-apply");
+    assert_eq!(k.with("lb-demo", |n| n.batches), batches, "no netfilter batch");
+    // The seed's shape: FWM 0x102 rr with both tasks as Masq weight 1.
+    let mark = mark_of(&c, "vote");
+    assert_eq!(mark, 0x102, "marks are allocated in name order: api, empty, vote");
     assert_eq!(
-        m.ipvs().log.len(),
-        ops_before,
-        "no IPVS operation on re-apply"
+        dests(&k, "lb-demo", ipvs::Family::Inet, mark),
+        vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 1)]
     );
-    assert_eq!(m.rules().batches, batches, "no netfilter batch on re-apply");
-    // The seed's shape: FWM 256 rr with both tasks as Masq weight 1.
-    let mark = m.marks(&desired).unwrap()["vote"];
-    assert_eq!(
-        mark, 0x102,
-        "marks are allocated in name order: api, empty, vote"
-    );
-    let key = ipvs::ServiceKey::fwmark(ipvs::Family::Inet, mark).unwrap();
-    let dests = m.ipvs().dests(&key).unwrap();
-    let addrs: Vec<_> = dests
-        .iter()
-        .map(|d| (d.dest.key.addr, d.dest.weight.get()))
-        .collect();
-    assert_eq!(addrs, vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 1)]);
-    assert!(dests.iter().all(|d| d.dest.fwd == ipvs::FwdMethod::Masq));
+    // VIPs are addresses of the LB interface, tagged as ours.
+    k.with("lb-demo", |n| {
+        let a = &n.addrs[&ip("10.0.0.9")];
+        assert_eq!((a.interface.as_str(), a.prefix, a.owned), ("eth0", 32, true));
+    });
 }
 
 #[test]
 fn dnsrr_services_program_nothing_in_ipvs() {
-    let desired = state(vec![Service::dnsrr("web", &[ip("10.0.0.30")]).unwrap()]);
-    let mut m = fake_mesh();
-    m.apply_at(&desired, 0).unwrap();
-    assert!(m.ipvs().services().unwrap().is_empty());
-    assert!(m.host().addrs.is_empty());
+    let k = world();
+    let mut c = ctl(&k);
+    apply(
+        &mut c,
+        node(vec![Service::dnsrr("web", &[ip("10.0.0.30")]).unwrap()]),
+        0,
+    );
+    k.with("lb-demo", |n| {
+        assert!(n.ipvs.services().unwrap().is_empty());
+        assert!(n.addrs.is_empty());
+    });
 }
 
 #[test]
 fn a_restarted_controller_keeps_the_marks_and_changes_nothing() {
-    let desired = state(sample());
-    let mut m = fake_mesh();
-    assert!(m.apply_at(&desired, 0).unwrap().ok());
-    let marks = m.marks(&desired).unwrap();
-    // "Restart": a new controller over the same kernel state, with the services listed in
-    // another order (the allocation must not depend on it).
-
-    let (ipvs, rules, host) = into_parts(m);
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    let marks = c.marks().clone();
+    let ops = ipvs_log(&k, "lb-demo");
     let mut services = sample();
     services.reverse();
-    let desired2 = state(services);
-    let mut m2 = Mesh::from_parts(ipvs, rules, host, "fake");
-    let ops = m2.ipvs().log.len();
-    let (p, _) = m2.plan_at(&desired2, 10).unwrap();
-    assert!(p.is_empty(), "{p}");
-    assert_eq!(m2.marks(&desired2).unwrap(), marks);
-    assert!(m2.apply_at(&desired2, 11).unwrap().steps.is_empty());
-    assert_eq!(m2.ipvs().log.len(), ops, "no service recreated");
+    let mut c2 = ctl(&k);
+    c2.set_desired(node(services));
+    assert!(plan_at(&mut c2, 10).is_empty());
+    let r = c2.sync_full(11).unwrap();
+    assert!(r.steps.is_empty(), "{r}");
+    assert_eq!(c2.marks(), &marks);
+    assert_eq!(ipvs_log(&k, "lb-demo"), ops, "no service recreated");
 }
 
-fn into_parts(mut m: FakeMesh) -> (Fake, FakeRules, FakeHost) {
-    (
-        std::mem::take(m.ipvs()),
-        std::mem::take(m.rules()),
-        std::mem::take(m.host()),
-    )
+#[test]
+fn a_flushed_mark_chain_recovers_its_marks_from_ipvs_without_recreating_services() {
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    let marks = c.marks().clone();
+    let ops = ipvs_log(&k, "lb-demo");
+    // Someone flushes our rules (every chain, every record of the marks in rules).
+    k.with("lb-demo", |n| {
+        for o in n.rules.values_mut() {
+            o.tables.clear();
+        }
+    });
+    let mut c2 = ctl(&k);
+    c2.set_desired(node(sample()));
+    let r = c2.sync_full(5).unwrap();
+    assert!(r.ok(), "{r}");
+    assert_eq!(c2.marks(), &marks, "marks recovered from the IPVS services");
+    let log = k.with("lb-demo", |n| n.ipvs.log[ops..].to_vec());
+    assert!(
+        log.iter().all(|op| !matches!(op, ipvs::Op::AddService(_) | ipvs::Op::DelService(_))),
+        "no IPVS service recreated: {log:?}"
+    );
+    assert!(plan_at(&mut c2, 6).is_empty());
 }
 
 #[test]
 fn new_services_do_not_reuse_a_mark_while_its_old_service_exists() {
-    let mut m = fake_mesh();
+    let k = world();
+    let mut c = ctl(&k);
     let a = Service::vip("a", ip("10.0.0.9"), &[ip("10.0.0.10")]).unwrap();
     let b = Service::vip("b", ip("10.0.0.19"), &[ip("10.0.0.11")]).unwrap();
-    m.apply_at(&state(vec![a.clone(), b.clone()]), 0).unwrap();
-    let marks = m.marks(&state(vec![a.clone(), b.clone()])).unwrap();
-    assert_eq!(marks["a"], 0x100);
-    assert_eq!(marks["b"], 0x101);
-    // Replace a by c in one step: c must not take 0x100, which IPVS still holds until the
-    // same batch deletes it.
-    let c = Service::vip("c", ip("10.0.0.29"), &[ip("10.0.0.12")]).unwrap();
-    let desired = state(vec![b.clone(), c]);
-    let (p, _) = m.plan_at(&desired, 1).unwrap();
-    assert_eq!(p.marks[&ServiceName::new("c").unwrap()], 0x102, "{p}");
-    assert!(p.steps.contains(&Step::DelService { mark: 0x100 }), "{p}");
-    assert!(m.apply_at(&desired, 1).unwrap().ok());
-    assert!(m.plan_at(&desired, 2).unwrap().0.is_empty());
-    assert!(
-        !m.host().addrs.contains(&ip("10.0.0.9")),
-        "the old VIP is removed"
-    );
+    apply(&mut c, node(vec![a, b.clone()]), 0);
+    assert_eq!((mark_of(&c, "a"), mark_of(&c, "b")), (0x100, 0x101));
+    let cc = Service::vip("c", ip("10.0.0.29"), &[ip("10.0.0.12")]).unwrap();
+    c.set_desired(node(vec![b, cc]));
+    let p = plan_at(&mut c, 1);
+    let id = NetworkId::new("demo").unwrap();
+    assert_eq!(p.marks[&id]["c"], 0x102, "{p}");
+    let del = p.namespaces["lb-demo"]
+        .ipvs_removals
+        .iter()
+        .any(|s| s.mark == 0x100 && s.change == IpvsChange::DelService);
+    assert!(del, "{p}");
+    let _ = c.sync_full(1).unwrap();
+    assert!(plan_at(&mut c, 2).is_empty());
+    assert!(k.with("lb-demo", |n| !n.addrs.contains_key(&ip("10.0.0.9"))));
 }
 
 #[test]
 fn foreign_ipvs_services_are_never_touched() {
-    let mut m = fake_mesh();
+    let k = world();
     let foreign = ipvs::IpvsService::new(
         ipvs::ServiceKey::fwmark(ipvs::Family::Inet, 7).unwrap(),
         ipvs::Scheduler::RR,
@@ -217,43 +280,37 @@ fn foreign_ipvs_services_are_never_touched() {
         ipvs::Scheduler::RR,
     )
     .unwrap();
-    for r in m
-        .ipvs()
-        .execute(&[ipvs::Op::AddService(foreign), ipvs::Op::AddService(tcp)])
-    {
-        r.unwrap();
-    }
-    m.apply_at(&state(sample()), 0).unwrap();
-    m.apply_at(&state(vec![]), 1).unwrap();
-    let left: Vec<_> = m
-        .ipvs()
-        .services()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.service.key)
-        .collect();
-    assert_eq!(left.len(), 2, "only the foreign services remain: {left:?}");
+    k.with("lb-demo", |n| {
+        for r in n
+            .ipvs
+            .execute(&[ipvs::Op::AddService(foreign), ipvs::Op::AddService(tcp)])
+        {
+            r.unwrap();
+        }
+    });
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    apply(&mut c, node(vec![]), 1);
+    let left = k.with("lb-demo", |n| n.ipvs.services().unwrap().len());
+    assert_eq!(left, 2, "only the foreign services remain");
 }
 
-fn drain_setup(udp: bool) -> (FakeMesh, DesiredState, DesiredState, ipvs::ServiceKey) {
+fn drain_setup(udp: bool) -> (FakeKernel, Ctl, NodeState, ipvs::ServiceKey) {
     let mut svc =
         Service::vip("vote", ip("10.0.0.9"), &[ip("10.0.0.10"), ip("10.0.0.11")]).unwrap();
     if udp {
-        svc.ports = vec![ServicePort {
-            protocol: Protocol::Udp,
-            port: 53,
-        }];
+        svc.ports = vec![ServicePort::new(Protocol::Udp, 53).unwrap()];
     }
-    let before = state(vec![svc.clone()]);
+    let before = node(vec![svc.clone()]);
     svc.backends.retain(|b| b.addr != ip("10.0.0.11"));
-    let after = state(vec![svc]);
-    let mut m = fake_mesh();
-    assert!(m.apply_at(&before, 0).unwrap().ok());
+    let after = node(vec![svc]);
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, before, 0);
     let key = ipvs::ServiceKey::fwmark(ipvs::Family::Inet, 0x100).unwrap();
-    (m, before, after, key)
+    (k, c, after, key)
 }
 
-/// The real server `drain_setup` removes.
 fn drained_key() -> ipvs::DestKey {
     ipvs::DestKey {
         addr: ip("10.0.0.11"),
@@ -261,161 +318,133 @@ fn drained_key() -> ipvs::DestKey {
     }
 }
 
-/// Whether the plan deletes a real server for `reason`.
-fn deletes(p: &crate::plan::Plan, reason: DeleteReason) -> bool {
-    p.steps
-        .iter()
-        .any(|s| matches!(s, Step::DelDest { reason: r, .. } if *r == reason))
-}
-
-fn dest_weights(m: &mut FakeMesh, key: &ipvs::ServiceKey) -> Vec<(IpAddr, u32)> {
-    m.ipvs()
-        .dests(key)
-        .unwrap()
-        .iter()
-        .map(|d| (d.dest.key.addr, d.dest.weight.get()))
-        .collect()
+fn deletes(p: &Plan, reason: DeleteReason) -> bool {
+    p.namespaces.values().any(|n| {
+        n.ipvs_removals
+            .iter()
+            .any(|s| matches!(s.change, IpvsChange::DelDest { reason: r, .. } if r == reason))
+    })
 }
 
 #[test]
 fn a_removed_backend_drains_then_goes_when_idle() {
-    let (mut m, _, after, key) = drain_setup(false);
-    let dk = drained_key();
-    m.ipvs().set_conns(&key, &dk, 3, 1).unwrap();
-    let r = m.apply_at(&after, 100).unwrap();
-    assert!(r.ok(), "{r}");
+    let (k, mut c, after, key) = drain_setup(false);
+    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 1, 0).unwrap());
+    apply(&mut c, after, 1);
     assert_eq!(
-        dest_weights(&mut m, &key),
-        vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 0)]
+        dests(&k, "lb-demo", ipvs::Family::Inet, 0x100),
+        vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 0)],
+        "weight 0 first"
     );
-    assert_eq!(m.drains().started(0x100, ip("10.0.0.11")), Some(100));
-    // Still busy before the timeout: nothing changes.
-    let (p, _) = m.plan_at(&after, 110).unwrap();
-    assert!(p.is_empty(), "{p}");
-    // Idle: deleted as drained.
-    m.ipvs().set_conns(&key, &dk, 0, 0).unwrap();
-    let (p, _) = m.plan_at(&after, 111).unwrap();
-    assert!(deletes(&p, DeleteReason::Drained), "{p}");
-    let r = m.apply_at(&after, 111).unwrap();
-    assert!(r.ok(), "{r}");
-    assert_eq!(dest_weights(&mut m, &key), vec![(ip("10.0.0.10"), 1)]);
-    assert!(m.drains().is_empty(), "{:?} {r}", m.drains());
+    assert_eq!(c.drains().started(0x100, ip("10.0.0.11")), Some(1));
+    assert!(c.next_deadline().is_some_and(|d| d <= 31));
+    assert!(!deletes(&plan_at(&mut c, 2), DeleteReason::Drained));
+    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 0, 0).unwrap());
+    // The incremental sync polls the draining service.
+    let (kind, _) = c.sync(3).unwrap();
+    assert_eq!(kind, SyncKind::Incremental);
+    assert_eq!(
+        dests(&k, "lb-demo", ipvs::Family::Inet, 0x100),
+        vec![(ip("10.0.0.10"), 1)]
+    );
+    assert!(c.drains().is_empty());
 }
 
 #[test]
 fn the_drain_timeout_deletes_a_busy_backend() {
-    let (mut m, _, after, key) = drain_setup(false);
-    let dk = drained_key();
-    m.ipvs().set_conns(&key, &dk, 5, 0).unwrap();
-    m.apply_at(&after, 1000).unwrap();
-    let timeout = after.options().drain_timeout.as_secs();
-    assert!(m.plan_at(&after, 1000 + timeout - 1).unwrap().0.is_empty());
-    let (p, _) = m.plan_at(&after, 1000 + timeout).unwrap();
-    assert!(deletes(&p, DeleteReason::DrainTimeout), "{p}");
+    let (k, mut c, after, key) = drain_setup(false);
+    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 3, 1).unwrap());
+    apply(&mut c, after, 10);
+    assert!(!deletes(&plan_at(&mut c, 39), DeleteReason::DrainTimeout));
+    assert!(deletes(&plan_at(&mut c, 40), DeleteReason::DrainTimeout));
+}
+
+#[test]
+fn the_drain_clock_survives_a_restart_through_its_file() {
+    let (k, mut c, after, key) = drain_setup(false);
+    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 3, 1).unwrap());
+    apply(&mut c, after.clone(), 10);
+    let saved = c.drains().to_json();
+    let mut c2 = ctl(&k);
+    c2.set_drains(DrainBook::from_json("drains.json", &saved).unwrap());
+    c2.set_desired(after);
+    assert!(deletes(&plan_at(&mut c2, 40), DeleteReason::DrainTimeout));
+    // A corrupt or future book is an error naming the file, never an empty book.
+    for bad in ["{", r#"{"version":2,"started":[]}"#, "[]", r#"{"version":1,"started":[],"x":1}"#] {
+        match DrainBook::from_json("/run/vipmesh/x.json", bad) {
+            Err(Error::DrainBook { path, .. }) => assert_eq!(path, "/run/vipmesh/x.json"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }
 
 #[test]
 fn a_backend_that_comes_back_stops_draining() {
-    let (mut m, before, after, key) = drain_setup(false);
-    let dk = drained_key();
-    m.ipvs().set_conns(&key, &dk, 1, 0).unwrap();
-    m.apply_at(&after, 0).unwrap();
-    assert_eq!(m.drains().len(), 1);
-    m.apply_at(&before, 1).unwrap();
+    let (k, mut c, after, key) = drain_setup(false);
+    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 1, 0).unwrap());
+    apply(&mut c, after, 1);
+    let back = node(vec![
+        Service::vip("vote", ip("10.0.0.9"), &[ip("10.0.0.10"), ip("10.0.0.11")]).unwrap(),
+    ]);
+    apply(&mut c, back, 2);
     assert_eq!(
-        dest_weights(&mut m, &key),
+        dests(&k, "lb-demo", ipvs::Family::Inet, 0x100),
         vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 1)]
     );
-    m.plan_at(&before, 2).unwrap();
-    assert!(m.drains().is_empty());
+    assert!(c.drains().is_empty());
 }
 
 #[test]
 fn udp_backends_are_deleted_at_once() {
-    let (mut m, _, after, key) = drain_setup(true);
-    let dk = drained_key();
-    m.ipvs().set_conns(&key, &dk, 0, 7).unwrap();
-    let (p, _) = m.plan_at(&after, 5).unwrap();
-    assert!(deletes(&p, DeleteReason::Udp), "{p}");
-    m.apply_at(&after, 5).unwrap();
-    assert_eq!(dest_weights(&mut m, &key), vec![(ip("10.0.0.10"), 1)]);
+    let (_k, mut c, after, _) = drain_setup(true);
+    c.set_desired(after);
+    assert!(deletes(&plan_at(&mut c, 1), DeleteReason::Udp));
 }
 
 #[test]
 fn sysctls_follow_the_kernel_version() {
-    let old = crate::plan::sysctls((5, 4), Family::V4);
-    assert_eq!(
-        old.get("net.ipv4.vs.conn_reuse_mode").map(String::as_str),
-        Some("0")
-    );
-    let new = crate::plan::sysctls((6, 1), Family::V4);
+    let old = crate::plan::sysctls(KernelVersion { major: 5, minor: 4 }, Family::V4);
+    assert_eq!(old.get("net.ipv4.vs.conn_reuse_mode").map(String::as_str), Some("0"));
+    let new = crate::plan::sysctls(KernelVersion { major: 6, minor: 1 }, Family::V6);
     assert!(!new.contains_key("net.ipv4.vs.conn_reuse_mode"));
-    assert_eq!(new["net.ipv4.vs.conntrack"], "1");
-    assert_eq!(new["net.ipv4.ip_forward"], "1");
-    let v6 = crate::plan::sysctls((6, 1), Family::V6);
-    assert_eq!(v6["net.ipv6.conf.all.forwarding"], "1");
+    assert_eq!(
+        new.get("net.ipv6.conf.all.forwarding").map(String::as_str),
+        Some("1")
+    );
+    assert!(KernelVersion::parse("garbage").is_err());
+    assert_eq!(
+        KernelVersion::parse("6.12.3+deb12-amd64\n").unwrap(),
+        KernelVersion { major: 6, minor: 12 }
+    );
 }
 
 #[test]
 fn an_exhausted_fwmark_range_is_an_error() {
-    let opts = Options {
-        fwmark_first: 0x100,
-        fwmark_last: 0x100,
-        ..Options::default()
-    };
-    let desired = DesiredState::new(network(), sample(), opts).unwrap();
-    let err = plan(&desired, &Observed::default(), &DrainBook::default(), 0).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::FwmarkExhausted {
-                first: 0x100,
-                last: 0x100,
-                needed: 3
-            }
-        ),
-        "{err}"
-    );
-    let mut m = fake_mesh();
-    assert!(m.apply_at(&desired, 0).is_err());
-    assert!(m.ipvs().log.is_empty(), "nothing applied");
-    assert!(m.host().addrs.is_empty());
+    let net = network().with_fwmarks(FwmarkRange::new(0x100, 0x101).unwrap());
+    let services = vec![
+        Service::vip("a", ip("10.0.0.9"), &[]).unwrap(),
+        Service::vip("b", ip("10.0.0.19"), &[]).unwrap(),
+        Service::vip("c", ip("10.0.0.29"), &[]).unwrap(),
+    ];
+    let st = NodeState::single(NetworkState::new(net, services).unwrap()).unwrap();
+    let r = plan(&st, &empty_seen(&["lb-demo"]), &DrainBook::default(), 0);
+    assert!(matches!(r, Err(Error::FwmarkExhausted { needed: 3, .. })), "{r:?}");
 }
 
 #[test]
 fn the_top_of_the_mark_range_does_not_overflow() {
-    let opts = Options {
-        fwmark_first: u32::MAX - 1,
-        fwmark_last: u32::MAX,
-        ..Options::default()
-    };
-    let d = DesiredState::new(network(), sample(), opts).unwrap();
-    // Three VIP services, two marks: a typed error, no overflow.
-    let err = plan(&d, &Observed::default(), &DrainBook::default(), 0).unwrap_err();
-    assert!(
-        matches!(err, Error::FwmarkExhausted { needed: 3, .. }),
-        "{err}"
-    );
-    let two = DesiredState::new(
-        network(),
-        sample()
-            .into_iter()
-            .filter(|s| s.name.as_str() != "empty")
-            .collect(),
-        Options {
-            fwmark_first: u32::MAX - 1,
-            fwmark_last: u32::MAX,
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    let p = plan(&two, &Observed::default(), &DrainBook::default(), 0).unwrap();
-    let mut marks: Vec<u32> = p.marks.values().copied().collect();
-    marks.sort();
-    assert_eq!(marks, vec![u32::MAX - 1, u32::MAX]);
+    let net = network().with_fwmarks(FwmarkRange::new(u32::MAX - 1, u32::MAX).unwrap());
+    let services = vec![
+        Service::vip("a", ip("10.0.0.9"), &[]).unwrap(),
+        Service::vip("b", ip("10.0.0.19"), &[]).unwrap(),
+    ];
+    let st = NodeState::single(NetworkState::new(net, services).unwrap()).unwrap();
+    let p = plan(&st, &empty_seen(&["lb-demo"]), &DrainBook::default(), 0).unwrap();
+    let m = &p.marks[&NetworkId::new("demo").unwrap()];
+    assert_eq!((m["a"], m["b"]), (u32::MAX - 1, u32::MAX));
 }
 
-fn invalid_field(r: Result<DesiredState, Error>) -> (&'static str, String) {
+fn invalid(r: Result<impl std::fmt::Debug, Error>) -> (&'static str, String) {
     match r {
         Err(Error::Invalid { field, value, .. }) => (field, value),
         other => panic!("expected Invalid, got {other:?}"),
@@ -424,200 +453,561 @@ fn invalid_field(r: Result<DesiredState, Error>) -> (&'static str, String) {
 
 #[test]
 fn bad_input_names_the_field_and_value() {
-    let net = network;
     let vip = |n: &str, v: &str, b: &[&str]| {
         Service::vip(n, ip(v), &b.iter().map(|s| ip(s)).collect::<Vec<_>>()).unwrap()
     };
-    let o = Options::default;
-    // Duplicate names.
-    let (f, v) = invalid_field(DesiredState::new(
-        net(),
-        vec![vip("a", "10.0.0.9", &[]), vip("a", "10.0.0.19", &[])],
-        o(),
-    ));
+    let ns = |s: Vec<Service>| NetworkState::new(network(), s);
+    let (f, v) = invalid(ns(vec![vip("a", "10.0.0.9", &[]), vip("a", "10.0.0.19", &[])]));
     assert_eq!((f, v.as_str()), ("service.name", "a"));
-    // Duplicate VIPs.
-    let (f, v) = invalid_field(DesiredState::new(
-        net(),
-        vec![vip("a", "10.0.0.9", &[]), vip("b", "10.0.0.9", &[])],
-        o(),
-    ));
+    let (f, v) = invalid(ns(vec![vip("a", "10.0.0.9", &[]), vip("b", "10.0.0.9", &[])]));
     assert_eq!(f, "service.vip");
     assert!(v.contains("10.0.0.9"));
-    // VIP outside the subnet.
-    let (f, v) = invalid_field(DesiredState::new(
-        net(),
-        vec![vip("a", "10.1.0.9", &[])],
-        o(),
-    ));
+    let (f, v) = invalid(ns(vec![vip("a", "10.1.0.9", &[])]));
     assert_eq!((f, v.as_str()), ("service.vip", "a: 10.1.0.9"));
-    // VIP colliding with a backend.
-    let (f, _) = invalid_field(DesiredState::new(
-        net(),
-        vec![
-            vip("a", "10.0.0.9", &["10.0.0.10"]),
-            vip("b", "10.0.0.10", &[]),
-        ],
-        o(),
-    ));
+    let (f, _) = invalid(ns(vec![
+        vip("a", "10.0.0.9", &["10.0.0.10"]),
+        vip("b", "10.0.0.10", &[]),
+    ]));
     assert_eq!(f, "service.vip");
-    // Port 0.
-    let mut s = vip("a", "10.0.0.9", &[]);
-    s.ports = vec![ServicePort {
-        protocol: Protocol::Tcp,
-        port: 0,
-    }];
-    let (f, _) = invalid_field(DesiredState::new(net(), vec![s], o()));
-    assert_eq!(f, "service.ports.port");
-    // Backend of the wrong family.
-    let (f, _) = invalid_field(DesiredState::new(
-        net(),
-        vec![vip("a", "10.0.0.9", &["fd00::1"])],
-        o(),
-    ));
+    // A VIP or backend of a family the network has no subnet for.
+    let (f, v) = invalid(ns(vec![vip("a", "fd00::9", &[])]));
+    assert_eq!(f, "service.vip");
+    assert!(v.contains("fd00::9"), "{v}");
+    let (f, _) = invalid(ns(vec![vip("a", "10.0.0.9", &["fd00::1"])]));
     assert_eq!(f, "service.backends.addr");
-    // Unknown scheduler, bad names, weights, subnets.
-    assert!(matches!(
-        Scheduler::new("fastest"),
-        Err(Error::Invalid {
-            field: "service.scheduler",
-            ..
-        })
+    // Values checked by their constructors.
+    assert_eq!(invalid(ServicePort::new(Protocol::Tcp, 0)).0, "port");
+    assert_eq!(invalid(Scheduler::new("fastest")).0, "service.scheduler");
+    assert_eq!(invalid(ServiceName::new("Bad Name;rm")).0, "service.name");
+    assert_eq!(invalid(Weight::new(65536)).0, "backend.weight");
+    assert_eq!(invalid("10.0.0.1/24".parse::<Subnet>()).0, "subnet");
+    assert_eq!(invalid(Persistence::new(300, 24, 0)).0, "service.persistence.netmask_prefix_v6");
+    assert_eq!(invalid(Persistence::new(300, 33, 128)).0, "service.persistence.netmask_prefix");
+    assert_eq!(invalid(Persistence::new(0, 32, 128)).0, "service.persistence.timeout_secs");
+    // Network ids name chains: short, and only what iptables takes in our names.
+    assert_eq!(invalid(NetworkId::new("abcdefghijk")).0, "network.id");
+    assert_eq!(invalid(NetworkId::new("Net")).0, "network.id");
+    assert_eq!(invalid(NetworkId::new("a b")).0, "network.id");
+    assert_eq!(invalid(NetworkId::new("")).0, "network.id");
+    assert_eq!(invalid(FwmarkRange::new(0, 10)).0, "network.fwmarks");
+    assert_eq!(invalid(FwmarkRange::new(20, 10)).0, "network.fwmarks");
+    // Networks of one node: distinct ids, non-overlapping marks.
+    let two = |a: Network, b: Network| {
+        NodeState::new(
+            vec![
+                NetworkState::new(a, vec![]).unwrap(),
+                NetworkState::new(b, vec![]).unwrap(),
+            ],
+            NodeOptions::default(),
+        )
+    };
+    let other = Network::new("other", "10.9.0.0/24".parse().unwrap(), "lb2", "eth0", ip("10.9.0.2"))
+        .unwrap();
+    let (f, v) = invalid(two(network(), other.clone()));
+    assert_eq!(f, "network.fwmarks");
+    assert!(v.contains("demo") && v.contains("other"), "{v}");
+    let (f, v) = invalid(two(
+        network(),
+        Network {
+            id: NetworkId::new("demo").unwrap(),
+            ..other.with_fwmarks(FwmarkRange::new(0x20000, 0x2ffff).unwrap())
+        },
     ));
-    assert!(matches!(
-        ServiceName::new("Bad Name;rm"),
-        Err(Error::Invalid {
-            field: "service.name",
-            ..
-        })
-    ));
-    assert!(matches!(
-        Weight::new(65536),
-        Err(Error::Invalid {
-            field: "backend.weight",
-            ..
-        })
-    ));
-    assert!(matches!(
-        "10.0.0.1/24".parse::<Subnet>(),
-        Err(Error::Invalid {
-            field: "subnet",
-            ..
-        })
-    ));
+    assert_eq!((f, v.as_str()), ("network.id", "demo"));
     // Empty backends are allowed (and rejected at the VIP, see the rules golden).
-    assert!(DesiredState::new(net(), vec![vip("a", "10.0.0.9", &[])], o()).is_ok());
+    assert!(ns(vec![vip("a", "10.0.0.9", &[])]).is_ok());
+}
+
+const FULL_STATE: &str = r#"{
+  "networks": [{
+    "id": "demo", "lb_netns": "lb-demo", "lb_interface": "eth0",
+    "subnets": [{"subnet": "10.0.0.0/24", "lb_addr": "10.0.0.2"},
+                {"subnet": "fd00::/64", "lb_addr": "fd00::2"}],
+    "fwmarks": {"first": 256, "last": 511}, "layout": "lb_namespace",
+    "services": [
+      {"name": "vote", "mode": {"vip": ["10.0.0.9", "fd00::9"]}, "scheduler": "wrr",
+       "ports": [{"protocol": "tcp", "port": 80}],
+       "persistence": {"timeout_secs": 300, "netmask_prefix": 24, "netmask_prefix_v6": 64},
+       "backends": [{"addr": "10.0.0.10"}, {"addr": "fd00::10", "weight": 2}]},
+      {"name": "web", "mode": "dnsrr", "backends": [{"addr": "10.0.0.12"}]}
+    ]
+  }],
+  "options": {"drain_timeout": 30}
+}"#;
+
+/// Walks every object of a complete state file and plants an unknown field in it: each must
+/// be refused, so no struct can forget `deny_unknown_fields`.
+#[test]
+fn every_object_of_the_state_file_refuses_unknown_fields() {
+    NodeState::from_json(FULL_STATE).unwrap();
+    let root: serde_json::Value = serde_json::from_str(FULL_STATE).unwrap();
+    fn paths(v: &serde_json::Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                out.push(at.clone());
+                for (k, x) in m {
+                    let mut p = at.clone();
+                    p.push(k.clone());
+                    paths(x, p, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    let mut p = at.clone();
+                    p.push(i.to_string());
+                    paths(x, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(&root, Vec::new(), &mut all);
+    assert!(all.len() >= 9, "{all:?}");
+    for p in all {
+        let mut v = root.clone();
+        let mut cur = &mut v;
+        for k in &p {
+            cur = match cur {
+                serde_json::Value::Object(m) => m.get_mut(k).unwrap(),
+                serde_json::Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                _ => unreachable!(),
+            };
+        }
+        // "mode": {"vip": …} is an enum: an extra key there is an error too.
+        cur.as_object_mut().unwrap().insert("colour".into(), "red".into());
+        let text = serde_json::to_string(&v).unwrap();
+        assert!(
+            NodeState::from_json(&text).is_err(),
+            "unknown field accepted at {p:?}"
+        );
+    }
+}
+
+#[test]
+fn values_in_range_for_json_but_not_for_the_kernel_are_refused_at_load() {
+    let cases = [
+        (r#""weight": 2"#, r#""weight": 70000"#, "backend.weight"),
+        (r#""port": 80"#, r#""port": 0"#, "port"),
+        (r#""port": 80"#, r#""port": 65536"#, "port"),
+        (r#""netmask_prefix_v6": 64"#, r#""netmask_prefix_v6": 0"#, "netmask_prefix_v6"),
+        (r#""netmask_prefix": 24"#, r#""netmask_prefix": 33"#, "netmask_prefix"),
+        (r#""timeout_secs": 300"#, r#""timeout_secs": 2678401"#, "timeout_secs"),
+        (r#""first": 256"#, r#""first": 0"#, "network.fwmarks"),
+        (r#""scheduler": "wrr""#, r#""scheduler": "fastest""#, "service.scheduler"),
+        (r#""id": "demo""#, r#""id": "DEMO""#, "network.id"),
+        (r#""vip": ["10.0.0.9", "fd00::9"]"#, r#""vip": ["10.0.0.9", "10.0.0.8"]"#, "service.vip"),
+    ];
+    for (from, to, field) in cases {
+        assert!(FULL_STATE.contains(from), "{from}");
+        let text = FULL_STATE.replace(from, to);
+        let e = NodeState::from_json(&text).unwrap_err();
+        assert!(e.to_string().contains(field), "{to}: {e}");
+    }
 }
 
 #[test]
 fn the_state_file_reports_line_and_column() {
-    let text = r#"{
-  "network": {"name": "n", "subnet": "10.0.0.0/24", "lb_netns": "lb", "lb_interface": "eth0", "lb_addr": "10.0.0.2"},
-  "services": [{"name": "vote", "mode": {"vip": "10.0.0.9"}, "colour": "red"}]
-}"#;
-    match DesiredState::from_json(text) {
-        Err(Error::StateFile {
-            line,
-            column,
-            message,
-        }) => {
-            assert_eq!(line, 3, "{message}");
-            assert!(column > 40, "{column}");
-            assert!(message.contains("colour"), "{message}");
+    let text = "{\n  \"networks\": [{\"id\": \"n\", \"colour\": 1}]\n}";
+    match NodeState::from_json(text) {
+        Err(Error::StateFile { line, column, .. }) => {
+            assert_eq!(line, 2);
+            assert!(column > 10);
         }
         other => panic!("{other:?}"),
     }
-    let wrong_type = text.replace(r#", "colour": "red""#, r#", "backends": "10.0.0.10""#);
-    assert!(matches!(
-        DesiredState::from_json(&wrong_type),
-        Err(Error::StateFile { line: 3, .. })
-    ));
-    let ok = text.replace(
-        r#", "colour": "red""#,
-        r#", "backends": [{"addr": "10.0.0.10"}]"#,
-    );
-    let s = DesiredState::from_json(&ok).unwrap();
-    assert_eq!(s.service("vote").unwrap().backends.len(), 1);
 }
 
 #[test]
-fn a_missing_lb_namespace_is_a_typed_error() {
-    let mut n = network();
-    n.lb_netns = "vipmesh-no-such-namespace".into();
-    match crate::KernelMesh::kernel(&n) {
-        Err(Error::MissingNamespace { netns }) => assert_eq!(netns, "vipmesh-no-such-namespace"),
+fn the_state_file_round_trips() {
+    let st = NodeState::from_json(FULL_STATE).unwrap();
+    let text = serde_json::to_string(&st.to_file()).unwrap();
+    assert_eq!(NodeState::from_json(&text).unwrap(), st);
+}
+
+#[test]
+fn a_missing_namespace_is_a_typed_error_and_other_namespaces_converge() {
+    let k = world();
+    let b = Network::new("b", "10.9.0.0/24".parse().unwrap(), "lb-b", "eth0", ip("10.9.0.2"))
+        .unwrap()
+        .with_fwmarks(FwmarkRange::new(0x20000, 0x2ffff).unwrap());
+    let st = NodeState::new(
+        vec![
+            NetworkState::new(network(), sample()).unwrap(),
+            NetworkState::new(b, vec![Service::vip("x", ip("10.9.0.9"), &[ip("10.9.0.10")]).unwrap()])
+                .unwrap(),
+        ],
+        NodeOptions::default(),
+    )
+    .unwrap();
+    let mut c = ctl(&k);
+    c.set_desired(st);
+    match c.sync_full(0) {
+        Err(Error::StepsFailed { report, .. }) => {
+            let failed: Vec<_> = report.failures().map(|s| s.netns.clone()).collect();
+            assert_eq!(failed, vec!["lb-b".to_string()]);
+            let e = report.first_error().unwrap();
+            assert!(matches!(e, Error::MissingNamespace { netns } if netns == "lb-b"), "{e}");
+        }
         other => panic!("{other:?}"),
     }
+    assert!(plan_at_ns_ok(&mut c, "lb-demo"), "the other namespace converged");
+    let st = c.status().get(&crate::apply::ObjectKey::Namespace("lb-b".into()));
+    assert!(matches!(st, Some(ObjectStatus { last_error: Some(_), .. })), "{st:?}");
+    // It appears: the next sync programs it.
+    k.add_namespace("lb-b", &["eth0"]);
+    let _ = c.sync_full(100).unwrap();
+    assert!(plan_at(&mut c, 101).is_empty());
+}
+
+fn plan_at_ns_ok(c: &mut Ctl, ns: &str) -> bool {
+    let (obs, _) = c.observe(1);
+    let p = c.plan(&obs, 1).unwrap();
+    p.namespaces.get(ns).is_none_or(|n| n.is_empty())
 }
 
 #[test]
 fn ipv6_networks_plan_v6_services() {
-    let net = Network {
-        name: "v6".into(),
-        subnet: "fd00:1::/64".parse().unwrap(),
-        lb_netns: "lb".into(),
-        lb_interface: "eth0".into(),
-        lb_addr: ip("fd00:1::2"),
-    };
-    let s = Service::vip(
-        "vote",
-        ip("fd00:1::9"),
-        &[ip("fd00:1::10"), ip("fd00:1::11")],
-    )
-    .unwrap();
-    let desired = DesiredState::new(net, vec![s], Options::default()).unwrap();
-    let mut m = fake_mesh();
-    assert!(m.apply_at(&desired, 0).unwrap().ok());
-    assert!(m.plan_at(&desired, 1).unwrap().0.is_empty());
-    let key = ipvs::ServiceKey::fwmark(ipvs::Family::Inet6, 0x100).unwrap();
-    assert_eq!(m.ipvs().dests(&key).unwrap().len(), 2);
+    let net = Network::new("six", "fd00::/64".parse().unwrap(), "lb-demo", "eth0", ip("fd00::2"))
+        .unwrap();
+    let mut s = Service::vip("vote", ip("fd00::9"), &[ip("fd00::10")]).unwrap();
+    s.persistence = Some(Persistence::new(60, 32, 64).unwrap());
+    let st = NodeState::single(NetworkState::new(net, vec![s]).unwrap()).unwrap();
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, st, 0);
     assert_eq!(
-        m.host()
-            .sysctls
-            .get("net.ipv6.conf.all.forwarding")
-            .map(String::as_str),
-        Some("1")
+        dests(&k, "lb-demo", ipvs::Family::Inet6, 0x100),
+        vec![(ip("fd00::10"), 1)]
     );
+    let text = k.with("lb-demo", |n| format!("{:?}", n.rules[&Family::V6]));
+    assert!(text.contains("VIPMESH-six-MARK"), "{text}");
+    assert!(plan_at(&mut c, 1).is_empty(), "persistence /64 is kept as is");
 }
 
-fn arb_state() -> impl Strategy<Value = Vec<Service>> {
+fn dual_network() -> Network {
+    network().with_subnet("fd00::/64".parse().unwrap(), ip("fd00::2"))
+}
+
+#[test]
+fn dual_stack_services_get_a_vip_and_an_ipvs_service_per_family() {
+    let s = Service::vips(
+        "vote",
+        &[ip("10.0.0.9"), ip("fd00::9")],
+        &[ip("10.0.0.10"), ip("fd00::10"), ip("10.0.0.11")],
+    )
+    .unwrap();
+    let st = NodeState::single(NetworkState::new(dual_network(), vec![s]).unwrap()).unwrap();
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, st, 0);
+    assert_eq!(
+        dests(&k, "lb-demo", ipvs::Family::Inet, 0x100),
+        vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 1)]
+    );
+    assert_eq!(
+        dests(&k, "lb-demo", ipvs::Family::Inet6, 0x100),
+        vec![(ip("fd00::10"), 1)]
+    );
+    k.with("lb-demo", |n| {
+        assert!(n.addrs.contains_key(&ip("10.0.0.9")) && n.addrs.contains_key(&ip("fd00::9")));
+    });
+    assert!(plan_at(&mut c, 1).is_empty());
+}
+
+fn net_in(id: &str, sub: &str, lb: &str, first: u32) -> Network {
+    Network::new(id, sub.parse().unwrap(), "client", "eth0", ip(lb))
+        .unwrap()
+        .with_layout(Layout::PerClient)
+        .with_fwmarks(FwmarkRange::new(first, first + 0xff).unwrap())
+}
+
+#[test]
+fn two_networks_share_a_namespace_without_touching_each_other() {
+    let k = FakeKernel::new();
+    k.add_namespace("client", &["eth0"]);
+    let a = || {
+        NetworkState::new(
+            net_in("a", "10.1.0.0/24", "10.1.0.2", 0x100),
+            vec![Service::vip("web", ip("10.1.0.9"), &[ip("10.1.0.10")]).unwrap()],
+        )
+        .unwrap()
+    };
+    let b = |backends: &[IpAddr]| {
+        NetworkState::new(
+            net_in("b", "10.2.0.0/24", "10.2.0.2", 0x200),
+            vec![Service::vip("web", ip("10.2.0.9"), backends).unwrap()],
+        )
+        .unwrap()
+    };
+    let mut c = Controller::new(k.clone(), ControllerConfig::default());
+    apply(&mut c, NodeState::new(vec![a()], NodeOptions::default()).unwrap(), 0);
+    let a_rules = |k: &FakeKernel| {
+        k.with("client", |n| {
+            n.rules[&Family::V4]
+                .tables
+                .values()
+                .flat_map(|t| t.chains.iter().filter(|(c, _)| c.contains("-a-")))
+                .map(|(c, r)| format!("{c}: {r:?}"))
+                .collect::<Vec<_>>()
+        })
+    };
+    let before = (a_rules(&k), dests(&k, "client", ipvs::Family::Inet, 0x100));
+    apply(
+        &mut c,
+        NodeState::new(vec![a(), b(&[ip("10.2.0.10")])], NodeOptions::default()).unwrap(),
+        1,
+    );
+    apply(
+        &mut c,
+        NodeState::new(vec![a(), b(&[ip("10.2.0.10"), ip("10.2.0.11")])], NodeOptions::default())
+            .unwrap(),
+        2,
+    );
+    assert_eq!(dests(&k, "client", ipvs::Family::Inet, 0x200).len(), 2);
+    assert_eq!((a_rules(&k), dests(&k, "client", ipvs::Family::Inet, 0x100)), before);
+    // B loses every service: A is byte-identical.
+    let b_empty = NetworkState::new(net_in("b", "10.2.0.0/24", "10.2.0.2", 0x200), vec![]).unwrap();
+    apply(&mut c, NodeState::new(vec![a(), b_empty], NodeOptions::default()).unwrap(), 3);
+    assert_eq!((a_rules(&k), dests(&k, "client", ipvs::Family::Inet, 0x100)), before);
+    assert!(dests(&k, "client", ipvs::Family::Inet, 0x200).is_empty());
+    assert!(plan_at(&mut c, 4).is_empty());
+}
+
+#[test]
+fn a_full_sync_reads_each_ruleset_once_and_an_incremental_one_none() {
+    let k = world();
+    let cfg = ControllerConfig {
+        observe: ObserveMode::Cached,
+        ..ControllerConfig::default()
+    };
+    let mut c = Controller::new(k.clone(), cfg);
+    c.set_desired(node(sample()));
+    let _ = c.sync(0).unwrap();
+    let reads = |k: &FakeKernel| k.with("lb-demo", |n| n.rule_reads.clone());
+    assert_eq!(
+        reads(&k),
+        BTreeMap::from([(Family::V4, 1), (Family::V6, 1)]),
+        "one read per family in the first (full) sync"
+    );
+    c.set_backends("demo", "vote", vec![Backend::new(ip("10.0.0.10")), Backend::new(ip("10.0.0.12"))])
+        .unwrap();
+    let ops = ipvs_log(&k, "lb-demo");
+    let (kind, r) = c.sync(1).unwrap();
+    assert_eq!(kind, SyncKind::Incremental);
+    assert_eq!(reads(&k).values().sum::<usize>(), 2, "no read in the incremental sync");
+    let touched: Vec<_> = r.steps.iter().map(|s| s.object.to_string()).collect();
+    assert!(touched.iter().all(|o| o == "service demo/vote"), "{touched:?}");
+    assert_eq!(ipvs_log(&k, "lb-demo") - ops, 2, "add .12, drain .11");
+    // A full resync in cached mode reads nothing either, until the verify interval.
+    c.request_full_sync();
+    let _ = c.sync(2).unwrap();
+    assert_eq!(reads(&k).values().sum::<usize>(), 4, "request_full_sync re-reads");
+    let mut c2 = Controller::new(
+        k.clone(),
+        ControllerConfig {
+            observe: ObserveMode::Cached,
+            ..ControllerConfig::default()
+        },
+    );
+    c2.set_desired(c.desired().clone());
+    let _ = c2.sync(3).unwrap();
+    c2.set_desired(node(sample()));
+    let _ = c2.sync_full(4).unwrap();
+    assert_eq!(reads(&k).values().sum::<usize>(), 6, "cached full sync: no new read");
+}
+
+#[test]
+fn a_failed_partial_sync_makes_the_next_one_full() {
+    let k = world();
+    let cfg = ControllerConfig {
+        observe: ObserveMode::Cached,
+        ..ControllerConfig::default()
+    };
+    let mut c = Controller::new(k.clone(), cfg);
+    c.set_desired(node(sample()));
+    let _ = c.sync(0).unwrap();
+    // Someone else rewrites our rules: the cached view is now stale.
+    k.with("lb-demo", |n| {
+        for o in n.rules.values_mut() {
+            o.tables.clear();
+        }
+    });
+    let mut changed = sample();
+    changed[0].ports = vec![ServicePort::new(Protocol::Tcp, 80).unwrap()];
+    c.set_desired(node(changed));
+    let e = c.sync(1).unwrap_err();
+    assert!(matches!(e, Error::StepsFailed { .. }), "{e}");
+    let reads = k.with("lb-demo", |n| n.reads());
+    let next = c.next_deadline().unwrap();
+    assert!(next > 1, "retry with backoff");
+    let (kind, _) = c.sync(next).unwrap();
+    assert_eq!(kind, SyncKind::Full);
+    assert_eq!(k.with("lb-demo", |n| n.reads()), reads + 2, "the retry re-read the rules");
+    assert!(plan_at(&mut c, next + 1).is_empty());
+}
+
+#[test]
+fn a_recreated_namespace_is_reprogrammed_fully() {
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    k.add_namespace("lb-demo", &["lo", "eth0"]); // deleted and re-created under the name
+    let opens = k.world().opens;
+    let _ = c.sync_full(1).unwrap();
+    assert_eq!(k.world().opens, opens + 1, "the new namespace was opened");
+    assert_eq!(
+        dests(&k, "lb-demo", ipvs::Family::Inet, 0x102),
+        vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 1)]
+    );
+    assert!(k.with("lb-demo", |n| n.addrs.contains_key(&ip("10.0.0.9"))));
+    assert!(plan_at(&mut c, 2).is_empty());
+}
+
+#[test]
+fn orphans_of_a_crash_are_found_from_the_kernel_alone() {
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    // A kill between adding an address and writing its rule: an address of ours nothing
+    // records. And a foreign address.
+    k.with("lb-demo", |n| {
+        n.addrs.insert(
+            ip("10.0.0.99"),
+            crate::plan::ObservedAddr {
+                interface: "eth0".into(),
+                prefix: 32,
+                owned: true,
+            },
+        );
+        n.addrs.insert(
+            ip("10.0.0.98"),
+            crate::plan::ObservedAddr {
+                interface: "eth0".into(),
+                prefix: 32,
+                owned: false,
+            },
+        );
+    });
+    let mut c2 = ctl(&k);
+    c2.set_desired(node(sample()));
+    let p = plan_at(&mut c2, 1);
+    assert_eq!(p.to_string(), "namespace lb-demo\n  address del 10.0.0.99/32 dev eth0\n");
+    let _ = c2.sync_full(1).unwrap();
+    k.with("lb-demo", |n| {
+        assert!(!n.addrs.contains_key(&ip("10.0.0.99")));
+        assert!(n.addrs.contains_key(&ip("10.0.0.98")), "foreign address kept");
+    });
+}
+
+#[test]
+fn removing_a_network_tears_down_its_namespace() {
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    apply(&mut c, NodeState::new(vec![], NodeOptions::default()).unwrap(), 1);
+    k.with("lb-demo", |n| {
+        assert!(n.ipvs.services().unwrap().is_empty());
+        assert!(n.addrs.is_empty());
+        assert!(n.rules.values().all(|o| o.tables.values().all(|t| t.chains.is_empty() && t.jumps.is_empty())));
+    });
+}
+
+#[test]
+fn incremental_updates_name_only_valid_objects() {
+    let k = world();
+    let mut c = ctl(&k);
+    apply(&mut c, node(sample()), 0);
+    assert!(matches!(
+        c.set_backends("nope", "vote", vec![]),
+        Err(Error::UnknownObject { kind: "service", .. })
+    ));
+    assert!(matches!(
+        c.remove_service("demo", "nope"),
+        Err(Error::UnknownObject { kind: "service", .. })
+    ));
+    // A VIP colliding with another service's: refused, nothing changes.
+    let bad = Service::vip("new", ip("10.0.0.9"), &[]).unwrap();
+    assert!(matches!(c.upsert_service("demo", bad), Err(Error::Invalid { field: "service.vip", .. })));
+    assert_eq!(c.desired(), &node(sample()));
+    // A new service goes through a full sync (its rules and address change).
+    c.upsert_service("demo", Service::vip("new", ip("10.0.0.50"), &[ip("10.0.0.51")]).unwrap())
+        .unwrap();
+    let (kind, _) = c.sync(1).unwrap();
+    assert_eq!(kind, SyncKind::Full);
+    c.remove_service("demo", "new").unwrap();
+    let _ = c.sync(2).unwrap();
+    assert!(plan_at(&mut c, 3).is_empty());
+}
+
+#[test]
+fn faulty_backends_fail_loudly_and_the_reconciler_converges() {
+    let k = world();
+    let mut c = ctl(&k);
+    c.set_desired(node(sample()));
+    k.fail_rules_next(1);
+    k.fail_host_next(2);
+    let e = c.sync(0).unwrap_err();
+    match e {
+        Error::StepsFailed { failed, report, .. } => {
+            assert!(failed >= 3, "{report}");
+        }
+        other => panic!("{other}"),
+    }
+    let mut now = 0;
+    for _ in 0..10 {
+        now = c.next_deadline().unwrap().max(now + 1);
+        if c.sync(now).is_ok() {
+            break;
+        }
+    }
+    assert!(plan_at(&mut c, now).is_empty());
+}
+
+fn arb_services(dual: bool) -> impl Strategy<Value = Vec<Service>> {
     let svc = (
-        any::<bool>(),
+        0u8..3,
         proptest::collection::btree_set(10u8..250, 0..6),
         prop_oneof![Just("rr"), Just("wrr"), Just("lc"), Just("sh"), Just("mh")],
-        proptest::option::of((1u32..100_000, 0u8..=32)),
+        proptest::option::of((1u32..100_000, 0u8..=32, 1u8..=128)),
         proptest::collection::vec((any::<bool>(), 1u16..=65535), 0..3),
         proptest::collection::vec(0u32..=65535, 6),
+        any::<bool>(),
     );
-    proptest::collection::vec(svc, 0..6).prop_map(|v| {
+    proptest::collection::vec(svc, 0..6).prop_map(move |v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (vip, backs, sched, pers, ports, weights))| {
+            .map(|(i, (mode, backs, sched, pers, ports, weights, six))| {
                 let addrs: Vec<IpAddr> = backs
                     .iter()
-                    .map(|b| IpAddr::from([10, 0, 0, *b]))
+                    .map(|b| {
+                        if dual && *b % 2 == 0 {
+                            format!("fd00::{b:x}").parse().unwrap()
+                        } else {
+                            IpAddr::from([10, 0, 0, *b])
+                        }
+                    })
                     .filter(|a| *a != ip("10.0.0.2"))
                     .collect();
                 let name = format!("s{i}");
-                let mut s = if vip {
-                    // VIPs live in 10.0.1.0/24 so they never collide with backends.
-                    Service::vip(&name, IpAddr::from([10, 0, 1, i as u8 + 1]), &addrs).unwrap()
-                } else {
-                    Service::dnsrr(&name, &addrs).unwrap()
+                let v4 = IpAddr::from([10, 0, 1, i as u8 + 1]);
+                let v6: IpAddr = format!("fd00::1:{:x}", i + 1).parse().unwrap();
+                let mut s = match (mode, dual) {
+                    (0, _) => Service::dnsrr(&name, &addrs).unwrap(),
+                    (1, true) => Service::vips(&name, &[v4, v6], &addrs).unwrap(),
+                    (_, true) if six => Service::vip(&name, v6, &addrs).unwrap(),
+                    _ => Service::vip(&name, v4, &addrs).unwrap(),
                 };
                 for (b, w) in s.backends.iter_mut().zip(weights) {
                     b.weight = Weight::new(w).unwrap();
                 }
                 s.scheduler = Scheduler::new(sched).unwrap();
-                s.persistence = pers.map(|(t, m)| Persistence {
-                    timeout_secs: t,
-                    netmask_prefix: m,
-                });
+                s.persistence = pers.map(|(t, m, m6)| Persistence::new(t, m, m6).unwrap());
                 s.ports = ports
                     .into_iter()
-                    .map(|(tcp, port)| ServicePort {
-                        protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
-                        port,
+                    .map(|(tcp, port)| {
+                        ServicePort::new(if tcp { Protocol::Tcp } else { Protocol::Udp }, port)
+                            .unwrap()
                     })
                     .collect();
                 s.ports.sort();
@@ -628,188 +1018,90 @@ fn arb_state() -> impl Strategy<Value = Vec<Service>> {
     })
 }
 
-fn wide_network() -> Network {
-    Network {
-        subnet: "10.0.0.0/16".parse().unwrap(),
-        ..network()
+fn wide(dual: bool, services: Vec<Service>) -> NodeState {
+    let mut net = Network::new("demo", "10.0.0.0/16".parse().unwrap(), "lb-demo", "eth0", ip("10.0.0.2"))
+        .unwrap();
+    if dual {
+        net = net.with_subnet("fd00::/64".parse().unwrap(), ip("fd00::2"));
     }
+    NodeState::single(NetworkState::new(net, services).unwrap()).unwrap()
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn plan_of_an_applied_state_is_empty(a in arb_state(), b in arb_state()) {
-        let mut m = fake_mesh();
-        let sa = DesiredState::new(wide_network(), a, Options::default()).unwrap();
-        let r = m.apply_at(&sa, 0).unwrap();
-        prop_assert!(r.ok(), "{}", r);
-        let (p, _) = m.plan_at(&sa, 0).unwrap();
-        prop_assert!(p.is_empty(), "{}", p);
-        // And from any previous state, converging to b takes one apply plus the drains.
-        let sb = DesiredState::new(wide_network(), b, Options::default()).unwrap();
-        let r = m.apply_at(&sb, 1).unwrap();
-        prop_assert!(r.ok(), "{}", r);
-        // Drains end after the timeout.
+    fn plan_of_an_applied_state_is_empty(dual in any::<bool>(), a in arb_services(true), b in arb_services(true)) {
+        let filter = |v: Vec<Service>| -> Vec<Service> {
+            if dual { v } else {
+                v.into_iter().filter(|s| s.vips_of().is_none_or(|v| v.get(Family::V6).is_none()) && s.backends.iter().all(|b| b.addr.is_ipv4())).collect()
+            }
+        };
+        let k = world();
+        let mut c = ctl(&k);
+        let sa = wide(dual, filter(a));
+        c.set_desired(sa);
+        let r = c.sync_full(0);
+        prop_assert!(r.is_ok(), "{:?}", r.err());
+        prop_assert!(plan_at(&mut c, 0).is_empty());
+        let sb = wide(dual, filter(b));
+        c.set_desired(sb.clone());
+        prop_assert!(c.sync_full(1).is_ok());
         let later = 1 + sb.options().drain_timeout.as_secs();
-        let r = m.apply_at(&sb, later).unwrap();
-        prop_assert!(r.ok(), "{}", r);
-        let (p, _) = m.plan_at(&sb, later).unwrap();
+        prop_assert!(c.sync_full(later).is_ok());
+        let p = plan_at(&mut c, later);
         prop_assert!(p.is_empty(), "{}", p);
     }
 
     #[test]
-    fn validation_never_panics(
-        names in proptest::collection::vec("[a-zA-Z0-9 _;'\"-]{0,70}", 0..4),
-        addrs in proptest::collection::vec(any::<[u8; 4]>(), 0..6),
-        prefix in 0u8..40,
-        port in any::<u16>(),
-        weight in any::<u32>(),
-    ) {
-        let _ = Subnet::new(IpAddr::from([10, 0, 0, 0]), prefix);
-        let _ = Weight::new(weight);
-        let services: Vec<Service> = names
-            .iter()
-            .zip(addrs.iter().cycle())
-            .filter_map(|(n, a)| {
-                let mut s = Service::vip(n, IpAddr::from(*a), &addrs.iter().map(|x| IpAddr::from(*x)).collect::<Vec<_>>()).ok()?;
-                s.ports = vec![ServicePort { protocol: Protocol::Tcp, port }];
-                Some(s)
-            })
-            .collect();
-        let _ = DesiredState::new(network(), services, Options::default());
+    fn the_reconciler_converges_under_random_failures(seed in any::<u64>(), a in arb_services(true)) {
+        let k = world();
+        k.random_faults(seed, 150);
+        let mut c = ctl(&k);
+        c.set_desired(wide(true, a));
+        let mut now = 0;
+        let mut ok = false;
+        for _ in 0..200 {
+            if c.sync(now).is_ok() && c.next_deadline().is_none_or(|d| d > now) {
+                ok = true;
+                break;
+            }
+            now = c.next_deadline().unwrap_or(now + 1).max(now + 1);
+        }
+        prop_assert!(ok, "no successful sync in 200 tries");
+        k.random_faults(0, 0);
+        let p = plan_at(&mut c, now);
+        prop_assert!(p.is_empty(), "{}", p);
     }
 
     #[test]
     fn state_file_parsing_never_panics(text in ".{0,300}") {
-        let _ = DesiredState::from_json(&text);
+        let _ = NodeState::from_json(&text);
     }
 }
 
 #[test]
-fn apply_services_touches_only_the_named_service() {
-    let mut m = fake_mesh();
-    let mut services = sample();
-    let d = state(services.clone());
-    assert!(m.apply_at(&d, 0).unwrap().ok());
-    let ops = m.ipvs().log.len();
-    let batches = m.rules().batches;
-    // vote gains a task and loses one.
-    let vote = services
-        .iter_mut()
-        .find(|s| s.name.as_str() == "vote")
-        .unwrap();
-    vote.backends = vec![Backend::new(ip("10.0.0.10")), Backend::new(ip("10.0.0.12"))];
-    let d2 = state(services.clone());
-    let r = m.apply_services(&d2, &["vote"], 1).unwrap();
-    assert!(r.ok(), "{r}");
-    let steps: Vec<String> = r.steps.iter().map(|s| s.step.to_string()).collect();
-    assert_eq!(
-        steps,
-        vec![
-            "ipvs add-dest FWM 258 -> 10.0.0.12:0 Masq weight 1 (vote)".to_string(),
-            "ipvs set-dest FWM 258 -> 10.0.0.11:0 weight 0 drain (vote)".to_string(),
-        ]
-    );
-    assert_eq!(m.ipvs().log.len(), ops + 2);
-    assert_eq!(m.rules().batches, batches, "no netfilter batch");
-    // The result equals what a full apply would have produced: what is left is finishing the
-    // drain of the idle task, which the next incremental apply does.
-    let (p, _) = m.plan_at(&d2, 2).unwrap();
-    assert_eq!(
-        p.to_string(),
-        "ipvs del-dest FWM 258 -> 10.0.0.11:0 (vote: drained)\n"
-    );
-    let r = m.apply_services(&d2, &["vote"], 2).unwrap();
-    assert_eq!(r.steps.len(), 1, "{r}");
-    assert!(m.plan_at(&d2, 2).unwrap().0.is_empty());
-    // A change outside the confined set falls back to a full apply (new VIP → new rules).
-    let vote = services
-        .iter_mut()
-        .find(|s| s.name.as_str() == "vote")
-        .unwrap();
-    vote.mode = EndpointMode::Vip(ip("10.0.0.99"));
-    let d3 = state(services);
-    assert!(m.apply_services(&d3, &["vote"], 3).unwrap().ok());
-    assert_eq!(m.rules().batches, batches + 1);
-    assert!(m.plan_at(&d3, 4).unwrap().0.is_empty());
+fn ipv6_persistence_netmask_at_its_edges_is_stable() {
+    for m6 in [1u8, 64, 127, 128] {
+        let net = Network::new("six", "fd00::/64".parse().unwrap(), "lb-demo", "eth0", ip("fd00::2"))
+            .unwrap();
+        let mut s = Service::vip("v", ip("fd00::9"), &[ip("fd00::10")]).unwrap();
+        s.persistence = Some(Persistence::new(60, 0, m6).unwrap());
+        let k = world();
+        let mut c = ctl(&k);
+        apply(&mut c, NodeState::single(NetworkState::new(net, vec![s]).unwrap()).unwrap(), 0);
+        assert!(plan_at(&mut c, 1).is_empty(), "netmask /{m6}");
+    }
 }
 
+#[cfg(feature = "dns")]
 #[test]
-fn dns_tables_follow_the_modes_and_keep_dns_errors() {
-    let t = crate::dns::table(&state(sample()), "mesh.local.").unwrap();
+fn dns_tables_follow_the_modes() {
+    let st = NetworkState::new(network(), sample()).unwrap();
+    let t = crate::dns::table(&st, "mesh.local.").unwrap();
     assert_eq!(t.len(), 4);
-    match crate::dns::table(&state(sample()), "not a zone!") {
-        Err(Error::Dns {
-            field: "dns.zone",
-            value,
-            source,
-        }) => {
-            assert_eq!(value, "not a zone!");
-            assert!(!source.to_string().is_empty());
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
-
-    /// A faulty IPVS (random operations fail with kernel errnos) never leaves the mesh stuck:
-    /// re-applying converges, and the report names every failure.
-    #[test]
-    fn retries_converge_after_random_kernel_failures(
-        a in arb_state(),
-        faults in proptest::collection::vec(prop_oneof![Just(libc_errno::EBUSY), Just(libc_errno::ENOMEM), Just(libc_errno::EEXIST)], 0..12),
-    ) {
-        let mut m = fake_mesh();
-        let sa = DesiredState::new(wide_network(), a, Options::default()).unwrap();
-        m.ipvs().fail_next(&faults);
-        let mut tries = 0;
-        loop {
-            let r = m.apply_at(&sa, 0).unwrap();
-            tries += 1;
-            if r.ok() {
-                break;
-            }
-            prop_assert!(r.first_error().is_some());
-            prop_assert!(tries <= faults.len() + 1, "no convergence after {} tries: {}", tries, r);
-        }
-        let (p, _) = m.plan_at(&sa, 0).unwrap();
-        prop_assert!(p.is_empty(), "{}", p);
-    }
-}
-
-/// The errnos the faulty backend injects (values from `<errno.h>` on Linux).
-mod libc_errno {
-    pub const EEXIST: i32 = 17;
-    pub const EBUSY: i32 = 16;
-    pub const ENOMEM: i32 = 12;
-}
-
-#[test]
-fn golden_per_client_layout() {
-    let opts = Options {
-        layout: Layout::PerClient,
-        ..Options::default()
-    };
-    let desired = DesiredState::new(network(), sample(), opts).unwrap();
-    let p = plan(&desired, &Observed::default(), &DrainBook::default(), 0).unwrap();
-    assert!(
-        !p.steps.iter().any(|s| matches!(s, Step::AddAddress { .. })),
-        "no VIP address per client: {p}"
-    );
-    assert!(!p.to_string().contains("ip_forward"), "{p}");
-    let rs = crate::rules::ruleset(&desired, &p.marks).unwrap();
-    let text = vipmesh_netfilter::plan(
-        &rs,
-        &vipmesh_netfilter::Observed::empty(vipmesh_netfilter::Family::V4),
-    )
-    .unwrap()
-    .to_string();
-    golden("rules_per_client.txt", &text);
-    let mut m = fake_mesh();
-    assert!(m.apply_at(&desired, 0).unwrap().ok());
-    assert!(m.plan_at(&desired, 1).unwrap().0.is_empty());
-    assert!(m.host().addrs.is_empty());
+    assert!(matches!(
+        crate::dns::table(&st, "bad zone"),
+        Err(Error::Dns { field: "dns.zone", .. })
+    ));
 }

@@ -1,0 +1,744 @@
+//! The node controller: one desired state per node, every namespace it names, kept equal to
+//! it by full and incremental syncs.
+//!
+//! A sync is: observe once (per namespace: one IPVS dump, one ruleset read per family —
+//! none in [`ObserveMode::Cached`] — one address dump, the sysctls), plan (pure, [`plan`]),
+//! apply exactly that plan (one netfilter batch per namespace and family). Incremental updates
+//! ([`Controller::upsert_service`], [`Controller::set_backends`], [`Controller::set_desired`])
+//! mark services dirty; the next [`Controller::sync`] then reads back only those services'
+//! real servers and sends only their operations. A periodic full resync repairs drift; a
+//! failed sync is retried with backoff and is always a full one.
+//!
+//! The controller is synchronous and `Send`. From tokio, own it in one task and call it
+//! through `spawn_blocking` (or a dedicated thread), sleeping until
+//! [`Controller::next_deadline`] or the next update:
+//!
+//! ```no_run
+//! # async fn run(mut ctl: vipmesh::Controller<vipmesh::dataplane::RealKernel>) {
+//! use std::sync::{Arc, Mutex};
+//! let ctl = Arc::new(Mutex::new(ctl));
+//! loop {
+//!     let c = ctl.clone();
+//!     let next = tokio::task::spawn_blocking(move || {
+//!         let mut c = c.lock().unwrap();
+//!         let _ = c.sync(vipmesh::plan::now_secs()); // errors are in c.status()
+//!         c.next_deadline()
+//!     }).await.unwrap();
+//!     let wait = next.map_or(60, |t| t.saturating_sub(vipmesh::plan::now_secs()).max(1));
+//!     tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+//! }
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use vipmesh_ipvs::{self as ipvs, IpvsBackend};
+
+use crate::apply::{self, ObjectKey, Report};
+use crate::dataplane::{Host, Kernel, NsHandle, RealKernel, Rules};
+use crate::error::Error;
+use crate::model::{Backend, Family, NetworkId, NodeOptions, NodeState, Service, ServiceName};
+use crate::plan::{self, DrainBook, NodeObserved, NsObserved, Plan};
+
+/// Where the netfilter part of an observation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ObserveMode {
+    /// Read the ruleset (`iptables-save`) at every full sync (the default): tampering is
+    /// repaired at the next sync.
+    #[default]
+    EverySync,
+    /// kube-proxy's partial sync: plan against what this controller last applied; read the
+    /// ruleset only the first time, after a failed batch, after a namespace changed, and every
+    /// [`ControllerConfig::verify_interval`].
+    Cached,
+}
+
+/// Controller tunables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// Where rules are observed from.
+    pub observe: ObserveMode,
+    /// A full sync at least this often (repairs drift).
+    pub resync_interval: Duration,
+    /// In [`ObserveMode::Cached`], the ruleset is read again at least this often.
+    pub verify_interval: Duration,
+    /// First retry delay after a failed sync; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// While real servers drain, how often their connection counts are checked.
+    pub drain_poll: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            observe: ObserveMode::EverySync,
+            resync_interval: Duration::from_secs(60),
+            verify_interval: Duration::from_secs(600),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            drain_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The status of one object (a service, a namespace's rules, an address…).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectStatus {
+    /// The last error, rendered with its causes; None once a step on it succeeded again.
+    pub last_error: Option<String>,
+    /// When a step on it last succeeded (seconds of the sync clock).
+    pub last_applied: Option<u64>,
+    /// Failures since the last success.
+    pub failures: u32,
+}
+
+/// What kind of sync ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Everything observed and planned.
+    Full,
+    /// Only the dirty services' real servers.
+    Incremental,
+    /// Nothing was due.
+    Idle,
+}
+
+type Handle<K> = NsHandle<<K as Kernel>::Ipvs, <K as Kernel>::Rules, <K as Kernel>::Host>;
+
+/// The node controller. See the module docs.
+///
+/// # Examples
+/// ```no_run
+/// use vipmesh::{Controller, ControllerConfig, model::*};
+/// let net = Network::new("demo", "10.0.0.0/24".parse()?, "lb-demo", "eth0",
+///     "10.0.0.2".parse().unwrap())?;
+/// let vote = Service::vip("vote", "10.0.0.9".parse().unwrap(),
+///     &["10.0.0.10".parse().unwrap(), "10.0.0.11".parse().unwrap()])?;
+/// let node = NodeState::single(NetworkState::new(net, vec![vote])?)?;
+/// let mut ctl = Controller::real(ControllerConfig::default());
+/// ctl.set_desired(node);
+/// let report = ctl.sync_full(vipmesh::plan::now_secs())?; // Err if any step failed
+/// println!("{report}");
+/// assert!(ctl.plan_now()?.is_empty()); // applying twice changes nothing
+/// # Ok::<(), vipmesh::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Controller<K: Kernel> {
+    kernel: K,
+    cfg: ControllerConfig,
+    handles: BTreeMap<String, Handle<K>>,
+    desired: NodeState,
+    applied: Option<NodeState>,
+    cache: NodeObserved,
+    rules_trusted: BTreeSet<String>,
+    marks: BTreeMap<NetworkId, BTreeMap<ServiceName, u32>>,
+    drains: DrainBook,
+    dirty: BTreeSet<(NetworkId, ServiceName)>,
+    full_due: bool,
+    last_full: Option<u64>,
+    last_verify: Option<u64>,
+    last_sync: Option<u64>,
+    retry: Option<(u32, u64)>,
+    known_ns: BTreeSet<String>,
+    status: BTreeMap<ObjectKey, ObjectStatus>,
+}
+
+fn empty_state() -> NodeState {
+    // An empty node is always valid.
+    NodeState::new(Vec::new(), NodeOptions::default()).unwrap_or_else(|_| unreachable_state())
+}
+
+#[allow(clippy::panic)]
+fn unreachable_state() -> NodeState {
+    panic!("an empty node state is valid")
+}
+
+impl Controller<RealKernel> {
+    /// A controller on the real kernel.
+    pub fn real(cfg: ControllerConfig) -> Controller<RealKernel> {
+        Controller::new(RealKernel, cfg)
+    }
+}
+
+impl<K: Kernel> Controller<K> {
+    /// A controller over a kernel (real or fake), holding an empty desired state.
+    pub fn new(kernel: K, cfg: ControllerConfig) -> Controller<K> {
+        Controller {
+            kernel,
+            cfg,
+            handles: BTreeMap::new(),
+            desired: empty_state(),
+            applied: None,
+            cache: NodeObserved::default(),
+            rules_trusted: BTreeSet::new(),
+            marks: BTreeMap::new(),
+            drains: DrainBook::default(),
+            dirty: BTreeSet::new(),
+            full_due: true,
+            last_full: None,
+            last_verify: None,
+            last_sync: None,
+            retry: None,
+            known_ns: BTreeSet::new(),
+            status: BTreeMap::new(),
+        }
+    }
+
+    /// The kernel (or fake world).
+    pub fn kernel(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// The desired state.
+    pub fn desired(&self) -> &NodeState {
+        &self.desired
+    }
+
+    /// The fwmarks in use, per network, as of the last sync.
+    pub fn marks(&self) -> &BTreeMap<NetworkId, BTreeMap<ServiceName, u32>> {
+        &self.marks
+    }
+
+    /// The drain clock.
+    pub fn drains(&self) -> &DrainBook {
+        &self.drains
+    }
+
+    /// Replaces the drain clock (e.g. one saved by a previous process), so drain timeouts
+    /// count from when draining started, across restarts.
+    pub fn set_drains(&mut self, drains: DrainBook) {
+        self.drains = drains;
+    }
+
+    /// Per-object status: last error and last success.
+    pub fn status(&self) -> &BTreeMap<ObjectKey, ObjectStatus> {
+        &self.status
+    }
+
+    /// Replaces the whole desired state. Services that changed become dirty; a change to a
+    /// network itself (its namespace, subnets, marks, layout), to the set of networks or to
+    /// the options makes the next sync full.
+    pub fn set_desired(&mut self, new: NodeState) {
+        let old = std::mem::replace(&mut self.desired, new);
+        let nets_same = old.options() == self.desired.options()
+            && old.networks().count() == self.desired.networks().count()
+            && old.networks().all(|o| {
+                self.desired
+                    .network(o.id().as_str())
+                    .is_some_and(|n| n.network() == o.network())
+            });
+        if !nets_same {
+            self.full_due = true;
+            return;
+        }
+        for n in self.desired.networks() {
+            let Some(o) = old.network(n.id().as_str()) else {
+                continue;
+            };
+            for s in n.services() {
+                if o.service(s.name.as_str()) != Some(s) {
+                    self.dirty.insert((n.id().clone(), s.name.clone()));
+                }
+            }
+            for s in o.services() {
+                if n.service(s.name.as_str()).is_none() {
+                    self.dirty.insert((n.id().clone(), s.name.clone()));
+                }
+            }
+        }
+    }
+
+    /// Adds or replaces one service of a network (validated against the network).
+    ///
+    /// # Errors
+    /// [`Error::UnknownObject`] for an unknown network; validation errors as
+    /// [`crate::model::NetworkState::new`]; nothing changes then.
+    pub fn upsert_service(&mut self, network: &str, s: Service) -> Result<(), Error> {
+        let name = s.name.clone();
+        let net = self
+            .desired
+            .network_mut(network)
+            .ok_or_else(|| Error::UnknownObject {
+                kind: "network",
+                name: network.to_string(),
+            })?;
+        let mut candidate = net.clone();
+        candidate.upsert_service(s)?;
+        let mut all = self.desired.clone();
+        all.upsert_network(candidate)?;
+        let id = all
+            .network(network)
+            .map(|n| n.id().clone())
+            .ok_or_else(|| Error::UnknownObject {
+                kind: "network",
+                name: network.to_string(),
+            })?;
+        self.desired = all;
+        self.dirty.insert((id, name));
+        Ok(())
+    }
+
+    /// Removes one service of a network.
+    ///
+    /// # Errors
+    /// [`Error::UnknownObject`] for an unknown network or service.
+    pub fn remove_service(&mut self, network: &str, name: &str) -> Result<(), Error> {
+        let net = self
+            .desired
+            .network_mut(network)
+            .ok_or_else(|| Error::UnknownObject {
+                kind: "network",
+                name: network.to_string(),
+            })?;
+        let s = net.remove_service(name).ok_or_else(|| Error::UnknownObject {
+            kind: "service",
+            name: format!("{network}/{name}"),
+        })?;
+        let id = net.id().clone();
+        self.dirty.insert((id, s.name));
+        Ok(())
+    }
+
+    /// Replaces the backends of one service.
+    ///
+    /// # Errors
+    /// As [`Controller::upsert_service`].
+    pub fn set_backends(
+        &mut self,
+        network: &str,
+        name: &str,
+        backends: Vec<Backend>,
+    ) -> Result<(), Error> {
+        let mut s = self
+            .desired
+            .network(network)
+            .and_then(|n| n.service(name))
+            .cloned()
+            .ok_or_else(|| Error::UnknownObject {
+                kind: "service",
+                name: format!("{network}/{name}"),
+            })?;
+        s.backends = backends;
+        self.upsert_service(network, s)
+    }
+
+    /// Makes the next sync a full one (also forgetting cached rules in cached mode).
+    pub fn request_full_sync(&mut self) {
+        self.full_due = true;
+        self.rules_trusted.clear();
+    }
+
+    /// When the next sync is due (seconds of the sync clock): a retry, a periodic resync,
+    /// a drain to check. `None` when nothing is scheduled (nothing applied yet: sync now).
+    pub fn next_deadline(&self) -> Option<u64> {
+        let mut t = Vec::new();
+        if let Some((_, due)) = self.retry {
+            t.push(due);
+        }
+        if let Some(l) = self.last_full {
+            t.push(l.saturating_add(self.cfg.resync_interval.as_secs()));
+        }
+        if !self.drains.is_empty() {
+            if let Some(d) = self.drains.next_deadline(self.desired.options().drain_timeout) {
+                t.push(d);
+            }
+            if let Some(l) = self.last_sync {
+                t.push(l.saturating_add(self.cfg.drain_poll.as_secs().max(1)));
+            }
+        }
+        if (!self.dirty.is_empty() || self.full_due) && self.retry.is_none() {
+            t.push(self.last_sync.unwrap_or(0));
+        }
+        t.into_iter().min()
+    }
+
+    fn namespaces_to_observe(&self) -> BTreeSet<String> {
+        let mut s: BTreeSet<String> = self
+            .desired
+            .namespaces()
+            .into_keys()
+            .map(str::to_string)
+            .collect();
+        s.extend(self.known_ns.iter().cloned());
+        s
+    }
+
+    fn handle(&mut self, ns: &str) -> Result<&mut Handle<K>, Error> {
+        let now_id = self.kernel.identity(ns)?;
+        let stale = self
+            .handles
+            .get(ns)
+            .is_some_and(|h| h.identity.is_some() && h.identity != now_id);
+        if stale {
+            tracing::warn!(netns = ns, "namespace re-created under the same name; reprogramming it");
+            self.handles.remove(ns);
+            self.cache.namespaces.remove(ns);
+            self.rules_trusted.remove(ns);
+            self.full_due = true;
+        }
+        if !self.handles.contains_key(ns) {
+            let h = self.kernel.open(ns)?;
+            self.handles.insert(ns.to_string(), h);
+        }
+        self.handles.get_mut(ns).ok_or_else(|| Error::MissingNamespace {
+            netns: ns.to_string(),
+        })
+    }
+
+    /// Reads every namespace of the state (and those programmed before): once each. Returns
+    /// what could be read and, separately, the namespaces that could not.
+    pub fn observe(&mut self, now: u64) -> (NodeObserved, Vec<(String, Error)>) {
+        let mut out = NodeObserved::default();
+        let mut failed = Vec::new();
+        let verify_due = self.cfg.observe == ObserveMode::EverySync
+            || self
+                .last_verify
+                .is_none_or(|l| now >= l.saturating_add(self.cfg.verify_interval.as_secs()));
+        if verify_due {
+            self.rules_trusted.clear();
+        }
+        for ns in self.namespaces_to_observe() {
+            let cached_rules = if self.rules_trusted.contains(&ns) {
+                self.cache.namespaces.get(&ns).map(|o| o.rules.clone())
+            } else {
+                None
+            };
+            let res = self
+                .handle(&ns)
+                .and_then(|h| observe_ns(h, &ns, cached_rules));
+            match res {
+                Ok(o) => {
+                    out.namespaces.insert(ns, o);
+                }
+                Err(e) => failed.push((ns, e)),
+            }
+        }
+        if verify_due {
+            self.last_verify = Some(now);
+        }
+        (out, failed)
+    }
+
+    /// The plan for the desired state against an observation (pure: `&self`).
+    ///
+    /// # Errors
+    /// As [`plan::plan`].
+    pub fn plan(&self, observed: &NodeObserved, now: u64) -> Result<Plan, Error> {
+        plan::plan(&self.desired, observed, &self.drains, now)
+    }
+
+    /// Observes and plans now, changing nothing (a dry run).
+    ///
+    /// # Errors
+    /// The first namespace that could not be observed, or as [`plan::plan`].
+    pub fn plan_now(&mut self) -> Result<Plan, Error> {
+        let now = plan::now_secs();
+        let (obs, mut failed) = self.observe(now);
+        if let Some((_, e)) = failed.drain(..).next() {
+            return Err(e);
+        }
+        self.plan(&obs, now)
+    }
+
+    /// Applies a plan made from `observed`, exactly. Every namespace is applied (one failing
+    /// does not stop the others); the controller's cache, marks and drain clock follow what
+    /// succeeded.
+    ///
+    /// # Errors
+    /// [`Error::StepsFailed`] when any step failed (the report is inside).
+    pub fn apply(&mut self, plan: &Plan, observed: NodeObserved, now: u64) -> Result<Report, Error> {
+        let mut report = Report::default();
+        let mut cache = observed;
+        for (ns, p) in &plan.namespaces {
+            let Some(obs) = cache.namespaces.get_mut(ns) else {
+                continue;
+            };
+            match self.handles.get_mut(ns) {
+                Some(h) => apply::apply_ns(h, ns, p, obs, &mut report),
+                None => report.steps.push(apply::StepReport {
+                    netns: ns.clone(),
+                    object: ObjectKey::Namespace(ns.clone()),
+                    step: format!("open namespace {ns}"),
+                    result: Err(Error::MissingNamespace { netns: ns.clone() }),
+                }),
+            }
+        }
+        self.drains = plan.drains.clone();
+        for (id, m) in &plan.marks {
+            self.marks.insert(id.clone(), m.clone());
+        }
+        self.finish(&report, now);
+        for (ns, o) in cache.namespaces {
+            if report
+                .failures()
+                .any(|s| s.netns == ns && matches!(s.object, ObjectKey::Rules(..)))
+            {
+                self.rules_trusted.remove(&ns);
+            } else {
+                self.rules_trusted.insert(ns.clone());
+            }
+            self.cache.namespaces.insert(ns, o);
+        }
+        report.into_result()
+    }
+
+    fn finish(&mut self, report: &Report, now: u64) {
+        for s in &report.steps {
+            let st = self.status.entry(s.object.clone()).or_default();
+            match &s.result {
+                Ok(()) => {
+                    st.last_applied = Some(now);
+                    st.last_error = None;
+                    st.failures = 0;
+                }
+                Err(e) => {
+                    st.last_error = Some(format!("{}: {}", s.step, apply::chain(Some(e))));
+                    st.failures += 1;
+                }
+            }
+        }
+        self.last_sync = Some(now);
+        if report.ok() {
+            self.retry = None;
+        } else {
+            self.schedule_retry(now);
+        }
+    }
+
+    fn schedule_retry(&mut self, now: u64) {
+        let attempt = self.retry.map_or(0, |(a, _)| a.saturating_add(1));
+        let base = self.cfg.retry_base.as_secs().max(1);
+        let delay = base
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(self.cfg.retry_max.as_secs().max(1));
+        self.retry = Some((attempt, now.saturating_add(delay)));
+        self.full_due = true;
+    }
+
+    /// A full sync now: observe every namespace, plan, apply.
+    ///
+    /// # Errors
+    /// [`Error::StepsFailed`] when a namespace could not be observed or a step failed (the
+    /// other namespaces are still converged; the report says which failed); a planning error.
+    pub fn sync_full(&mut self, now: u64) -> Result<Report, Error> {
+        let (obs, failed) = self.observe(now);
+        let p = match self.plan(&obs, now) {
+            Ok(p) => p,
+            Err(e) => {
+                self.schedule_retry(now);
+                return Err(e);
+            }
+        };
+        tracing::debug!(steps = p.len(), "full sync");
+        let mut failures = Report::default();
+        for (ns, e) in failed {
+            self.handles.remove(&ns);
+            self.cache.namespaces.remove(&ns);
+            self.rules_trusted.remove(&ns);
+            failures.steps.push(apply::StepReport {
+                netns: ns.clone(),
+                object: ObjectKey::Namespace(ns.clone()),
+                step: format!("observe namespace {ns}"),
+                result: Err(e),
+            });
+        }
+        let res = self.apply(&p, obs, now);
+        let ok_all = res.is_ok() && failures.steps.is_empty();
+        let mut report = match res {
+            Ok(r) => r,
+            Err(Error::StepsFailed { report, .. }) => *report,
+            Err(e) => return Err(e),
+        };
+        if !failures.steps.is_empty() {
+            self.finish(&failures, now);
+            failures.steps.append(&mut report.steps);
+            report = failures;
+        }
+        if ok_all {
+            self.full_due = false;
+            self.dirty.clear();
+            self.applied = Some(self.desired.clone());
+            self.known_ns = self
+                .desired
+                .namespaces()
+                .into_keys()
+                .map(str::to_string)
+                .collect();
+            self.handles.retain(|k, _| self.known_ns.contains(k));
+            self.cache.namespaces.retain(|k, _| self.known_ns.contains(k));
+        }
+        self.last_full = Some(now);
+        report.into_result()
+    }
+
+    /// Syncs what is due: a full sync when one is due (first sync, a network changed, the
+    /// resync interval passed, after a failure), else the dirty and draining services only,
+    /// else nothing.
+    ///
+    /// # Errors
+    /// As [`Controller::sync_full`].
+    pub fn sync(&mut self, now: u64) -> Result<(SyncKind, Report), Error> {
+        let periodic = self
+            .last_full
+            .is_none_or(|l| now >= l.saturating_add(self.cfg.resync_interval.as_secs()));
+        let retry_wait = self.retry.is_some_and(|(_, due)| now < due);
+        if (self.full_due || periodic || self.applied.is_none()) && !retry_wait {
+            return self.sync_full(now).map(|r| (SyncKind::Full, r));
+        }
+        if retry_wait {
+            return Ok((SyncKind::Idle, Report::default()));
+        }
+        let mut set = std::mem::take(&mut self.dirty);
+        for e in self.drains.entries() {
+            for (id, m) in &self.marks {
+                if let Some((name, _)) = m.iter().find(|(_, mark)| **mark == e.mark) {
+                    set.insert((id.clone(), name.clone()));
+                }
+            }
+        }
+        if set.is_empty() {
+            return Ok((SyncKind::Idle, Report::default()));
+        }
+        match self.sync_services(&set, now) {
+            Some(r) => r.map(|r| (SyncKind::Incremental, r)),
+            None => {
+                self.full_due = true;
+                self.sync_full(now).map(|r| (SyncKind::Full, r))
+            }
+        }
+    }
+
+    /// The incremental path; None when the change is not confined to real servers, scheduler
+    /// or persistence (the caller then runs a full sync).
+    fn sync_services(
+        &mut self,
+        set: &BTreeSet<(NetworkId, ServiceName)>,
+        now: u64,
+    ) -> Option<Result<Report, Error>> {
+        let applied = self.applied.as_ref()?;
+        for (id, name) in set {
+            let o = applied.network(id.as_str())?.service(name.as_str())?;
+            let d = self.desired.network(id.as_str())?.service(name.as_str())?;
+            let shape = |s: &Service| {
+                (
+                    s.mode,
+                    s.ports.clone(),
+                    [Family::V4, Family::V6].map(|f| s.backends_of(f).next().is_none()),
+                )
+            };
+            if shape(o) != shape(d) {
+                return None;
+            }
+            self.marks.get(id)?.get(name)?;
+        }
+        // Fresh real servers (and their connection counts) of the services concerned.
+        let mut fresh: Vec<(String, Family, u32, Vec<ipvs::DestEntry>)> = Vec::new();
+        for (id, name) in set {
+            let net = self.desired.network(id.as_str())?;
+            let s = net.service(name.as_str())?;
+            let ns = net.network().lb_netns.clone();
+            let mark = *self.marks.get(id)?.get(name)?;
+            let h = self.handles.get_mut(&ns)?;
+            for fam in s.vips_of()?.families().collect::<Vec<_>>() {
+                let key = apply::fwmark_key(fam, mark).ok()?;
+                match h.ipvs.dests(&key) {
+                    Ok(d) => fresh.push((ns.clone(), fam, mark, d)),
+                    Err(_) => return None,
+                }
+            }
+        }
+        for (ns, fam, mark, d) in fresh {
+            let svc = self.cache.namespaces.get_mut(&ns)?.ipvs.get_mut(&(fam, mark))?;
+            svc.dests = apply::dest_map(&d);
+        }
+        let p = plan::plan_services(
+            &self.desired,
+            &self.cache,
+            &self.marks,
+            set,
+            &self.drains,
+            now,
+        );
+        let obs = std::mem::take(&mut self.cache);
+        let res = self.apply(&p, obs, now);
+        if res.is_ok()
+            && let Some(applied) = self.applied.as_mut()
+        {
+            for (id, name) in set {
+                let new = self.desired.network(id.as_str()).and_then(|n| n.service(name.as_str()));
+                if let (Some(n), Some(s)) = (applied.network_mut(id.as_str()), new) {
+                    n.set_service_unchecked(s.clone());
+                }
+            }
+        } else {
+            self.dirty.extend(set.iter().cloned());
+        }
+        Some(res)
+    }
+}
+
+/// Reads one namespace: one IPVS dump, one ruleset read per family (unless `cached_rules`),
+/// one address dump, the sysctls and the kernel version.
+fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
+    h: &mut NsHandle<I, R, H>,
+    netns: &str,
+    cached_rules: Option<BTreeMap<Family, vipmesh_netfilter::Observed>>,
+) -> Result<NsObserved, Error> {
+    let ipvs_err = |op: &str, source| Error::Ipvs {
+        op: op.to_string(),
+        netns: netns.to_string(),
+        source: Box::new(source),
+    };
+    let kernel = h.host.kernel()?;
+    let mut o = NsObserved::empty(kernel);
+    o.identity = h.identity;
+    for entry in h.ipvs.services().map_err(|e| ipvs_err("dump services", e))? {
+        let ipvs::ServiceKey::Fwmark { af, mark } = entry.service.key else {
+            continue;
+        };
+        let dests = h
+            .ipvs
+            .dests(&entry.service.key)
+            .map_err(|e| ipvs_err("dump dests", e))?;
+        o.ipvs.insert(
+            (apply::family_of(af), mark.get()),
+            plan::ObservedService {
+                scheduler: entry.service.scheduler.as_str().to_string(),
+                persistence: apply::persistence_of(&entry.service),
+                dests: apply::dest_map(&dests),
+            },
+        );
+    }
+    o.rules = match cached_rules {
+        Some(r) => r,
+        None => {
+            let mut m = BTreeMap::new();
+            for fam in [Family::V4, Family::V6] {
+                m.insert(fam, h.rules.observe(fam)?);
+            }
+            m
+        }
+    };
+    o.addresses = h.host.addresses()?;
+    let keys: Vec<String> = [Family::V4, Family::V6]
+        .into_iter()
+        .flat_map(|f| plan::sysctls(kernel, f).into_keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    o.sysctls = h.host.sysctls(&keys)?;
+    Ok(o)
+}
+
+#[cfg(test)]
+mod send_check {
+    fn assert_send<T: Send>() {}
+    #[test]
+    fn the_real_controller_is_send() {
+        assert_send::<super::Controller<crate::dataplane::RealKernel>>();
+        assert_send::<super::Controller<crate::fake::FakeKernel>>();
+    }
+}

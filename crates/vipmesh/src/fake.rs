@@ -1,0 +1,401 @@
+//! An in-memory node with the kernel's semantics, for logic tests (feature `test-util`):
+//! namespaces (by identity, so a re-created namespace is a new one and an old handle keeps
+//! reaching the old one, as an fd does), each with `vipmesh-ipvs`'s IPVS [`Fake`], our
+//! netfilter chains, addresses and sysctls. It counts ruleset reads and batches, and injects
+//! failures (the next N operations, or at random with a seed) into every backend, to prove
+//! that the controller converges.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vipmesh_ipvs::fake::Fake;
+use vipmesh_ipvs::{self as ipvs, IpvsBackend};
+use vipmesh_netfilter as nf;
+
+use crate::dataplane::{Host, Kernel, NsHandle, Rules};
+use crate::error::Error;
+use crate::model::Family;
+use crate::plan::{KernelVersion, NsIdentity, ObservedAddr, RulesPlan};
+use crate::rules;
+
+/// One fake namespace.
+#[derive(Debug, Clone)]
+pub struct FakeNs {
+    /// IPVS.
+    pub ipvs: Fake,
+    /// Our chains and jumps per family, as the kernel holds them.
+    pub rules: BTreeMap<Family, nf::Observed>,
+    /// Addresses.
+    pub addrs: BTreeMap<IpAddr, ObservedAddr>,
+    /// Interfaces that exist.
+    pub interfaces: Vec<String>,
+    /// Sysctl values.
+    pub sysctls: BTreeMap<String, String>,
+    /// Ruleset reads per family.
+    pub rule_reads: BTreeMap<Family, usize>,
+    /// Netfilter batches run.
+    pub batches: usize,
+}
+
+impl FakeNs {
+    fn new(interfaces: &[&str]) -> FakeNs {
+        FakeNs {
+            ipvs: Fake::new(),
+            rules: [Family::V4, Family::V6]
+                .into_iter()
+                .map(|f| (f, nf::Observed::empty(rules::nf_family(f))))
+                .collect(),
+            addrs: BTreeMap::new(),
+            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+            sysctls: BTreeMap::new(),
+            rule_reads: BTreeMap::new(),
+            batches: 0,
+        }
+    }
+
+    /// Total ruleset reads (both families).
+    pub fn reads(&self) -> usize {
+        self.rule_reads.values().sum()
+    }
+}
+
+/// Failure injection shared by every backend of the world.
+#[derive(Debug, Clone, Default)]
+struct Faults {
+    rules_next: usize,
+    host_next: usize,
+    random: Option<(u64, u32)>,
+}
+
+impl Faults {
+    /// xorshift64*: deterministic for a seed, good enough to pick failures.
+    fn roll(&mut self) -> bool {
+        let Some((state, permille)) = self.random.as_mut() else {
+            return false;
+        };
+        let mut x = *state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *state = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % 1000 < u64::from(*permille)
+    }
+}
+
+/// The fake node: namespaces by identity, names pointing to identities.
+#[derive(Debug, Default)]
+pub struct FakeWorld {
+    by_ino: BTreeMap<u64, FakeNs>,
+    names: BTreeMap<String, u64>,
+    next_ino: u64,
+    faults: Faults,
+    kernel: Option<KernelVersion>,
+    /// How many times a namespace was opened.
+    pub opens: usize,
+}
+
+/// A shared fake world; clones see the same state.
+#[derive(Debug, Clone, Default)]
+pub struct FakeKernel(Arc<Mutex<FakeWorld>>);
+
+impl FakeKernel {
+    /// An empty world on kernel 6.1.
+    pub fn new() -> FakeKernel {
+        FakeKernel::default()
+    }
+
+    /// Locks the world.
+    pub fn world(&self) -> MutexGuard<'_, FakeWorld> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates (or re-creates, with a new identity) a namespace with these interfaces.
+    pub fn add_namespace(&self, name: &str, interfaces: &[&str]) {
+        let mut w = self.world();
+        w.next_ino += 1;
+        let ino = w.next_ino;
+        w.by_ino.insert(ino, FakeNs::new(interfaces));
+        w.names.insert(name.to_string(), ino);
+    }
+
+    /// Deletes a namespace's name (handles still open keep reaching it, as an fd does).
+    pub fn remove_namespace(&self, name: &str) {
+        self.world().names.remove(name);
+    }
+
+    /// Runs `f` on the namespace the name points to now.
+    ///
+    /// # Panics
+    /// When there is no such namespace (a test bug).
+    #[allow(clippy::panic)]
+    pub fn with<T>(&self, name: &str, f: impl FnOnce(&mut FakeNs) -> T) -> T {
+        let mut w = self.world();
+        let Some(ino) = w.names.get(name).copied() else {
+            panic!("no fake namespace {name}");
+        };
+        match w.by_ino.get_mut(&ino) {
+            Some(ns) => f(ns),
+            None => panic!("no fake namespace {name}"),
+        }
+    }
+
+    /// The next `n` netfilter batches fail.
+    pub fn fail_rules_next(&self, n: usize) {
+        self.world().faults.rules_next = n;
+    }
+
+    /// The next `n` address or sysctl writes fail.
+    pub fn fail_host_next(&self, n: usize) {
+        self.world().faults.host_next = n;
+    }
+
+    /// Every write (IPVS operation, netfilter batch, address, sysctl) fails with probability
+    /// `permille`/1000, deterministically for `seed`; `permille` 0 turns it off.
+    pub fn random_faults(&self, seed: u64, permille: u32) {
+        self.world().faults.random = (permille > 0).then_some((seed | 1, permille));
+    }
+
+    /// Sets the kernel version every namespace reports.
+    pub fn set_kernel(&self, k: KernelVersion) {
+        self.world().kernel = Some(k);
+    }
+}
+
+fn injected(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("injected failure: {what}"))
+}
+
+/// A backend handle on one fake namespace (by identity).
+#[derive(Debug, Clone)]
+pub struct FakeHandle {
+    world: FakeKernel,
+    ino: u64,
+    name: String,
+}
+
+impl FakeHandle {
+    fn ns<T>(&self, f: impl FnOnce(&mut FakeNs, &mut Faults) -> Result<T, Error>) -> Result<T, Error> {
+        let mut w = self.world.world();
+        let w = &mut *w;
+        match w.by_ino.get_mut(&self.ino) {
+            Some(ns) => f(ns, &mut w.faults),
+            None => Err(Error::MissingNamespace {
+                netns: self.name.clone(),
+            }),
+        }
+    }
+
+    fn sys(&self, op: &str) -> Error {
+        Error::System {
+            op: op.to_string(),
+            netns: self.name.clone(),
+            source: injected(op),
+        }
+    }
+}
+
+impl IpvsBackend for FakeHandle {
+    fn services(&mut self) -> Result<Vec<ipvs::ServiceEntry>, ipvs::Error> {
+        let w = self.world.world();
+        match w.by_ino.get(&self.ino) {
+            Some(ns) => ns.ipvs.clone().services(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn dests(&mut self, service: &ipvs::ServiceKey) -> Result<Vec<ipvs::DestEntry>, ipvs::Error> {
+        let w = self.world.world();
+        match w.by_ino.get(&self.ino) {
+            Some(ns) => ns.ipvs.clone().dests(service),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn execute(&mut self, ops: &[ipvs::Op]) -> Vec<Result<(), ipvs::Error>> {
+        let mut w = self.world.world();
+        let w = &mut *w;
+        let Some(ns) = w.by_ino.get_mut(&self.ino) else {
+            // A namespace that is gone: the kernel's socket would fail every request.
+            let mut f = Fake::new();
+            f.fail_next(&vec![libc::ENODEV; ops.len()]);
+            return f.execute(ops);
+        };
+        ops.iter()
+            .map(|op| {
+                if w.faults.roll() {
+                    ns.ipvs.fail_next(&[libc::EIO]);
+                }
+                ns.ipvs
+                    .execute(std::slice::from_ref(op))
+                    .pop()
+                    .unwrap_or(Ok(()))
+            })
+            .collect()
+    }
+}
+
+impl Rules for FakeHandle {
+    fn observe(&mut self, family: Family) -> Result<nf::Observed, Error> {
+        self.ns(|ns, _| {
+            *ns.rule_reads.entry(family).or_default() += 1;
+            Ok(ns.rules[&family].clone())
+        })
+    }
+
+    fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error> {
+        let name = self.name.clone();
+        self.ns(|ns, faults| {
+            let fail = faults.rules_next > 0 || faults.roll();
+            faults.rules_next = faults.rules_next.saturating_sub(1);
+            if fail {
+                return Err(Error::Netfilter {
+                    op: "apply".into(),
+                    netns: name,
+                    source: Box::new(nf::Error::CommandFailed {
+                        tool: "iptables-restore".into(),
+                        status: "exit status: 1".into(),
+                        stderr: "injected failure".into(),
+                    }),
+                });
+            }
+            // Kernel semantics of the batch: our chains become exactly the desired ones,
+            // provided the batch was made against what the kernel holds.
+            let now = &ns.rules[&plan.family];
+            let expected = nf::plan(&plan.desired, now).map_err(|source| Error::Netfilter {
+                op: "plan".into(),
+                netns: name.clone(),
+                source: Box::new(source),
+            })?;
+            if expected != plan.diff {
+                return Err(Error::Netfilter {
+                    op: "apply".into(),
+                    netns: name,
+                    source: Box::new(nf::Error::CommandFailed {
+                        tool: "iptables-restore".into(),
+                        status: "exit status: 1".into(),
+                        stderr: "batch made against a stale view (a real restore would fail or misapply)".into(),
+                    }),
+                });
+            }
+            ns.rules
+                .insert(plan.family, nf::Observed::from_ruleset(&plan.desired));
+            ns.batches += 1;
+            Ok(())
+        })
+    }
+}
+
+impl Host for FakeHandle {
+    fn addresses(&mut self) -> Result<BTreeMap<IpAddr, ObservedAddr>, Error> {
+        self.ns(|ns, _| Ok(ns.addrs.clone()))
+    }
+
+    fn add_address(&mut self, interface: &str, addr: IpAddr) -> Result<(), Error> {
+        let err = self.sys("address add");
+        let name = self.name.clone();
+        self.ns(|ns, f| {
+            let fail = f.host_next > 0 || f.roll();
+            f.host_next = f.host_next.saturating_sub(1);
+            if fail {
+                return Err(err);
+            }
+            if !ns.interfaces.iter().any(|i| i == interface) {
+                return Err(Error::MissingInterface {
+                    netns: name,
+                    interface: interface.to_string(),
+                });
+            }
+            ns.addrs.insert(
+                addr,
+                ObservedAddr {
+                    interface: interface.to_string(),
+                    prefix: crate::plan::host_prefix(addr),
+                    owned: true,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    fn del_address(&mut self, interface: &str, addr: IpAddr, _prefix: u8) -> Result<(), Error> {
+        let err = self.sys("address del");
+        self.ns(|ns, f| {
+            let fail = f.host_next > 0 || f.roll();
+            f.host_next = f.host_next.saturating_sub(1);
+            if fail {
+                return Err(err);
+            }
+            if ns.addrs.get(&addr).is_some_and(|a| a.interface == interface) {
+                ns.addrs.remove(&addr);
+            }
+            Ok(())
+        })
+    }
+
+    fn sysctls(&mut self, keys: &[String]) -> Result<BTreeMap<String, String>, Error> {
+        self.ns(|ns, _| {
+            Ok(keys
+                .iter()
+                .filter_map(|k| ns.sysctls.get(k).map(|v| (k.clone(), v.clone())))
+                .collect())
+        })
+    }
+
+    fn set_sysctl(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        let err = self.sys("sysctl");
+        self.ns(|ns, f| {
+            let fail = f.host_next > 0 || f.roll();
+            f.host_next = f.host_next.saturating_sub(1);
+            if fail {
+                return Err(err);
+            }
+            ns.sysctls.insert(key.to_string(), value.to_string());
+            Ok(())
+        })
+    }
+
+    fn kernel(&mut self) -> Result<KernelVersion, Error> {
+        Ok(self.world.world().kernel.unwrap_or(KernelVersion {
+            major: 6,
+            minor: 1,
+        }))
+    }
+}
+
+impl Kernel for FakeKernel {
+    type Ipvs = FakeHandle;
+    type Rules = FakeHandle;
+    type Host = FakeHandle;
+
+    fn open(&mut self, netns: &str) -> Result<NsHandle<FakeHandle, FakeHandle, FakeHandle>, Error> {
+        let mut w = self.world();
+        let Some(ino) = w.names.get(netns).copied() else {
+            return Err(Error::MissingNamespace {
+                netns: netns.to_string(),
+            });
+        };
+        w.opens += 1;
+        drop(w);
+        let h = FakeHandle {
+            world: self.clone(),
+            ino,
+            name: netns.to_string(),
+        };
+        Ok(NsHandle {
+            ipvs: h.clone(),
+            rules: h.clone(),
+            host: h,
+            identity: Some(NsIdentity { dev: 1, ino }),
+        })
+    }
+
+    fn identity(&mut self, netns: &str) -> Result<Option<NsIdentity>, Error> {
+        match self.world().names.get(netns) {
+            Some(ino) => Ok(Some(NsIdentity { dev: 1, ino: *ino })),
+            None => Err(Error::MissingNamespace {
+                netns: netns.to_string(),
+            }),
+        }
+    }
+}
