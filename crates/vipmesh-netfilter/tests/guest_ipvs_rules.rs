@@ -10,18 +10,9 @@ use vipmesh_netfilter::*;
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn ipvs_match_rules_are_idempotent() {
-    if !privileged() {
-        return;
-    }
-    let m = std::process::Command::new("modprobe")
-        .args(["-q", "xt_ipvs"])
-        .status();
-    if !matches!(m, Ok(s) if s.success()) {
-        eprintln!(
-            "!!!!!!!! SKIPPED: modprobe xt_ipvs failed: this test needs the IPVS guest kernel !!!!!!!!"
-        );
-        return;
-    }
+    require_privileged();
+    // xt_ipvs: only the IPVS guest kernel has it.
+    vipmesh_testkit::require(&[vipmesh_testkit::Requirement::Module("xt_ipvs")]);
     let ns = Ns::new("ipvs");
     let a = ns.applier();
     for rs in [ingress_sbox(true), vip_lb(10, true)] {

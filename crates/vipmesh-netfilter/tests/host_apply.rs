@@ -42,9 +42,7 @@ fn run_script(ns: &Ns, script: &str) {
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn apply_twice_is_idempotent() {
     let _ = IGN;
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("idem");
     let a = ns.applier();
     let rs = vip_lb(50, false);
@@ -81,9 +79,7 @@ fn apply_twice_is_idempotent() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn ipv6_apply_and_teardown() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("v6");
     let a = ns.applier();
     let mut rs = OwnedRuleset::new(Family::V6);
@@ -158,9 +154,7 @@ fn ipv6_apply_and_teardown() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn foreign_rules_survive_byte_for_byte() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("forn");
     let control = Ns::new("ctrl");
     run_script(&ns, FOREIGN_BEFORE);
@@ -202,9 +196,7 @@ fn foreign_rules_survive_byte_for_byte() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn tampering_is_repaired() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("tamper");
     ns.sh("iptables -t mangle -A INPUT -j MARK --set-mark 0x1");
     let a = ns.applier();
@@ -258,9 +250,7 @@ fn tampering_is_repaired() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn one_changed_rule_is_replaced_in_place() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("repl");
     let a = ns.applier();
     let rs = vip_lb(200, false);
@@ -293,9 +283,7 @@ fn one_changed_rule_is_replaced_in_place() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn injection_attempts_are_inert() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("inj");
     // Through an open vipmesh-netns handle this time (setns on a worker thread).
     let a = Applier::new(vipmesh_netns::Netns::named(&ns.name).unwrap().into());
@@ -346,9 +334,7 @@ fn injection_attempts_are_inert() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn bad_input_applies_nothing() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("bad");
     ns.sh("iptables -A INPUT -p tcp --dport 22 -j ACCEPT");
     let before = ns.save();
@@ -455,9 +441,7 @@ fn no_cap_net_admin_is_a_typed_error() {
         assert!(matches!(r, Err(Error::PermissionDenied { .. })), "{r:?}");
         return;
     }
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("nocap");
     let before = ns.save();
     let exe = std::env::current_exe().unwrap();
@@ -486,9 +470,7 @@ fn no_cap_net_admin_is_a_typed_error() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn legacy_backend_works_too() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("legacy");
     let save = || strip_comments(&ns.sh("iptables-legacy-save"));
     ns.sh("iptables-legacy -t mangle -A INPUT -p udp --dport 53 -j MARK --set-mark 0x7");
@@ -528,9 +510,7 @@ fn legacy_backend_works_too() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn cached_mode_skips_observe_and_falls_back_to_a_full_sync() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let ns = Ns::new("cache");
     let a = ns.applier().with_observe(ObserveMode::Cached);
     let rs = vip_lb(200, false);

@@ -73,17 +73,18 @@ impl Drop for Lab {
 
 /// Poll until the server answers (readiness, not a timing assertion).
 fn wait_http(ns: &Ns, url: &str) {
-    for _ in 0..100 {
-        if ns
-            .try_sh(&format!("curl -s -m 1 -o /dev/null {url}"))
-            .status
-            .success()
-        {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("[{}] {url} never came up", ns.name);
+    vipmesh_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        &format!("[{}] {url} to come up", ns.name),
+        || {
+            let out = ns.try_sh(&format!("curl -s -m 1 -o /dev/null {url}"));
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("curl: {}", out.status))
+            }
+        },
+    );
 }
 
 /// Hooks chain `to` on builtin chain `from` of `table`.
@@ -158,9 +159,7 @@ fn mark_counter(lb: &Ns) -> u64 {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn mark_dnat_redirect_carry_real_traffic() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let lab = Lab::new("t1");
     // A foreign counting rule: packets that arrive with our mark.
     lab.lb
@@ -243,9 +242,7 @@ fn mark_dnat_redirect_carry_real_traffic() {
 #[test]
 #[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
 fn reject_makes_a_vip_without_backends_fail_fast() {
-    if !privileged() {
-        return;
-    }
+    require_privileged();
     let lab = Lab::new("t2");
     assert_eq!(lab.curl("http://10.99.0.2/"), (0, "lb".into()));
     let mut rs = OwnedRuleset::new(Family::V4);

@@ -289,17 +289,10 @@ pub fn ingress_task() -> OwnedRuleset {
 // ---------------------------------------------------------------------------------------------
 // Privileged fixture.
 
-/// True when we can run privileged tests; otherwise prints why, loudly.
-pub fn privileged() -> bool {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if uid.unwrap_or(false) {
-        return true;
-    }
-    eprintln!("!!!!!!!! SKIPPED: this privileged test needs root (ip netns, iptables) !!!!!!!!");
-    false
+/// Fails the calling test, with the reason, unless privileged tests can run here (root,
+/// `ip netns`).
+pub fn require_privileged() {
+    vipmesh_testkit::require(&[vipmesh_testkit::Requirement::Netns]);
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
