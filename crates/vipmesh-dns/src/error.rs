@@ -89,6 +89,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A server limit is out of range (zero, or beyond what the runtime can count).
+    #[error("invalid DNS server limit {field} = {value}: {reason}")]
+    InvalidLimit {
+        /// Which [`Limits`](crate::Limits) field.
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
     /// The server thread panicked; it no longer answers.
     #[error("DNS server thread panicked")]
     ServerPanicked,
