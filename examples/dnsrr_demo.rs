@@ -17,8 +17,20 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use vipmesh::Mesh;
-use vipmesh::lab::VipLab;
 use vipmesh::model::*;
+use vipmesh_testkit::vip::{IpFamily, VipLab};
+
+/// The lab's network for vipmesh, built from the lab's plain values.
+fn network(lab: &VipLab) -> Network {
+    Network::new(
+        "lab",
+        lab.subnet_cidr().parse().unwrap(),
+        &lab.lb,
+        &lab.lb_interface,
+        lab.lb_addr,
+    )
+    .unwrap()
+}
 
 fn main() -> ExitCode {
     let mut ok = true;
@@ -26,16 +38,16 @@ fn main() -> ExitCode {
         println!("  check: {what}: {}", if cond { "ok" } else { "FAILED" });
         ok &= cond;
     };
-    let mut lab = VipLab::new(Family::V4, "web", 2);
+    let mut lab = VipLab::new(IpFamily::V4, "web", 2);
     lab.start_servers();
     let tasks: Vec<IpAddr> = lab.tasks.iter().map(|t| t.addr).collect();
     let d = DesiredState::new(
-        lab.network.clone(),
+        network(&lab),
         vec![Service::dnsrr("web", &tasks).unwrap()],
         Options::default(),
     )
     .unwrap();
-    let mut mesh = Mesh::kernel(&lab.network).expect("open the LB namespace");
+    let mut mesh = Mesh::kernel(&network(&lab)).expect("open the LB namespace");
     let report = mesh.apply(&d).unwrap();
     println!("== report\n{report}");
     check("apply succeeded", report.ok());

@@ -19,8 +19,20 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use vipmesh::Mesh;
-use vipmesh::lab::VipLab;
 use vipmesh::model::*;
+use vipmesh_testkit::vip::{IpFamily, VipLab};
+
+/// The lab's network for vipmesh, built from the lab's plain values.
+fn network(lab: &VipLab) -> Network {
+    Network::new(
+        "lab",
+        lab.subnet_cidr().parse().unwrap(),
+        &lab.lb,
+        &lab.lb_interface,
+        lab.lb_addr,
+    )
+    .unwrap()
+}
 
 fn show(lab: &VipLab, ns: &str, label: &str, cmd: &str) -> String {
     let out = lab.sh(ns, cmd);
@@ -34,7 +46,7 @@ fn main() -> ExitCode {
         println!("  check: {what}: {}", if cond { "ok" } else { "FAILED" });
         ok &= cond;
     };
-    let mut lab = VipLab::new(Family::V4, "vote", 3);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 3);
     lab.start_servers();
     let tasks: Vec<IpAddr> = lab.tasks.iter().map(|t| t.addr).collect();
     let vip = lab.host(9);
@@ -44,14 +56,14 @@ fn main() -> ExitCode {
     };
     let desired = |tasks: &[IpAddr]| {
         DesiredState::new(
-            lab.network.clone(),
+            network(&lab),
             vec![Service::vip("vote", vip, tasks).unwrap()],
             opts.clone(),
         )
         .unwrap()
     };
     let d = desired(&tasks);
-    let mut mesh = Mesh::kernel(&lab.network).expect("open the LB namespace");
+    let mut mesh = Mesh::kernel(&network(&lab)).expect("open the LB namespace");
     let (plan, _) = mesh.plan(&d).unwrap();
     println!("== plan\n{plan}");
     let report = mesh.apply(&d).unwrap();

@@ -4,8 +4,7 @@
 
 use std::process::{Command, Output};
 
-use vipmesh::lab::VipLab;
-use vipmesh::model::Family;
+use vipmesh_testkit::vip::{IpFamily, VipLab};
 
 fn vipmesh(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vipmesh"))
@@ -25,7 +24,7 @@ fn text(o: &Output) -> String {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn apply_plan_status_from_a_state_file() {
-    let mut lab = VipLab::new(Family::V4, "vote", 2);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 2);
     lab.start_servers();
     let dir = std::env::temp_dir().join(format!("vipmesh-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use vipmesh_netns::testing::Topology;
+use vipmesh_testkit::Topology;
 
 const STATE: &str = r#"{
   "network": {"name": "lab", "subnet": "10.0.0.0/24", "lb_netns": "vipmesh-no-such-lb",

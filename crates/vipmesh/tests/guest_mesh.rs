@@ -5,13 +5,25 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use vipmesh::lab::{self, VipLab};
 use vipmesh::model::*;
 use vipmesh::plan::Step;
 use vipmesh::{Error, KernelMesh, Mesh};
+use vipmesh_testkit::vip::{self as lab, IpFamily, VipLab};
+
+/// The lab's network for vipmesh, built from the lab's plain values.
+fn network(lab: &VipLab) -> Network {
+    Network::new(
+        "lab",
+        lab.subnet_cidr().parse().unwrap(),
+        &lab.lb,
+        &lab.lb_interface,
+        lab.lb_addr,
+    )
+    .unwrap()
+}
 
 fn desired(lab: &VipLab, services: Vec<Service>) -> DesiredState {
-    DesiredState::new(lab.network.clone(), services, Options::default()).unwrap()
+    DesiredState::new(network(lab), services, Options::default()).unwrap()
 }
 
 fn vote(lab: &VipLab, tasks: &[&str]) -> Service {
@@ -46,10 +58,10 @@ fn assert_alternates(got: &[String], names: &[&str]) {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn vip_path_balances_and_shows_the_seed_shapes() {
-    let mut lab = VipLab::new(Family::V4, "vote", 2);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 2);
     lab.start_servers();
     let d = desired(&lab, vec![vote(&lab, &["vote.1", "vote.2"])]);
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     apply_ok(&mut m, &d);
     let got = gets(&lab, lab.host(9), 6);
     assert_alternates(&got, &["vote.1", "vote.2"]);
@@ -83,12 +95,12 @@ fn vip_path_balances_and_shows_the_seed_shapes() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn reapply_is_a_no_op_and_a_restart_keeps_marks_and_connections() {
-    let mut lab = VipLab::new(Family::V4, "vote", 2);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 2);
     lab.start_servers();
     let mut api = Service::vip("api", lab.host(20), &[lab.task("vote.2").addr]).unwrap();
     api.scheduler = Scheduler::new("wrr").unwrap();
     let d = desired(&lab, vec![vote(&lab, &["vote.1", "vote.2"]), api]);
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     apply_ok(&mut m, &d);
     let ipvs1 = lab.sh(&lab.lb, "ipvsadm -Sn");
     let rules1 = lab.sh(&lab.lb, "iptables-save | grep -v '^#'");
@@ -108,7 +120,7 @@ fn reapply_is_a_no_op_and_a_restart_keeps_marks_and_connections() {
     let mut services: Vec<Service> = d.services().cloned().collect();
     services.reverse();
     let d2 = desired(&lab, services);
-    let mut m2 = Mesh::kernel(&lab.network).unwrap();
+    let mut m2 = Mesh::kernel(&network(&lab)).unwrap();
     let (p, _) = m2.plan(&d2).unwrap();
     assert!(p.is_empty(), "{p}");
     assert!(m2.apply(&d2).unwrap().steps.is_empty());
@@ -124,10 +136,10 @@ fn reapply_is_a_no_op_and_a_restart_keeps_marks_and_connections() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn drain_keeps_an_established_connection_and_sends_new_ones_elsewhere() {
-    let mut lab = VipLab::new(Family::V4, "vote", 2);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 2);
     lab.start_servers();
     let d = desired(&lab, vec![vote(&lab, &["vote.1", "vote.2"])]);
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     apply_ok(&mut m, &d);
     // Find a connection that landed on vote.2.
     let mut held = None;
@@ -189,9 +201,9 @@ fn backends_come_and_go_under_traffic_without_errors() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let mut lab = VipLab::new(Family::V4, "vote", 3);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 3);
     lab.start_servers();
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     apply_ok(&mut m, &desired(&lab, vec![vote(&lab, &["vote.1"])]));
     // A client keeps sending requests through the VIP while the backends change. The gate lets
     // the checks below take the VIP alone: rr is one rotation shared by every client, so a
@@ -260,10 +272,10 @@ fn backends_come_and_go_under_traffic_without_errors() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn a_vip_without_backends_is_rejected_at_once() {
-    let mut lab = VipLab::new(Family::V4, "vote", 1);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 1);
     lab.start_servers();
     let empty = Service::vip("empty", lab.host(9), &[]).unwrap();
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     apply_ok(&mut m, &desired(&lab, vec![empty]));
     // A TCP reset, not a timeout: connect fails with ECONNREFUSED.
     let err = lab::connect(&lab.client, SocketAddr::new(lab.host(9), 80)).unwrap_err();
@@ -284,10 +296,10 @@ fn a_vip_without_backends_is_rejected_at_once() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn an_ipv6_vip_balances() {
-    let mut lab = VipLab::new(Family::V6, "vote", 2);
+    let mut lab = VipLab::new(IpFamily::V6, "vote", 2);
     lab.start_servers();
     let d = desired(&lab, vec![vote(&lab, &["vote.1", "vote.2"])]);
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     apply_ok(&mut m, &d);
     let got = gets(&lab, lab.host(9), 4);
     assert_alternates(&got, &["vote.1", "vote.2"]);
@@ -299,7 +311,7 @@ fn an_ipv6_vip_balances() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn dnsrr_names_resolve_to_shuffled_tasks_and_spread_requests() {
-    let mut lab = VipLab::new(Family::V4, "web", 2);
+    let mut lab = VipLab::new(IpFamily::V4, "web", 2);
     lab.start_servers();
     let addrs: Vec<IpAddr> = lab.tasks.iter().map(|t| t.addr).collect();
     let d = desired(
@@ -309,7 +321,7 @@ fn dnsrr_names_resolve_to_shuffled_tasks_and_spread_requests() {
             Service::vip("vote", lab.host(9), &addrs).unwrap(),
         ],
     );
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     apply_ok(&mut m, &d);
     let table = vipmesh::dns::table(&d, "mesh.local.").unwrap();
     let client = vipmesh_netns::Netns::named(&lab.client).unwrap();
@@ -342,8 +354,8 @@ fn dnsrr_names_resolve_to_shuffled_tasks_and_spread_requests() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn bad_input_changes_nothing_in_the_kernel() {
-    let lab = VipLab::new(Family::V4, "vote", 1);
-    let mut m = Mesh::kernel(&lab.network).unwrap();
+    let lab = VipLab::new(IpFamily::V4, "vote", 1);
+    let mut m = Mesh::kernel(&network(&lab)).unwrap();
     let opts = Options {
         fwmark_first: 0x100,
         fwmark_last: 0x100,
@@ -351,11 +363,11 @@ fn bad_input_changes_nothing_in_the_kernel() {
     };
     let a = Service::vip("a", lab.host(9), &[]).unwrap();
     let b = Service::vip("b", lab.host(19), &[]).unwrap();
-    let d = DesiredState::new(lab.network.clone(), vec![a, b], opts).unwrap();
+    let d = DesiredState::new(network(&lab), vec![a, b], opts).unwrap();
     assert!(matches!(m.apply(&d), Err(Error::FwmarkExhausted { .. })));
     assert_eq!(lab.sh(&lab.lb, "ipvsadm -Sn"), "");
     assert!(!lab.sh(&lab.lb, "iptables-save").contains("VIPMESH"));
-    let mut missing = lab.network.clone();
+    let mut missing = network(&lab);
     missing.lb_netns = "vipmesh-missing".into();
     assert!(matches!(
         Mesh::kernel(&missing),
@@ -366,10 +378,10 @@ fn bad_input_changes_nothing_in_the_kernel() {
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn the_per_client_layout_balances_from_the_clients_own_namespace() {
-    let mut lab = VipLab::new(Family::V4, "vote", 2);
+    let mut lab = VipLab::new(IpFamily::V4, "vote", 2);
     lab.start_servers();
     // The rules live in the client: lb_netns/lb_interface/lb_addr name the client itself.
-    let mut net = lab.network.clone();
+    let mut net = network(&lab);
     net.lb_netns = lab.client.clone();
     net.lb_addr = lab.host(7);
     let opts = Options {
