@@ -1,0 +1,335 @@
+//! Host-kernel tests (root; each in a fresh network namespace it creates and deletes): the
+//! whole typed subset round-trips through the kernel, element changes are partial, foreign
+//! tables and iptables rules stay byte-identical, errors name what failed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use vipmesh_netns::Netns;
+use vipmesh_nft::*;
+use vipmesh_testkit::{Requirement, TestNetns, require};
+
+fn setup() -> (TestNetns, Nft) {
+    require(&[Requirement::Netns, Requirement::Tool("nft")]);
+    let t = TestNetns::new();
+    let nft = Nft::new(Arc::new(Netns::named(t.name()).unwrap()));
+    (t, nft)
+}
+
+fn ruleset(t: &TestNetns) -> String {
+    t.sh("nft list ruleset")
+}
+
+/// `nft list ruleset` without our table `vipmesh-<id>` (blocks are separated by top-level
+/// `table` lines).
+fn foreign_part(rs: &str, ours: &str) -> String {
+    let mut out = String::new();
+    let mut skip = false;
+    for l in rs.lines() {
+        if l.starts_with("table ") {
+            skip = l.starts_with(&format!("table inet {ours} "));
+        }
+        if !skip {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn foreign_setup(t: &TestNetns) {
+    t.sh("nft add table ip foreign && nft add chain ip foreign c '{ type filter hook input priority 0; }' && nft add rule ip foreign c ip daddr 1.2.3.4 counter drop");
+    t.sh("iptables -t mangle -A PREROUTING -d 10.9.9.9 -j MARK --set-mark 7 && iptables -t nat -N DOCKER && iptables -t nat -A DOCKER -p tcp --dport 80 -j DNAT --to-destination 10.1.1.1:80");
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn every_builder_round_trips_through_the_kernel() {
+    let (_t, nft) = setup();
+    let desired = full_table("ing");
+    let r = nft.sync(&desired).unwrap();
+    assert!(r.changed && matches!(r.plan, Plan::Rebuild { replace: false, .. }));
+    let obs = nft.observe(desired.id()).unwrap().expect("table exists");
+    assert_eq!(obs.owner, Ownership::Ours);
+    assert!(obs.unparsed.is_empty(), "{:?}", obs.unparsed);
+    assert_eq!(obs.table, desired);
+    let r = nft.sync(&desired).unwrap();
+    assert!(!r.changed, "second sync: {}", r.plan);
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn element_changes_are_partial_and_structure_changes_replace_atomically() {
+    let (t, nft) = setup();
+    let before = lb_table("lb", &vips(50));
+    nft.sync(&before).unwrap();
+    let handle_line = |t: &TestNetns| {
+        t.sh("nft -a list table inet vipmesh-lb")
+            .lines()
+            .find(|l| l.contains("table inet"))
+            .unwrap()
+            .to_owned()
+    };
+    let h0 = handle_line(&t);
+    let mut v = vips(50);
+    v[7].mark = 0xabc;
+    v.remove(3);
+    let after = lb_table("lb", &v);
+    let r = nft.sync(&after).unwrap();
+    let Plan::Elements(ep) = &r.plan else {
+        panic!("{}", r.plan)
+    };
+    assert_eq!(ep.len(), 3, "{}", r.plan);
+    // Same table object (not recreated), new content.
+    assert_eq!(handle_line(&t), h0);
+    assert_eq!(nft.observe(after.id()).unwrap().unwrap().table, after);
+    assert!(
+        t.sh("nft list map inet vipmesh-lb vip4")
+            .contains("10.64.0.7 : 0x00000abc")
+    );
+    // A structure change (another hook) replaces the table in one transaction.
+    let mut other = Table::new(NetworkId::new("lb").unwrap());
+    vip_marks(&mut other, &[Hook::Prerouting], &v).unwrap();
+    let r = nft.sync(&other).unwrap();
+    assert!(matches!(r.plan, Plan::Rebuild { replace: true, .. }));
+    assert_eq!(nft.observe(other.id()).unwrap().unwrap().table, other);
+    // Drift (a rule someone added to our table) is repaired by the next sync.
+    t.sh("nft add rule inet vipmesh-lb vip_prerouting counter accept");
+    let r = nft.sync(&other).unwrap();
+    assert!(matches!(r.plan, Plan::Rebuild { replace: true, .. }));
+    assert_eq!(nft.observe(other.id()).unwrap().unwrap().table, other);
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn foreign_tables_and_iptables_rules_stay_byte_identical() {
+    let (t, nft) = setup();
+    foreign_setup(&t);
+    let rs0 = ruleset(&t);
+    let ipt0 = t.sh("iptables-save | grep -v '^#'");
+    nft.sync(&full_table("ing")).unwrap();
+    nft.sync(&lb_table("ing", &vips(10))).unwrap();
+    nft.sync(&lb_table("ing", &vips(12))).unwrap();
+    let rs1 = ruleset(&t);
+    assert!(rs1.contains("table inet vipmesh-ing"));
+    assert_eq!(foreign_part(&rs1, "vipmesh-ing"), rs0);
+    assert!(nft.teardown(&NetworkId::new("ing").unwrap()).unwrap());
+    assert!(
+        !nft.teardown(&NetworkId::new("ing").unwrap()).unwrap(),
+        "absent is success"
+    );
+    assert_eq!(ruleset(&t), rs0);
+    assert_eq!(t.sh("iptables-save | grep -v '^#'"), ipt0);
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn a_foreign_table_with_our_name_is_refused_and_never_deleted() {
+    let (t, nft) = setup();
+    let id = NetworkId::new("web").unwrap();
+    for setup in [
+        "nft add table inet vipmesh-web",
+        "nft add table inet vipmesh-web '{ comment \"someone else\"; }'",
+    ] {
+        t.sh(setup);
+        t.sh("nft add chain inet vipmesh-web mine");
+        let rs0 = ruleset(&t);
+        let e = nft.sync(&lb_table("web", &vips(3))).unwrap_err();
+        assert!(matches!(e, Error::ForeignTable { .. }), "{e}");
+        assert!(
+            e.to_string().contains("vipmesh-web") && e.to_string().contains(t.name()),
+            "{e}"
+        );
+        let e = nft.teardown(&id).unwrap_err();
+        assert!(matches!(e, Error::ForeignTable { .. }), "{e}");
+        assert_eq!(ruleset(&t), rs0);
+        t.sh("nft delete table inet vipmesh-web");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn a_rejected_element_is_named_nothing_is_applied_and_the_cache_is_dropped() {
+    let (t, nft0) = setup();
+    let nft = Nft::new(Arc::new(Netns::named(t.name()).unwrap())).with_observe(ObserveMode::Cached);
+    let v = vips(20);
+    nft.sync(&lb_table("lb", &v)).unwrap();
+    // Someone deletes an element behind our back; the cache does not know.
+    t.sh("nft delete element inet vipmesh-lb vip4 '{ 10.64.0.4 }'");
+    let before = ruleset(&t);
+    let mut v2 = v.clone();
+    v2[4].mark = 0x4444; // delete 10.64.0.4 (gone: ENOENT) + add
+    v2[5].mark = 0x5555;
+    let e = nft.sync(&lb_table("lb", &v2)).unwrap_err();
+    let Error::TransactionFailed {
+        text,
+        kernel_error,
+        line,
+        ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(text, "10.64.0.4", "{e}");
+    assert!(line.is_some());
+    assert!(kernel_error.contains("No such file or directory"), "{e}");
+    assert!(e.to_string().contains("10.64.0.4"), "{e}");
+    assert_eq!(ruleset(&t), before, "a failed transaction changes nothing");
+    // The cache was dropped: the next sync lists the table and converges.
+    let r = nft.sync(&lb_table("lb", &v2)).unwrap();
+    assert!(r.changed && !r.from_cache);
+    let r = nft.sync(&lb_table("lb", &v2)).unwrap();
+    assert!(!r.changed && r.from_cache);
+    assert_eq!(
+        nft0.observe(&NetworkId::new("lb").unwrap())
+            .unwrap()
+            .unwrap()
+            .table,
+        lb_table("lb", &v2)
+    );
+    // An element the kernel refuses on add (same key, other value, added behind our back).
+    t.sh("nft add element inet vipmesh-lb vip4_port '{ 10.9.0.1 . tcp . 80 : 0x1 }'");
+    let mut v3 = v2.clone();
+    v3.push(VipMark {
+        vip: "10.9.0.1".parse().unwrap(),
+        port: Some((Proto::TCP, 80)),
+        mark: 0x2,
+    });
+    let before = ruleset(&t);
+    let e = nft.sync(&lb_table("lb", &v3)).unwrap_err();
+    let Error::TransactionFailed {
+        text, kernel_error, ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(text, "10.9.0.1 . tcp . 80 : 0x2", "{e}");
+    assert!(kernel_error.contains("File exists"), "{e}");
+    assert_eq!(ruleset(&t), before);
+    nft.sync(&lb_table("lb", &v3)).unwrap();
+    assert_eq!(
+        nft.observe(&NetworkId::new("lb").unwrap())
+            .unwrap()
+            .unwrap()
+            .table,
+        lb_table("lb", &v3)
+    );
+}
+
+fn fake_nft(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("nft");
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn missing_old_or_refusing_nft_gives_typed_errors() {
+    let (t, _) = setup();
+    let netns = || Arc::new(Netns::named(t.name()).unwrap());
+    let id = NetworkId::new("x").unwrap();
+    let e = Nft::new(netns())
+        .with_tool("/nonexistent/nft")
+        .observe(&id)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::NftMissing { .. }) && e.is_not_found(),
+        "{e}"
+    );
+    let dir = std::env::temp_dir().join(format!("vipmesh-nft-fake-{}", std::process::id()));
+    let old = fake_nft(&dir.join("old"), "echo 'nftables v0.9.8 (E.D.S.)'");
+    let e = Nft::new(netns())
+        .with_tool(&old)
+        .sync(&lb_table("x", &[]))
+        .unwrap_err();
+    let Error::NftTooOld { found, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(found, "0.9.8");
+    // A kernel without an expression: nft reports EOPNOTSUPP at a line; we name the module.
+    let refusing = fake_nft(
+        &dir.join("eopnotsupp"),
+        "case \"$1\" in --version) echo 'nftables v1.0.6 (Lester Gooch #5)';;\n\
+         -j) echo 'Error: No such file or directory' >&2; exit 1;;\n\
+         -f) cat >/dev/null; echo '/dev/stdin:30:1-40: Error: Could not process rule: Operation not supported' >&2; exit 1;;\n\
+         esac",
+    );
+    let table = full_table("x");
+    let script = plan(&table, None).unwrap().to_string();
+    let line30 = script.lines().nth(29).unwrap();
+    let e = Nft::new(netns())
+        .with_tool(&refusing)
+        .sync(&table)
+        .unwrap_err();
+    let Error::KernelUnsupported {
+        line,
+        modules,
+        text,
+        ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(*line, 30);
+    assert_eq!(text, line30.trim());
+    assert!(
+        !modules.is_empty() && modules.iter().all(|m| m.starts_with("nf")),
+        "{e}"
+    );
+    let nonf = fake_nft(
+        &dir.join("nonf"),
+        "case \"$1\" in --version) echo 'nftables v1.0.6';;\n\
+         *) echo 'Error: Could not process rule: Protocol not supported' >&2; exit 1;;\n\
+         esac",
+    );
+    let e = Nft::new(netns()).with_tool(&nonf).observe(&id).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::KernelNoNfTables {
+                module: "nf_tables",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn marks_are_set_on_real_traffic_by_one_lookup() {
+    let (t, nft) = setup();
+    // The test thread is inside the namespace (TestNetns enters it).
+    t.sh("ip addr add 10.64.0.1/16 dev lo");
+    nft.sync(&lb_table("lb", &vips(1000))).unwrap();
+    // A foreign observer table counts the marks our table set (VIP i gets 0x100 + i).
+    t.sh("nft add table ip obs && nft add chain ip obs c '{ type filter hook input priority 0; }' \
+          && nft add rule ip obs c meta mark 0x100 counter && nft add rule ip obs c meta mark 0x4e5 counter \
+          && nft add rule ip obs c meta mark 0x4e6 counter");
+    let s = std::net::UdpSocket::bind("10.64.0.1:0").unwrap();
+    // VIP 0: address only, any port. VIP 997 (10.64.3.229): address only. VIP 998
+    // (10.64.3.230): tcp/82 only, so UDP to it stays unmarked.
+    for dst in ["10.64.0.0:9", "10.64.3.229:9", "10.64.3.230:9"] {
+        let _ = s.send_to(b"x", dst);
+    }
+    let obs = t.sh("nft list table ip obs");
+    assert!(
+        obs.contains("meta mark 0x00000100 counter packets 1 "),
+        "{obs}"
+    );
+    assert!(
+        obs.contains("meta mark 0x000004e5 counter packets 1 "),
+        "{obs}"
+    );
+    assert!(
+        obs.contains("meta mark 0x000004e6 counter packets 0 "),
+        "{obs}"
+    );
+}
