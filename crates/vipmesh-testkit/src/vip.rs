@@ -309,3 +309,22 @@ pub fn echo(s: &mut TcpStream, msg: &str) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_numbers_come_from_the_subnet_in_both_families() {
+        let v4 = (IpAddr::V4(Ipv4Addr::new(192, 168, 7, 0)), 24);
+        assert_eq!(host_in(v4, 9), "192.168.7.9".parse::<IpAddr>().unwrap());
+        let v6 = (IpAddr::V6("fd00:0:0:1::".parse().unwrap()), 64);
+        assert_eq!(host_in(v6, 20), "fd00:0:0:1::14".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn a_host_number_outside_the_subnet_panics() {
+        host_in((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 29), 9);
+    }
+}
