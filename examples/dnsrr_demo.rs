@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use vipmesh::Mesh;
 use vipmesh::model::*;
+use vipmesh::{Controller, ControllerConfig};
 use vipmesh_testkit::vip::{IpFamily, VipLab};
 
 /// The lab's network for vipmesh, built from the lab's plain values.
@@ -41,21 +41,23 @@ fn main() -> ExitCode {
     let mut lab = VipLab::new(IpFamily::V4, "web", 2);
     lab.start_servers();
     let tasks: Vec<IpAddr> = lab.tasks.iter().map(|t| t.addr).collect();
-    let d = DesiredState::new(
-        network(&lab),
-        vec![Service::dnsrr("web", &tasks).unwrap()],
-        Options::default(),
+    let d = NodeState::single(
+        NetworkState::new(network(&lab), vec![Service::dnsrr("web", &tasks).unwrap()]).unwrap(),
     )
     .unwrap();
-    let mut mesh = Mesh::kernel(&network(&lab)).expect("open the LB namespace");
-    let report = mesh.apply(&d).unwrap();
-    println!("== report\n{report}");
-    check("apply succeeded", report.ok());
+    let mut mesh = Controller::real(ControllerConfig::default());
+    mesh.set_desired(d.clone());
+    let report = mesh.sync_full(vipmesh::plan::now_secs());
+    match &report {
+        Ok(r) => println!("== report\n{r}"),
+        Err(e) => println!("== apply failed: {e}"),
+    }
+    check("apply succeeded", report.is_ok());
     let ipvs = lab.sh(&lab.lb, "ipvsadm -Ln");
     println!("[lb]$ ipvsadm -Ln\n{}", ipvs.trim_end());
     check("dnsrr programs no IPVS service", !ipvs.contains("FWM"));
 
-    let table = vipmesh::dns::table(&d, "mesh.local.").unwrap();
+    let table = vipmesh::dns::table(d.network("lab").unwrap(), "mesh.local.").unwrap();
     let client = vipmesh_netns::Netns::named(&lab.client).unwrap();
     let dns = vipmesh_dns::DnsServer::spawn(Some(&client), "127.0.0.11:53".parse().unwrap(), table)
         .expect("DNS server in the client namespace");

@@ -18,8 +18,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use vipmesh::Mesh;
 use vipmesh::model::*;
+use vipmesh::{Controller, ControllerConfig};
 use vipmesh_testkit::vip::{IpFamily, VipLab};
 
 /// The lab's network for vipmesh, built from the lab's plain values.
@@ -50,28 +50,33 @@ fn main() -> ExitCode {
     lab.start_servers();
     let tasks: Vec<IpAddr> = lab.tasks.iter().map(|t| t.addr).collect();
     let vip = lab.host(9);
-    let opts = Options {
-        fwmark_first: 0x103,
-        ..Options::default()
-    };
+    let marks = FwmarkRange::new(0x103, 0x1ffff).unwrap();
     let desired = |tasks: &[IpAddr]| {
-        DesiredState::new(
-            network(&lab),
-            vec![Service::vip("vote", vip, tasks).unwrap()],
-            opts.clone(),
+        let net = network(&lab).with_fwmarks(marks);
+        NodeState::single(
+            NetworkState::new(net, vec![Service::vip("vote", vip, tasks).unwrap()]).unwrap(),
         )
         .unwrap()
     };
     let d = desired(&tasks);
-    let mut mesh = Mesh::kernel(&network(&lab)).expect("open the LB namespace");
-    let (plan, _) = mesh.plan(&d).unwrap();
+    let mut mesh = Controller::real(ControllerConfig::default());
+    mesh.set_desired(d.clone());
+    let plan = mesh.plan_now().unwrap();
     println!("== plan\n{plan}");
-    let report = mesh.apply(&d).unwrap();
-    println!("== report\n{report}");
-    check("apply succeeded", report.ok());
+    let report = mesh.sync_full(vipmesh::plan::now_secs());
+    match &report {
+        Ok(r) => println!("== report\n{r}"),
+        Err(e) => println!("== apply failed: {e}"),
+    }
+    check("apply succeeded", report.is_ok());
 
     println!("== the LB namespace");
-    let mangle = show(&lab, &lab.lb, "lb", "iptables -t mangle -nvL VIPMESH-MARK");
+    let mangle = show(
+        &lab,
+        &lab.lb,
+        "lb",
+        "iptables -t mangle -nvL VIPMESH-lab-MARK",
+    );
     check(
         "mangle shows MARK set 0x103 for 10.0.0.9",
         mangle.contains("MARK set 0x103") && mangle.contains("10.0.0.9"),
@@ -93,7 +98,7 @@ fn main() -> ExitCode {
     );
 
     println!("== service discovery");
-    let table = vipmesh::dns::table(&d, "mesh.local.").unwrap();
+    let table = vipmesh::dns::table(d.network("lab").unwrap(), "mesh.local.").unwrap();
     let client = vipmesh_netns::Netns::named(&lab.client).unwrap();
     let dns = vipmesh_dns::DnsServer::spawn(Some(&client), "127.0.0.11:53".parse().unwrap(), table)
         .expect("DNS server in the client namespace");
@@ -121,10 +126,10 @@ fn main() -> ExitCode {
 
     println!("== remove vote.3: it drains (weight 0), the others serve");
     let d2 = desired(&tasks[..2]);
-    let (plan, _) = mesh.plan(&d2).unwrap();
-    println!("{plan}");
-    let report = mesh.apply(&d2).unwrap();
-    check("apply succeeded", report.ok());
+    mesh.set_desired(d2);
+    println!("{}", mesh.plan_now().unwrap());
+    let report = mesh.sync_full(vipmesh::plan::now_secs());
+    check("apply succeeded", report.is_ok());
     let ipvs = show(&lab, &lab.lb, "lb", "ipvsadm -Ln");
     let drained = ipvs
         .lines()
@@ -150,13 +155,18 @@ fn main() -> ExitCode {
         "no error, and never vote.3",
         after.iter().all(|(s, b)| *s && b != "vote.3"),
     );
-    let (again, _) = mesh.plan(&d2).unwrap();
+    let again = mesh.plan_now().unwrap();
     check(
         "a re-plan changes nothing but finishing the drain",
-        again
-            .steps
-            .iter()
-            .all(|s| matches!(s, vipmesh::plan::Step::DelDest { .. })),
+        again.namespaces.values().all(|n| {
+            n.sysctls.is_empty()
+                && n.addresses.is_empty()
+                && n.ipvs.is_empty()
+                && n.rules.is_empty()
+                && n.ipvs_removals
+                    .iter()
+                    .all(|s| matches!(s.change, vipmesh::plan::IpvsChange::DelDest { .. }))
+        }),
     );
     dns.shutdown().unwrap();
     if ok {

@@ -76,13 +76,10 @@ type Failure = (u8, String);
 
 /// Reads a regular file (not a directory, FIFO or device), naming it in every error.
 fn read_file(path: &Path, what: &str) -> Result<String, Failure> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| (2, format!("{what} {}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| (2, format!("{what} {}: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err((
-            2,
-            format!("{what} {}: not a regular file", path.display()),
-        ));
+        return Err((2, format!("{what} {}: not a regular file", path.display())));
     }
     std::fs::read_to_string(path).map_err(|e| (2, format!("{what} {}: {e}", path.display())))
 }
@@ -159,14 +156,20 @@ fn lock_node() -> Result<NodeLock, Failure> {
             ));
         }
         if !told {
-            eprintln!("vipmesh: waiting for another vipmesh apply ({})", path.display());
+            eprintln!(
+                "vipmesh: waiting for another vipmesh apply ({})",
+                path.display()
+            );
             told = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
-fn controller(a: &Args, st: NodeState) -> Result<Controller<vipmesh::dataplane::RealKernel>, Failure> {
+fn controller(
+    a: &Args,
+    st: NodeState,
+) -> Result<Controller<vipmesh::dataplane::RealKernel>, Failure> {
     let mut c = Controller::real(ControllerConfig::default());
     c.set_drains(read_drains(&drains_path(a))?);
     c.set_desired(st);
@@ -293,18 +296,23 @@ fn dns(a: &Args) -> Result<(), Failure> {
         .ok_or((2, "--listen ADDR is required".to_string()))?
         .parse()
         .map_err(|e| (2, format!("--listen: {e}")))?;
-    let net = match &a.network {
-        Some(id) => st
-            .network(id)
-            .ok_or((2, format!("--network {id:?}: no such network in the state")))?,
-        None => {
-            let mut it = st.networks();
-            match (it.next(), it.next()) {
-                (Some(n), None) => n,
-                _ => return Err((2, "--network ID is required when the state has several networks (or none)".into())),
+    let net =
+        match &a.network {
+            Some(id) => st
+                .network(id)
+                .ok_or((2, format!("--network {id:?}: no such network in the state")))?,
+            None => {
+                let mut it = st.networks();
+                match (it.next(), it.next()) {
+                    (Some(n), None) => n,
+                    _ => return Err((
+                        2,
+                        "--network ID is required when the state has several networks (or none)"
+                            .into(),
+                    )),
+                }
             }
-        }
-    };
+        };
     let zone = a.zone.clone().unwrap_or_else(|| "mesh.local.".into());
     let table = vipmesh::dns::table(net, &zone).map_err(|e| (2, chain(&e)))?;
     let ns = match &a.netns {

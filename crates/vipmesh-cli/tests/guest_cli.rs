@@ -34,14 +34,14 @@ fn apply_plan_status_from_a_state_file() {
         &state,
         format!(
             r#"{{
-  "network": {{"name": "lab", "subnet": "10.0.0.0/24", "lb_netns": "{lb}",
-               "lb_interface": "eth0", "lb_addr": "10.0.0.2"}},
-  "services": [
-    {{"name": "vote", "mode": {{"vip": "10.0.0.9"}},
-      "backends": [{{"addr": "10.0.0.10"}}, {{"addr": "10.0.0.11", "weight": 2}}]}},
-    {{"name": "web", "mode": "dnsrr", "backends": [{{"addr": "10.0.0.10"}}]}}
-  ],
-  "options": {{"fwmark_first": 259}}
+  "networks": [{{"id": "lab", "lb_netns": "{lb}", "lb_interface": "eth0",
+    "subnets": [{{"subnet": "10.0.0.0/24", "lb_addr": "10.0.0.2"}}],
+    "fwmarks": {{"first": 259, "last": 4095}},
+    "services": [
+      {{"name": "vote", "mode": {{"vip": "10.0.0.9"}},
+        "backends": [{{"addr": "10.0.0.10"}}, {{"addr": "10.0.0.11", "weight": 2}}]}},
+      {{"name": "web", "mode": "dnsrr", "backends": [{{"addr": "10.0.0.10"}}]}}
+    ]}}]
 }}"#,
             lb = lab.lb
         ),
@@ -53,7 +53,7 @@ fn apply_plan_status_from_a_state_file() {
     let dry = vipmesh(&["plan", "--state", s]);
     assert!(dry.status.success(), "{}", text(&dry));
     assert!(
-        text(&dry).contains("ipvs add-service FWM 259 rr (vote)"),
+        text(&dry).contains("ipvs add-service FWM 259 rr (lab/vote)"),
         "{}",
         text(&dry)
     );
@@ -62,7 +62,7 @@ fn apply_plan_status_from_a_state_file() {
     let first = vipmesh(&["apply", "--state", s, "--drains", d]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(
-        text(&first).contains("ok      ipvs add-dest FWM 259 -> 10.0.0.11:0 Masq weight 2 (vote)"),
+        text(&first).contains("ipvs add-dest FWM 259 -> 10.0.0.11:0 Masq weight 2 (lab/vote)"),
         "{}",
         text(&first)
     );
@@ -75,7 +75,35 @@ fn apply_plan_status_from_a_state_file() {
             .starts_with("vote.")
     );
 
-    let second = vipmesh(&["apply", "--state", s, "--drains", d]);
+    // The library spawns no ip or nsenter process: the second apply runs with a PATH that
+    // holds only the iptables tools.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in [
+        "iptables-save",
+        "iptables-restore",
+        "ip6tables-save",
+        "ip6tables-restore",
+        "iptables-nft-save",
+        "iptables-nft-restore",
+        "ip6tables-nft-save",
+        "ip6tables-nft-restore",
+        "xtables-nft-multi",
+    ] {
+        for d in ["/usr/sbin", "/sbin", "/usr/bin"] {
+            let p = std::path::Path::new(d).join(tool);
+            if p.exists() {
+                let _ = std::os::unix::fs::symlink(&p, bin.join(tool));
+                break;
+            }
+        }
+    }
+    assert!(!bin.join("ip").exists() && !bin.join("nsenter").exists());
+    let second = Command::new(env!("CARGO_BIN_EXE_vipmesh"))
+        .args(["apply", "--state", s, "--drains", d])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
     assert!(second.status.success(), "{}", text(&second));
     assert!(
         text(&second).contains("(no changes)") && text(&second).contains("(nothing to do)"),
@@ -97,10 +125,10 @@ fn apply_plan_status_from_a_state_file() {
 
     // Bad input: unknown field (line and column), missing file, usage.
     let bad = dir.join("bad.json");
-    std::fs::write(&bad, "{\n  \"network\": {},\n  \"colour\": 1\n}").unwrap();
+    std::fs::write(&bad, "{\n  \"networks\": [],\n  \"colour\": 1\n}").unwrap();
     let o = vipmesh(&["apply", "--state", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("line 2 column"), "{}", text(&o));
+    assert!(text(&o).contains("line 3 column"), "{}", text(&o));
     let o = vipmesh(&["apply", "--state", "/nonexistent/state.json"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = vipmesh(&["frobnicate"]);

@@ -1,23 +1,25 @@
-//! `plan` over 10k services x 10 backends: a full plan from an empty kernel, the plan when one
-//! backend changed (full observe-and-diff), and the per-service plan an incremental update
-//! makes (`service_steps`).
+//! `plan` over 10k services x 10 backends: a full plan from an empty namespace, the plan when
+//! one backend changed (full diff against the observation), and the per-service plan an
+//! incremental sync makes (`plan_services`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vipmesh::model::*;
-use vipmesh::plan::{DrainBook, Observed, ObservedDest, ObservedService, plan, service_steps};
+use vipmesh::plan::{DrainBook, KernelVersion, NodeObserved, NsObserved, plan, plan_services};
 
-fn state(n: usize, tweak: bool) -> DesiredState {
-    let net = Network {
-        name: "bench".into(),
-        subnet: "10.0.0.0/8".parse().unwrap(),
-        lb_netns: "lb".into(),
-        lb_interface: "eth0".into(),
-        lb_addr: "10.0.0.2".parse().unwrap(),
-    };
+fn state(n: usize, tweak: bool) -> NodeState {
+    let net = Network::new(
+        "bench",
+        "10.0.0.0/8".parse().unwrap(),
+        "lb",
+        "eth0",
+        "10.0.0.2".parse().unwrap(),
+    )
+    .unwrap();
     let services = (0..n)
         .map(|i| {
             let vip = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
@@ -31,18 +33,50 @@ fn state(n: usize, tweak: bool) -> DesiredState {
             s
         })
         .collect();
-    DesiredState::new(net, services, Options::default()).unwrap()
+    NodeState::single(NetworkState::new(net, services).unwrap()).unwrap()
+}
+
+fn empty() -> NodeObserved {
+    let mut o = NodeObserved::default();
+    o.namespaces.insert(
+        "lb".into(),
+        NsObserved::empty(KernelVersion { major: 6, minor: 1 }),
+    );
+    o
 }
 
 /// The kernel as it is after applying `d` (what observe would return).
-fn applied(d: &DesiredState) -> Observed {
-    let p = plan(d, &Observed::default(), &DrainBook::default(), 0).unwrap();
-    let mut obs = Observed {
-        kernel: (6, 1),
-        ..Observed::default()
-    };
-    for s in &p.steps {
-        obs.advance(s, d, &p.marks);
+fn applied(d: &NodeState) -> NodeObserved {
+    let p = plan(d, &empty(), &DrainBook::default(), 0).unwrap();
+    let mut obs = empty();
+    let ns = obs.namespaces.get_mut("lb").unwrap();
+    let np = &p.namespaces["lb"];
+    for s in np.ipvs.iter().chain(&np.ipvs_removals) {
+        vipmesh::apply::advance_ipvs(ns, s);
+    }
+    for r in &np.rules {
+        ns.rules.insert(
+            r.family,
+            vipmesh_netfilter::Observed::from_ruleset(&r.desired),
+        );
+    }
+    for a in &np.addresses {
+        if let vipmesh::plan::AddrChange::Add {
+            interface, addr, ..
+        } = a
+        {
+            ns.addresses.insert(
+                *addr,
+                vipmesh::plan::ObservedAddr {
+                    interface: interface.clone(),
+                    prefix: 32,
+                    owned: true,
+                },
+            );
+        }
+    }
+    for s in &np.sysctls {
+        ns.sysctls.insert(s.key.clone(), s.value.clone());
     }
     obs
 }
@@ -52,44 +86,31 @@ fn bench(c: &mut Criterion) {
     let d2 = state(10_000, true);
     let obs = applied(&d);
     let drains = DrainBook::default();
+    assert!(plan(&d, &obs, &drains, 0).unwrap().is_empty());
     let mut g = c.benchmark_group("plan_10k_services_x_10");
     g.sample_size(10);
     g.bench_function("full_from_empty", |b| {
-        b.iter(|| plan(black_box(&d), &Observed::default(), &drains, 0).unwrap())
+        b.iter(|| plan(black_box(&d), &empty(), &drains, 0).unwrap())
     });
     g.bench_function("one_changed_backend_full_diff", |b| {
         b.iter(|| {
             let p = plan(black_box(&d2), &obs, &drains, 0).unwrap();
-            assert_eq!(p.steps.len(), 1);
+            assert_eq!(p.len(), 1);
             p
         })
     });
-    let s = d2.service("svc5000").unwrap();
-    let mark = *plan(&d2, &obs, &drains, 0)
-        .unwrap()
-        .marks
-        .get("svc5000")
-        .unwrap();
-    let os = ObservedService {
-        scheduler: "rr".into(),
-        persistence: None,
-        dests: s
-            .backends
-            .iter()
-            .map(|b| {
-                (
-                    b.addr,
-                    ObservedDest {
-                        weight: 1,
-                        active: 0,
-                        inactive: 0,
-                    },
-                )
-            })
-            .collect(),
-    };
+    let marks = plan(&d2, &obs, &drains, 0).unwrap().marks;
+    let set: BTreeSet<(NetworkId, ServiceName)> = [(
+        NetworkId::new("bench").unwrap(),
+        ServiceName::new("svc5000").unwrap(),
+    )]
+    .into();
     g.bench_function("one_changed_backend_incremental", |b| {
-        b.iter(|| service_steps(black_box(s), mark, Some(&os), &drains, 0, 30))
+        b.iter(|| {
+            let p = plan_services(black_box(&d2), &obs, &marks, &set, &drains, 0);
+            assert_eq!(p.len(), 1);
+            p
+        })
     });
     g.finish();
 }

@@ -203,9 +203,8 @@ pub fn ipvs_op(s: &IpvsStep) -> Result<ipvs::Op, ipvs::Error> {
             None => Ok(svc),
         }
     };
-    let dest = |addr: IpAddr, w: u32| {
-        ipvs::IpvsDest::new(addr, 0, ipvs::FwdMethod::Masq).with_weight(w)
-    };
+    let dest =
+        |addr: IpAddr, w: u32| ipvs::IpvsDest::new(addr, 0, ipvs::FwdMethod::Masq).with_weight(w);
     Ok(match &s.change {
         IpvsChange::AddService {
             scheduler,
@@ -219,10 +218,13 @@ pub fn ipvs_op(s: &IpvsStep) -> Result<ipvs::Op, ipvs::Error> {
         IpvsChange::UpdateDest { addr, weight } => {
             ipvs::Op::UpdateDest(key, dest(*addr, weight.get())?)
         }
-        IpvsChange::DelDest { addr, .. } => ipvs::Op::DelDest(key, ipvs::DestKey {
-            addr: *addr,
-            port: 0,
-        }),
+        IpvsChange::DelDest { addr, .. } => ipvs::Op::DelDest(
+            key,
+            ipvs::DestKey {
+                addr: *addr,
+                port: 0,
+            },
+        ),
         IpvsChange::DelService => ipvs::Op::DelService(key),
     })
 }
@@ -298,7 +300,12 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
         if r.is_ok() {
             advance_sysctl(obs, s);
         }
-        report.push(netns, ObjectKey::Namespace(netns.to_string()), s.to_string(), r);
+        report.push(
+            netns,
+            ObjectKey::Namespace(netns.to_string()),
+            s.to_string(),
+            r,
+        );
     }
     for a in &p.addresses {
         let (r, addr) = match a {
@@ -314,7 +321,12 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
         if r.is_ok() {
             advance_addr(obs, a);
         }
-        report.push(netns, ObjectKey::Address(netns.to_string(), addr), a.to_string(), r);
+        report.push(
+            netns,
+            ObjectKey::Address(netns.to_string(), addr),
+            a.to_string(),
+            r,
+        );
     }
     let ok = run_ipvs(&mut h.ipvs, netns, &p.ipvs, report);
     for (s, ok) in p.ipvs.iter().zip(ok) {

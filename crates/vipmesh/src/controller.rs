@@ -293,10 +293,12 @@ impl<K: Kernel> Controller<K> {
                 kind: "network",
                 name: network.to_string(),
             })?;
-        let s = net.remove_service(name).ok_or_else(|| Error::UnknownObject {
-            kind: "service",
-            name: format!("{network}/{name}"),
-        })?;
+        let s = net
+            .remove_service(name)
+            .ok_or_else(|| Error::UnknownObject {
+                kind: "service",
+                name: format!("{network}/{name}"),
+            })?;
         let id = net.id().clone();
         self.dirty.insert((id, s.name));
         Ok(())
@@ -342,7 +344,10 @@ impl<K: Kernel> Controller<K> {
             t.push(l.saturating_add(self.cfg.resync_interval.as_secs()));
         }
         if !self.drains.is_empty() {
-            if let Some(d) = self.drains.next_deadline(self.desired.options().drain_timeout) {
+            if let Some(d) = self
+                .drains
+                .next_deadline(self.desired.options().drain_timeout)
+            {
                 t.push(d);
             }
             if let Some(l) = self.last_sync {
@@ -373,7 +378,10 @@ impl<K: Kernel> Controller<K> {
             .get(ns)
             .is_some_and(|h| h.identity.is_some() && h.identity != now_id);
         if stale {
-            tracing::warn!(netns = ns, "namespace re-created under the same name; reprogramming it");
+            tracing::warn!(
+                netns = ns,
+                "namespace re-created under the same name; reprogramming it"
+            );
             self.handles.remove(ns);
             self.cache.namespaces.remove(ns);
             self.rules_trusted.remove(ns);
@@ -383,9 +391,11 @@ impl<K: Kernel> Controller<K> {
             let h = self.kernel.open(ns)?;
             self.handles.insert(ns.to_string(), h);
         }
-        self.handles.get_mut(ns).ok_or_else(|| Error::MissingNamespace {
-            netns: ns.to_string(),
-        })
+        self.handles
+            .get_mut(ns)
+            .ok_or_else(|| Error::MissingNamespace {
+                netns: ns.to_string(),
+            })
     }
 
     /// Reads every namespace of the state (and those programmed before): once each. Returns
@@ -449,7 +459,12 @@ impl<K: Kernel> Controller<K> {
     ///
     /// # Errors
     /// [`Error::StepsFailed`] when any step failed (the report is inside).
-    pub fn apply(&mut self, plan: &Plan, observed: NodeObserved, now: u64) -> Result<Report, Error> {
+    pub fn apply(
+        &mut self,
+        plan: &Plan,
+        observed: NodeObserved,
+        now: u64,
+    ) -> Result<Report, Error> {
         let mut report = Report::default();
         let mut cache = observed;
         for (ns, p) in &plan.namespaces {
@@ -568,7 +583,9 @@ impl<K: Kernel> Controller<K> {
                 .map(str::to_string)
                 .collect();
             self.handles.retain(|k, _| self.known_ns.contains(k));
-            self.cache.namespaces.retain(|k, _| self.known_ns.contains(k));
+            self.cache
+                .namespaces
+                .retain(|k, _| self.known_ns.contains(k));
         }
         self.last_full = Some(now);
         report.into_result()
@@ -651,7 +668,12 @@ impl<K: Kernel> Controller<K> {
             }
         }
         for (ns, fam, mark, d) in fresh {
-            let svc = self.cache.namespaces.get_mut(&ns)?.ipvs.get_mut(&(fam, mark))?;
+            let svc = self
+                .cache
+                .namespaces
+                .get_mut(&ns)?
+                .ipvs
+                .get_mut(&(fam, mark))?;
             svc.dests = apply::dest_map(&d);
         }
         let p = plan::plan_services(
@@ -668,7 +690,10 @@ impl<K: Kernel> Controller<K> {
             && let Some(applied) = self.applied.as_mut()
         {
             for (id, name) in set {
-                let new = self.desired.network(id.as_str()).and_then(|n| n.service(name.as_str()));
+                let new = self
+                    .desired
+                    .network(id.as_str())
+                    .and_then(|n| n.service(name.as_str()));
                 if let (Some(n), Some(s)) = (applied.network_mut(id.as_str()), new) {
                     n.set_service_unchecked(s.clone());
                 }
@@ -695,7 +720,11 @@ fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
     let kernel = h.host.kernel()?;
     let mut o = NsObserved::empty(kernel);
     o.identity = h.identity;
-    for entry in h.ipvs.services().map_err(|e| ipvs_err("dump services", e))? {
+    for entry in h
+        .ipvs
+        .services()
+        .map_err(|e| ipvs_err("dump services", e))?
+    {
         let ipvs::ServiceKey::Fwmark { af, mark } = entry.service.key else {
             continue;
         };

@@ -104,7 +104,8 @@ pub trait Kernel {
     /// [`Error::MissingNamespace`], [`Error::Netns`], [`Error::Ipvs`] (`ip_vs` missing, no
     /// CAP_NET_ADMIN).
     #[allow(clippy::type_complexity)]
-    fn open(&mut self, netns: &str) -> Result<NsHandle<Self::Ipvs, Self::Rules, Self::Host>, Error>;
+    fn open(&mut self, netns: &str)
+    -> Result<NsHandle<Self::Ipvs, Self::Rules, Self::Host>, Error>;
     /// The identity of the namespace the name points to now (a re-created namespace has a new
     /// one).
     ///
@@ -260,11 +261,9 @@ impl KernelHost {
 
     fn rtnl(&mut self) -> Result<&mut vipmesh_netns::rtnl::Rtnl, Error> {
         if self.link.is_none() {
-            let r = vipmesh_netns::rtnl::Rtnl::open(&self.ns).map_err(|source| {
-                Error::Netns {
-                    netns: self.name.clone(),
-                    source,
-                }
+            let r = vipmesh_netns::rtnl::Rtnl::open(&self.ns).map_err(|source| Error::Netns {
+                netns: self.name.clone(),
+                source,
             })?;
             self.link = Some(r);
         }

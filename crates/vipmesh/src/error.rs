@@ -28,7 +28,9 @@ pub enum Error {
         message: String,
     },
     /// No free fwmark is left in a network's range.
-    #[error("network {network}: fwmark range {first:#x}..={last:#x} is exhausted ({needed} services need a mark)")]
+    #[error(
+        "network {network}: fwmark range {first:#x}..={last:#x} is exhausted ({needed} services need a mark)"
+    )]
     FwmarkExhausted {
         /// The network.
         network: String,

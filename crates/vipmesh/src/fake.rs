@@ -175,7 +175,10 @@ pub struct FakeHandle {
 }
 
 impl FakeHandle {
-    fn ns<T>(&self, f: impl FnOnce(&mut FakeNs, &mut Faults) -> Result<T, Error>) -> Result<T, Error> {
+    fn ns<T>(
+        &self,
+        f: impl FnOnce(&mut FakeNs, &mut Faults) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut w = self.world.world();
         let w = &mut *w;
         match w.by_ino.get_mut(&self.ino) {
@@ -326,7 +329,11 @@ impl Host for FakeHandle {
             if fail {
                 return Err(err);
             }
-            if ns.addrs.get(&addr).is_some_and(|a| a.interface == interface) {
+            if ns
+                .addrs
+                .get(&addr)
+                .is_some_and(|a| a.interface == interface)
+            {
                 ns.addrs.remove(&addr);
             }
             Ok(())
@@ -356,10 +363,11 @@ impl Host for FakeHandle {
     }
 
     fn kernel(&mut self) -> Result<KernelVersion, Error> {
-        Ok(self.world.world().kernel.unwrap_or(KernelVersion {
-            major: 6,
-            minor: 1,
-        }))
+        Ok(self
+            .world
+            .world()
+            .kernel
+            .unwrap_or(KernelVersion { major: 6, minor: 1 }))
     }
 }
 

@@ -517,7 +517,11 @@ impl Persistence {
     ///
     /// # Errors
     /// [`Error::Invalid`] naming `service.persistence.*`.
-    pub fn new(timeout_secs: u32, netmask_prefix: u8, netmask_prefix_v6: u8) -> Result<Persistence, Error> {
+    pub fn new(
+        timeout_secs: u32,
+        netmask_prefix: u8,
+        netmask_prefix_v6: u8,
+    ) -> Result<Persistence, Error> {
         if timeout_secs == 0 || timeout_secs > 2_678_400 {
             return Err(Error::invalid(
                 "service.persistence.timeout_secs",
@@ -1165,7 +1169,10 @@ fn validate_network(n: &Network) -> Result<(), Error> {
     if n.subnets.len() == 2 && n.subnets[0].subnet.family() == n.subnets[1].subnet.family() {
         return Err(Error::invalid(
             "network.subnets",
-            format!("{}: {} and {}", n.id, n.subnets[0].subnet, n.subnets[1].subnet),
+            format!(
+                "{}: {} and {}",
+                n.id, n.subnets[0].subnet, n.subnets[1].subnet
+            ),
             "at most one subnet per family",
         ));
     }
@@ -1276,7 +1283,11 @@ impl NodeState {
                     ));
                 }
                 if a.lb_netns == b.lb_netns {
-                    let va: BTreeSet<IpAddr> = n.services().filter_map(Service::vips_of).flat_map(|v| v.iter().collect::<Vec<_>>()).collect();
+                    let va: BTreeSet<IpAddr> = n
+                        .services()
+                        .filter_map(Service::vips_of)
+                        .flat_map(|v| v.iter().collect::<Vec<_>>())
+                        .collect();
                     if let Some(v) = o
                         .services()
                         .filter_map(Service::vips_of)

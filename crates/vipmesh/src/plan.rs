@@ -196,7 +196,9 @@ impl TryFrom<u32> for DrainBookVersion {
         if v == 1 {
             Ok(DrainBookVersion)
         } else {
-            Err(format!("drain book version {v} is not supported (this is version 1)"))
+            Err(format!(
+                "drain book version {v} is not supported (this is version 1)"
+            ))
         }
     }
 }
@@ -289,7 +291,8 @@ impl DrainBook {
             message: e.to_string(),
         })?;
         b.started.sort();
-        b.started.dedup_by(|a, b| (a.mark, a.addr) == (b.mark, b.addr));
+        b.started
+            .dedup_by(|a, b| (a.mark, a.addr) == (b.mark, b.addr));
         Ok(b)
     }
 
@@ -771,12 +774,7 @@ pub fn sysctls(kernel: KernelVersion, family: Family) -> BTreeMap<String, String
     set("net.ipv4.vs.conntrack", "1");
     set("net.ipv4.vs.expire_nodest_conn", "1");
     set("net.ipv4.vs.expire_quiescent_template", "1");
-    if kernel
-        < (KernelVersion {
-            major: 5,
-            minor: 9,
-        })
-    {
+    if kernel < (KernelVersion { major: 5, minor: 9 }) {
         // Before 5.9, conn_reuse_mode=1 with conntrack stalls reused ports for 1 s
         // (k8s #70747); 5.9 fixed it, so newer kernels keep the default.
         set("net.ipv4.vs.conn_reuse_mode", "0");
@@ -789,7 +787,10 @@ pub fn sysctls(kernel: KernelVersion, family: Family) -> BTreeMap<String, String
 }
 
 /// The sysctls every network of a namespace needs, merged.
-pub fn namespace_sysctls(nets: &[&NetworkState], kernel: KernelVersion) -> BTreeMap<String, String> {
+pub fn namespace_sysctls(
+    nets: &[&NetworkState],
+    kernel: KernelVersion,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for n in nets {
         for fam in n.network().families() {
@@ -876,20 +877,16 @@ pub fn plan(
                 let Some(&mark) = marks[n.id()].get(&s.name) else {
                     continue;
                 };
-                for fam in s.vips_of().into_iter().flat_map(|v| v.families().collect::<Vec<_>>()) {
+                for fam in s
+                    .vips_of()
+                    .into_iter()
+                    .flat_map(|v| v.families().collect::<Vec<_>>())
+                {
                     live.insert((fam, mark));
                     let os = obs.ipvs.get(&(fam, mark));
                     sync_service_drains(&mut out.drains, s, fam, mark, os, now, &mut keep_drains);
-                    let (svc, dests) = service_steps(
-                        n.id(),
-                        s,
-                        fam,
-                        mark,
-                        os,
-                        &out.drains,
-                        now,
-                        timeout,
-                    );
+                    let (svc, dests) =
+                        service_steps(n.id(), s, fam, mark, os, &out.drains, now, timeout);
                     p.ipvs.extend(svc);
                     for d in dests {
                         if matches!(d.change, IpvsChange::DelDest { .. }) {
@@ -956,7 +953,11 @@ fn plan_addresses(nets: &[&NetworkState], obs: &NsObserved, p: &mut NsPlan) {
             continue;
         }
         for s in n.services() {
-            for vip in s.vips_of().iter().flat_map(|v| v.iter().collect::<Vec<_>>()) {
+            for vip in s
+                .vips_of()
+                .iter()
+                .flat_map(|v| v.iter().collect::<Vec<_>>())
+            {
                 wanted.insert(
                     vip,
                     (net.lb_interface.as_str(), net.id.clone(), s.name.clone()),
@@ -1067,10 +1068,12 @@ pub fn service_steps(
                 addr: b.addr,
                 weight: b.weight,
             })),
-            Some(d) if d.weight != b.weight.get() => dest_steps.push(step(IpvsChange::UpdateDest {
-                addr: b.addr,
-                weight: b.weight,
-            })),
+            Some(d) if d.weight != b.weight.get() => {
+                dest_steps.push(step(IpvsChange::UpdateDest {
+                    addr: b.addr,
+                    weight: b.weight,
+                }))
+            }
             Some(_) => {}
         }
     }
@@ -1078,10 +1081,12 @@ pub fn service_steps(
         if s.backends_of(family).any(|b| b.addr == *addr) {
             continue;
         }
-        let del = |reason| step(IpvsChange::DelDest {
-            addr: *addr,
-            reason,
-        });
+        let del = |reason| {
+            step(IpvsChange::DelDest {
+                addr: *addr,
+                reason,
+            })
+        };
         if s.udp_only() {
             dest_steps.push(del(DeleteReason::Udp));
         } else if d.weight != 0 {
@@ -1139,12 +1144,15 @@ pub fn plan_services(
             rules: Vec::new(),
             ipvs_removals: Vec::new(),
         });
-        for fam in s.vips_of().into_iter().flat_map(|v| v.families().collect::<Vec<_>>()) {
+        for fam in s
+            .vips_of()
+            .into_iter()
+            .flat_map(|v| v.families().collect::<Vec<_>>())
+        {
             let os = obs.ipvs.get(&(fam, mark));
             let mut keep = BTreeSet::new();
             sync_service_drains(&mut out.drains, s, fam, mark, os, now, &mut keep);
-            let (svc, dests) =
-                service_steps(id, s, fam, mark, os, &out.drains, now, timeout);
+            let (svc, dests) = service_steps(id, s, fam, mark, os, &out.drains, now, timeout);
             p.ipvs.extend(svc);
             for d in dests {
                 if let IpvsChange::DelDest { addr, .. } = d.change {

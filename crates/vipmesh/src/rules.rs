@@ -151,14 +151,14 @@ pub fn add_network(
                 Family::V6 => nf::RejectWith::Icmp6PortUnreachable,
             };
             add(rs, nf::Table::Filter, &chains.reject, tcp_reset)?;
-            let r = nf::Rule::new(dst.clone(), nf::Target::Reject(unreachable))
-                .with_comment(comment);
+            let r =
+                nf::Rule::new(dst.clone(), nf::Target::Reject(unreachable)).with_comment(comment);
             add(rs, nf::Table::Filter, &chains.reject, r)?;
         }
     }
     if !per_client {
-        let cidr = nf::Cidr::new(sn.subnet.addr(), sn.subnet.prefix())
-            .map_err(|e| nf_err("subnet", e))?;
+        let cidr =
+            nf::Cidr::new(sn.subnet.addr(), sn.subnet.prefix()).map_err(|e| nf_err("subnet", e))?;
         let r = nf::Rule::new(
             nf::Matches::new().destination(cidr).ipvs(),
             nf::Target::Snat(sn.lb_addr),

@@ -169,11 +169,22 @@ fn apply_then_plan_is_empty_and_apply_twice_changes_nothing() {
     let batches = k.with("lb-demo", |n| n.batches);
     let r = c.sync_full(2).unwrap();
     assert!(r.steps.is_empty(), "{r}");
-    assert_eq!(ipvs_log(&k, "lb-demo"), ops, "no IPVS operation on re-apply");
-    assert_eq!(k.with("lb-demo", |n| n.batches), batches, "no netfilter batch");
+    assert_eq!(
+        ipvs_log(&k, "lb-demo"),
+        ops,
+        "no IPVS operation on re-apply"
+    );
+    assert_eq!(
+        k.with("lb-demo", |n| n.batches),
+        batches,
+        "no netfilter batch"
+    );
     // The seed's shape: FWM 0x102 rr with both tasks as Masq weight 1.
     let mark = mark_of(&c, "vote");
-    assert_eq!(mark, 0x102, "marks are allocated in name order: api, empty, vote");
+    assert_eq!(
+        mark, 0x102,
+        "marks are allocated in name order: api, empty, vote"
+    );
     assert_eq!(
         dests(&k, "lb-demo", ipvs::Family::Inet, mark),
         vec![(ip("10.0.0.10"), 1), (ip("10.0.0.11"), 1)]
@@ -181,7 +192,10 @@ fn apply_then_plan_is_empty_and_apply_twice_changes_nothing() {
     // VIPs are addresses of the LB interface, tagged as ours.
     k.with("lb-demo", |n| {
         let a = &n.addrs[&ip("10.0.0.9")];
-        assert_eq!((a.interface.as_str(), a.prefix, a.owned), ("eth0", 32, true));
+        assert_eq!(
+            (a.interface.as_str(), a.prefix, a.owned),
+            ("eth0", 32, true)
+        );
     });
 }
 
@@ -238,7 +252,8 @@ fn a_flushed_mark_chain_recovers_its_marks_from_ipvs_without_recreating_services
     assert_eq!(c2.marks(), &marks, "marks recovered from the IPVS services");
     let log = k.with("lb-demo", |n| n.ipvs.log[ops..].to_vec());
     assert!(
-        log.iter().all(|op| !matches!(op, ipvs::Op::AddService(_) | ipvs::Op::DelService(_))),
+        log.iter()
+            .all(|op| !matches!(op, ipvs::Op::AddService(_) | ipvs::Op::DelService(_))),
         "no IPVS service recreated: {log:?}"
     );
     assert!(plan_at(&mut c2, 6).is_empty());
@@ -329,7 +344,9 @@ fn deletes(p: &Plan, reason: DeleteReason) -> bool {
 #[test]
 fn a_removed_backend_drains_then_goes_when_idle() {
     let (k, mut c, after, key) = drain_setup(false);
-    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 1, 0).unwrap());
+    k.with("lb-demo", |n| {
+        n.ipvs.set_conns(&key, &drained_key(), 1, 0).unwrap()
+    });
     apply(&mut c, after, 1);
     assert_eq!(
         dests(&k, "lb-demo", ipvs::Family::Inet, 0x100),
@@ -339,7 +356,9 @@ fn a_removed_backend_drains_then_goes_when_idle() {
     assert_eq!(c.drains().started(0x100, ip("10.0.0.11")), Some(1));
     assert!(c.next_deadline().is_some_and(|d| d <= 31));
     assert!(!deletes(&plan_at(&mut c, 2), DeleteReason::Drained));
-    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 0, 0).unwrap());
+    k.with("lb-demo", |n| {
+        n.ipvs.set_conns(&key, &drained_key(), 0, 0).unwrap()
+    });
     // The incremental sync polls the draining service.
     let (kind, _) = c.sync(3).unwrap();
     assert_eq!(kind, SyncKind::Incremental);
@@ -353,7 +372,9 @@ fn a_removed_backend_drains_then_goes_when_idle() {
 #[test]
 fn the_drain_timeout_deletes_a_busy_backend() {
     let (k, mut c, after, key) = drain_setup(false);
-    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 3, 1).unwrap());
+    k.with("lb-demo", |n| {
+        n.ipvs.set_conns(&key, &drained_key(), 3, 1).unwrap()
+    });
     apply(&mut c, after, 10);
     assert!(!deletes(&plan_at(&mut c, 39), DeleteReason::DrainTimeout));
     assert!(deletes(&plan_at(&mut c, 40), DeleteReason::DrainTimeout));
@@ -362,7 +383,9 @@ fn the_drain_timeout_deletes_a_busy_backend() {
 #[test]
 fn the_drain_clock_survives_a_restart_through_its_file() {
     let (k, mut c, after, key) = drain_setup(false);
-    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 3, 1).unwrap());
+    k.with("lb-demo", |n| {
+        n.ipvs.set_conns(&key, &drained_key(), 3, 1).unwrap()
+    });
     apply(&mut c, after.clone(), 10);
     let saved = c.drains().to_json();
     let mut c2 = ctl(&k);
@@ -370,7 +393,12 @@ fn the_drain_clock_survives_a_restart_through_its_file() {
     c2.set_desired(after);
     assert!(deletes(&plan_at(&mut c2, 40), DeleteReason::DrainTimeout));
     // A corrupt or future book is an error naming the file, never an empty book.
-    for bad in ["{", r#"{"version":2,"started":[]}"#, "[]", r#"{"version":1,"started":[],"x":1}"#] {
+    for bad in [
+        "{",
+        r#"{"version":2,"started":[]}"#,
+        "[]",
+        r#"{"version":1,"started":[],"x":1}"#,
+    ] {
         match DrainBook::from_json("/run/vipmesh/x.json", bad) {
             Err(Error::DrainBook { path, .. }) => assert_eq!(path, "/run/vipmesh/x.json"),
             other => panic!("{bad}: {other:?}"),
@@ -381,7 +409,9 @@ fn the_drain_clock_survives_a_restart_through_its_file() {
 #[test]
 fn a_backend_that_comes_back_stops_draining() {
     let (k, mut c, after, key) = drain_setup(false);
-    k.with("lb-demo", |n| n.ipvs.set_conns(&key, &drained_key(), 1, 0).unwrap());
+    k.with("lb-demo", |n| {
+        n.ipvs.set_conns(&key, &drained_key(), 1, 0).unwrap()
+    });
     apply(&mut c, after, 1);
     let back = node(vec![
         Service::vip("vote", ip("10.0.0.9"), &[ip("10.0.0.10"), ip("10.0.0.11")]).unwrap(),
@@ -404,7 +434,10 @@ fn udp_backends_are_deleted_at_once() {
 #[test]
 fn sysctls_follow_the_kernel_version() {
     let old = crate::plan::sysctls(KernelVersion { major: 5, minor: 4 }, Family::V4);
-    assert_eq!(old.get("net.ipv4.vs.conn_reuse_mode").map(String::as_str), Some("0"));
+    assert_eq!(
+        old.get("net.ipv4.vs.conn_reuse_mode").map(String::as_str),
+        Some("0")
+    );
     let new = crate::plan::sysctls(KernelVersion { major: 6, minor: 1 }, Family::V6);
     assert!(!new.contains_key("net.ipv4.vs.conn_reuse_mode"));
     assert_eq!(
@@ -414,7 +447,10 @@ fn sysctls_follow_the_kernel_version() {
     assert!(KernelVersion::parse("garbage").is_err());
     assert_eq!(
         KernelVersion::parse("6.12.3+deb12-amd64\n").unwrap(),
-        KernelVersion { major: 6, minor: 12 }
+        KernelVersion {
+            major: 6,
+            minor: 12
+        }
     );
 }
 
@@ -428,7 +464,10 @@ fn an_exhausted_fwmark_range_is_an_error() {
     ];
     let st = NodeState::single(NetworkState::new(net, services).unwrap()).unwrap();
     let r = plan(&st, &empty_seen(&["lb-demo"]), &DrainBook::default(), 0);
-    assert!(matches!(r, Err(Error::FwmarkExhausted { needed: 3, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::FwmarkExhausted { needed: 3, .. })),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -457,9 +496,15 @@ fn bad_input_names_the_field_and_value() {
         Service::vip(n, ip(v), &b.iter().map(|s| ip(s)).collect::<Vec<_>>()).unwrap()
     };
     let ns = |s: Vec<Service>| NetworkState::new(network(), s);
-    let (f, v) = invalid(ns(vec![vip("a", "10.0.0.9", &[]), vip("a", "10.0.0.19", &[])]));
+    let (f, v) = invalid(ns(vec![
+        vip("a", "10.0.0.9", &[]),
+        vip("a", "10.0.0.19", &[]),
+    ]));
     assert_eq!((f, v.as_str()), ("service.name", "a"));
-    let (f, v) = invalid(ns(vec![vip("a", "10.0.0.9", &[]), vip("b", "10.0.0.9", &[])]));
+    let (f, v) = invalid(ns(vec![
+        vip("a", "10.0.0.9", &[]),
+        vip("b", "10.0.0.9", &[]),
+    ]));
     assert_eq!(f, "service.vip");
     assert!(v.contains("10.0.0.9"));
     let (f, v) = invalid(ns(vec![vip("a", "10.1.0.9", &[])]));
@@ -481,9 +526,18 @@ fn bad_input_names_the_field_and_value() {
     assert_eq!(invalid(ServiceName::new("Bad Name;rm")).0, "service.name");
     assert_eq!(invalid(Weight::new(65536)).0, "backend.weight");
     assert_eq!(invalid("10.0.0.1/24".parse::<Subnet>()).0, "subnet");
-    assert_eq!(invalid(Persistence::new(300, 24, 0)).0, "service.persistence.netmask_prefix_v6");
-    assert_eq!(invalid(Persistence::new(300, 33, 128)).0, "service.persistence.netmask_prefix");
-    assert_eq!(invalid(Persistence::new(0, 32, 128)).0, "service.persistence.timeout_secs");
+    assert_eq!(
+        invalid(Persistence::new(300, 24, 0)).0,
+        "service.persistence.netmask_prefix_v6"
+    );
+    assert_eq!(
+        invalid(Persistence::new(300, 33, 128)).0,
+        "service.persistence.netmask_prefix"
+    );
+    assert_eq!(
+        invalid(Persistence::new(0, 32, 128)).0,
+        "service.persistence.timeout_secs"
+    );
     // Network ids name chains: short, and only what iptables takes in our names.
     assert_eq!(invalid(NetworkId::new("abcdefghijk")).0, "network.id");
     assert_eq!(invalid(NetworkId::new("Net")).0, "network.id");
@@ -501,8 +555,14 @@ fn bad_input_names_the_field_and_value() {
             NodeOptions::default(),
         )
     };
-    let other = Network::new("other", "10.9.0.0/24".parse().unwrap(), "lb2", "eth0", ip("10.9.0.2"))
-        .unwrap();
+    let other = Network::new(
+        "other",
+        "10.9.0.0/24".parse().unwrap(),
+        "lb2",
+        "eth0",
+        ip("10.9.0.2"),
+    )
+    .unwrap();
     let (f, v) = invalid(two(network(), other.clone()));
     assert_eq!(f, "network.fwmarks");
     assert!(v.contains("demo") && v.contains("other"), "{v}");
@@ -575,7 +635,9 @@ fn every_object_of_the_state_file_refuses_unknown_fields() {
             };
         }
         // "mode": {"vip": …} is an enum: an extra key there is an error too.
-        cur.as_object_mut().unwrap().insert("colour".into(), "red".into());
+        cur.as_object_mut()
+            .unwrap()
+            .insert("colour".into(), "red".into());
         let text = serde_json::to_string(&v).unwrap();
         assert!(
             NodeState::from_json(&text).is_err(),
@@ -590,13 +652,33 @@ fn values_in_range_for_json_but_not_for_the_kernel_are_refused_at_load() {
         (r#""weight": 2"#, r#""weight": 70000"#, "backend.weight"),
         (r#""port": 80"#, r#""port": 0"#, "port"),
         (r#""port": 80"#, r#""port": 65536"#, "port"),
-        (r#""netmask_prefix_v6": 64"#, r#""netmask_prefix_v6": 0"#, "netmask_prefix_v6"),
-        (r#""netmask_prefix": 24"#, r#""netmask_prefix": 33"#, "netmask_prefix"),
-        (r#""timeout_secs": 300"#, r#""timeout_secs": 2678401"#, "timeout_secs"),
+        (
+            r#""netmask_prefix_v6": 64"#,
+            r#""netmask_prefix_v6": 0"#,
+            "netmask_prefix_v6",
+        ),
+        (
+            r#""netmask_prefix": 24"#,
+            r#""netmask_prefix": 33"#,
+            "netmask_prefix",
+        ),
+        (
+            r#""timeout_secs": 300"#,
+            r#""timeout_secs": 2678401"#,
+            "timeout_secs",
+        ),
         (r#""first": 256"#, r#""first": 0"#, "network.fwmarks"),
-        (r#""scheduler": "wrr""#, r#""scheduler": "fastest""#, "service.scheduler"),
+        (
+            r#""scheduler": "wrr""#,
+            r#""scheduler": "fastest""#,
+            "service.scheduler",
+        ),
         (r#""id": "demo""#, r#""id": "DEMO""#, "network.id"),
-        (r#""vip": ["10.0.0.9", "fd00::9"]"#, r#""vip": ["10.0.0.9", "10.0.0.8"]"#, "service.vip"),
+        (
+            r#""vip": ["10.0.0.9", "fd00::9"]"#,
+            r#""vip": ["10.0.0.9", "10.0.0.8"]"#,
+            "service.vip",
+        ),
     ];
     for (from, to, field) in cases {
         assert!(FULL_STATE.contains(from), "{from}");
@@ -628,14 +710,23 @@ fn the_state_file_round_trips() {
 #[test]
 fn a_missing_namespace_is_a_typed_error_and_other_namespaces_converge() {
     let k = world();
-    let b = Network::new("b", "10.9.0.0/24".parse().unwrap(), "lb-b", "eth0", ip("10.9.0.2"))
-        .unwrap()
-        .with_fwmarks(FwmarkRange::new(0x20000, 0x2ffff).unwrap());
+    let b = Network::new(
+        "b",
+        "10.9.0.0/24".parse().unwrap(),
+        "lb-b",
+        "eth0",
+        ip("10.9.0.2"),
+    )
+    .unwrap()
+    .with_fwmarks(FwmarkRange::new(0x20000, 0x2ffff).unwrap());
     let st = NodeState::new(
         vec![
             NetworkState::new(network(), sample()).unwrap(),
-            NetworkState::new(b, vec![Service::vip("x", ip("10.9.0.9"), &[ip("10.9.0.10")]).unwrap()])
-                .unwrap(),
+            NetworkState::new(
+                b,
+                vec![Service::vip("x", ip("10.9.0.9"), &[ip("10.9.0.10")]).unwrap()],
+            )
+            .unwrap(),
         ],
         NodeOptions::default(),
     )
@@ -647,13 +738,30 @@ fn a_missing_namespace_is_a_typed_error_and_other_namespaces_converge() {
             let failed: Vec<_> = report.failures().map(|s| s.netns.clone()).collect();
             assert_eq!(failed, vec!["lb-b".to_string()]);
             let e = report.first_error().unwrap();
-            assert!(matches!(e, Error::MissingNamespace { netns } if netns == "lb-b"), "{e}");
+            assert!(
+                matches!(e, Error::MissingNamespace { netns } if netns == "lb-b"),
+                "{e}"
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert!(plan_at_ns_ok(&mut c, "lb-demo"), "the other namespace converged");
-    let st = c.status().get(&crate::apply::ObjectKey::Namespace("lb-b".into()));
-    assert!(matches!(st, Some(ObjectStatus { last_error: Some(_), .. })), "{st:?}");
+    assert!(
+        plan_at_ns_ok(&mut c, "lb-demo"),
+        "the other namespace converged"
+    );
+    let st = c
+        .status()
+        .get(&crate::apply::ObjectKey::Namespace("lb-b".into()));
+    assert!(
+        matches!(
+            st,
+            Some(ObjectStatus {
+                last_error: Some(_),
+                ..
+            })
+        ),
+        "{st:?}"
+    );
     // It appears: the next sync programs it.
     k.add_namespace("lb-b", &["eth0"]);
     let _ = c.sync_full(100).unwrap();
@@ -668,8 +776,14 @@ fn plan_at_ns_ok(c: &mut Ctl, ns: &str) -> bool {
 
 #[test]
 fn ipv6_networks_plan_v6_services() {
-    let net = Network::new("six", "fd00::/64".parse().unwrap(), "lb-demo", "eth0", ip("fd00::2"))
-        .unwrap();
+    let net = Network::new(
+        "six",
+        "fd00::/64".parse().unwrap(),
+        "lb-demo",
+        "eth0",
+        ip("fd00::2"),
+    )
+    .unwrap();
     let mut s = Service::vip("vote", ip("fd00::9"), &[ip("fd00::10")]).unwrap();
     s.persistence = Some(Persistence::new(60, 32, 64).unwrap());
     let st = NodeState::single(NetworkState::new(net, vec![s]).unwrap()).unwrap();
@@ -682,7 +796,10 @@ fn ipv6_networks_plan_v6_services() {
     );
     let text = k.with("lb-demo", |n| format!("{:?}", n.rules[&Family::V6]));
     assert!(text.contains("VIPMESH-six-MARK"), "{text}");
-    assert!(plan_at(&mut c, 1).is_empty(), "persistence /64 is kept as is");
+    assert!(
+        plan_at(&mut c, 1).is_empty(),
+        "persistence /64 is kept as is"
+    );
 }
 
 fn dual_network() -> Network {
@@ -741,7 +858,11 @@ fn two_networks_share_a_namespace_without_touching_each_other() {
         .unwrap()
     };
     let mut c = Controller::new(k.clone(), ControllerConfig::default());
-    apply(&mut c, NodeState::new(vec![a()], NodeOptions::default()).unwrap(), 0);
+    apply(
+        &mut c,
+        NodeState::new(vec![a()], NodeOptions::default()).unwrap(),
+        0,
+    );
     let a_rules = |k: &FakeKernel| {
         k.with("client", |n| {
             n.rules[&Family::V4]
@@ -760,16 +881,29 @@ fn two_networks_share_a_namespace_without_touching_each_other() {
     );
     apply(
         &mut c,
-        NodeState::new(vec![a(), b(&[ip("10.2.0.10"), ip("10.2.0.11")])], NodeOptions::default())
-            .unwrap(),
+        NodeState::new(
+            vec![a(), b(&[ip("10.2.0.10"), ip("10.2.0.11")])],
+            NodeOptions::default(),
+        )
+        .unwrap(),
         2,
     );
     assert_eq!(dests(&k, "client", ipvs::Family::Inet, 0x200).len(), 2);
-    assert_eq!((a_rules(&k), dests(&k, "client", ipvs::Family::Inet, 0x100)), before);
+    assert_eq!(
+        (a_rules(&k), dests(&k, "client", ipvs::Family::Inet, 0x100)),
+        before
+    );
     // B loses every service: A is byte-identical.
     let b_empty = NetworkState::new(net_in("b", "10.2.0.0/24", "10.2.0.2", 0x200), vec![]).unwrap();
-    apply(&mut c, NodeState::new(vec![a(), b_empty], NodeOptions::default()).unwrap(), 3);
-    assert_eq!((a_rules(&k), dests(&k, "client", ipvs::Family::Inet, 0x100)), before);
+    apply(
+        &mut c,
+        NodeState::new(vec![a(), b_empty], NodeOptions::default()).unwrap(),
+        3,
+    );
+    assert_eq!(
+        (a_rules(&k), dests(&k, "client", ipvs::Family::Inet, 0x100)),
+        before
+    );
     assert!(dests(&k, "client", ipvs::Family::Inet, 0x200).is_empty());
     assert!(plan_at(&mut c, 4).is_empty());
 }
@@ -790,19 +924,34 @@ fn a_full_sync_reads_each_ruleset_once_and_an_incremental_one_none() {
         BTreeMap::from([(Family::V4, 1), (Family::V6, 1)]),
         "one read per family in the first (full) sync"
     );
-    c.set_backends("demo", "vote", vec![Backend::new(ip("10.0.0.10")), Backend::new(ip("10.0.0.12"))])
-        .unwrap();
+    c.set_backends(
+        "demo",
+        "vote",
+        vec![Backend::new(ip("10.0.0.10")), Backend::new(ip("10.0.0.12"))],
+    )
+    .unwrap();
     let ops = ipvs_log(&k, "lb-demo");
     let (kind, r) = c.sync(1).unwrap();
     assert_eq!(kind, SyncKind::Incremental);
-    assert_eq!(reads(&k).values().sum::<usize>(), 2, "no read in the incremental sync");
+    assert_eq!(
+        reads(&k).values().sum::<usize>(),
+        2,
+        "no read in the incremental sync"
+    );
     let touched: Vec<_> = r.steps.iter().map(|s| s.object.to_string()).collect();
-    assert!(touched.iter().all(|o| o == "service demo/vote"), "{touched:?}");
+    assert!(
+        touched.iter().all(|o| o == "service demo/vote"),
+        "{touched:?}"
+    );
     assert_eq!(ipvs_log(&k, "lb-demo") - ops, 2, "add .12, drain .11");
     // A full resync in cached mode reads nothing either, until the verify interval.
     c.request_full_sync();
     let _ = c.sync(2).unwrap();
-    assert_eq!(reads(&k).values().sum::<usize>(), 4, "request_full_sync re-reads");
+    assert_eq!(
+        reads(&k).values().sum::<usize>(),
+        4,
+        "request_full_sync re-reads"
+    );
     let mut c2 = Controller::new(
         k.clone(),
         ControllerConfig {
@@ -814,7 +963,11 @@ fn a_full_sync_reads_each_ruleset_once_and_an_incremental_one_none() {
     let _ = c2.sync(3).unwrap();
     c2.set_desired(node(sample()));
     let _ = c2.sync_full(4).unwrap();
-    assert_eq!(reads(&k).values().sum::<usize>(), 6, "cached full sync: no new read");
+    assert_eq!(
+        reads(&k).values().sum::<usize>(),
+        6,
+        "cached full sync: no new read"
+    );
 }
 
 #[test]
@@ -843,7 +996,11 @@ fn a_failed_partial_sync_makes_the_next_one_full() {
     assert!(next > 1, "retry with backoff");
     let (kind, _) = c.sync(next).unwrap();
     assert_eq!(kind, SyncKind::Full);
-    assert_eq!(k.with("lb-demo", |n| n.reads()), reads + 2, "the retry re-read the rules");
+    assert_eq!(
+        k.with("lb-demo", |n| n.reads()),
+        reads + 2,
+        "the retry re-read the rules"
+    );
     assert!(plan_at(&mut c, next + 1).is_empty());
 }
 
@@ -892,11 +1049,17 @@ fn orphans_of_a_crash_are_found_from_the_kernel_alone() {
     let mut c2 = ctl(&k);
     c2.set_desired(node(sample()));
     let p = plan_at(&mut c2, 1);
-    assert_eq!(p.to_string(), "namespace lb-demo\n  address del 10.0.0.99/32 dev eth0\n");
+    assert_eq!(
+        p.to_string(),
+        "namespace lb-demo\n  address del 10.0.0.99/32 dev eth0\n"
+    );
     let _ = c2.sync_full(1).unwrap();
     k.with("lb-demo", |n| {
         assert!(!n.addrs.contains_key(&ip("10.0.0.99")));
-        assert!(n.addrs.contains_key(&ip("10.0.0.98")), "foreign address kept");
+        assert!(
+            n.addrs.contains_key(&ip("10.0.0.98")),
+            "foreign address kept"
+        );
     });
 }
 
@@ -905,11 +1068,19 @@ fn removing_a_network_tears_down_its_namespace() {
     let k = world();
     let mut c = ctl(&k);
     apply(&mut c, node(sample()), 0);
-    apply(&mut c, NodeState::new(vec![], NodeOptions::default()).unwrap(), 1);
+    apply(
+        &mut c,
+        NodeState::new(vec![], NodeOptions::default()).unwrap(),
+        1,
+    );
     k.with("lb-demo", |n| {
         assert!(n.ipvs.services().unwrap().is_empty());
         assert!(n.addrs.is_empty());
-        assert!(n.rules.values().all(|o| o.tables.values().all(|t| t.chains.is_empty() && t.jumps.is_empty())));
+        assert!(n.rules.values().all(|o| {
+            o.tables
+                .values()
+                .all(|t| t.chains.is_empty() && t.jumps.is_empty())
+        }));
     });
 }
 
@@ -920,19 +1091,34 @@ fn incremental_updates_name_only_valid_objects() {
     apply(&mut c, node(sample()), 0);
     assert!(matches!(
         c.set_backends("nope", "vote", vec![]),
-        Err(Error::UnknownObject { kind: "service", .. })
+        Err(Error::UnknownObject {
+            kind: "service",
+            ..
+        })
     ));
     assert!(matches!(
         c.remove_service("demo", "nope"),
-        Err(Error::UnknownObject { kind: "service", .. })
+        Err(Error::UnknownObject {
+            kind: "service",
+            ..
+        })
     ));
     // A VIP colliding with another service's: refused, nothing changes.
     let bad = Service::vip("new", ip("10.0.0.9"), &[]).unwrap();
-    assert!(matches!(c.upsert_service("demo", bad), Err(Error::Invalid { field: "service.vip", .. })));
+    assert!(matches!(
+        c.upsert_service("demo", bad),
+        Err(Error::Invalid {
+            field: "service.vip",
+            ..
+        })
+    ));
     assert_eq!(c.desired(), &node(sample()));
     // A new service goes through a full sync (its rules and address change).
-    c.upsert_service("demo", Service::vip("new", ip("10.0.0.50"), &[ip("10.0.0.51")]).unwrap())
-        .unwrap();
+    c.upsert_service(
+        "demo",
+        Service::vip("new", ip("10.0.0.50"), &[ip("10.0.0.51")]).unwrap(),
+    )
+    .unwrap();
     let (kind, _) = c.sync(1).unwrap();
     assert_eq!(kind, SyncKind::Full);
     c.remove_service("demo", "new").unwrap();
@@ -1019,8 +1205,14 @@ fn arb_services(dual: bool) -> impl Strategy<Value = Vec<Service>> {
 }
 
 fn wide(dual: bool, services: Vec<Service>) -> NodeState {
-    let mut net = Network::new("demo", "10.0.0.0/16".parse().unwrap(), "lb-demo", "eth0", ip("10.0.0.2"))
-        .unwrap();
+    let mut net = Network::new(
+        "demo",
+        "10.0.0.0/16".parse().unwrap(),
+        "lb-demo",
+        "eth0",
+        ip("10.0.0.2"),
+    )
+    .unwrap();
     if dual {
         net = net.with_subnet("fd00::/64".parse().unwrap(), ip("fd00::2"));
     }
@@ -1083,13 +1275,23 @@ proptest! {
 #[test]
 fn ipv6_persistence_netmask_at_its_edges_is_stable() {
     for m6 in [1u8, 64, 127, 128] {
-        let net = Network::new("six", "fd00::/64".parse().unwrap(), "lb-demo", "eth0", ip("fd00::2"))
-            .unwrap();
+        let net = Network::new(
+            "six",
+            "fd00::/64".parse().unwrap(),
+            "lb-demo",
+            "eth0",
+            ip("fd00::2"),
+        )
+        .unwrap();
         let mut s = Service::vip("v", ip("fd00::9"), &[ip("fd00::10")]).unwrap();
         s.persistence = Some(Persistence::new(60, 0, m6).unwrap());
         let k = world();
         let mut c = ctl(&k);
-        apply(&mut c, NodeState::single(NetworkState::new(net, vec![s]).unwrap()).unwrap(), 0);
+        apply(
+            &mut c,
+            NodeState::single(NetworkState::new(net, vec![s]).unwrap()).unwrap(),
+            0,
+        );
         assert!(plan_at(&mut c, 1).is_empty(), "netmask /{m6}");
     }
 }
@@ -1102,6 +1304,9 @@ fn dns_tables_follow_the_modes() {
     assert_eq!(t.len(), 4);
     assert!(matches!(
         crate::dns::table(&st, "bad zone"),
-        Err(Error::Dns { field: "dns.zone", .. })
+        Err(Error::Dns {
+            field: "dns.zone",
+            ..
+        })
     ));
 }
