@@ -1,6 +1,11 @@
-//! The guest kernel: Debian's stock `linux-image-amd64`, fetched with `apt-get download`,
+//! The guest kernels: Debian bookworm's stock kernels, fetched with `apt-get download`,
 //! unpacked (not installed) into a project-owned cache, plus a tiny initramfs that mounts the
 //! host's root over virtio-9p.
+//!
+//! Two lines are known ([`Line`]): 6.1 (`linux-image-amd64`, bookworm's default kernel) and
+//! 6.12 (`linux-image-6.12-amd64`, the meta-package bookworm carries in its main and security
+//! archives since Debian 12.10). Each meta-package names the versioned image package, which is
+//! downloaded once; a newer archive does not replace a ready cache entry.
 //!
 //! Cache: `$VIPMESH_CACHE` or `$XDG_CACHE_HOME/vipmesh` or `~/.cache/vipmesh`, under `vm/`.
 
@@ -26,6 +31,74 @@ pub struct Kernel {
     pub initrd: PathBuf,
 }
 
+/// A kernel line the lab can boot: Debian's meta-package picks the exact version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Line {
+    /// Linux 6.1 LTS, bookworm's default (`linux-image-amd64`).
+    V6_1,
+    /// Linux 6.12 LTS (`linux-image-6.12-amd64`), which has tcx and newer netfilter/IPVS.
+    V6_12,
+}
+
+/// The environment variable that selects the guest kernel line (`6.1` or `6.12`).
+pub const KERNEL_ENV: &str = "VIPMESH_GUEST_KERNEL";
+
+impl Line {
+    /// Every line, in the order the test stage boots them.
+    pub const ALL: [Line; 2] = [Line::V6_1, Line::V6_12];
+
+    /// `6.1` or `6.12`, as `--kernel` and [`KERNEL_ENV`] take it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Line::V6_1 => "6.1",
+            Line::V6_12 => "6.12",
+        }
+    }
+
+    /// The Debian meta-package whose `Depends:` names the image package.
+    fn meta_package(self) -> &'static str {
+        match self {
+            Line::V6_1 => "linux-image-amd64",
+            Line::V6_12 => "linux-image-6.12-amd64",
+        }
+    }
+
+    /// Parses `6.1` / `6.12` (a `v` prefix is accepted).
+    pub fn parse(s: &str) -> Result<Line> {
+        match s.trim().trim_start_matches('v') {
+            "6.1" => Ok(Line::V6_1),
+            "6.12" => Ok(Line::V6_12),
+            other => Err(lab_err!(
+                "unknown guest kernel {other:?}; known: {}",
+                Line::ALL.map(Line::label).join(", ")
+            )),
+        }
+    }
+
+    /// [`KERNEL_ENV`] when set, else 6.1.
+    pub fn from_env() -> Result<Line> {
+        match std::env::var(KERNEL_ENV) {
+            Ok(v) if !v.trim().is_empty() => {
+                Line::parse(&v).map_err(|e| lab_err!("{KERNEL_ENV}: {e}"))
+            }
+            _ => Ok(Line::V6_1),
+        }
+    }
+
+    /// Whether a module directory name (`6.1.0-57-amd64`, `6.12.118+deb12-amd64`) is this line.
+    fn owns(self, module_version: &str) -> bool {
+        let mut parts = module_version.split(|c: char| !c.is_ascii_digit());
+        let (major, minor) = (parts.next(), parts.next());
+        format!("{}.{}", major.unwrap_or(""), minor.unwrap_or("")) == self.label()
+    }
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 impl Kernel {
     /// `/lib/modules/<version>` inside the unpacked package.
     pub fn modules(&self) -> PathBuf {
@@ -47,8 +120,18 @@ pub fn cache_dir() -> PathBuf {
 /// The modules the initramfs loads (with their dependencies) to mount the 9p root.
 const INITRD_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
-fn find_ready(cache: &Path) -> Option<Kernel> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(cache)
+/// The module directory name inside an unpacked kernel package.
+fn module_version(dir: &Path) -> Option<String> {
+    fs::read_dir(dir.join("root/lib/modules"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+}
+
+/// The newest ready cache entry of `line`.
+fn find_ready(cache: &Path, line: Line) -> Option<Kernel> {
+    let mut dirs: Vec<(String, PathBuf)> = fs::read_dir(cache)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -56,14 +139,11 @@ fn find_ready(cache: &Path) -> Option<Kernel> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("linux-image-"))
                 && p.join("ready").exists()
         })
+        .filter_map(|p| module_version(&p).map(|v| (v, p)))
+        .filter(|(v, _)| line.owns(v))
         .collect();
     dirs.sort();
-    let dir = dirs.pop()?;
-    let version = fs::read_dir(dir.join("root/lib/modules"))
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()?;
+    let (version, dir) = dirs.pop()?;
     let vmlinux = dir.join("vmlinux");
     let image = if vmlinux.exists() {
         vmlinux
@@ -78,11 +158,16 @@ fn find_ready(cache: &Path) -> Option<Kernel> {
     })
 }
 
-/// Returns the cached kernel, fetching and preparing it first if needed (under a lock, so
-/// concurrent first runs do the work once).
-pub fn ensure() -> Result<Kernel> {
+/// Makes every known line ready (what `cargo xtask setup` and the test stage need).
+pub fn ensure_all() -> Result<Vec<Kernel>> {
+    Line::ALL.into_iter().map(ensure_line).collect()
+}
+
+/// Returns the cached kernel of `line`, fetching and preparing it first if needed (under a
+/// lock, so concurrent first runs do the work once).
+pub fn ensure_line(line: Line) -> Result<Kernel> {
     let cache = cache_dir();
-    if let Some(k) = find_ready(&cache) {
+    if let Some(k) = find_ready(&cache, line) {
         return Ok(k);
     }
     fs::create_dir_all(&cache)
@@ -93,16 +178,18 @@ pub fn ensure() -> Result<Kernel> {
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(lab_err!("cannot lock {}", cache.display()));
     }
-    if let Some(k) = find_ready(&cache) {
+    if let Some(k) = find_ready(&cache, line) {
         return Ok(k);
     }
-    prepare(&cache)
+    prepare(&cache, line)
 }
 
-fn kernel_package() -> Result<String> {
+/// The versioned image package the line's meta-package depends on.
+fn kernel_package(line: Line) -> Result<String> {
+    let meta = line.meta_package();
     let query = || -> Option<String> {
         let out = Command::new("apt-cache")
-            .args(["depends", "linux-image-amd64"])
+            .args(["depends", meta])
             .output()
             .ok()?;
         String::from_utf8_lossy(&out.stdout)
@@ -115,12 +202,14 @@ fn kernel_package() -> Result<String> {
         return Ok(p);
     }
     cmd::output(Command::new("apt-get").args(["update", "-qq"]))?;
-    query().ok_or_else(|| lab_err!("missing kernel package: apt-cache knows no linux-image-amd64"))
+    query().ok_or_else(|| {
+        lab_err!("missing kernel package: apt-cache knows no {meta} (guest kernel {line})")
+    })
 }
 
-fn prepare(cache: &Path) -> Result<Kernel> {
-    let pkg = kernel_package()?;
-    eprintln!("xtask: fetching guest kernel package {pkg}");
+fn prepare(cache: &Path, line: Line) -> Result<Kernel> {
+    let pkg = kernel_package(line)?;
+    eprintln!("xtask: fetching guest kernel {line}: package {pkg}");
     let tmp = cache.join(format!("tmp.{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| lab_err!("cannot create {}: {e}", tmp.display()))?;
@@ -162,7 +251,12 @@ fn prepare(cache: &Path) -> Result<Kernel> {
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&tmp, &dir)
         .map_err(|e| lab_err!("cannot move kernel into {}: {e}", dir.display()))?;
-    find_ready(cache).ok_or_else(|| lab_err!("kernel cache {} is incomplete", dir.display()))
+    if !line.owns(&version) {
+        return Err(lab_err!(
+            "package {pkg} holds kernel {version}, not a {line} kernel"
+        ));
+    }
+    find_ready(cache, line).ok_or_else(|| lab_err!("kernel cache {} is incomplete", dir.display()))
 }
 
 /// Extracts the uncompressed ELF from a bzImage whose payload is xz. Booting it through PVH
@@ -270,4 +364,20 @@ fn build_initrd(tmp: &Path, root: &Path, version: &str) -> Result<()> {
     fs::write(tmp.join("initrd.cpio"), out.stdout).map_err(io)?;
     fs::remove_dir_all(&ird).map_err(io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_and_own_their_module_directories() {
+        assert_eq!(Line::parse("6.1").ok(), Some(Line::V6_1));
+        assert_eq!(Line::parse("v6.12").ok(), Some(Line::V6_12));
+        assert!(Line::parse("6.2").is_err());
+        assert!(Line::V6_1.owns("6.1.0-57-amd64"));
+        assert!(!Line::V6_1.owns("6.12.118+deb12-amd64"));
+        assert!(Line::V6_12.owns("6.12.118+deb12-amd64"));
+        assert!(!Line::V6_12.owns("6.1.0-57-amd64"));
+    }
 }

@@ -1,11 +1,12 @@
 //! `cargo xtask`: the vipmesh lab.
 //!
-//! - `cargo xtask vm [--timeout SECS] [--mem MB] [--cpus N] -- <cmd...>` boots Debian's stock
-//!   kernel (which has IPVS) under qemu and runs `<cmd>` as root in the current directory.
+//! - `cargo xtask vm [--kernel 6.1|6.12] [--timeout SECS] [--mem MB] [--cpus N] -- <cmd...>`
+//!   boots Debian's stock kernel (which has IPVS) under qemu and runs `<cmd>` as root in the
+//!   current directory.
 //! - `cargo xtask test` runs every suite and ends with one `N passed, N failed` line.
 //! - `cargo xtask demo [vip|dnsrr|ingress|xdp|all]` replays the demos.
 //! - `cargo xtask fuzz [TARGET...] [--seconds N]` runs the fuzz targets longer.
-//! - `cargo xtask setup` installs the prerequisites and prepares the guest kernel.
+//! - `cargo xtask setup` installs the prerequisites and prepares both guest kernels.
 
 mod cmd;
 mod demo;
@@ -18,7 +19,7 @@ mod vm;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  cargo xtask vm [--timeout SECS] [--mem MB] [--cpus N] [--out DIR] -- <command...>
+  cargo xtask vm [--kernel 6.1|6.12] [--timeout SECS] [--mem MB] [--cpus N] [--out DIR] -- <command...>
   cargo xtask test [--fuzz-seconds N]
   cargo xtask demo [vip|dnsrr|ingress|xdp|all]
   cargo xtask fuzz [TARGET...] [--seconds N]
@@ -53,13 +54,15 @@ fn setup() -> i32 {
         eprintln!("xtask setup: {e}");
         return 1;
     }
-    match kernel::ensure() {
-        Ok(k) => {
-            println!(
-                "xtask setup: guest kernel {} ready in {}",
-                k.version,
-                k.dir.display()
-            );
+    match kernel::ensure_all() {
+        Ok(kernels) => {
+            for k in kernels {
+                println!(
+                    "xtask setup: guest kernel {} ready in {}",
+                    k.version,
+                    k.dir.display()
+                );
+            }
             0
         }
         Err(e) => {

@@ -1,5 +1,7 @@
 //! `cargo xtask vm`: run a command as root in a throw-away guest on Debian's stock kernel.
 //!
+//! `--kernel 6.1|6.12` (or `VIPMESH_GUEST_KERNEL`) picks the kernel line; 6.1 by default.
+//!
 //! The guest sees the host's `/` read-only over virtio-9p under a tmpfs overlay (every path
 //! is there and writable, changes are discarded), and the output directory (default: the
 //! current directory) read-write at the same path. It has no network device: all traffic
@@ -21,6 +23,8 @@ pub struct VmOpts {
     pub mem_mb: u32,
     pub cpus: u32,
     pub out: PathBuf,
+    /// The guest kernel line.
+    pub kernel: kernel::Line,
 }
 
 impl Default for VmOpts {
@@ -30,6 +34,8 @@ impl Default for VmOpts {
             mem_mb: 2048,
             cpus: 2,
             out: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            // A bad VIPMESH_GUEST_KERNEL is reported by `main`/`run` through `Line::from_env`.
+            kernel: kernel::Line::from_env().unwrap_or(kernel::Line::V6_1),
         }
     }
 }
@@ -40,9 +46,11 @@ pub const TIMED_OUT: i32 = 124;
 pub const NO_STATUS: i32 = 125;
 
 pub fn main(args: &[String]) -> i32 {
-    let usage =
-        "usage: cargo xtask vm [--timeout SECS] [--mem MB] [--cpus N] [--out DIR] -- <command...>";
+    let usage = "usage: cargo xtask vm [--kernel 6.1|6.12] [--timeout SECS] [--mem MB] [--cpus N] [--out DIR] -- <command...>";
     let mut opts = VmOpts::default();
+    if let Err(e) = kernel::Line::from_env() {
+        return bad(usage, &e.to_string());
+    }
     let mut i = 0;
     let mut command: Vec<String> = Vec::new();
     while i < args.len() {
@@ -71,6 +79,10 @@ pub fn main(args: &[String]) -> i32 {
                 _ => return bad(usage, &format!("--cpus takes 1..=64, not {v:?}")),
             },
             ("--out", Some(v)) => opts.out = PathBuf::from(v),
+            ("--kernel", Some(v)) => match kernel::Line::parse(v) {
+                Ok(line) => opts.kernel = line,
+                Err(e) => return bad(usage, &e.to_string()),
+            },
             _ if a.starts_with('-') => return bad(usage, &format!("unknown option {a:?}")),
             _ => {
                 command = args[i..].to_vec();
@@ -151,7 +163,7 @@ fn command_script(command: &[String], cwd: &Path) -> String {
 /// Boots the guest, runs `command`, and returns its exit status.
 pub fn run(command: &[String], opts: &VmOpts) -> Result<i32> {
     prereq::ensure_all()?;
-    let k = kernel::ensure()?;
+    let k = kernel::ensure_line(opts.kernel)?;
     let out = fs::canonicalize(&opts.out)
         .map_err(|e| lab_err!("output directory {}: {e}", opts.out.display()))?;
     let cwd = std::env::current_dir().map_err(|e| lab_err!("current directory: {e}"))?;
@@ -312,6 +324,10 @@ mod tests {
         assert_eq!(main(&["--".into()]), 2);
         assert_eq!(
             main(&["--timeout".into(), "x".into(), "--".into(), "true".into()]),
+            2
+        );
+        assert_eq!(
+            main(&["--kernel".into(), "5.10".into(), "--".into(), "true".into()]),
             2
         );
     }
