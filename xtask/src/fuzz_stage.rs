@@ -4,6 +4,11 @@
 //! so `cargo +nightly fuzz run <target>` works too. Here the targets are built the way
 //! `cargo fuzz build --sanitizer none` does, with stable codegen flags only (SanitizerCoverage
 //! via `-Cpasses`/`-Cllvm-args`), and each runs for a bounded time.
+//!
+//! `cargo xtask fuzz [TARGET...] [--seconds N] [--runs N]`: with `--runs`, each target stops
+//! after N executions (or after `--seconds`, whichever comes first) and its line reports the
+//! executions, the seconds taken and the crashes. Crashing inputs are written under
+//! `fuzz/artifacts/<target>/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,18 +77,37 @@ fn build(dir: &Path) -> Result<PathBuf, String> {
 
 /// Runs one target for `seconds`; returns (ok, executions).
 pub fn run_one(bin_dir: &Path, dir: &Path, name: &str, seconds: u64) -> (bool, u64) {
+    run_bounded(bin_dir, dir, name, seconds, None)
+}
+
+/// Runs one target for at most `seconds` and, when given, at most `runs` executions; returns
+/// (ok, executions).
+fn run_bounded(
+    bin_dir: &Path,
+    dir: &Path,
+    name: &str,
+    seconds: u64,
+    runs: Option<u64>,
+) -> (bool, u64) {
     let corpus = dir.join("corpus").join(name);
     let _ = std::fs::create_dir_all(&corpus);
+    let artifacts = dir.join("artifacts").join(name);
+    let _ = std::fs::create_dir_all(&artifacts);
     let seeds = dir.join("seeds").join(name);
     let mut c = Command::new(bin_dir.join(name));
     c.arg(format!("-max_total_time={seconds}"))
         .arg("-rss_limit_mb=2048")
         .arg("-print_final_stats=1")
-        .arg(&corpus);
+        .arg(format!("-artifact_prefix={}/", artifacts.display()));
+    if let Some(runs) = runs {
+        c.arg(format!("-runs={runs}"));
+    }
+    c.arg(&corpus);
     if seeds.is_dir() {
         c.arg(&seeds);
     }
     eprintln!("--- fuzz {name} for {seconds} s");
+    let started = std::time::Instant::now();
     let out = match c.output() {
         Ok(o) => o,
         Err(e) => {
@@ -100,8 +124,13 @@ pub fn run_one(bin_dir: &Path, dir: &Path, name: &str, seconds: u64) -> (bool, u
     if !out.status.success() {
         eprintln!("{err}");
     }
+    let crashes = std::fs::read_dir(&artifacts)
+        .map(|d| d.filter_map(|e| e.ok()).count())
+        .unwrap_or(0);
     eprintln!(
-        "    {name}: {execs} executions, {}",
+        "    {name}: {execs} executions in {:.0} s, {crashes} crash file(s) in {}, {}",
+        started.elapsed().as_secs_f64(),
+        artifacts.display(),
         if out.status.success() {
             "no crash"
         } else {
@@ -137,13 +166,22 @@ pub fn run(seconds: u64) -> (u64, u64, String) {
     )
 }
 
-/// `cargo xtask fuzz [TARGET...] [--seconds N]`: longer local runs.
+/// `cargo xtask fuzz [TARGET...] [--seconds N] [--runs N]`: longer local runs.
 pub fn main(args: &[String]) -> i32 {
     let mut seconds = 60;
+    let mut runs = None;
     let mut only = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "--seconds" {
+        if a == "--runs" {
+            match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) => runs = Some(n),
+                None => {
+                    eprintln!("xtask fuzz: --runs takes a number of executions");
+                    return 2;
+                }
+            }
+        } else if a == "--seconds" {
             match it.next().and_then(|v| v.parse().ok()) {
                 Some(s) => seconds = s,
                 None => {
@@ -177,7 +215,7 @@ pub fn main(args: &[String]) -> i32 {
     };
     let mut failed = false;
     for n in &names {
-        failed |= !run_one(&bin_dir, &dir, n, seconds).0;
+        failed |= !run_bounded(&bin_dir, &dir, n, seconds, runs).0;
     }
     i32::from(failed)
 }

@@ -201,10 +201,12 @@ fn boot(
     } else {
         q.args(["-accel", "tcg,thread=multi", "-cpu", "max"]);
     }
+    // Quiet, but a kernel panic (KERN_EMERG) still reaches the console: a guest that dies
+    // mid-test says why.
     let quiet = if std::env::var_os("VIPMESH_VM_DEBUG").is_some() {
         "loglevel=7"
     } else {
-        "quiet loglevel=0"
+        "quiet loglevel=1"
     };
     let fsdev = |id: &str, path: &Path, extra: &str| {
         format!(
@@ -280,7 +282,7 @@ fn boot(
             .map_err(|e| lab_err!("guest reported a bad exit status {rc:?}: {e}")),
         Err(_) => {
             eprintln!(
-                "xtask vm: the guest did not report an exit status (qemu {status}); rerun with VIPMESH_VM_DEBUG=1 for the kernel log"
+                "xtask vm: the guest did not report an exit status (qemu {status}): its kernel panicked or reset (see any 'Kernel panic' line above); rerun with VIPMESH_VM_DEBUG=1 for the kernel log"
             );
             Ok(NO_STATUS)
         }
