@@ -23,13 +23,15 @@
 //!
 //! [`Rtnl::add_address`] tags an address with an `IFA_PROTO` value; [`Rtnl::addresses`]
 //! reports it. vipmesh tags the addresses it owns with [`VIPMESH_ADDR_PROTO`], so after a
-//! `kill -9` they are found from the kernel alone (`ip addr` shows `proto 0x56`).
+//! `kill -9` they are found from the kernel alone (`ip addr` of iproute2 >= 6.3 shows
+//! `proto 0x56`; older iproute2 does not print it).
 //! The attribute exists since Linux 5.18 (commit 47f0bd503210, "net: Add new protocol
 //! attribute to IP addresses"); older kernels ignore it on add and never report it, so
 //! [`Address::proto`] is `None` there. Changing the protocol of an *existing* address with a
 //! replace needs a later kernel (6.3, Petr Machata's "Allow changing IP address protocol"
-//! series); on 5.18..6.2 a replace keeps the old value. Debian's 6.1 (the guest) keeps and
-//! reports the value given at creation.
+//! series): the host tests check that Debian's 6.1 (the qemu guest) keeps and reports the
+//! value given at creation but keeps it across a replace, and that 6.18 changes it. On
+//! 5.18..6.2, delete and re-add an address to re-tag it.
 //!
 //! # Examples
 //!
@@ -552,7 +554,7 @@ impl Rtnl {
 
     /// `ip link set dev X netns TARGET [name NEW]`: moves the link into `target`, renaming it
     /// on the way when `new_name` is given (the kernel supports both in one request). The link
-    /// is down afterwards. Its ifindex in the target is returned (looked up by name there).
+    /// is down afterwards; look it up by name in the target for its new ifindex.
     ///
     /// # Errors
     /// [`Error::Netlink`] (`EEXIST` when the name is taken in the target).
@@ -675,7 +677,8 @@ impl Rtnl {
     }
 
     /// `ip addr replace ADDR/PREFIX dev X proto PROTO [nodad]`: adds the address, or
-    /// replaces it when present (idempotent). IPv6 addresses get `IFA_F_NODAD`, so they are
+    /// replaces it when present (idempotent). Before Linux 6.3 a replace keeps the `IFA_PROTO`
+    /// an existing address already has (see the module docs). IPv6 addresses get `IFA_F_NODAD`, so they are
     /// usable at once (no duplicate address detection, no "tentative" state).
     ///
     /// # Errors

@@ -377,6 +377,38 @@ fn sysctls_are_per_namespace() {
     assert!(err.to_string().contains(&ns.name), "{err}");
 }
 
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r.trim().split(|c: char| !c.is_ascii_digit());
+    let v: (u32, u32) = (
+        it.next().unwrap().parse().unwrap(),
+        it.next().unwrap().parse().unwrap(),
+    );
+    v >= (major, minor)
+}
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn replacing_an_address_changes_its_proto_from_6_3() {
+    let ns = Ns::new("reproto");
+    ns.ip("link add d0 type veth peer name d0p");
+    let r = ns.rtnl();
+    let d0 = r.link_index("d0").unwrap();
+    r.add_address(d0, ip("10.77.0.1"), 24, 0x57).unwrap();
+    assert_eq!(
+        raw_addr_protos(&ns.ns).get("10.77.0.1/24"),
+        Some(&Some(0x57))
+    );
+    r.add_address(d0, ip("10.77.0.1"), 24, VIPMESH_ADDR_PROTO)
+        .unwrap();
+    let want = if kernel_at_least(6, 3) { 0x56 } else { 0x57 };
+    assert_eq!(
+        raw_addr_protos(&ns.ns).get("10.77.0.1/24"),
+        Some(&Some(want)),
+        "a replace changes IFA_PROTO from 6.3 on, keeps it before"
+    );
+}
+
 /// Whether this iproute2 prints and accepts `proto` on addresses (iproute2 >= 6.3).
 fn iproute_knows_addr_proto() -> bool {
     let out = Command::new("ip")
