@@ -53,7 +53,9 @@ impl Drop for Lab {
             self.names.push(self.name(tag));
         }
         for n in self.names.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
+            if std::path::Path::new("/run/netns").join(n).exists() {
+                let _ = Command::new("ip").args(["netns", "del", n]).status();
+            }
         }
     }
 }
