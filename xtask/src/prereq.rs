@@ -25,6 +25,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("tcpdump", "tcpdump"),
     ("flock", "util-linux"),
+    ("nft", "nftables"),
 ];
 
 /// Installs whatever is missing. Runs `apt-get update` only when the install fails.
