@@ -281,7 +281,7 @@ fn run_step(h: &mut Handles<'_>, step: &Step) -> Result<bool, Error> {
             h.netns.remove(name);
             match Netns::delete_named(name) {
                 Ok(()) => Ok(false),
-                Err(e) if e.errno() == Some(libc_enoent()) => Ok(true),
+                Err(e) if e.errno() == Some(ENOENT) => Ok(true),
                 Err(e) => Err(Error::kernel("")(e)),
             }
         }
@@ -372,9 +372,8 @@ fn run_step(h: &mut Handles<'_>, step: &Step) -> Result<bool, Error> {
     }
 }
 
-fn libc_enoent() -> i32 {
-    2
-}
+/// `ENOENT` (asm-generic/errno-base.h): `Netns::delete_named` of a name that is gone.
+const ENOENT: i32 = 2;
 
 fn set_link(h: &mut Handles<'_>, ns: &Ns, name: &str, s: &LinkSettings) -> Result<bool, Error> {
     let i = h.index(ns, name, "")?;
