@@ -53,9 +53,12 @@ fn every_byte_prefix_of_a_real_listing_is_handled() {
     }
 }
 
+/// (host number, (tcp?, port) restriction, mark offset).
+type VipSpec = (u8, Option<(bool, u16)>, u16);
+
 #[derive(Debug, Clone)]
 struct Config {
-    vips: Vec<(u8, Option<(bool, u16)>, u16)>,
+    vips: Vec<VipSpec>,
     hooks: (bool, bool, bool),
     ports: Vec<(bool, u16, u16)>,
     snat: bool,
