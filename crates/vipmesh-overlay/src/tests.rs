@@ -446,3 +446,25 @@ proptest::proptest! {
         proptest::prop_assert!(plan(&db, &sb).is_empty());
     }
 }
+
+proptest::proptest! {
+    /// The string parsers never panic, and what parses round-trips (as the fuzz target checks).
+    #[test]
+    fn parsers_round_trip(text in "[0-9a-f:./]{0,45}") {
+        if let Ok(m) = text.parse::<Mac>() {
+            proptest::prop_assert_eq!(m.to_string().parse::<Mac>().ok(), Some(m));
+        }
+        if let Ok(s) = text.parse::<Subnet>() {
+            proptest::prop_assert_eq!(s.to_string().parse::<Subnet>().ok(), Some(s));
+            proptest::prop_assert!(s.contains(s.addr()));
+        }
+    }
+
+    #[test]
+    fn subnets_contain_exactly_their_range(a in proptest::prelude::any::<u32>(), p in 0u8..=32, x in proptest::prelude::any::<u32>()) {
+        let mask = if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
+        let s = Subnet::new(IpAddr::from(std::net::Ipv4Addr::from(a & mask)), p).unwrap();
+        proptest::prop_assert_eq!(s.contains(IpAddr::from(std::net::Ipv4Addr::from(x))), x & mask == a & mask);
+        proptest::prop_assert!(Subnet::new(IpAddr::from(std::net::Ipv4Addr::from(a)), p).is_some() == (a & mask == a));
+    }
+}
