@@ -223,7 +223,10 @@ impl<K: Kernel> Controller<K> {
     /// the options makes the next sync full.
     pub fn set_desired(&mut self, new: NodeState) {
         let old = std::mem::replace(&mut self.desired, new);
+        // The ingress's wiring (overlay endpoints, FDB, host and task rules) follows its
+        // whole spec: any change to it is a full sync.
         let nets_same = old.options() == self.desired.options()
+            && old.ingress() == self.desired.ingress()
             && old.networks().count() == self.desired.networks().count()
             && old.networks().all(|o| {
                 self.desired
@@ -361,12 +364,7 @@ impl<K: Kernel> Controller<K> {
     }
 
     fn namespaces_to_observe(&self) -> BTreeSet<String> {
-        let mut s: BTreeSet<String> = self
-            .desired
-            .namespaces()
-            .into_keys()
-            .map(str::to_string)
-            .collect();
+        let mut s = self.desired.namespace_names();
         s.extend(self.known_ns.iter().cloned());
         s
     }
@@ -416,9 +414,15 @@ impl<K: Kernel> Controller<K> {
             } else {
                 None
             };
+            let extra: Vec<String> = self
+                .desired
+                .ingress()
+                .filter(|i| i.host_netns == ns)
+                .map(|i| i.host_sysctls().into_keys().collect())
+                .unwrap_or_default();
             let res = self
                 .handle(&ns)
-                .and_then(|h| observe_ns(h, &ns, cached_rules));
+                .and_then(|h| observe_ns(h, &ns, cached_rules, &extra));
             match res {
                 Ok(o) => {
                     out.namespaces.insert(ns, o);
@@ -539,6 +543,8 @@ impl<K: Kernel> Controller<K> {
     /// [`Error::StepsFailed`] when a namespace could not be observed or a step failed (the
     /// other namespaces are still converged; the report says which failed); a planning error.
     pub fn sync_full(&mut self, now: u64) -> Result<Report, Error> {
+        let mut failures = Report::default();
+        self.wire(&mut failures);
         let (obs, failed) = self.observe(now);
         let p = match self.plan(&obs, now) {
             Ok(p) => p,
@@ -548,7 +554,6 @@ impl<K: Kernel> Controller<K> {
             }
         };
         tracing::debug!(steps = p.len(), "full sync");
-        let mut failures = Report::default();
         for (ns, e) in failed {
             self.handles.remove(&ns);
             self.cache.namespaces.remove(&ns);
@@ -561,7 +566,7 @@ impl<K: Kernel> Controller<K> {
             });
         }
         let res = self.apply(&p, obs, now);
-        let ok_all = res.is_ok() && failures.steps.is_empty();
+        let ok_all = res.is_ok() && failures.ok();
         let mut report = match res {
             Ok(r) => r,
             Err(Error::StepsFailed { report, .. }) => *report,
@@ -573,15 +578,11 @@ impl<K: Kernel> Controller<K> {
             report = failures;
         }
         if ok_all {
+            self.unwire_previous();
             self.full_due = false;
             self.dirty.clear();
             self.applied = Some(self.desired.clone());
-            self.known_ns = self
-                .desired
-                .namespaces()
-                .into_keys()
-                .map(str::to_string)
-                .collect();
+            self.known_ns = self.desired.namespace_names();
             self.handles.retain(|k, _| self.known_ns.contains(k));
             self.cache
                 .namespaces
@@ -589,6 +590,42 @@ impl<K: Kernel> Controller<K> {
         }
         self.last_full = Some(now);
         report.into_result()
+    }
+
+    /// Builds the ingress overlay and gateway bridge (before anything is observed: the
+    /// sandbox namespace must exist).
+    fn wire(&mut self, report: &mut Report) {
+        let Some(ing) = self.desired.ingress().cloned() else {
+            return;
+        };
+        let object = ObjectKey::Namespace(ing.sandbox_netns.clone());
+        let (step, result) = match self.kernel.wire_ingress(&ing) {
+            Ok(done) if done.is_empty() => return,
+            Ok(done) => (format!("ingress wiring: {}", done.join("; ")), Ok(())),
+            Err(e) => ("ingress wiring".to_string(), Err(e)),
+        };
+        report.steps.push(apply::StepReport {
+            netns: ing.host_netns.clone(),
+            object,
+            step,
+            result,
+        });
+    }
+
+    /// After a successful full sync: the links of an ingress that is gone (or moved) go too.
+    fn unwire_previous(&mut self) {
+        let Some(old) = self.applied.as_ref().and_then(|a| a.ingress()).cloned() else {
+            return;
+        };
+        let same_place = self.desired.ingress().is_some_and(|n| {
+            n.host_netns == old.host_netns
+                && n.sandbox_netns == old.sandbox_netns
+                && n.overlay_netns == old.overlay_netns
+                && n.gw_bridge == old.gw_bridge
+        });
+        if !same_place && let Err(e) = self.kernel.unwire_ingress(&old) {
+            tracing::warn!(error = %e, "removing the old ingress wiring");
+        }
     }
 
     /// Syncs what is due: a full sync when one is due (first sync, a network changed, the
@@ -637,8 +674,11 @@ impl<K: Kernel> Controller<K> {
     ) -> Option<Result<Report, Error>> {
         let applied = self.applied.as_ref()?;
         for (id, name) in set {
-            let o = applied.network(id.as_str())?.service(name.as_str())?;
-            let d = self.desired.network(id.as_str())?.service(name.as_str())?;
+            let o = applied.any_network(id.as_str())?.service(name.as_str())?;
+            let d = self
+                .desired
+                .any_network(id.as_str())?
+                .service(name.as_str())?;
             let shape = |s: &Service| {
                 (
                     s.mode,
@@ -654,12 +694,12 @@ impl<K: Kernel> Controller<K> {
         // Fresh real servers (and their connection counts) of the services concerned.
         let mut fresh: Vec<(String, Family, u32, Vec<ipvs::DestEntry>)> = Vec::new();
         for (id, name) in set {
-            let net = self.desired.network(id.as_str())?;
+            let net = self.desired.any_network(id.as_str())?;
             let s = net.service(name.as_str())?;
             let ns = net.network().lb_netns.clone();
             let mark = *self.marks.get(id)?.get(name)?;
             let h = self.handles.get_mut(&ns)?;
-            for fam in s.vips_of()?.families().collect::<Vec<_>>() {
+            for fam in s.lb_families(net.network()) {
                 let key = apply::fwmark_key(fam, mark).ok()?;
                 match h.ipvs.dests(&key) {
                     Ok(d) => fresh.push((ns.clone(), fam, mark, d)),
@@ -692,7 +732,7 @@ impl<K: Kernel> Controller<K> {
             for (id, name) in set {
                 let new = self
                     .desired
-                    .network(id.as_str())
+                    .any_network(id.as_str())
                     .and_then(|n| n.service(name.as_str()));
                 if let (Some(n), Some(s)) = (applied.network_mut(id.as_str()), new) {
                     n.set_service_unchecked(s.clone());
@@ -711,6 +751,7 @@ fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
     h: &mut NsHandle<I, R, H>,
     netns: &str,
     cached_rules: Option<BTreeMap<Family, vipmesh_netfilter::Observed>>,
+    extra_sysctls: &[String],
 ) -> Result<NsObserved, Error> {
     let ipvs_err = |op: &str, source| Error::Ipvs {
         op: op.to_string(),
@@ -755,6 +796,7 @@ fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
     let keys: Vec<String> = [Family::V4, Family::V6]
         .into_iter()
         .flat_map(|f| plan::sysctls(kernel, f).into_keys())
+        .chain(extra_sysctls.iter().cloned())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();

@@ -112,6 +112,19 @@ pub trait Kernel {
     /// # Errors
     /// [`Error::MissingNamespace`].
     fn identity(&mut self, netns: &str) -> Result<Option<NsIdentity>, Error>;
+    /// Builds (idempotently) the links of the ingress mesh: the sandbox namespace, the overlay
+    /// (`vipmesh-overlay`), the gateway bridge and the sandbox's leg and default route on it.
+    /// Returns what it changed (empty when everything was in place).
+    ///
+    /// # Errors
+    /// [`Error::Overlay`], [`Error::Netns`] (errno kept), [`Error::MissingNamespace`] for a
+    /// host or task namespace that does not exist.
+    fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error>;
+    /// Removes what [`Kernel::wire_ingress`] built, and nothing else.
+    ///
+    /// # Errors
+    /// As [`Kernel::wire_ingress`].
+    fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error>;
 }
 
 /// Resolves a namespace given as a name under `/run/netns` or an absolute path.
@@ -191,6 +204,14 @@ impl Kernel for RealKernel {
 
     fn identity(&mut self, netns: &str) -> Result<Option<NsIdentity>, Error> {
         path_identity(netns)
+    }
+
+    fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
+        crate::wire::wire(ingress)
+    }
+
+    fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
+        crate::wire::unwire(ingress)
     }
 }
 

@@ -41,6 +41,8 @@ pub fn table(desired: &NetworkState, zone: &str) -> Result<vipmesh_dns::DnsTable
             EndpointMode::DnsRr => b
                 .dnsrr(name, tasks)
                 .map_err(|e| bad("service.name", name, e))?,
+            // Published ports are reached through the nodes' addresses, not by name.
+            EndpointMode::Published => b,
         };
     }
     Ok(b.build())

@@ -47,6 +47,13 @@ pub enum Error {
         /// The namespace name or path.
         netns: String,
     },
+    /// The ingress overlay could not be built.
+    #[error("ingress overlay")]
+    Overlay {
+        /// The cause (errno kept).
+        #[source]
+        source: Box<vipmesh_overlay::Error>,
+    },
     /// A step was not run because a step it depends on failed.
     #[error("held in {netns:?}: {reason}")]
     Held {

@@ -406,4 +406,28 @@ impl Kernel for FakeKernel {
             }),
         }
     }
+
+    /// The fake wiring: the sandbox namespace is created (with `eth0`, `eth1`); the host and
+    /// the local tasks' namespaces must exist.
+    fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
+        let mut need: Vec<&str> = vec![ingress.host_netns.as_str()];
+        need.extend(ingress.local_task_namespaces());
+        for ns in need {
+            if !self.world().names.contains_key(ns) {
+                return Err(Error::MissingNamespace {
+                    netns: ns.to_string(),
+                });
+            }
+        }
+        if self.world().names.contains_key(&ingress.sandbox_netns) {
+            return Ok(Vec::new());
+        }
+        self.add_namespace(&ingress.sandbox_netns, &["lo", "eth0", "eth1"]);
+        Ok(vec![format!("namespace {} created", ingress.sandbox_netns)])
+    }
+
+    fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
+        self.remove_namespace(&ingress.sandbox_netns);
+        Ok(vec![format!("namespace {} deleted", ingress.sandbox_netns)])
+    }
 }

@@ -45,9 +45,11 @@ pub mod dns;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod ingress;
 pub mod model;
 pub mod plan;
 pub mod rules;
+mod wire;
 
 pub use apply::{Report, StepReport};
 pub use controller::{Controller, ControllerConfig, ObjectStatus, ObserveMode, SyncKind};

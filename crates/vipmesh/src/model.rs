@@ -102,6 +102,11 @@ impl Subnet {
         bits(ip) & mask
     }
 
+    /// Whether two subnets share an address.
+    pub fn overlaps(&self, o: &Subnet) -> bool {
+        self.contains(o.addr) || o.contains(self.addr)
+    }
+
     /// Whether `ip` lies in this subnet.
     pub fn contains(&self, ip: IpAddr) -> bool {
         Family::of(ip) == self.family() && self.network_bits(ip) == bits(self.addr)
@@ -414,6 +419,9 @@ pub enum EndpointMode {
     Vip(Vips),
     /// DNS round robin: the name resolves to the task addresses, shuffled; no VIP, no IPVS.
     DnsRr,
+    /// Reached through published ports only (the services of the ingress network, derived
+    /// from [`crate::ingress::Ingress`]): marked by destination port in the ingress sandbox.
+    Published,
 }
 
 /// An IPVS scheduler name, checked against the schedulers Linux ships.
@@ -714,18 +722,28 @@ impl Service {
     pub fn vips_of(&self) -> Option<Vips> {
         match self.mode {
             EndpointMode::Vip(v) => Some(v),
-            EndpointMode::DnsRr => None,
+            EndpointMode::DnsRr | EndpointMode::Published => None,
+        }
+    }
+
+    /// True when IPVS balances it (VIP or published ports): it gets a fwmark.
+    pub fn is_balanced(&self) -> bool {
+        matches!(self.mode, EndpointMode::Vip(_) | EndpointMode::Published)
+    }
+
+    /// The families IPVS balances it in, on `net`: its VIPs' families, or every family of the
+    /// network for a published service.
+    pub fn lb_families(&self, net: &Network) -> Vec<Family> {
+        match self.mode {
+            EndpointMode::Vip(v) => v.families().collect(),
+            EndpointMode::Published => net.families(),
+            EndpointMode::DnsRr => Vec::new(),
         }
     }
 
     /// The VIP of a family, in VIP mode.
     pub fn vip_addr(&self, family: Family) -> Option<IpAddr> {
         self.vips_of().and_then(|v| v.get(family))
-    }
-
-    /// True in VIP mode.
-    pub fn is_vip(&self) -> bool {
-        matches!(self.mode, EndpointMode::Vip(_))
     }
 
     /// The backends of one family.
@@ -909,6 +927,10 @@ pub enum Layout {
     /// needed, since IPVS answers locally generated traffic. Several networks may share one
     /// client namespace: each owns its chains and its fwmark range.
     PerClient,
+    /// The ingress sandbox of the routing mesh (derived from [`crate::ingress::Ingress`]):
+    /// published ports are marked in mangle `PREROUTING` by destination port, with the same
+    /// IPVS services and `-m ipvs` SNAT as an LB namespace, and no VIP addresses.
+    Ingress,
 }
 
 /// A network: its id, subnets, load-balancer namespace and fwmark range.
@@ -1056,6 +1078,31 @@ impl NetworkState {
                     "listed twice",
                 ));
             }
+        }
+        let ingress = net.layout == Layout::Ingress;
+        match s.mode {
+            EndpointMode::Published if !ingress => {
+                return Err(Error::invalid(
+                    "service.mode",
+                    format!("{name}: published"),
+                    "only the ingress network has published services",
+                ));
+            }
+            EndpointMode::Vip(_) if ingress => {
+                return Err(Error::invalid(
+                    "service.mode",
+                    format!("{name}: vip"),
+                    "the ingress network has published services only",
+                ));
+            }
+            EndpointMode::Published if s.ports.is_empty() => {
+                return Err(Error::invalid(
+                    "service.ports",
+                    format!("{name}: none"),
+                    "a published service needs at least one port",
+                ));
+            }
+            _ => {}
         }
         if let Some(v) = s.vips_of() {
             for vip in v.iter() {
@@ -1245,6 +1292,9 @@ impl Default for NodeOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeState {
     networks: BTreeMap<NetworkId, NetworkState>,
+    ingress: Option<crate::ingress::Ingress>,
+    #[serde(skip)]
+    ingress_net: Option<NetworkState>,
     options: NodeOptions,
 }
 
@@ -1270,8 +1320,48 @@ impl NodeState {
     /// # Ok::<(), vipmesh::Error>(())
     /// ```
     pub fn new(networks: Vec<NetworkState>, options: NodeOptions) -> Result<NodeState, Error> {
+        NodeState::with_ingress(networks, None, options)
+    }
+
+    /// [`NodeState::new`] with the ingress routing mesh.
+    ///
+    /// # Errors
+    /// As [`NodeState::new`] and [`crate::ingress::Ingress::validate`]; an ingress subnet
+    /// overlapping a network's, or an ingress fwmark range overlapping one.
+    pub fn with_ingress(
+        networks: Vec<NetworkState>,
+        ingress: Option<crate::ingress::Ingress>,
+        options: NodeOptions,
+    ) -> Result<NodeState, Error> {
+        let ingress_net = match &ingress {
+            Some(i) => {
+                i.validate()?;
+                let net = i.sandbox_network()?;
+                for n in &networks {
+                    for sn in &n.network.subnets {
+                        if sn.subnet.overlaps(&i.subnet) {
+                            return Err(Error::invalid(
+                                "ingress.subnet",
+                                format!("{} overlaps {} of {}", i.subnet, sn.subnet, n.network.id),
+                                "the ingress subnet must not overlap a service network's",
+                            ));
+                        }
+                    }
+                    if n.network.lb_netns == i.sandbox_netns || n.network.id == i.id {
+                        return Err(Error::invalid(
+                            "ingress.sandbox_netns",
+                            format!("{} / {}", i.sandbox_netns, i.id),
+                            "the ingress needs its own namespace and network id",
+                        ));
+                    }
+                }
+                Some(net)
+            }
+            None => None,
+        };
         let mut by_id: BTreeMap<NetworkId, NetworkState> = BTreeMap::new();
-        for n in networks {
+        let all = networks.into_iter().chain(ingress_net.clone());
+        for n in all {
             let id = n.id().clone();
             for o in by_id.values() {
                 let (a, b) = (&n.network, &o.network);
@@ -1306,10 +1396,44 @@ impl NodeState {
                 return Err(Error::invalid("network.id", id, "used by two networks"));
             }
         }
+        if let Some(n) = &ingress_net {
+            by_id.remove(n.id());
+        }
         Ok(NodeState {
             networks: by_id,
+            ingress,
+            ingress_net,
             options,
         })
+    }
+
+    /// The ingress routing mesh, if the node takes part in one.
+    pub fn ingress(&self) -> Option<&crate::ingress::Ingress> {
+        self.ingress.as_ref()
+    }
+
+    /// Every network the node programs: its networks and, with an ingress, the ingress
+    /// sandbox's derived network.
+    pub fn all_networks(&self) -> impl Iterator<Item = &NetworkState> {
+        self.networks.values().chain(self.ingress_net.as_ref())
+    }
+
+    /// One network of [`NodeState::all_networks`].
+    pub fn any_network(&self, id: &str) -> Option<&NetworkState> {
+        self.networks
+            .get(id)
+            .or_else(|| self.ingress_net.as_ref().filter(|n| n.id().as_str() == id))
+    }
+
+    /// Every namespace the node programs: the networks' namespaces, and with an ingress the
+    /// host namespace and the local tasks' namespaces.
+    pub fn namespace_names(&self) -> BTreeSet<String> {
+        let mut s: BTreeSet<String> = self.namespaces().into_keys().map(str::to_string).collect();
+        if let Some(i) = &self.ingress {
+            s.insert(i.host_netns.clone());
+            s.extend(i.local_task_namespaces().into_iter().map(str::to_string));
+        }
+        s
     }
 
     /// A node with one network and default options.
@@ -1348,7 +1472,7 @@ impl NodeState {
     /// The namespaces the networks live in, each with its networks (sorted, deduplicated).
     pub fn namespaces(&self) -> BTreeMap<&str, Vec<&NetworkState>> {
         let mut m: BTreeMap<&str, Vec<&NetworkState>> = BTreeMap::new();
-        for n in self.networks.values() {
+        for n in self.all_networks() {
             m.entry(n.network.lb_netns.as_str()).or_default().push(n);
         }
         m
@@ -1366,13 +1490,26 @@ impl NodeState {
             .cloned()
             .collect();
         all.push(n);
-        *self = NodeState::new(all, self.options.clone())?;
+        *self = NodeState::with_ingress(all, self.ingress.clone(), self.options.clone())?;
+        Ok(())
+    }
+
+    /// Replaces the ingress (validated with the networks).
+    ///
+    /// # Errors
+    /// As [`NodeState::with_ingress`]; `self` is unchanged then.
+    pub fn set_ingress(&mut self, ingress: Option<crate::ingress::Ingress>) -> Result<(), Error> {
+        let nets = self.networks.values().cloned().collect();
+        *self = NodeState::with_ingress(nets, ingress, self.options.clone())?;
         Ok(())
     }
 
     /// Mutable access for the controller's validated single-service updates.
     pub(crate) fn network_mut(&mut self, id: &str) -> Option<&mut NetworkState> {
-        self.networks.get_mut(id)
+        match self.networks.get_mut(id) {
+            Some(n) => Some(n),
+            None => self.ingress_net.as_mut().filter(|n| n.id().as_str() == id),
+        }
     }
 
     /// Removes one network; returns it.
@@ -1396,6 +1533,7 @@ impl NodeState {
                     services: n.services().cloned().collect(),
                 })
                 .collect(),
+            ingress: self.ingress.clone(),
             options: self.options.clone(),
         }
     }
@@ -1454,7 +1592,11 @@ impl TryFrom<NetworkFile> for NetworkState {
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     /// The networks.
+    #[serde(default)]
     pub networks: Vec<NetworkFile>,
+    /// The ingress routing mesh.
+    #[serde(default)]
+    pub ingress: Option<crate::ingress::Ingress>,
     /// Node options.
     #[serde(default)]
     pub options: NodeOptions,
@@ -1468,6 +1610,6 @@ impl TryFrom<StateFile> for NodeState {
             .into_iter()
             .map(NetworkState::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        NodeState::new(nets, f.options)
+        NodeState::with_ingress(nets, f.ingress, f.options)
     }
 }

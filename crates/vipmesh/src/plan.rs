@@ -649,7 +649,7 @@ pub fn allocate_marks(
     let recorded = obs.recorded();
     let mut marks = BTreeMap::new();
     let mut used = BTreeSet::new();
-    let vip_services: Vec<&Service> = net.services().filter(|s| s.is_vip()).collect();
+    let vip_services: Vec<&Service> = net.services().filter(|s| s.is_balanced()).collect();
     for s in &vip_services {
         let mine = recorded.iter().find(|r| {
             r.network == n.id.as_str()
@@ -710,7 +710,7 @@ pub fn allocate_marks(
         if marks.contains_key(&s.name) {
             continue;
         }
-        let Some(fam) = s.vips_of().and_then(|v| v.families().next()) else {
+        let Some(fam) = s.lb_families(n).into_iter().next() else {
             continue;
         };
         let persistence = s.persistence.map(|p| IpvsPersistence::of(&p, fam));
@@ -842,11 +842,20 @@ pub fn plan(
         for n in nets {
             marks.insert(n.id().clone(), allocate_marks(n, obs)?);
         }
-        if !nets.is_empty() {
-            for (key, value) in namespace_sysctls(nets, obs.kernel) {
-                if obs.sysctls.get(&key) != Some(&value) {
-                    p.sysctls.push(SysctlSet { key, value });
-                }
+        let ingress = desired.ingress();
+        let is_host = ingress.is_some_and(|i| i.host_netns == *ns);
+        let is_task = ingress.is_some_and(|i| i.local_task_namespaces().contains(ns.as_str()));
+        let mut want_sysctls = if nets.is_empty() {
+            BTreeMap::new()
+        } else {
+            namespace_sysctls(nets, obs.kernel)
+        };
+        if let (true, Some(i)) = (is_host, ingress) {
+            want_sysctls.extend(i.host_sysctls());
+        }
+        for (key, value) in want_sysctls {
+            if obs.sysctls.get(&key) != Some(&value) {
+                p.sysctls.push(SysctlSet { key, value });
             }
         }
         plan_addresses(nets, obs, &mut p);
@@ -854,6 +863,14 @@ pub fn plan(
             let mut rs = nf::OwnedRuleset::new(rules::nf_family(fam));
             for n in nets {
                 rules::add_network(&mut rs, n, fam, &marks[n.id()])?;
+            }
+            if let Some(i) = ingress {
+                if is_host {
+                    crate::ingress::add_host_rules(&mut rs, i)?;
+                }
+                if is_task {
+                    crate::ingress::add_task_rules(&mut rs, i, ns)?;
+                }
             }
             let empty = nf::Observed::empty(rules::nf_family(fam));
             let o = obs.rules.get(&fam).unwrap_or(&empty);
@@ -877,11 +894,7 @@ pub fn plan(
                 let Some(&mark) = marks[n.id()].get(&s.name) else {
                     continue;
                 };
-                for fam in s
-                    .vips_of()
-                    .into_iter()
-                    .flat_map(|v| v.families().collect::<Vec<_>>())
-                {
+                for fam in s.lb_families(n.network()) {
                     live.insert((fam, mark));
                     let os = obs.ipvs.get(&(fam, mark));
                     sync_service_drains(&mut out.drains, s, fam, mark, os, now, &mut keep_drains);
@@ -909,7 +922,7 @@ pub fn plan(
             let owner = nets.iter().find(|n| n.network().fwmarks.contains(*mark));
             let rec = recorded.iter().find(|r| r.mark == *mark);
             let in_other_range = desired
-                .networks()
+                .all_networks()
                 .any(|n| n.network().fwmarks.contains(*mark) && n.network().lb_netns != *ns);
             let (network, service) = match (owner, rec) {
                 (Some(n), r) => (Some(n.id().clone()), r.map(|r| r.service.clone())),
@@ -1124,7 +1137,7 @@ pub fn plan_services(
         ..Plan::default()
     };
     for (id, name) in services {
-        let Some(n) = desired.network(id.as_str()) else {
+        let Some(n) = desired.any_network(id.as_str()) else {
             continue;
         };
         let Some(s) = n.service(name.as_str()) else {
@@ -1144,11 +1157,7 @@ pub fn plan_services(
             rules: Vec::new(),
             ipvs_removals: Vec::new(),
         });
-        for fam in s
-            .vips_of()
-            .into_iter()
-            .flat_map(|v| v.families().collect::<Vec<_>>())
-        {
+        for fam in s.lb_families(n.network()) {
             let os = obs.ipvs.get(&(fam, mark));
             let mut keep = BTreeSet::new();
             sync_service_drains(&mut out.drains, s, fam, mark, os, now, &mut keep);

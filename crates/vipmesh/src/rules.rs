@@ -118,9 +118,31 @@ pub fn add_network(
     if !per_client {
         rs.declare_chain(nf::Table::Nat, &chains.snat);
     }
-    rs.declare_chain(nf::Table::Filter, &chains.reject);
+    let ingress = n.layout == Layout::Ingress;
+    if !ingress {
+        rs.declare_chain(nf::Table::Filter, &chains.reject);
+    }
     for s in net.services() {
-        let (Some(vip), Some(mark)) = (s.vip_addr(family), marks.get(&s.name)) else {
+        let Some(mark) = marks.get(&s.name) else {
+            continue;
+        };
+        if ingress {
+            // The ingress sandbox: published ports, by destination port (any address: the
+            // node DNATs them to the sandbox's gateway-bridge address).
+            let comment = nf::Comment::new(format!("{RECORD_TAG}{} svc={}", n.id, s.name))
+                .map_err(|e| nf_err("comment", e))?;
+            for p in &s.ports {
+                let port = nf::Port::new(p.port.get()).map_err(|e| nf_err("port", e))?;
+                let m = nf::Matches::new()
+                    .protocol(proto(p.protocol))
+                    .dport(nf::PortRange::single(port));
+                let r = nf::Rule::new(m, nf::Target::SetMark(nf::Mark::new(*mark)))
+                    .with_comment(comment.clone());
+                add(rs, nf::Table::Mangle, &chains.mark, r)?;
+            }
+            continue;
+        }
+        let Some(vip) = s.vip_addr(family) else {
             continue;
         };
         let comment = nf::Comment::new(format!("{RECORD_TAG}{} svc={}", n.id, s.name))
@@ -173,10 +195,12 @@ pub fn add_network(
     };
     // Packets to a VIP arrive from other namespaces (INPUT, the VIP is local there), or, per
     // client, are the namespace's own packets (OUTPUT).
-    let hook = if per_client {
-        nf::BuiltinChain::Output
-    } else {
-        nf::BuiltinChain::Input
+    let hook = match n.layout {
+        Layout::PerClient => nf::BuiltinChain::Output,
+        Layout::LbNamespace => nf::BuiltinChain::Input,
+        // Published ports are marked before routing: the packet is DNATed to this namespace
+        // and must carry the mark when IPVS sees it in LOCAL_IN.
+        Layout::Ingress => nf::BuiltinChain::Prerouting,
     };
     rs.add_jump(nf::Table::Mangle, jump(hook, &chains.mark))
         .map_err(|e| nf_err("add jump", e))?;
@@ -187,8 +211,10 @@ pub fn add_network(
         )
         .map_err(|e| nf_err("add jump", e))?;
     }
-    rs.add_jump(nf::Table::Filter, jump(hook, &chains.reject))
-        .map_err(|e| nf_err("add jump", e))?;
+    if !ingress {
+        rs.add_jump(nf::Table::Filter, jump(hook, &chains.reject))
+            .map_err(|e| nf_err("add jump", e))?;
+    }
     Ok(())
 }
 

@@ -1310,3 +1310,222 @@ fn dns_tables_follow_the_modes() {
         })
     ));
 }
+
+fn ingress_state(tasks: &[(&str, &str, Option<&str>)]) -> NodeState {
+    use crate::ingress::*;
+    let ing = Ingress {
+        id: NetworkId::new("ingress").unwrap(),
+        node: "node1".into(),
+        nodes: vec![
+            ClusterNode {
+                name: "node1".into(),
+                underlay: ip("192.168.50.11"),
+                sandbox_addr: ip("10.255.0.2"),
+            },
+            ClusterNode {
+                name: "node2".into(),
+                underlay: ip("192.168.50.12"),
+                sandbox_addr: ip("10.255.0.3"),
+            },
+        ],
+        subnet: "10.255.0.0/16".parse().unwrap(),
+        gateway: ip("10.255.0.1"),
+        vni: 4096,
+        mtu: 1450,
+        fwmarks: FwmarkRange::new(0x20000, 0x2ffff).unwrap(),
+        host_netns: "node1".into(),
+        sandbox_netns: "sbox1".into(),
+        overlay_netns: "ov1".into(),
+        gw_bridge: GwBridge::default(),
+        services: vec![IngressService {
+            name: ServiceName::new("vote").unwrap(),
+            ports: vec![
+                PublishedPort {
+                    protocol: Protocol::Tcp,
+                    published: Port::new(8080).unwrap(),
+                    target: Port::new(80).unwrap(),
+                    mode: PublishMode::Ingress,
+                },
+                PublishedPort {
+                    protocol: Protocol::Udp,
+                    published: Port::new(5353).unwrap(),
+                    target: Port::new(5353).unwrap(),
+                    mode: PublishMode::Ingress,
+                },
+            ],
+            scheduler: Scheduler::rr(),
+            tasks: tasks
+                .iter()
+                .map(|(a, n, ns)| IngressTask {
+                    addr: ip(a),
+                    node: n.to_string(),
+                    netns: ns.map(str::to_string),
+                    interface: None,
+                    host_addr: None,
+                    weight: Weight::default(),
+                })
+                .collect(),
+        }],
+    };
+    NodeState::with_ingress(vec![], Some(ing), NodeOptions::default()).unwrap()
+}
+
+fn ingress_world() -> FakeKernel {
+    let k = FakeKernel::new();
+    k.add_namespace("node1", &["lo", "eth0"]);
+    k.add_namespace("vote1", &["lo", "eth0"]);
+    k
+}
+
+#[test]
+fn golden_ingress_plan_programs_host_sandbox_and_task() {
+    let k = ingress_world();
+    let mut c = ctl(&k);
+    c.set_desired(ingress_state(&[
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.6", "node2", None),
+    ]));
+    let _ = c.sync_full(0).unwrap();
+    let mut c2 = ctl(&k);
+    c2.set_desired(ingress_state(&[
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.6", "node2", None),
+    ]));
+    assert!(plan_at(&mut c2, 1).is_empty());
+    // The plan from empty namespaces, as golden text.
+    let st = ingress_state(&[
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.6", "node2", None),
+    ]);
+    let p = plan(
+        &st,
+        &empty_seen(&["node1", "sbox1", "vote1"]),
+        &DrainBook::default(),
+        0,
+    )
+    .unwrap();
+    golden("plan_ingress.txt", &p.to_string());
+    // Both tasks, on either node, are real servers of the sandbox's fwmark service.
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![(ip("10.255.0.5"), 1), (ip("10.255.0.6"), 1)]
+    );
+}
+
+#[test]
+fn ingress_tasks_come_and_go_and_the_last_local_task_leaving_keeps_the_port() {
+    let k = ingress_world();
+    let mut c = ctl(&k);
+    apply(
+        &mut c,
+        ingress_state(&[
+            ("10.255.0.5", "node1", Some("vote1")),
+            ("10.255.0.6", "node2", None),
+        ]),
+        0,
+    );
+    // node1's last task goes: the host DNAT and the sandbox's service stay (for-linux#237).
+    apply(&mut c, ingress_state(&[("10.255.0.6", "node2", None)]), 1);
+    let host = k.with("node1", |n| format!("{:?}", n.rules[&Family::V4]));
+    assert!(
+        host.contains("VIPMESH-ingress-DNAT") && host.contains("8080"),
+        "{host}"
+    );
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![(ip("10.255.0.5"), 0), (ip("10.255.0.6"), 1)],
+        "the removed task drains"
+    );
+    let task = k.with("vote1", |n| format!("{:?}", n.rules[&Family::V4]));
+    assert!(
+        !task.contains("VIPMESH-ingress-RDR"),
+        "the task's rules are gone: {task}"
+    );
+    // service rm, then re-create on the same port (moby#26563).
+    let mut none = ingress_state(&[]);
+    let mut ing = none.ingress().unwrap().clone();
+    ing.services.clear();
+    none.set_ingress(Some(ing)).unwrap();
+    apply(&mut c, none, 2);
+    assert!(k.with("sbox1", |n| n.ipvs.services().unwrap().is_empty()));
+    apply(&mut c, ingress_state(&[("10.255.0.7", "node2", None)]), 3);
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![(ip("10.255.0.7"), 1)]
+    );
+    assert!(plan_at(&mut c, 4).is_empty());
+}
+
+#[test]
+fn ingress_bad_input_is_refused_whole() {
+    let good = ingress_state(&[("10.255.0.5", "node1", Some("vote1"))]);
+    let ing = good.ingress().unwrap().clone();
+    let try_with = |f: &dyn Fn(&mut crate::ingress::Ingress)| {
+        let mut i = ing.clone();
+        f(&mut i);
+        NodeState::with_ingress(vec![], Some(i), NodeOptions::default())
+    };
+    let field = |r: Result<NodeState, Error>| invalid(r).0;
+    assert_eq!(field(try_with(&|i| i.vni = 0)), "ingress.vni");
+    assert_eq!(field(try_with(&|i| i.vni = 1 << 24)), "ingress.vni");
+    assert_eq!(
+        field(try_with(&|i| i.nodes[1].underlay = i.nodes[0].underlay)),
+        "ingress.nodes.underlay"
+    );
+    assert_eq!(
+        field(try_with(&|i| i.services[0].tasks[0].node = "node9".into())),
+        "ingress.services.tasks.node"
+    );
+    assert_eq!(
+        field(try_with(&|i| i.services[0].tasks[0].netns = None)),
+        "ingress.services.tasks.netns"
+    );
+    assert_eq!(
+        field(try_with(&|i| {
+            let mut s = i.services[0].clone();
+            s.name = ServiceName::new("other").unwrap();
+            s.tasks.clear();
+            i.services.push(s);
+        })),
+        "ingress.services.ports.published"
+    );
+    assert_eq!(
+        field(try_with(&|i| {
+            i.subnet = "fd00::/64".parse().unwrap();
+            i.gateway = ip("fd00::1");
+            i.mtu = 1200;
+        })),
+        "ingress.mtu"
+    );
+    // An ingress subnet overlapping a service network's.
+    let net = Network::new(
+        "n",
+        "10.255.1.0/24".parse().unwrap(),
+        "lb",
+        "eth0",
+        ip("10.255.1.2"),
+    )
+    .unwrap();
+    let r = NodeState::with_ingress(
+        vec![NetworkState::new(net, vec![]).unwrap()],
+        Some(ing.clone()),
+        NodeOptions::default(),
+    );
+    assert_eq!(field(r), "ingress.subnet");
+    // A missing task namespace: an error naming it, the other namespaces converge.
+    let k = FakeKernel::new();
+    k.add_namespace("node1", &["lo", "eth0"]);
+    let mut c = ctl(&k);
+    c.set_desired(good);
+    match c.sync_full(0) {
+        Err(Error::StepsFailed { report, .. }) => {
+            let e = report.first_error().unwrap();
+            assert!(e.to_string().contains("vote1"), "{report}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        k.with("node1", |n| n.batches) > 0,
+        "the host namespace was still programmed"
+    );
+}

@@ -1,0 +1,744 @@
+//! The ingress routing mesh: a published port works on every node and is served by the
+//! service's tasks on any node (Docker Swarm's routing mesh, in our own `VIPMESH-` chains).
+//!
+//! What one node programs (the reference is `shared/notes/ingress-mesh.md`):
+//! - **host namespace**: nat `VIPMESH-<id>-DNAT`, jumped from `PREROUTING` and `OUTPUT` for
+//!   local destinations (`-m addrtype --dst-type LOCAL`), DNATs each ingress-published port to
+//!   the ingress sandbox's gateway-bridge address; filter `VIPMESH-<id>-FWD` (from `FORWARD`)
+//!   accepts them (needed when `FORWARD`'s policy is `DROP`, harmless otherwise); nat
+//!   `VIPMESH-<id>-MASQ` masquerades locally originated traffic to the gateway bridge, with
+//!   `route_localnet` on it, so `curl 127.0.0.1:PORT` works; `ip_forward=1`. Host-mode ports
+//!   DNAT straight to the local task (its `host_addr`), no mesh.
+//! - **ingress sandbox**: a network of [`Layout::Ingress`] derived from this spec
+//!   ([`Ingress::sandbox_network`]): mangle `PREROUTING` marks each published port, an IPVS
+//!   fwmark service holds every task of the service on any node as a Masq real server, the
+//!   `-m ipvs` SNAT to the sandbox's ingress address brings replies back; `ip_forward=1`,
+//!   `vs/conntrack=1`; its default route via the gateway bridge.
+//! - **each local task**: nat `VIPMESH-<id>-RDR` REDIRECTs published → target, filter
+//!   `VIPMESH-<id>-TASK` (from `INPUT`) accepts the target ports on the task's ingress address
+//!   and drops every other port there.
+//! - **the overlay** (`vipmesh-overlay`): the overlay namespace, bridge, VXLAN device, the veths
+//!   of the sandbox and the local tasks, static FDB + neighbour entries for every remote
+//!   endpoint; and the gateway bridge with the sandbox's second leg.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use vipmesh_netfilter as nf;
+
+use crate::error::Error;
+use crate::model::{
+    Backend, EndpointMode, Family, FwmarkRange, Layout, NetSubnet, Network, NetworkId,
+    NetworkState, Port, Protocol, Scheduler, Service, ServiceName, ServicePort, Subnet, Weight,
+};
+use crate::rules::chain_name;
+
+/// How a port is published.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, served by every task through the mesh (the default).
+    #[default]
+    Ingress,
+    /// On the nodes that run a task, served by the local task only (no mesh).
+    Host,
+}
+
+/// A published port of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The port on the nodes.
+    pub published: Port,
+    /// The port the task listens on.
+    pub target: Port,
+    /// Ingress (mesh) or host.
+    #[serde(default)]
+    pub mode: PublishMode,
+}
+
+/// A node of the cluster, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    /// Its name.
+    pub name: String,
+    /// Its underlay address (the VXLAN endpoint).
+    pub underlay: IpAddr,
+    /// Its ingress sandbox's address on the ingress network (the SNAT source there).
+    pub sandbox_addr: IpAddr,
+}
+
+/// A task of a published service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressTask {
+    /// Its address on the ingress network.
+    pub addr: IpAddr,
+    /// The node it runs on.
+    pub node: String,
+    /// Its namespace, for a task on this node.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Its interface on the ingress network (default `eth0`).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// An address of the task the node namespace reaches directly (host-mode DNAT target).
+    #[serde(default)]
+    pub host_addr: Option<IpAddr>,
+    /// Its weight (default 1).
+    #[serde(default)]
+    pub weight: Weight,
+}
+
+/// A service with published ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressService {
+    /// Its name.
+    pub name: ServiceName,
+    /// Its published ports.
+    pub ports: Vec<PublishedPort>,
+    /// The IPVS scheduler (default rr).
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Its tasks, on any node.
+    #[serde(default)]
+    pub tasks: Vec<IngressTask>,
+}
+
+/// The gateway bridge joining the host namespace and the ingress sandbox (Docker's
+/// `docker_gwbridge`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GwBridge {
+    /// The bridge's name in the host namespace.
+    #[serde(default = "default_gw_name")]
+    pub name: String,
+    /// Its subnet.
+    #[serde(default = "default_gw_subnet")]
+    pub subnet: Subnet,
+    /// The host's address on it (the sandbox's default gateway).
+    #[serde(default = "default_gw_host")]
+    pub host_addr: IpAddr,
+    /// The sandbox's address on it (the DNAT target).
+    #[serde(default = "default_gw_sandbox")]
+    pub sandbox_addr: IpAddr,
+}
+
+fn default_gw_name() -> String {
+    "vm_gwbridge".into()
+}
+fn default_gw_subnet() -> Subnet {
+    Subnet::new(IpAddr::from([172, 18, 0, 0]), 16).unwrap_or_else(|_| unreachable_subnet())
+}
+#[allow(clippy::panic)]
+fn unreachable_subnet() -> Subnet {
+    panic!("172.18.0.0/16 is a valid subnet")
+}
+fn default_gw_host() -> IpAddr {
+    IpAddr::from([172, 18, 0, 1])
+}
+fn default_gw_sandbox() -> IpAddr {
+    IpAddr::from([172, 18, 0, 2])
+}
+
+impl Default for GwBridge {
+    fn default() -> Self {
+        GwBridge {
+            name: default_gw_name(),
+            subnet: default_gw_subnet(),
+            host_addr: default_gw_host(),
+            sandbox_addr: default_gw_sandbox(),
+        }
+    }
+}
+
+fn default_id() -> NetworkId {
+    NetworkId::new("ingress").unwrap_or_else(|_| unreachable_id())
+}
+#[allow(clippy::panic)]
+fn unreachable_id() -> NetworkId {
+    panic!("\"ingress\" is a valid network id")
+}
+fn default_mtu() -> u32 {
+    1450
+}
+fn default_marks() -> FwmarkRange {
+    FwmarkRange::new(0x20000, 0x2ffff).unwrap_or_default()
+}
+fn default_sandbox() -> String {
+    "ingress_sbox".into()
+}
+fn default_overlay() -> String {
+    "1-ingress".into()
+}
+
+/// The ingress network of a node: the cluster view, the overlay and the published services.
+/// Validated by [`crate::model::NodeState::new`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingress {
+    /// Its network id (names its chains; default `ingress`).
+    #[serde(default = "default_id")]
+    pub id: NetworkId,
+    /// This node's name.
+    pub node: String,
+    /// Every node of the cluster (this one included).
+    pub nodes: Vec<ClusterNode>,
+    /// The ingress subnet (Docker: 10.0.0.0/24 by default; the demos use 10.255.0.0/16).
+    pub subnet: Subnet,
+    /// The overlay bridge's address in it (the same on every node, reached only locally).
+    pub gateway: IpAddr,
+    /// The VXLAN network identifier, 1..=2^24-1.
+    pub vni: u32,
+    /// The overlay MTU (default 1450: 1500 minus the 50 bytes of VXLAN over IPv4).
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// The fwmarks of the published services (default `0x20000..=0x2ffff`).
+    #[serde(default = "default_marks")]
+    pub fwmarks: FwmarkRange,
+    /// This node's host namespace (a name under `/run/netns` or a path such as
+    /// `/proc/1/ns/net`).
+    pub host_netns: String,
+    /// The ingress sandbox namespace (created if missing; default `ingress_sbox`).
+    #[serde(default = "default_sandbox")]
+    pub sandbox_netns: String,
+    /// The overlay namespace (created if missing; default `1-ingress`).
+    #[serde(default = "default_overlay")]
+    pub overlay_netns: String,
+    /// The gateway bridge.
+    #[serde(default)]
+    pub gw_bridge: GwBridge,
+    /// The published services.
+    #[serde(default)]
+    pub services: Vec<IngressService>,
+}
+
+fn bad(field: &'static str, value: impl std::fmt::Display, reason: &str) -> Error {
+    Error::Invalid {
+        field,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn check_ifname(field: &'static str, v: &str) -> Result<(), Error> {
+    if v.is_empty()
+        || v.len() > 15
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(bad(field, v, "1-15 of a-z, 0-9, '_' and '-'"));
+    }
+    Ok(())
+}
+
+fn check_netns(field: &'static str, v: &str) -> Result<(), Error> {
+    if v.starts_with('/') {
+        return Ok(());
+    }
+    vipmesh_netns::validate_name(v).map_err(|e| bad(field, v, &e.to_string()))
+}
+
+impl Ingress {
+    /// Validates the ingress on its own (the node-wide checks are in `NodeState::new`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field and the value.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.vni == 0 || self.vni > 0x00ff_ffff {
+            return Err(bad(
+                "ingress.vni",
+                self.vni,
+                "must be 1..=16777215 (24 bits)",
+            ));
+        }
+        let v6 = self.subnet.family() == Family::V6;
+        let min = if v6 { 1280 } else { 576 };
+        if self.mtu < min || self.mtu > 9000 {
+            return Err(bad(
+                "ingress.mtu",
+                self.mtu,
+                &format!(
+                    "must be {min}..=9000 for an {} ingress",
+                    self.subnet.family()
+                ),
+            ));
+        }
+        if !self.subnet.contains(self.gateway) {
+            return Err(bad(
+                "ingress.gateway",
+                self.gateway,
+                "not inside the ingress subnet",
+            ));
+        }
+        check_netns("ingress.host_netns", &self.host_netns)?;
+        check_netns("ingress.sandbox_netns", &self.sandbox_netns)?;
+        check_netns("ingress.overlay_netns", &self.overlay_netns)?;
+        let gw = &self.gw_bridge;
+        check_ifname("ingress.gw_bridge.name", &gw.name)?;
+        for a in [gw.host_addr, gw.sandbox_addr] {
+            if !gw.subnet.contains(a) || gw.subnet.family() != Family::V4 {
+                return Err(bad(
+                    "ingress.gw_bridge",
+                    a,
+                    "not inside the (IPv4) gateway subnet",
+                ));
+            }
+        }
+        if gw.host_addr == gw.sandbox_addr {
+            return Err(bad(
+                "ingress.gw_bridge.sandbox_addr",
+                gw.sandbox_addr,
+                "is the host's address",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut underlays = BTreeSet::new();
+        let mut addrs: BTreeSet<IpAddr> = [self.gateway].into();
+        for n in &self.nodes {
+            if n.name.is_empty() || !names.insert(n.name.as_str()) {
+                return Err(bad("ingress.nodes.name", &n.name, "empty or listed twice"));
+            }
+            if !underlays.insert(n.underlay) {
+                return Err(bad(
+                    "ingress.nodes.underlay",
+                    n.underlay,
+                    "two nodes with one underlay address",
+                ));
+            }
+            if !self.subnet.contains(n.sandbox_addr) || !addrs.insert(n.sandbox_addr) {
+                return Err(bad(
+                    "ingress.nodes.sandbox_addr",
+                    format!("{}: {}", n.name, n.sandbox_addr),
+                    "outside the ingress subnet, or used twice",
+                ));
+            }
+        }
+        if !names.contains(self.node.as_str()) {
+            return Err(bad("ingress.node", &self.node, "not in ingress.nodes"));
+        }
+        let mut svc_names = BTreeSet::new();
+        let mut ports: BTreeMap<(Protocol, Port), &ServiceName> = BTreeMap::new();
+        let mut host_local: BTreeSet<(Protocol, Port)> = BTreeSet::new();
+        for s in &self.services {
+            if !svc_names.insert(&s.name) {
+                return Err(bad(
+                    "ingress.services.name",
+                    &s.name,
+                    "used by two services",
+                ));
+            }
+            if s.ports.is_empty() {
+                return Err(bad("ingress.services.ports", &s.name, "no published port"));
+            }
+            for p in &s.ports {
+                if let Some(other) = ports.insert((p.protocol, p.published), &s.name) {
+                    return Err(bad(
+                        "ingress.services.ports.published",
+                        format!("{}/{} of {} and {other}", p.protocol, p.published, s.name),
+                        "published twice (ingress and host mode share the node's ports)",
+                    ));
+                }
+            }
+            for t in &s.tasks {
+                if !names.contains(t.node.as_str()) {
+                    return Err(bad(
+                        "ingress.services.tasks.node",
+                        format!("{}: {} on {}", s.name, t.addr, t.node),
+                        "not a node of the cluster view",
+                    ));
+                }
+                if !self.subnet.contains(t.addr) || !addrs.insert(t.addr) {
+                    return Err(bad(
+                        "ingress.services.tasks.addr",
+                        format!("{}: {}", s.name, t.addr),
+                        "outside the ingress subnet, or used twice",
+                    ));
+                }
+                if let Some(i) = &t.interface {
+                    check_ifname("ingress.services.tasks.interface", i)?;
+                }
+                if t.node == self.node {
+                    let Some(ns) = &t.netns else {
+                        return Err(bad(
+                            "ingress.services.tasks.netns",
+                            format!("{}: {}", s.name, t.addr),
+                            "a task on this node needs its namespace",
+                        ));
+                    };
+                    check_netns("ingress.services.tasks.netns", ns)?;
+                    for p in s.ports.iter().filter(|p| p.mode == PublishMode::Host) {
+                        if t.host_addr.is_none() {
+                            return Err(bad(
+                                "ingress.services.tasks.host_addr",
+                                format!("{}: {}", s.name, t.addr),
+                                "a host-mode port needs the task's host address",
+                            ));
+                        }
+                        if !host_local.insert((p.protocol, p.published)) {
+                            return Err(bad(
+                                "ingress.services.ports.published",
+                                format!("{}/{} of {}", p.protocol, p.published, s.name),
+                                "a host-mode port serves one task per node",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's entry in the cluster view.
+    pub fn this_node(&self) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.name == self.node)
+    }
+
+    /// The ingress sandbox as a network of [`Layout::Ingress`]: its services are the
+    /// ingress-published ones, with every task on any node as a backend.
+    ///
+    /// # Errors
+    /// As [`NetworkState::new`], and [`Error::Invalid`] when this node is not in the view.
+    pub fn sandbox_network(&self) -> Result<NetworkState, Error> {
+        let me = self
+            .this_node()
+            .ok_or_else(|| bad("ingress.node", &self.node, "not in ingress.nodes"))?;
+        let net = Network {
+            id: self.id.clone(),
+            lb_netns: self.sandbox_netns.clone(),
+            lb_interface: "eth0".into(),
+            subnets: vec![NetSubnet {
+                subnet: self.subnet,
+                lb_addr: me.sandbox_addr,
+            }],
+            fwmarks: self.fwmarks,
+            layout: Layout::Ingress,
+        };
+        let services = self
+            .services
+            .iter()
+            .filter_map(|s| {
+                let ports: Vec<ServicePort> = s
+                    .ports
+                    .iter()
+                    .filter(|p| p.mode == PublishMode::Ingress)
+                    .map(|p| ServicePort {
+                        protocol: p.protocol,
+                        port: p.published,
+                    })
+                    .collect();
+                (!ports.is_empty()).then(|| Service {
+                    name: s.name.clone(),
+                    mode: EndpointMode::Published,
+                    ports,
+                    scheduler: s.scheduler.clone(),
+                    persistence: None,
+                    backends: s
+                        .tasks
+                        .iter()
+                        .map(|t| Backend {
+                            addr: t.addr,
+                            weight: t.weight,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        NetworkState::new(net, services)
+    }
+
+    /// The namespaces of the tasks on this node.
+    pub fn local_task_namespaces(&self) -> BTreeSet<&str> {
+        self.services
+            .iter()
+            .flat_map(|s| s.tasks.iter())
+            .filter(|t| t.node == self.node)
+            .filter_map(|t| t.netns.as_deref())
+            .collect()
+    }
+
+    /// The sysctls of the host namespace: forwarding, and `route_localnet` on the gateway
+    /// bridge (so `127.0.0.1:PORT`, DNATed to the sandbox, may leave through it).
+    pub fn host_sysctls(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("net.ipv4.ip_forward".to_string(), "1".to_string()),
+            (
+                format!("net.ipv4.conf.{}.route_localnet", self.gw_bridge.name),
+                "1".to_string(),
+            ),
+        ])
+    }
+}
+
+fn nf_err(op: &str, source: nf::Error) -> Error {
+    Error::Netfilter {
+        op: op.to_string(),
+        netns: String::new(),
+        source: Box::new(source),
+    }
+}
+
+fn proto(p: Protocol) -> nf::Protocol {
+    match p {
+        Protocol::Tcp => nf::Protocol::Tcp,
+        Protocol::Udp => nf::Protocol::Udp,
+        Protocol::Sctp => nf::Protocol::Sctp,
+    }
+}
+
+fn port(p: Port) -> Result<nf::Port, Error> {
+    nf::Port::new(p.get()).map_err(|e| nf_err("port", e))
+}
+
+fn jump(from: nf::BuiltinChain, matches: nf::Matches, to: &nf::ChainName) -> nf::Jump {
+    nf::Jump {
+        from,
+        matches,
+        to: to.clone(),
+        position: nf::JumpPosition::Prepend,
+    }
+}
+
+fn add(
+    rs: &mut nf::OwnedRuleset,
+    t: nf::Table,
+    c: &nf::ChainName,
+    r: nf::Rule,
+) -> Result<(), Error> {
+    rs.add_rule(t, c, r).map_err(|e| nf_err("add rule", e))
+}
+
+/// The host namespace's rules (IPv4; the family of the gateway bridge).
+///
+/// # Errors
+/// [`Error::Netfilter`] if the rule model rejects a value.
+pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Error> {
+    if rs.family() != nf::Family::V4 {
+        return Ok(());
+    }
+    let id = ing.id.as_str();
+    let dnat = chain_name(id, "DNAT")?;
+    let fwd = chain_name(id, "FWD")?;
+    let masq = chain_name(id, "MASQ")?;
+    rs.declare_chain(nf::Table::Nat, &dnat);
+    rs.declare_chain(nf::Table::Filter, &fwd);
+    rs.declare_chain(nf::Table::Nat, &masq);
+    let comment = |s: &ServiceName| {
+        nf::Comment::new(format!("vipmesh net={id} svc={s}")).map_err(|e| nf_err("comment", e))
+    };
+    for s in &ing.services {
+        for p in &s.ports {
+            let (to, to_port) = match p.mode {
+                PublishMode::Ingress => (ing.gw_bridge.sandbox_addr, p.published),
+                PublishMode::Host => {
+                    let local = s
+                        .tasks
+                        .iter()
+                        .find(|t| t.node == ing.node)
+                        .and_then(|t| t.host_addr);
+                    match local {
+                        Some(a) => (a, p.target),
+                        None => continue, // no task here: host mode publishes nothing
+                    }
+                }
+            };
+            let m = nf::Matches::new()
+                .protocol(proto(p.protocol))
+                .dport(nf::PortRange::single(port(p.published)?));
+            let r = nf::Rule::new(
+                m.clone(),
+                nf::Target::Dnat(nf::NatTo {
+                    addr: to,
+                    port: Some(port(to_port)?),
+                }),
+            )
+            .with_comment(comment(&s.name)?);
+            add(rs, nf::Table::Nat, &dnat, r)?;
+            let accept = nf::Matches::new()
+                .protocol(proto(p.protocol))
+                .dport(nf::PortRange::single(port(to_port)?))
+                .destination(nf::Cidr::host(to));
+            add(
+                rs,
+                nf::Table::Filter,
+                &fwd,
+                nf::Rule::new(accept, nf::Target::Accept),
+            )?;
+            let back = nf::Matches::new()
+                .protocol(proto(p.protocol))
+                .sport(nf::PortRange::single(port(to_port)?))
+                .source(nf::Cidr::host(to))
+                .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
+            add(
+                rs,
+                nf::Table::Filter,
+                &fwd,
+                nf::Rule::new(back, nf::Target::Accept),
+            )?;
+        }
+    }
+    let mut local = nf::Matches::new();
+    local.dst_type = Some(nf::AddrType::Local);
+    for hook in [nf::BuiltinChain::Prerouting, nf::BuiltinChain::Output] {
+        rs.add_jump(nf::Table::Nat, jump(hook, local.clone(), &dnat))
+            .map_err(|e| nf_err("add jump", e))?;
+    }
+    rs.add_jump(
+        nf::Table::Filter,
+        jump(nf::BuiltinChain::Forward, nf::Matches::new(), &fwd),
+    )
+    .map_err(|e| nf_err("add jump", e))?;
+    let mut m = nf::Matches::new()
+        .out_iface(nf::Iface::new(&ing.gw_bridge.name).map_err(|e| nf_err("interface", e))?);
+    m.src_type = Some(nf::AddrType::Local);
+    add(
+        rs,
+        nf::Table::Nat,
+        &masq,
+        nf::Rule::new(m, nf::Target::Masquerade),
+    )?;
+    rs.add_jump(
+        nf::Table::Nat,
+        jump(nf::BuiltinChain::Postrouting, nf::Matches::new(), &masq),
+    )
+    .map_err(|e| nf_err("add jump", e))?;
+    Ok(())
+}
+
+/// A local task's rules: REDIRECT published → target, ACCEPT the target ports on its ingress
+/// address, DROP every other port there.
+///
+/// # Errors
+/// [`Error::Netfilter`] if the rule model rejects a value.
+pub fn add_task_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress, netns: &str) -> Result<(), Error> {
+    let id = ing.id.as_str();
+    let rdr = chain_name(id, "RDR")?;
+    let filt = chain_name(id, "TASK")?;
+    let fam = match rs.family() {
+        nf::Family::V4 => Family::V4,
+        nf::Family::V6 => Family::V6,
+    };
+    let mut any = false;
+    for s in &ing.services {
+        for t in s.tasks.iter().filter(|t| {
+            t.node == ing.node && t.netns.as_deref() == Some(netns) && Family::of(t.addr) == fam
+        }) {
+            if !any {
+                rs.declare_chain(nf::Table::Nat, &rdr);
+                rs.declare_chain(nf::Table::Filter, &filt);
+                any = true;
+            }
+            let me = nf::Cidr::host(t.addr);
+            for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+                if p.published != p.target {
+                    let m = nf::Matches::new()
+                        .destination(me)
+                        .protocol(proto(p.protocol))
+                        .dport(nf::PortRange::single(port(p.published)?));
+                    add(
+                        rs,
+                        nf::Table::Nat,
+                        &rdr,
+                        nf::Rule::new(m, nf::Target::Redirect(port(p.target)?)),
+                    )?;
+                }
+                let m = nf::Matches::new()
+                    .destination(me)
+                    .protocol(proto(p.protocol))
+                    .dport(nf::PortRange::single(port(p.target)?));
+                add(
+                    rs,
+                    nf::Table::Filter,
+                    &filt,
+                    nf::Rule::new(m, nf::Target::Accept),
+                )?;
+            }
+            for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                let m = nf::Matches::new().destination(me).protocol(proto(p));
+                add(
+                    rs,
+                    nf::Table::Filter,
+                    &filt,
+                    nf::Rule::new(m, nf::Target::Drop),
+                )?;
+            }
+        }
+    }
+    if any {
+        rs.add_jump(
+            nf::Table::Nat,
+            jump(nf::BuiltinChain::Prerouting, nf::Matches::new(), &rdr),
+        )
+        .map_err(|e| nf_err("add jump", e))?;
+        rs.add_jump(
+            nf::Table::Filter,
+            jump(nf::BuiltinChain::Input, nf::Matches::new(), &filt),
+        )
+        .map_err(|e| nf_err("add jump", e))?;
+    }
+    Ok(())
+}
+
+/// The overlay this node needs (for `vipmesh-overlay`): the sandbox and the local tasks as
+/// local endpoints, the other nodes' sandboxes and tasks as remote ones.
+pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
+    let short: String = ing.id.as_str().chars().take(4).collect();
+    let mut spec = vipmesh_overlay::OverlaySpec::new(&short, ing.vni, &ing.overlay_netns);
+    spec.mtu = ing.mtu;
+    spec.subnets.push(vipmesh_overlay::SubnetSpec {
+        subnet: vipmesh_overlay::Subnet::new(ing.subnet.addr(), ing.subnet.prefix())
+            .unwrap_or_else(|| unreachable_overlay_subnet()),
+        gateway: ing.gateway,
+    });
+    for n in &ing.nodes {
+        if n.name == ing.node {
+            spec.local.push(vipmesh_overlay::LocalEndpoint {
+                netns: ing.sandbox_netns.clone(),
+                ifname: "eth0".into(),
+                addr: n.sandbox_addr,
+                mac: None,
+            });
+        } else {
+            spec.nodes.insert(n.name.clone(), n.underlay);
+            spec.remote.push(vipmesh_overlay::RemoteEndpoint {
+                addr: n.sandbox_addr,
+                mac: None,
+                node: n.name.clone(),
+            });
+        }
+    }
+    for s in &ing.services {
+        for t in &s.tasks {
+            if t.node == ing.node {
+                if let Some(ns) = &t.netns {
+                    spec.local.push(vipmesh_overlay::LocalEndpoint {
+                        netns: ns.clone(),
+                        ifname: t.interface.clone().unwrap_or_else(|| "eth0".into()),
+                        addr: t.addr,
+                        mac: None,
+                    });
+                }
+            } else {
+                spec.remote.push(vipmesh_overlay::RemoteEndpoint {
+                    addr: t.addr,
+                    mac: None,
+                    node: t.node.clone(),
+                });
+            }
+        }
+    }
+    spec
+}
+
+#[allow(clippy::panic)]
+fn unreachable_overlay_subnet() -> vipmesh_overlay::Subnet {
+    panic!("a validated subnet is a valid overlay subnet")
+}

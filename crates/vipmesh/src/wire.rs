@@ -1,0 +1,163 @@
+//! The links of the ingress mesh on the real kernel, over rtnetlink
+//! ([`rtnetlink(7)`](https://man7.org/linux/man-pages/man7/rtnetlink.7.html)), never with `ip`:
+//! the sandbox namespace, the overlay (`vipmesh-overlay`: bridge, VXLAN, veths, static
+//! FDB/neighbours), and the gateway bridge in the host namespace with the sandbox's second leg
+//! (`eth1`) and its default route. Every step is idempotent: what is in place is left alone.
+
+use std::net::IpAddr;
+
+use vipmesh_netns::Netns;
+use vipmesh_netns::rtnl::{Rtnl, VIPMESH_ADDR_PROTO};
+
+use crate::dataplane::open_netns;
+use crate::error::Error;
+use crate::ingress::{Ingress, overlay_spec};
+
+/// The host side of the sandbox's gateway-bridge veth.
+const HOST_LEG: &str = "vmgw-sbox";
+/// The sandbox side.
+const SANDBOX_LEG: &str = "eth1";
+
+fn netns_err(netns: &str) -> impl Fn(vipmesh_netns::Error) -> Error + '_ {
+    move |source| Error::Netns {
+        netns: netns.to_string(),
+        source,
+    }
+}
+
+fn overlay_err(source: vipmesh_overlay::Error) -> Error {
+    Error::Overlay {
+        source: Box::new(source),
+    }
+}
+
+/// The index of `name`, if it exists.
+fn find(r: &Rtnl, netns: &str, name: &str) -> Result<Option<u32>, Error> {
+    match r.link_index(name) {
+        Ok(i) => Ok(Some(i)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(netns_err(netns)(e)),
+    }
+}
+
+fn has_addr(r: &Rtnl, netns: &str, ifindex: u32, addr: IpAddr) -> Result<bool, Error> {
+    Ok(r.addresses()
+        .map_err(netns_err(netns))?
+        .iter()
+        .any(|a| a.ifindex == ifindex && a.addr == addr))
+}
+
+fn sandbox(ing: &Ingress, done: &mut Vec<String>) -> Result<Netns, Error> {
+    match Netns::named(&ing.sandbox_netns) {
+        Ok(n) => Ok(n),
+        Err(e) if e.is_not_found() => {
+            let n =
+                Netns::create_named(&ing.sandbox_netns).map_err(netns_err(&ing.sandbox_netns))?;
+            done.push(format!("namespace {} created", ing.sandbox_netns));
+            Ok(n)
+        }
+        Err(e) => Err(netns_err(&ing.sandbox_netns)(e)),
+    }
+}
+
+/// Builds the ingress links (see the module docs).
+pub fn wire(ing: &Ingress) -> Result<Vec<String>, Error> {
+    let mut done = Vec::new();
+    let host = open_netns(&ing.host_netns)?;
+    for ns in ing.local_task_namespaces() {
+        open_netns(ns)?;
+    }
+    let sbox = sandbox(ing, &mut done)?;
+    let sb_name = ing.sandbox_netns.as_str();
+    let rs = Rtnl::open(&sbox).map_err(netns_err(sb_name))?;
+    if let Some(lo) = find(&rs, sb_name, "lo")? {
+        rs.set_up(lo).map_err(netns_err(sb_name))?;
+    }
+    // The overlay: the sandbox's and the local tasks' legs, remote endpoints.
+    let overlay = vipmesh_overlay::Overlay::new(&overlay_spec(ing)).map_err(overlay_err)?;
+    let p = vipmesh_overlay::sync(&host, &overlay).map_err(overlay_err)?;
+    if !p.is_empty() {
+        done.push(format!("overlay: {}", p.to_string().lines().count()));
+    }
+    // The gateway bridge and the sandbox's leg on it.
+    let hn = ing.host_netns.as_str();
+    let rh = Rtnl::open(&host).map_err(netns_err(hn))?;
+    let gw = &ing.gw_bridge;
+    let br = match find(&rh, hn, &gw.name)? {
+        Some(i) => i,
+        None => {
+            done.push(format!("bridge {} created", gw.name));
+            rh.add_bridge(&gw.name).map_err(netns_err(hn))?
+        }
+    };
+    if !has_addr(&rh, hn, br, gw.host_addr)? {
+        rh.add_address(br, gw.host_addr, gw.subnet.prefix(), VIPMESH_ADDR_PROTO)
+            .map_err(netns_err(hn))?;
+        done.push(format!("address {} on {}", gw.host_addr, gw.name));
+    }
+    rh.set_up(br).map_err(netns_err(hn))?;
+    let leg = match find(&rh, hn, HOST_LEG)? {
+        Some(i) => i,
+        None => {
+            // A stale sandbox leg (the host side was deleted) blocks the name in the sandbox.
+            if let Some(old) = find(&rs, sb_name, SANDBOX_LEG)? {
+                rs.delete_link(old).map_err(netns_err(sb_name))?;
+            }
+            done.push(format!("veth {HOST_LEG} <-> {sb_name}:{SANDBOX_LEG}"));
+            rh.add_veth(HOST_LEG, SANDBOX_LEG, &sbox)
+                .map_err(netns_err(hn))?
+        }
+    };
+    rh.set_master(leg, br).map_err(netns_err(hn))?;
+    rh.set_up(leg).map_err(netns_err(hn))?;
+    let e1 = find(&rs, sb_name, SANDBOX_LEG)?.ok_or_else(|| Error::MissingInterface {
+        netns: sb_name.to_string(),
+        interface: SANDBOX_LEG.to_string(),
+    })?;
+    if !has_addr(&rs, sb_name, e1, gw.sandbox_addr)? {
+        rs.add_address(e1, gw.sandbox_addr, gw.subnet.prefix(), VIPMESH_ADDR_PROTO)
+            .map_err(netns_err(sb_name))?;
+        done.push(format!(
+            "address {} on {sb_name}:{SANDBOX_LEG}",
+            gw.sandbox_addr
+        ));
+    }
+    rs.set_up(e1).map_err(netns_err(sb_name))?;
+    let routed = rs
+        .routes()
+        .map_err(netns_err(sb_name))?
+        .iter()
+        .any(|r| r.dst.is_none() && r.gateway == Some(gw.host_addr));
+    if !routed {
+        rs.replace_default_route(gw.host_addr, Some(e1))
+            .map_err(netns_err(sb_name))?;
+        done.push(format!("default route via {} in {sb_name}", gw.host_addr));
+    }
+    Ok(done)
+}
+
+/// Removes the ingress links: the overlay's, the gateway bridge, the sandbox namespace.
+pub fn unwire(ing: &Ingress) -> Result<Vec<String>, Error> {
+    let mut done = Vec::new();
+    let host = open_netns(&ing.host_netns)?;
+    let mut spec = overlay_spec(ing);
+    // Endpoint namespaces may be gone already; the overlay's own objects are enough.
+    spec.local.retain(|l| Netns::named(&l.netns).is_ok());
+    let overlay = vipmesh_overlay::Overlay::new(&spec).map_err(overlay_err)?;
+    vipmesh_overlay::teardown(&host, &overlay).map_err(overlay_err)?;
+    done.push("overlay removed".to_string());
+    let hn = ing.host_netns.as_str();
+    let rh = Rtnl::open(&host).map_err(netns_err(hn))?;
+    for name in [HOST_LEG, ing.gw_bridge.name.as_str()] {
+        if let Some(i) = find(&rh, hn, name)? {
+            rh.delete_link(i).map_err(netns_err(hn))?;
+            done.push(format!("link {name} deleted"));
+        }
+    }
+    match Netns::delete_named(&ing.sandbox_netns) {
+        Ok(()) => done.push(format!("namespace {} deleted", ing.sandbox_netns)),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(netns_err(&ing.sandbox_netns)(e)),
+    }
+    Ok(done)
+}
