@@ -4,7 +4,10 @@
 //! ([`Netns::run`]): a socket stays bound to the namespace it was created in, so every request
 //! made through the handle afterwards acts there, from any thread. Requests are built with
 //! the [`rtnetlink`] / [`netlink_packet_route`] types and driven by a private
-//! current-thread tokio runtime (`block_on`), so callers need no async runtime.
+//! current-thread tokio runtime (`block_on`), so callers need no async runtime. Because of
+//! that `block_on`, do not call it from inside an async task (tokio panics on a nested
+//! runtime); from async code use `spawn_blocking`. An [`Rtnl`] is `Send + Sync`; calls from
+//! several threads are serialised on its runtime.
 //!
 //! Kernel interfaces: [`rtnetlink(7)`](https://man7.org/linux/man-pages/man7/rtnetlink.7.html),
 //! and for the objects: [`ip-link(8)`](https://man7.org/linux/man-pages/man8/ip-link.8.html),
@@ -1196,5 +1199,15 @@ mod tests {
     fn vipmesh_proto_is_outside_the_kernel_reserved_values() {
         const { assert!(VIPMESH_ADDR_PROTO > 3) };
         assert_eq!(VIPMESH_ADDR_PROTO, 0x56);
+    }
+}
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn rtnl_is_send_and_sync() {
+        assert_send_sync::<super::Rtnl>();
     }
 }
