@@ -11,10 +11,10 @@ use crate::{
 impl<M: MapLayer> Dataplane<M> {
     /// Sets the task side of encap service `vip` (`vip.port` is the published port): packets to
     /// `vip:published` are delivered to `vip:target`, and replies from `vip:target` leave as
-    /// `vip:published` with the MSS of their SYN-ACK clamped to [`Config::encap_mtu`] (the
-    /// client's segments to the task are the ones the node encapsulates). With
-    /// `target == published` only the clamping stays. A later call with another target
-    /// replaces the earlier one.
+    /// `vip:published` with the MSS of their SYN-ACK clamped to
+    /// [`Config::encap_mtu`](crate::Config::encap_mtu) (the client's segments to the task are
+    /// the ones the node encapsulates). With `target == published` only the clamping stays. A
+    /// later call with another target replaces the earlier one.
     ///
     /// # Errors
     ///
