@@ -344,6 +344,15 @@ fn run_step(h: &mut Handles<'_>, step: &Step) -> Result<bool, Error> {
             k(h.rtnl(ns)?
                 .add_address(i, *addr, *prefix, VIPMESH_ADDR_PROTO))
         }
+        Step::DeleteAddress {
+            ns,
+            dev,
+            addr,
+            prefix,
+        } => {
+            let i = h.index(ns, dev, "")?;
+            gone_ok(h.rtnl(ns)?.delete_address(i, *addr, *prefix))
+        }
         Step::DeleteLink { ns, name } => {
             let r = h.rtnl(ns)?;
             let res = match r.link_index(name) {

@@ -163,6 +163,17 @@ pub enum Step {
         /// The prefix length.
         prefix: u8,
     },
+    /// `ip addr del ADDR/PREFIX dev DEV` (a gateway address no longer desired on our bridge).
+    DeleteAddress {
+        /// Where.
+        ns: Ns,
+        /// The device.
+        dev: String,
+        /// The address.
+        addr: IpAddr,
+        /// The prefix length.
+        prefix: u8,
+    },
     /// `ip link del NAME`.
     DeleteLink {
         /// Where.
@@ -269,6 +280,12 @@ impl fmt::Display for Step {
                 f,
                 "[{ns}] ip addr replace {addr}/{prefix} dev {dev} proto {VIPMESH_ADDR_PROTO:#04x}"
             ),
+            Step::DeleteAddress {
+                ns,
+                dev,
+                addr,
+                prefix,
+            } => write!(f, "[{ns}] ip addr del {addr}/{prefix} dev {dev}"),
             Step::DeleteLink { ns, name } => write!(f, "[{ns}] ip link del {name}"),
             Step::ReplaceFdb { ns, dev, mac, vtep } => write!(
                 f,
@@ -380,6 +397,23 @@ pub fn plan(desired: &Overlay, observed: &Observed) -> Plan {
         });
     }
     let br_addrs = o.addrs.get(&s.bridge);
+    // The bridge is ours: an address on it that is no gateway any more goes (IPv6
+    // link-local addresses are the kernel's).
+    for (addr, prefix) in br_addrs.into_iter().flatten() {
+        let link_local = matches!(addr, IpAddr::V6(a) if a.is_unicast_link_local());
+        let wanted = s
+            .subnets
+            .iter()
+            .any(|sub| sub.gateway == *addr && sub.subnet.prefix() == *prefix);
+        if !wanted && !link_local {
+            steps.push(Step::DeleteAddress {
+                ns: ov.clone(),
+                dev: s.bridge.clone(),
+                addr: *addr,
+                prefix: *prefix,
+            });
+        }
+    }
     for sub in &s.subnets {
         let a = (sub.gateway, sub.subnet.prefix());
         if !br_addrs.is_some_and(|set| set.contains(&a)) {

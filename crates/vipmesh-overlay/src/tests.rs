@@ -130,6 +130,11 @@ fn simulate(o: &Observed, plan: &Plan, d: &Overlay) -> Observed {
                         .insert((*addr, *prefix));
                 }
             },
+            Step::DeleteAddress {
+                dev, addr, prefix, ..
+            } => {
+                o.addrs.get_mut(dev).unwrap().remove(&(*addr, *prefix));
+            }
             Step::DeleteLink { ns, name } => {
                 if *ns == Ns::Node {
                     o.node_tmp_vxlan = false;
@@ -303,6 +308,19 @@ fn teardown_removes_ours_and_keeps_the_namespace_with_a_foreign_link() {
     now.links.insert("foreign0".into(), lo);
     let p = plan_teardown(&d, &now).to_string();
     assert!(!p.contains("netns del") && !p.contains("foreign0"), "{p}");
+}
+
+#[test]
+fn a_gateway_no_longer_desired_is_removed_from_the_bridge() {
+    let d = Overlay::new(&spec()).unwrap();
+    let mut now = simulate(&Observed::default(), &plan(&d, &Observed::default()), &d);
+    let br = now.addrs.get_mut("br0").unwrap();
+    br.insert((ip("10.254.0.1"), 16));
+    br.insert((ip("fe80::1"), 64));
+    assert_eq!(
+        plan(&d, &now).to_string(),
+        "[1-ingress-n1] ip addr del 10.254.0.1/16 dev br0\n"
+    );
 }
 
 #[test]
