@@ -383,3 +383,94 @@ fn two_nodes_over_real_vxlan() {
         );
     }
 }
+
+#[test]
+#[ignore = "privileged: needs root and the host kernel (netns, veth, bridge, VXLAN); run by cargo xtask test"]
+fn ipv6_overlay_over_an_ipv4_underlay() {
+    let mut lab = Lab {
+        p: format!("vmo6{}-", std::process::id()),
+        names: Vec::new(),
+    };
+    let lan = lab.add("lan");
+    sh(&format!(
+        "ip -n {lan} link add lan0 type bridge && ip -n {lan} link set lan0 up"
+    ));
+    for i in 1..=2 {
+        let n = lab.add(&format!("node{i}"));
+        sh(&format!(
+            "ip -n {lan} link add lan-n{i} type veth peer name eth0 netns {n} && \
+             ip -n {lan} link set lan-n{i} master lan0 up && \
+             ip -n {n} addr add 192.168.77.1{i}/24 dev eth0 && ip -n {n} link set eth0 up"
+        ));
+    }
+    let (ep1, ep2) = (lab.add("ep1"), lab.add("ep2"));
+    let spec6 = |node: u8, local: (&str, &str), remote: (&str, &str)| {
+        let mut s = OverlaySpec::new("v6", 4100, &lab.name(&format!("ov{node}")));
+        s.subnets.push(SubnetSpec {
+            subnet: "fd00:255::/64".parse().unwrap(),
+            gateway: ip("fd00:255::1"),
+        });
+        s.nodes.insert("node1".into(), ip("192.168.77.11"));
+        s.nodes.insert("node2".into(), ip("192.168.77.12"));
+        s.local.push(LocalEndpoint {
+            netns: lab.name(local.0),
+            ifname: "eth0".into(),
+            addr: ip(local.1),
+            mac: None,
+        });
+        s.remote.push(RemoteEndpoint {
+            addr: ip(remote.1),
+            mac: None,
+            node: remote.0.into(),
+        });
+        Overlay::new(&s).unwrap()
+    };
+    let d1 = spec6(1, ("ep1", "fd00:255::5"), ("node2", "fd00:255::6"));
+    let d2 = spec6(2, ("ep2", "fd00:255::6"), ("node1", "fd00:255::5"));
+    let node1 = Netns::named(&lab.name("node1")).unwrap();
+    let node2 = Netns::named(&lab.name("node2")).unwrap();
+    sync(&node1, &d1).unwrap();
+    sync(&node2, &d2).unwrap();
+
+    let ov1 = lab.name("ov1");
+    let neigh = sh(&format!("ip -n {ov1} -6 neigh show dev vxlan0"));
+    assert!(
+        neigh.contains("fd00:255::6 lladdr 02:42:00:00:00:06 PERMANENT"),
+        "{neigh}"
+    );
+    let a = sh(&format!("ip -n {ep1} -6 addr show dev eth0"));
+    let line = a
+        .lines()
+        .find(|l| l.contains("fd00:255::5/64"))
+        .unwrap_or_else(|| panic!("{a}"));
+    assert!(line.contains("nodad") && !line.contains("tentative"), "{a}");
+    // Neighbour discovery is answered by vxlan0's proxy from the static entry.
+    lab.exec(&ep1, "ping -6 -c 2 -W 2 fd00:255::6");
+    for ep in [&ep1, &ep2] {
+        lab.exec(ep, "ethtool -K eth0 tso off gso off");
+    }
+    let (sent, got) = tcp_transfer(
+        &Netns::named(&ep1).unwrap(),
+        &Netns::named(&ep2).unwrap(),
+        ip("fd00:255::6"),
+        1 << 20,
+    );
+    assert!(got == sent, "1 MiB over the IPv6 overlay");
+    let r = lab.exec(&ep1, "ip -6 route get fd00:255::6");
+    assert!(!r.contains(" mtu "), "{r}");
+
+    assert!(
+        sync(&node1, &d1).unwrap().is_empty(),
+        "second sync is a no-op"
+    );
+    assert!(sync(&node2, &d2).unwrap().is_empty());
+    teardown(&node1, &d1).unwrap();
+    teardown(&node2, &d2).unwrap();
+    for tag in ["ov1", "ov2"] {
+        assert!(
+            !std::path::Path::new("/run/netns")
+                .join(lab.name(tag))
+                .exists()
+        );
+    }
+}
