@@ -367,7 +367,7 @@ fn cmp_services(a: &IpvsService, b: &IpvsService) -> i32 {
             protocol,
             addr,
             port,
-        } => (0u32, protocol.raw(), addr, port),
+        } => (0u32, crate::model::protocol_raw(protocol), addr, port),
         ServiceKey::Fwmark { mark, .. } => (mark.get(), 0, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
     };
     let (fa, pa, aa, qa) = parts(a);

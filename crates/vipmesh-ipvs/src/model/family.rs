@@ -54,44 +54,52 @@ impl Family {
     }
 }
 
-/// A virtual service's transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// TCP (6).
-    Tcp,
-    /// UDP (17).
-    Udp,
-    /// SCTP (132).
-    Sctp,
-}
-
-impl Protocol {
-    /// The IP protocol number.
-    pub fn raw(self) -> u16 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
+impl From<vipmesh_types::Family> for Family {
+    /// `V4` is `AF_INET`, `V6` is `AF_INET6`.
+    fn from(f: vipmesh_types::Family) -> Family {
+        match f {
+            vipmesh_types::Family::V4 => Family::Inet,
+            vipmesh_types::Family::V6 => Family::Inet6,
         }
     }
+}
 
-    /// From an IP protocol number.
-    ///
-    /// # Errors
-    /// [`Error::Invalid`] for protocols IPVS services do not support.
-    pub fn from_raw(p: u16) -> Result<Self, Error> {
-        match p {
-            6 => Ok(Protocol::Tcp),
-            17 => Ok(Protocol::Udp),
-            132 => Ok(Protocol::Sctp),
-            _ => Err(invalid(
+impl From<Family> for vipmesh_types::Family {
+    /// `AF_INET` is `V4`, `AF_INET6` is `V6`.
+    fn from(f: Family) -> vipmesh_types::Family {
+        match f {
+            Family::Inet => vipmesh_types::Family::V4,
+            Family::Inet6 => vipmesh_types::Family::V6,
+        }
+    }
+}
+
+/// A virtual service's transport protocol: the workspace's shared
+/// [`vipmesh_types::Protocol`] (IPVS serves TCP, UDP and SCTP, exactly its variants).
+pub use vipmesh_types::Protocol;
+
+/// The IP protocol number, as `IPVS_SVC_ATTR_PROTOCOL` carries it.
+pub(crate) fn protocol_raw(p: Protocol) -> u16 {
+    u16::from(p.number())
+}
+
+/// The protocol of an `IPVS_SVC_ATTR_PROTOCOL` value.
+///
+/// # Errors
+/// [`Error::Invalid`] for protocols IPVS services do not support.
+pub(crate) fn protocol_from_raw(p: u16) -> Result<Protocol, Error> {
+    u8::try_from(p)
+        .ok()
+        .and_then(Protocol::from_number)
+        .ok_or_else(|| {
+            invalid(
                 "protocol",
                 p,
                 "IPVS services are TCP (6), UDP (17) or SCTP (132)",
-            )),
-        }
-    }
+            )
+        })
 }
+
 /// `a.b.c.d:port` or `[v6]:port`, as ipvsadm prints them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SockAddr(pub IpAddr, pub u16);
@@ -137,6 +145,39 @@ pub(super) fn addr_from(field: &'static str, af: Family, b: &[u8]) -> Result<IpA
                 )
             })?;
             Ok(IpAddr::V6(Ipv6Addr::from(o)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_convert_both_ways_at_the_edge() {
+        for (shared, ipvs, af) in [
+            (vipmesh_types::Family::V4, Family::Inet, AF_INET),
+            (vipmesh_types::Family::V6, Family::Inet6, AF_INET6),
+        ] {
+            assert_eq!(Family::from(shared), ipvs);
+            assert_eq!(vipmesh_types::Family::from(ipvs), shared);
+            assert_eq!(Family::from(shared).raw(), af);
+        }
+    }
+
+    #[test]
+    fn protocol_numbers_are_checked_without_truncation() {
+        for p in Protocol::ALL {
+            assert_eq!(protocol_from_raw(protocol_raw(p)).ok(), Some(p));
+        }
+        assert_eq!(protocol_raw(Protocol::Sctp), 132);
+        // 262 would be TCP if cut to a byte.
+        for bad in [0, 1, 58, 262, u16::MAX] {
+            let e = protocol_from_raw(bad).err();
+            assert!(
+                matches!(&e, Some(Error::Invalid { field: "protocol", value, .. }) if *value == bad.to_string()),
+                "{bad}: {e:?}"
+            );
         }
     }
 }

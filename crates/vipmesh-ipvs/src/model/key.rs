@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 
-use super::family::{SockAddr, addr_bytes, addr_from};
+use super::family::{SockAddr, addr_bytes, addr_from, protocol_from_raw, protocol_raw};
 use super::invalid;
 use super::{Family, Protocol};
 use crate::Error;
@@ -116,7 +116,7 @@ impl ServiceKey {
             Some(m) if m != 0 => ServiceKey::fwmark(af, m),
             _ => {
                 let proto =
-                    Protocol::from_raw(proto.ok_or_else(|| {
+                    protocol_from_raw(proto.ok_or_else(|| {
                         invalid("protocol", "missing", "service without protocol")
                     })?)?;
                 let addr = addr_from(
@@ -146,7 +146,7 @@ impl ServiceKey {
                 port,
             } => vec![
                 SvcAttr::Af(Family::of(addr).raw()),
-                SvcAttr::Protocol(protocol.raw()),
+                SvcAttr::Protocol(protocol_raw(*protocol)),
                 SvcAttr::Addr(addr_bytes(addr).to_vec()),
                 SvcAttr::Port(*port),
             ],

@@ -23,7 +23,7 @@ mod stats;
 
 pub use dest::{DestEntry, DestKey, FwdMethod, IpvsDest, TunnelFlags, TunnelType, Weight};
 pub use family::{AF_INET, AF_INET6, Family, Protocol};
-pub(crate) use family::{SockAddr, addr_bytes};
+pub(crate) use family::{SockAddr, addr_bytes, protocol_raw};
 pub use key::{Fwmark, ServiceKey};
 pub(crate) use service::service_nest;
 pub use service::{IpvsService, Netmask, Scheduler, ServiceEntry, ServiceFlags};
