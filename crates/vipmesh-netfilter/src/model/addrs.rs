@@ -284,6 +284,37 @@ impl fmt::Display for Protocol {
     }
 }
 
+impl From<vipmesh_types::Protocol> for Protocol {
+    fn from(p: vipmesh_types::Protocol) -> Protocol {
+        match p {
+            vipmesh_types::Protocol::Tcp => Protocol::Tcp,
+            vipmesh_types::Protocol::Udp => Protocol::Udp,
+            vipmesh_types::Protocol::Sctp => Protocol::Sctp,
+        }
+    }
+}
+
+impl TryFrom<Protocol> for vipmesh_types::Protocol {
+    type Error = Error;
+
+    /// The transport protocols convert; ICMP and ICMPv6 have no ports and no shared form.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] naming `protocol` for `icmp` and `ipv6-icmp`.
+    fn try_from(p: Protocol) -> Result<vipmesh_types::Protocol, Error> {
+        match p {
+            Protocol::Tcp => Ok(vipmesh_types::Protocol::Tcp),
+            Protocol::Udp => Ok(vipmesh_types::Protocol::Udp),
+            Protocol::Sctp => Ok(vipmesh_types::Protocol::Sctp),
+            Protocol::Icmp | Protocol::Icmpv6 => Err(Error::invalid(
+                "protocol",
+                p.as_str(),
+                "not a transport protocol with ports (tcp, udp or sctp)",
+            )),
+        }
+    }
+}
+
 /// An interface name (1–15 bytes, no `/`, whitespace, quotes or control characters); a
 /// trailing `+` is iptables' wildcard.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -329,5 +360,27 @@ impl Iface {
 impl fmt::Display for Iface {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_convert_at_the_edge() {
+        for shared in vipmesh_types::Protocol::ALL {
+            let nf = Protocol::from(shared);
+            assert!(nf.has_ports());
+            assert_eq!(nf.as_str(), shared.as_str());
+            assert_eq!(vipmesh_types::Protocol::try_from(nf).ok(), Some(shared));
+        }
+        for nf in [Protocol::Icmp, Protocol::Icmpv6] {
+            let e = vipmesh_types::Protocol::try_from(nf).err();
+            assert!(
+                matches!(&e, Some(Error::InvalidValue { field: "protocol", value, .. }) if *value == nf.as_str()),
+                "{nf}: {e:?}"
+            );
+        }
     }
 }

@@ -42,6 +42,24 @@ impl fmt::Display for Family {
     }
 }
 
+impl From<vipmesh_types::Family> for Family {
+    fn from(f: vipmesh_types::Family) -> Family {
+        match f {
+            vipmesh_types::Family::V4 => Family::V4,
+            vipmesh_types::Family::V6 => Family::V6,
+        }
+    }
+}
+
+impl From<Family> for vipmesh_types::Family {
+    fn from(f: Family) -> vipmesh_types::Family {
+        match f {
+            Family::V4 => vipmesh_types::Family::V4,
+            Family::V6 => vipmesh_types::Family::V6,
+        }
+    }
+}
+
 /// An iptables table we program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
@@ -241,5 +259,23 @@ impl Chain {
 impl fmt::Display for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_convert_both_ways_at_the_edge() {
+        for (shared, nf, tool) in [
+            (vipmesh_types::Family::V4, Family::V4, "iptables"),
+            (vipmesh_types::Family::V6, Family::V6, "ip6tables"),
+        ] {
+            assert_eq!(Family::from(shared), nf);
+            assert_eq!(vipmesh_types::Family::from(nf), shared);
+            assert_eq!(Family::from(shared).tool_prefix(), tool);
+            assert_eq!(nf.to_string(), shared.to_string());
+        }
     }
 }
