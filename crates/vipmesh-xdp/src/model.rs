@@ -23,6 +23,35 @@ impl Proto {
     }
 }
 
+impl From<Proto> for vipmesh_types::Protocol {
+    fn from(p: Proto) -> vipmesh_types::Protocol {
+        match p {
+            Proto::Tcp => vipmesh_types::Protocol::Tcp,
+            Proto::Udp => vipmesh_types::Protocol::Udp,
+        }
+    }
+}
+
+impl TryFrom<vipmesh_types::Protocol> for Proto {
+    type Error = Error;
+
+    /// TCP and UDP convert; the fast path does not handle SCTP.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `protocol` for SCTP.
+    fn try_from(p: vipmesh_types::Protocol) -> Result<Proto, Error> {
+        match p {
+            vipmesh_types::Protocol::Tcp => Ok(Proto::Tcp),
+            vipmesh_types::Protocol::Udp => Ok(Proto::Udp),
+            vipmesh_types::Protocol::Sctp => Err(Error::InvalidConfig {
+                field: "protocol",
+                value: p.to_string(),
+                reason: "the XDP fast path handles TCP and UDP only",
+            }),
+        }
+    }
+}
+
 /// How packets reach a service's backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ForwardMode {
@@ -277,6 +306,20 @@ pub struct Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protos_convert_at_the_edge() {
+        for p in [Proto::Tcp, Proto::Udp] {
+            let shared = vipmesh_types::Protocol::from(p);
+            assert_eq!(shared.number(), p.number());
+            assert_eq!(Proto::try_from(shared).ok(), Some(p));
+        }
+        let e = Proto::try_from(vipmesh_types::Protocol::Sctp).err();
+        assert!(
+            matches!(&e, Some(Error::InvalidConfig { field: "protocol", value, .. }) if value == "sctp"),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn mac_round_trip_and_errors() {
