@@ -59,18 +59,25 @@ fn host_triple() -> Result<String, String> {
         .ok_or_else(|| "rustc -vV printed no host triple".into())
 }
 
-fn build(dir: &Path) -> Result<PathBuf, String> {
+/// Builds the named targets (one `--bin` each, so a target that does not compile cannot stop
+/// the others from being built on their own); returns the directory of the binaries.
+fn build(dir: &Path, names: &[String]) -> Result<PathBuf, String> {
     let target_dir = dir.join("target");
     let triple = host_triple()?;
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(dir)
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(dir)
         .env("RUSTFLAGS", RUSTFLAGS)
         .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["build", "--release", "--bins", "--target", &triple])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .args(["build", "--release", "--target", &triple]);
+    for n in names {
+        c.args(["--bin", n]);
+    }
+    let st = c.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !st.success() {
-        return Err("building the fuzz targets failed".into());
+        return Err(format!(
+            "building the fuzz target(s) {} failed",
+            names.join(" ")
+        ));
     }
     Ok(target_dir.join(triple).join("release"))
 }
@@ -149,12 +156,22 @@ pub fn run(seconds: u64) -> (u64, u64, String) {
         eprintln!("!!! no fuzz targets declared in fuzz/Cargo.toml");
         return (0, 1, "no fuzz targets".into());
     }
-    let bin_dir = match build(&dir) {
-        Ok(b) => b,
-        Err(e) => return (0, 1, e),
-    };
     let (mut p, mut f, mut total) = (0, 0, 0);
+    // All at once when they all compile; else one by one, so each broken target counts as
+    // one failure and the others still run.
+    let all = build(&dir, &names);
     for n in &names {
+        let bin_dir = match &all {
+            Ok(b) => b.clone(),
+            Err(_) => match build(&dir, std::slice::from_ref(n)) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("!!! fuzz target {n}: {e}");
+                    f += 1;
+                    continue;
+                }
+            },
+        };
         let (ok, execs) = run_one(&bin_dir, &dir, n, seconds);
         total += execs;
         if ok { p += 1 } else { f += 1 }
@@ -206,7 +223,7 @@ pub fn main(args: &[String]) -> i32 {
         }
         names = only;
     }
-    let bin_dir = match build(&dir) {
+    let bin_dir = match build(&dir, &names) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("xtask fuzz: {e}");
