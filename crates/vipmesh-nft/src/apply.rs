@@ -34,6 +34,18 @@ pub enum ObserveMode {
     Cached,
 }
 
+/// How transactions reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Runner {
+    /// Spawn `nft -f -` from a thread inside the namespace, per transaction (the default).
+    #[default]
+    Process,
+    /// libnftables in-process (`dlopen`): one context per handle, made on a thread inside the
+    /// namespace, so its netlink socket belongs there. Saves the process start (~10 ms) per
+    /// transaction; listings still use the `nft` binary.
+    Library,
+}
+
 /// The outcome of one [`Nft::sync`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncReport {
@@ -67,6 +79,8 @@ pub struct Nft {
     mode: ObserveMode,
     cache: Mutex<Option<Option<Table>>>,
     version: OnceLock<String>,
+    runner: Runner,
+    lib: Mutex<Option<crate::sys::LibNft>>,
 }
 
 /// The version in `nft --version` output (`nftables v1.0.6 (Lester Gooch #5)` → `1.0.6`).
@@ -115,13 +129,15 @@ fn modules_for_line(text: &str) -> Vec<&'static str> {
     m
 }
 
-/// The first `/dev/stdin:LINE:COL: Error: MSG` of nft's stderr.
-fn first_error(stderr: &str) -> Option<(usize, String)> {
+/// The first error of nft's stderr: `(line, message)`, from `PATH:LINE:COL: Error: MSG`
+/// (`/dev/stdin` for `nft -f -`, `/proc/self/fd/N` for the library). A bare `Error: MSG`
+/// (no location) gives no line.
+fn locate_error(stderr: &str) -> Option<(Option<usize>, String)> {
     stderr.lines().find_map(|l| {
-        let rest = l.strip_prefix("/dev/stdin:")?;
-        let (line, rest) = rest.split_once(':')?;
-        let line = line.parse().ok()?;
-        let msg = rest.split_once("Error: ").map_or("", |(_, m)| m);
+        let (loc, msg) = l.split_once("Error: ")?;
+        let mut parts = loc.trim_end().trim_end_matches(':').rsplitn(3, ':');
+        let _col = parts.next();
+        let line = parts.next().and_then(|n| n.parse().ok());
         Some((line, msg.to_owned()))
     })
 }
@@ -135,7 +151,15 @@ impl Nft {
             mode: ObserveMode::EveryApply,
             cache: Mutex::new(None),
             version: OnceLock::new(),
+            runner: Runner::Process,
+            lib: Mutex::new(None),
         }
+    }
+
+    /// Choose how transactions are run (default [`Runner::Process`]).
+    pub fn with_runner(mut self, runner: Runner) -> Nft {
+        self.runner = runner;
+        self
     }
 
     /// Use another `nft` executable.
@@ -342,35 +366,74 @@ impl Nft {
         }
         let script = plan.to_string();
         tracing::info!(netns = %self.netns, lines = script.lines().count(), "nft -f -");
-        let res = self
-            .run("apply", &["-f", "-"], Some(&script))
-            .and_then(|out| {
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(self.transaction_error(&script, &out))
-                }
-            });
+        let res = match self.runner {
+            Runner::Process => self
+                .run("apply", &["-f", "-"], Some(&script))
+                .and_then(|out| {
+                    if out.status.success() {
+                        Ok(())
+                    } else {
+                        Err(self.transaction_error(&script, &trim(&out.stderr)))
+                    }
+                }),
+            Runner::Library => self.run_library(&script),
+        };
         if res.is_err() {
             self.set_cache(None);
         }
         res
     }
 
-    fn transaction_error(&self, script: &str, out: &Output) -> Error {
-        let stderr = trim(&out.stderr);
+    fn run_library(&self, script: &str) -> Result<(), Error> {
+        let mut slot = self.lib.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let lib = self
+                .netns
+                .run(crate::sys::LibNft::new)
+                .map_err(|source| Error::Netns {
+                    op: "apply",
+                    netns: self.netns.to_string(),
+                    source: Box::new(source),
+                })?
+                .map_err(|reason| Error::NftMissing {
+                    tool: crate::sys::LIBNFTABLES.to_owned(),
+                    source: std::io::Error::other(reason),
+                })?;
+            *slot = Some(lib);
+        }
+        let Some(lib) = slot.as_mut() else {
+            return Ok(());
+        };
+        let (ok, err) = lib.run(script).map_err(|reason| Error::TransactionFailed {
+            netns: self.netns.to_string(),
+            line: None,
+            text: String::new(),
+            kernel_error: String::new(),
+            stderr: reason,
+        })?;
+        if ok {
+            Ok(())
+        } else {
+            Err(self.transaction_error(script, err.trim()))
+        }
+    }
+
+    fn transaction_error(&self, script: &str, stderr: &str) -> Error {
+        let stderr = stderr.to_owned();
         let netns = self.netns.to_string();
-        let first = first_error(&stderr);
-        let line = first.as_ref().map(|(l, _)| *l);
+        let (line, msg) = match locate_error(&stderr) {
+            Some((l, m)) => (l, Some(m)),
+            None => (None, None),
+        };
         let text = line.and_then(|l| {
             script
                 .lines()
                 .nth(l.wrapping_sub(1))
-                .map(|t| t.trim().to_owned())
+                .map(|t| t.trim().trim_end_matches(',').to_owned())
         });
-        let kernel_error = first
-            .as_ref()
-            .and_then(|(_, m)| m.strip_prefix("Could not process rule: "))
+        let kernel_error = msg
+            .as_deref()
+            .and_then(|m| m.strip_prefix("Could not process rule: "))
             .map(str::to_owned);
         match (&kernel_error, line, &text) {
             (Some(k), Some(line), Some(text)) if k.starts_with("Operation not supported") => {
@@ -503,14 +566,12 @@ mod tests {
     #[test]
     fn errors_are_located() {
         let e = "/dev/stdin:3:2-21: Error: Could not process rule: No such file or directory\n\t10.0.0.99 . tcp . 80\n";
-        assert_eq!(
-            first_error(e).unwrap(),
-            (
-                3,
-                "Could not process rule: No such file or directory".to_owned()
-            )
-        );
-        assert_eq!(first_error("Error: x"), None);
+        let nsfe = "Could not process rule: No such file or directory".to_owned();
+        assert_eq!(locate_error(e).unwrap(), (Some(3), nsfe.clone()));
+        let lib = "/proc/self/fd/7:3:2-10: Error: Could not process rule: No such file or directory\n\t10.0.0.99\n";
+        assert_eq!(locate_error(lib).unwrap(), (Some(3), nsfe));
+        assert_eq!(locate_error("Error: x").unwrap(), (None, "x".to_owned()));
+        assert_eq!(locate_error("nothing"), None);
         assert_eq!(
             modules_for_line("add rule inet t c fib daddr type local jump x"),
             ["nft_fib_inet"]

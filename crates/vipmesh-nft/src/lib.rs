@@ -98,8 +98,9 @@ mod model;
 mod parse;
 mod plan;
 mod render;
+mod sys;
 
-pub use apply::{Nft, ObserveMode, SyncReport, parse_version};
+pub use apply::{Nft, ObserveMode, Runner, SyncReport, parse_version};
 pub use build::{
     IpvsSnat, PortMark, PublishedDnat, TaskPort, VipMark, ingress_port_marks, ipvs_snat, names,
     publish_dnat, task_ingress, vip_marks,

@@ -48,7 +48,14 @@ fn foreign_setup(t: &TestNetns) {
 #[test]
 #[ignore = "privileged: needs root, netns and nft"]
 fn every_builder_round_trips_through_the_kernel() {
-    let (_t, nft) = setup();
+    for runner in [Runner::Process, Runner::Library] {
+        round_trip(runner);
+    }
+}
+
+fn round_trip(runner: Runner) {
+    let (t, nft) = setup();
+    let nft = nft.with_runner(runner);
     let desired = full_table("ing");
     let r = nft.sync(&desired).unwrap();
     assert!(r.changed && matches!(r.plan, Plan::Rebuild { replace: false, .. }));
@@ -58,6 +65,23 @@ fn every_builder_round_trips_through_the_kernel() {
     assert_eq!(obs.table, desired);
     let r = nft.sync(&desired).unwrap();
     assert!(!r.changed, "second sync: {}", r.plan);
+    assert!(ruleset(&t).contains("table inet vipmesh-ing"));
+    // Only the test's namespace got the table (the library's socket was opened there).
+    let init = std::process::Command::new("nsenter")
+        .args([
+            "--net=/proc/1/ns/net",
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "vipmesh-ing",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !init.status.success(),
+        "{runner:?} wrote to the initial namespace"
+    );
 }
 
 #[test]
@@ -153,8 +177,16 @@ fn a_foreign_table_with_our_name_is_refused_and_never_deleted() {
 #[test]
 #[ignore = "privileged: needs root, netns and nft"]
 fn a_rejected_element_is_named_nothing_is_applied_and_the_cache_is_dropped() {
+    for runner in [Runner::Process, Runner::Library] {
+        rejected_element(runner);
+    }
+}
+
+fn rejected_element(runner: Runner) {
     let (t, nft0) = setup();
-    let nft = Nft::new(Arc::new(Netns::named(t.name()).unwrap())).with_observe(ObserveMode::Cached);
+    let nft = Nft::new(Arc::new(Netns::named(t.name()).unwrap()))
+        .with_observe(ObserveMode::Cached)
+        .with_runner(runner);
     let v = vips(20);
     nft.sync(&lb_table("lb", &v)).unwrap();
     // Someone deletes an element behind our back; the cache does not know.
