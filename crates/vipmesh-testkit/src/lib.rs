@@ -8,6 +8,7 @@
 //! - [`TestNetns`], [`Topology`]: a fresh namespace per test, and namespaces, bridges, veths,
 //!   addresses, processes and temp dirs, all deleted on drop (also on panic).
 //! - [`vip`]: the VIP lab of the mesh's guest tests and demos (busybox httpd, greeters).
+//! - [`ingress`]: the ingress-mesh lab (a LAN, nodes, a client, tasks on the nodes).
 //! - [`golden`]: golden-file comparison (`BLESS=1` writes the new text).
 //! - With the `xdp` feature: `xdp_lab` (the XDP end-to-end lab) and `packet` (frame
 //!   builders and a checker for `BPF_PROG_TEST_RUN` fixtures).
@@ -36,6 +37,7 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
 mod golden;
+pub mod ingress;
 mod netns;
 #[cfg(feature = "xdp")]
 pub mod packet;

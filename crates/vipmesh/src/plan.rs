@@ -995,7 +995,9 @@ fn plan_addresses(nets: &[&NetworkState], obs: &NsObserved, p: &mut NsPlan) {
     // before the protocol tag existed).
     let recorded: BTreeSet<IpAddr> = obs.recorded().into_iter().map(|r| r.vip).collect();
     for (addr, a) in &obs.addresses {
-        let ours = a.owned || (recorded.contains(addr) && a.prefix == host_prefix(*addr));
+        // A VIP is a host address (/32, /128): the overlay's and the gateway bridge's
+        // addresses carry our protocol too, but with their subnet's prefix, and are not VIPs.
+        let ours = (a.owned || recorded.contains(addr)) && a.prefix == host_prefix(*addr);
         let wanted_here = wanted
             .get(addr)
             .is_some_and(|(iface, ..)| *iface == a.interface);

@@ -1,0 +1,2 @@
+//! Shared by the guest tests and the ingress demo.
+pub mod ingress_mesh;

@@ -1,0 +1,220 @@
+//! The ingress routing mesh across nodes, on the guest kernel (IPVS, VXLAN): real namespaces,
+//! real traffic over a real VXLAN between node namespaces.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::ingress_mesh::{Mesh, curl, port};
+use vipmesh::model::Protocol;
+use vipmesh_testkit::ingress::udp_ask;
+use vipmesh_testkit::{Requirement, require};
+
+fn needs() {
+    require(&[
+        Requirement::Root,
+        Requirement::Ipvs,
+        Requirement::Tool("curl"),
+        Requirement::Tool("busybox"),
+    ]);
+}
+
+fn names(got: &[String]) -> BTreeSet<&str> {
+    got.iter().map(String::as_str).collect()
+}
+
+fn gets(m: &Mesh, from: &str, host: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            curl(&m.lab, from, &format!("http://{host}:8080/"))
+                .unwrap_or_else(|e| panic!("request {i}: {e}\n{}", m.dump()))
+        })
+        .collect()
+}
+
+fn vote(m: &mut Mesh, tasks: &[&str]) {
+    m.services = vec![(
+        "vote".into(),
+        vec![port(Protocol::Tcp, 8080, 80), port(Protocol::Udp, 5353, 53)],
+        tasks.iter().map(|t| t.to_string()).collect(),
+    )];
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn three_nodes_every_published_port_reaches_every_task() {
+    needs();
+    let mut m = Mesh::new(3, &[0, 1, 2]);
+    vote(&mut m, &["vote.1", "vote.2", "vote.3"]);
+    let _ = m.apply();
+    let all: BTreeSet<&str> = ["vote.1", "vote.2", "vote.3"].into();
+    for i in 0..3 {
+        let got = gets(&m, &m.lab.client.clone(), &m.node_addr(i).to_string(), 6);
+        assert_eq!(names(&got), all, "via node{}: {got:?}", i + 1);
+    }
+    // From a node itself: another node's port, localhost and its own address.
+    let n1 = m.node(0).to_string();
+    assert_eq!(names(&gets(&m, &n1, &m.node_addr(1).to_string(), 6)), all);
+    assert_eq!(names(&gets(&m, &n1, "127.0.0.1", 6)), all);
+    assert_eq!(names(&gets(&m, &n1, &m.node_addr(0).to_string(), 6)), all);
+    // UDP, published 5353 -> target 53, answered by tasks on every node.
+    let mut udp = BTreeSet::new();
+    for _ in 0..9 {
+        udp.insert(udp_ask(&m.lab.client, m.node_addr(1), 5353).unwrap());
+    }
+    assert_eq!(udp.len(), 3, "{udp:?}");
+    // The seed's shapes.
+    let ipvs = m.lab.sh(&m.lab.nodes[0].sandbox_netns, "ipvsadm -Ln");
+    assert!(ipvs.contains("FWM  131072 rr"), "{ipvs}");
+    // One fwmark service for the service's TCP and UDP ports, every task a Masq real server.
+    assert_eq!(ipvs.matches("Masq").count(), 3, "{ipvs}");
+    // A port that is not published, on a task's ingress address: dropped.
+    let t1 = m.lab.task("vote.1").addr;
+    let other = curl(
+        &m.lab,
+        &m.lab.nodes[0].sandbox_netns.clone(),
+        &format!("http://{t1}:9000/"),
+    );
+    assert!(other.is_err(), "port 9000 is not published: {other:?}");
+    m.assert_converged();
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn tasks_come_and_go_and_the_port_keeps_working_everywhere() {
+    needs();
+    let mut m = Mesh::new(2, &[0, 1]);
+    vote(&mut m, &["vote.1", "vote.2"]);
+    let _ = m.apply();
+    let client = m.lab.client.clone();
+    // node1's last task goes: node1's published port still works (docker/for-linux#237).
+    vote(&mut m, &["vote.2"]);
+    let _ = m.apply();
+    let got = gets(&m, &client, &m.node_addr(0).to_string(), 4);
+    assert!(got.iter().all(|b| b == "vote.2"), "{got:?}");
+    // Start-first update: the new task is added before the old one goes (docker/cli#2274).
+    let t3 = m.lab.add_task(0);
+    m.lab.start_servers();
+    vote(&mut m, &["vote.2", &t3.name]);
+    let _ = m.apply();
+    vote(&mut m, &[&t3.name]);
+    let _ = m.apply();
+    for i in 0..2 {
+        let got = gets(&m, &client, &m.node_addr(i).to_string(), 4);
+        assert!(got.iter().all(|b| *b == t3.name), "{got:?}");
+    }
+    // service rm, then re-created on the same port (moby#26563).
+    m.services.clear();
+    let _ = m.apply();
+    assert!(curl(&m.lab, &client, &format!("http://{}:8080/", m.node_addr(0))).is_err());
+    vote(&mut m, &["vote.1", "vote.2"]);
+    let _ = m.apply();
+    let got = gets(&m, &client, &m.node_addr(1).to_string(), 4);
+    assert_eq!(names(&got), ["vote.1", "vote.2"].into(), "{got:?}");
+    m.assert_converged();
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn a_4mib_body_from_the_remote_node_arrives_intact_with_offloads_off() {
+    needs();
+    require(&[Requirement::Tool("ethtool")]);
+    let mut m = Mesh::new(2, &[1]);
+    vote(&mut m, &["vote.1"]);
+    let _ = m.apply();
+    // Offloads hide a wrong MTU (super-packets skip the checks): turn them off on every leg.
+    for ns in [
+        m.lab.nodes[0].sandbox_netns.clone(),
+        m.lab.task("vote.1").netns.clone(),
+    ] {
+        m.lab.sh(
+            &ns,
+            "ethtool -K eth0 tso off gso off gro off >/dev/null 2>&1 || true",
+        );
+    }
+    let url = format!("http://{}:8080/big.bin", m.node_addr(0));
+    let out = m.lab.topo.try_sh(
+        &m.lab.client.clone(),
+        &format!("curl -s --max-time 60 {url} | md5sum"),
+    );
+    let local: Vec<u8> = (0..vipmesh_testkit::ingress::BIG)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let dir = std::env::temp_dir().join(format!("vipmesh-big-{}", std::process::id()));
+    std::fs::write(&dir, local).unwrap();
+    let expected = std::process::Command::new("md5sum")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&dir);
+    let exp = String::from_utf8_lossy(&expected.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let got = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(got, exp, "4 MiB through the remote path");
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn foreign_rules_stay_and_teardown_leaves_nothing_of_ours() {
+    needs();
+    let mut m = Mesh::new(2, &[0, 1]);
+    let n1 = m.node(0).to_string();
+    // Docker-like foreign chains and a user's own DNAT, planted first.
+    m.lab.sh(
+        &n1,
+        "iptables -t nat -N DOCKER-INGRESS && iptables -t nat -A DOCKER-INGRESS -j RETURN && \
+         iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER-INGRESS && \
+         iptables -t nat -A PREROUTING -p tcp --dport 2222 -j DNAT --to-destination 192.168.50.99:22 && \
+         iptables -P FORWARD DROP",
+    );
+    let foreign = |m: &Mesh| -> Vec<String> {
+        m.lab
+            .sh(&n1, "iptables-save")
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && !l.contains("VIPMESH")
+                    && !l.starts_with(':')
+                    && !l.contains("comment vipmesh")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let before = foreign(&m);
+    vote(&mut m, &["vote.1", "vote.2"]);
+    let _ = m.apply();
+    let got = gets(&m, &m.lab.client.clone(), &m.node_addr(0).to_string(), 4);
+    assert_eq!(
+        names(&got),
+        ["vote.1", "vote.2"].into(),
+        "FORWARD policy DROP is handled"
+    );
+    assert_eq!(foreign(&m), before, "foreign rules untouched by apply");
+    // Teardown: the ingress goes away entirely.
+    for c in &mut m.ctls {
+        c.set_desired(vipmesh::model::NodeState::new(vec![], Default::default()).unwrap());
+        let _ = c.sync_full(vipmesh::plan::now_secs()).unwrap();
+    }
+    assert_eq!(foreign(&m), before, "foreign rules untouched by teardown");
+    let save = m.lab.sh(&n1, "iptables-save");
+    assert!(!save.contains("VIPMESH"), "{save}");
+    let links = m.lab.sh(&n1, "ip -o link");
+    assert!(
+        !links.contains("vm_gwbridge") && !links.contains("vmgw-sbox"),
+        "{links}"
+    );
+    assert!(
+        m.lab
+            .sh(&m.lab.task("vote.1").netns.clone(), "iptables-save")
+            .lines()
+            .all(|l| !l.contains("VIPMESH"))
+    );
+}
