@@ -8,9 +8,14 @@ use vipmesh_nft::{NetworkId, Observed, Ownership, parse_table_json, plan, plan_t
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let Ok(id) = NetworkId::new("fz") else { return };
-    let Ok(obs) = parse_table_json(&text, &id) else { return };
+    let Ok(obs) = parse_table_json(&text, &id) else {
+        return;
+    };
     let _ = obs.table.to_string();
-    let ours = Observed { owner: Ownership::Ours, ..obs.clone() };
+    let ours = Observed {
+        owner: Ownership::Ours,
+        ..obs.clone()
+    };
     let p = plan(&obs.table, Some(&ours)).expect("ours plans");
     if obs.unparsed.is_empty() {
         assert!(p.is_empty(), "a parsed table differs from itself: {p}");

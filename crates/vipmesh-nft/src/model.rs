@@ -1460,6 +1460,25 @@ impl Table {
         t
     }
 
+    /// Whether `other` has the same structure (chains, rules, set and map types), ignoring
+    /// elements; [`Table::structure`] without the copies.
+    pub fn same_structure(&self, other: &Table) -> bool {
+        self.id == other.id
+            && self.chains == other.chains
+            && self.sets.len() == other.sets.len()
+            && self.maps.len() == other.maps.len()
+            && self
+                .sets
+                .iter()
+                .zip(&other.sets)
+                .all(|((a, x), (b, y))| a == b && x.key == y.key)
+            && self
+                .maps
+                .iter()
+                .zip(&other.maps)
+                .all(|((a, x), (b, y))| a == b && x.key == y.key && x.value == y.value)
+    }
+
     /// Total number of set and map elements.
     pub fn element_count(&self) -> usize {
         self.sets.values().map(|s| s.elements.len()).sum::<usize>()

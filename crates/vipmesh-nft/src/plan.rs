@@ -229,7 +229,7 @@ pub fn plan(desired: &Table, current: Option<&Observed>) -> Result<Plan, Error> 
             netns: "(plan)".into(),
         });
     }
-    if !cur.unparsed.is_empty() || cur.table.structure() != desired.structure() {
+    if !cur.unparsed.is_empty() || !cur.table.same_structure(desired) {
         return Ok(Plan::Rebuild {
             table: Box::new(desired.clone()),
             replace: true,

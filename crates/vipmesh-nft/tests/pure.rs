@@ -160,7 +160,8 @@ proptest! {
         // Same structure: only elements change, and the text has one line per element op
         // plus two lines (command and closing brace) per command.
         let p = plan(&tb, Some(&ours(ta.clone()))).unwrap();
-        if ta.structure() == tb.structure() {
+        prop_assert_eq!(ta.structure() == tb.structure(), ta.same_structure(&tb));
+        if ta.same_structure(&tb) {
             match &p {
                 Plan::Nothing => prop_assert_eq!(&ta, &tb),
                 Plan::Elements(ep) => {
