@@ -220,7 +220,7 @@ fn status(a: &Args) -> Result<(), Failure> {
         return Err((1, chain(e)));
     }
     let p = c.plan(&obs, now).map_err(|e| (1, chain(&e)))?;
-    for n in st.networks() {
+    for n in st.all_networks() {
         let net = n.network();
         let subnets: Vec<String> = net.subnets.iter().map(|s| s.subnet.to_string()).collect();
         println!(
@@ -241,13 +241,21 @@ fn status(a: &Args) -> Result<(), Failure> {
                     println!("\n  service {} dnsrr -> {}", s.name, tasks.join(" "));
                     continue;
                 }
-                EndpointMode::Vip(v) => v,
+                EndpointMode::Vip(v) => format!("vip {v}"),
+                EndpointMode::Published => {
+                    let ports: Vec<String> = s
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}/{}", p.protocol, p.port))
+                        .collect();
+                    format!("published {}", ports.join(","))
+                }
             };
             let Some(mark) = p.marks.get(&net.id).and_then(|m| m.get(&s.name)) else {
                 continue;
             };
-            println!("\n  service {} vip {vips} fwmark {mark:#x}", s.name);
-            for fam in vips.families() {
+            println!("\n  service {} {vips} fwmark {mark:#x}", s.name);
+            for fam in s.lb_families(net) {
                 let tag = if fam == Family::V6 { " IPv6" } else { "" };
                 match o.ipvs.get(&(fam, *mark)) {
                     None => println!("    FWM  {mark}{tag} MISSING from IPVS"),

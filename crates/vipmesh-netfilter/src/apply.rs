@@ -592,7 +592,11 @@ fn netns_error(op: &'static str, netns: String, source: vipmesh_netns::Error) ->
             op,
             detail: e.to_string(),
         },
-        source => Error::Netns { op, netns, source },
+        source => Error::Netns {
+            op,
+            netns,
+            source: Box::new(source),
+        },
     }
 }
 

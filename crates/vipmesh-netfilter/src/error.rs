@@ -60,7 +60,7 @@ pub enum Error {
         netns: String,
         /// The netns crate's error (errno kept).
         #[source]
-        source: vipmesh_netns::Error,
+        source: Box<vipmesh_netns::Error>,
     },
     /// The process lacks `CAP_NET_ADMIN` (or the kernel refused with EPERM).
     #[error("{op}: permission denied (CAP_NET_ADMIN is required){}", detail_suffix(.detail))]

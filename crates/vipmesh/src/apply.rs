@@ -153,13 +153,6 @@ fn step_object(netns: &str, s: &IpvsStep) -> ObjectKey {
     }
 }
 
-fn ipvs_family(f: Family) -> ipvs::Family {
-    match f {
-        Family::V4 => ipvs::Family::Inet,
-        Family::V6 => ipvs::Family::Inet6,
-    }
-}
-
 fn netmask(f: Family, prefix: u8) -> ipvs::Netmask {
     match f {
         Family::V4 => {
@@ -195,7 +188,7 @@ pub fn persistence_of(s: &ipvs::IpvsService) -> Option<IpvsPersistence> {
 /// The IPVS model's error for a value it rejects (the state model validates the same limits
 /// first, so this is a bug guard).
 pub fn ipvs_op(s: &IpvsStep) -> Result<ipvs::Op, ipvs::Error> {
-    let key = ipvs::ServiceKey::fwmark(ipvs_family(s.family), s.mark)?;
+    let key = ipvs::ServiceKey::fwmark(s.family.into(), s.mark)?;
     let service = |scheduler: &crate::model::Scheduler, p: &Option<IpvsPersistence>| {
         let svc = ipvs::IpvsService::new(key, ipvs::Scheduler::new(scheduler.as_str())?)?;
         match p {
@@ -466,18 +459,10 @@ pub fn dest_map(dests: &[ipvs::DestEntry]) -> std::collections::BTreeMap<IpAddr,
         .collect()
 }
 
-/// The family of an IPVS address family.
-pub fn family_of(af: ipvs::Family) -> Family {
-    match af {
-        ipvs::Family::Inet => Family::V4,
-        ipvs::Family::Inet6 => Family::V6,
-    }
-}
-
 /// The IPVS service key of a family and mark.
 ///
 /// # Errors
 /// For mark 0 (never planned).
 pub fn fwmark_key(family: Family, mark: u32) -> Result<ipvs::ServiceKey, ipvs::Error> {
-    ipvs::ServiceKey::fwmark(ipvs_family(family), mark)
+    ipvs::ServiceKey::fwmark(family.into(), mark)
 }

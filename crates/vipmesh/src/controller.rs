@@ -774,7 +774,7 @@ fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
             .dests(&entry.service.key)
             .map_err(|e| ipvs_err("dump dests", e))?;
         o.ipvs.insert(
-            (apply::family_of(af), mark.get()),
+            (af.into(), mark.get()),
             plan::ObservedService {
                 scheduler: entry.service.scheduler.as_str().to_string(),
                 persistence: apply::persistence_of(&entry.service),

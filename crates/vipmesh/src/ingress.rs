@@ -486,14 +486,6 @@ fn nf_err(op: &str, source: nf::Error) -> Error {
     }
 }
 
-fn proto(p: Protocol) -> nf::Protocol {
-    match p {
-        Protocol::Tcp => nf::Protocol::Tcp,
-        Protocol::Udp => nf::Protocol::Udp,
-        Protocol::Sctp => nf::Protocol::Sctp,
-    }
-}
-
 fn port(p: Port) -> Result<nf::Port, Error> {
     nf::Port::new(p.get()).map_err(|e| nf_err("port", e))
 }
@@ -551,7 +543,7 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
                 }
             };
             let m = nf::Matches::new()
-                .protocol(proto(p.protocol))
+                .protocol(nf::Protocol::from(p.protocol))
                 .dport(nf::PortRange::single(port(p.published)?));
             let r = nf::Rule::new(
                 m.clone(),
@@ -563,7 +555,7 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
             .with_comment(comment(&s.name)?);
             add(rs, nf::Table::Nat, &dnat, r)?;
             let accept = nf::Matches::new()
-                .protocol(proto(p.protocol))
+                .protocol(nf::Protocol::from(p.protocol))
                 .dport(nf::PortRange::single(port(to_port)?))
                 .destination(nf::Cidr::host(to));
             add(
@@ -573,7 +565,7 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
                 nf::Rule::new(accept, nf::Target::Accept),
             )?;
             let back = nf::Matches::new()
-                .protocol(proto(p.protocol))
+                .protocol(nf::Protocol::from(p.protocol))
                 .sport(nf::PortRange::single(port(to_port)?))
                 .source(nf::Cidr::host(to))
                 .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
@@ -622,10 +614,7 @@ pub fn add_task_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress, netns: &str) -> 
     let id = ing.id.as_str();
     let rdr = chain_name(id, "RDR")?;
     let filt = chain_name(id, "TASK")?;
-    let fam = match rs.family() {
-        nf::Family::V4 => Family::V4,
-        nf::Family::V6 => Family::V6,
-    };
+    let fam: Family = rs.family().into();
     let mut any = false;
     for s in &ing.services {
         for t in s.tasks.iter().filter(|t| {
@@ -641,7 +630,7 @@ pub fn add_task_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress, netns: &str) -> 
                 if p.published != p.target {
                     let m = nf::Matches::new()
                         .destination(me)
-                        .protocol(proto(p.protocol))
+                        .protocol(nf::Protocol::from(p.protocol))
                         .dport(nf::PortRange::single(port(p.published)?));
                     add(
                         rs,
@@ -652,7 +641,7 @@ pub fn add_task_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress, netns: &str) -> 
                 }
                 let m = nf::Matches::new()
                     .destination(me)
-                    .protocol(proto(p.protocol))
+                    .protocol(nf::Protocol::from(p.protocol))
                     .dport(nf::PortRange::single(port(p.target)?));
                 add(
                     rs,
@@ -662,7 +651,9 @@ pub fn add_task_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress, netns: &str) -> 
                 )?;
             }
             for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
-                let m = nf::Matches::new().destination(me).protocol(proto(p));
+                let m = nf::Matches::new()
+                    .destination(me)
+                    .protocol(nf::Protocol::from(p));
                 add(
                     rs,
                     nf::Table::Filter,
@@ -695,7 +686,7 @@ pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
     spec.mtu = ing.mtu;
     spec.subnets.push(vipmesh_overlay::SubnetSpec {
         subnet: vipmesh_overlay::Subnet::new(ing.subnet.addr(), ing.subnet.prefix())
-            .unwrap_or_else(|| unreachable_overlay_subnet()),
+            .unwrap_or_else(unreachable_overlay_subnet),
         gateway: ing.gateway,
     });
     for n in &ing.nodes {

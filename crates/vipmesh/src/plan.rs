@@ -915,7 +915,7 @@ pub fn plan(
         // Services of ours no desired service uses: in a desired network's range, or recorded
         // by one of our rules (a network that left this namespace).
         let recorded = obs.recorded();
-        for ((fam, mark), _) in &obs.ipvs {
+        for (fam, mark) in obs.ipvs.keys() {
             if live.contains(&(*fam, *mark)) {
                 continue;
             }

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use vipmesh_netfilter as nf;
 
 use crate::error::Error;
-use crate::model::{Family, Layout, NetworkState, Protocol, ServiceName};
+use crate::model::{Family, Layout, NetworkState, ServiceName};
 
 /// Comment prefix of a mark rule: `vipmesh net=ID svc=NAME`.
 pub const RECORD_TAG: &str = "vipmesh net=";
@@ -72,26 +72,7 @@ fn nf_err(op: &str, source: nf::Error) -> Error {
 
 /// The netfilter family of a network family.
 pub fn nf_family(f: Family) -> nf::Family {
-    match f {
-        Family::V4 => nf::Family::V4,
-        Family::V6 => nf::Family::V6,
-    }
-}
-
-/// The network family of a netfilter family.
-pub fn family_of(f: nf::Family) -> Family {
-    match f {
-        nf::Family::V4 => Family::V4,
-        nf::Family::V6 => Family::V6,
-    }
-}
-
-fn proto(p: Protocol) -> nf::Protocol {
-    match p {
-        Protocol::Tcp => nf::Protocol::Tcp,
-        Protocol::Udp => nf::Protocol::Udp,
-        Protocol::Sctp => nf::Protocol::Sctp,
-    }
+    f.into()
 }
 
 /// Adds network `net`'s rules for `family` (with the fwmarks `marks`) to `rs`. A network
@@ -134,7 +115,7 @@ pub fn add_network(
             for p in &s.ports {
                 let port = nf::Port::new(p.port.get()).map_err(|e| nf_err("port", e))?;
                 let m = nf::Matches::new()
-                    .protocol(proto(p.protocol))
+                    .protocol(nf::Protocol::from(p.protocol))
                     .dport(nf::PortRange::single(port));
                 let r = nf::Rule::new(m, nf::Target::SetMark(nf::Mark::new(*mark)))
                     .with_comment(comment.clone());
@@ -157,7 +138,7 @@ pub fn add_network(
             let port = nf::Port::new(p.port.get()).map_err(|e| nf_err("port", e))?;
             let m = dst
                 .clone()
-                .protocol(proto(p.protocol))
+                .protocol(nf::Protocol::from(p.protocol))
                 .dport(nf::PortRange::single(port));
             let r = nf::Rule::new(m, target.clone()).with_comment(comment.clone());
             add(rs, nf::Table::Mangle, &chains.mark, r)?;
