@@ -454,3 +454,123 @@ pub fn task_ingress(t: &mut Table, iface: &IfName, ports: &[TaskPort]) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::NetworkId;
+
+    fn t() -> Table {
+        Table::new(NetworkId::new("b").unwrap())
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors_naming_the_field_and_value() {
+        let vip = |mark, port| VipMark {
+            vip: "10.0.0.9".parse().unwrap(),
+            port,
+            mark,
+        };
+        let e = vip_marks(&mut t(), &[Hook::Input], &[vip(0, None)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mark") && e.contains("10.0.0.9"), "{e}");
+        let e = vip_marks(&mut t(), &[Hook::Forward], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hook") && e.contains("forward"), "{e}");
+        let e = vip_marks(&mut t(), &[Hook::Input], &[vip(1, Some((Proto(1), 5)))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("protocol") && e.contains("icmp"), "{e}");
+        let e = ingress_port_marks(
+            &mut t(),
+            &[PortMark {
+                proto: Proto::TCP,
+                port: 80,
+                mark: 0,
+            }],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("published port") && e.contains("80/tcp"), "{e}");
+        let e = ipvs_snat(
+            &mut t(),
+            &[IpvsSnat {
+                first_mark: 1,
+                last_mark: 2,
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                to: "fd00::2".parse().unwrap(),
+            }],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("snat address") && e.contains("fd00::2"), "{e}");
+        let e = ipvs_snat(
+            &mut t(),
+            &[IpvsSnat {
+                first_mark: 3,
+                last_mark: 2,
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                to: "10.0.0.2".parse().unwrap(),
+            }],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mark range") && e.contains("0x3-0x2"), "{e}");
+        // Two builders that want the same names: an InvalidTable error, not a silent merge.
+        let mut both = t();
+        vip_marks(&mut both, &[Hook::Input], &[]).unwrap();
+        let e = vip_marks(&mut both, &[Hook::Output], &[]).unwrap_err();
+        assert!(matches!(e, Error::InvalidTable { .. }), "{e}");
+    }
+
+    #[test]
+    fn rule_count_does_not_depend_on_the_number_of_services() {
+        let rules = |n: u32| {
+            let mut t = t();
+            let vips: Vec<VipMark> = (0..n)
+                .map(|i| VipMark {
+                    vip: std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8]),
+                    port: None,
+                    mark: 0x100 + i,
+                })
+                .collect();
+            vip_marks(&mut t, &[Hook::Input, Hook::Output], &vips).unwrap();
+            (
+                t.chains().values().map(|c| c.rules.len()).sum::<usize>(),
+                t.element_count(),
+            )
+        };
+        assert_eq!(rules(1), (8, 1));
+        assert_eq!(rules(1000), (8, 1000));
+    }
+
+    #[test]
+    fn task_rules_redirect_accept_and_drop() {
+        let mut table = t();
+        task_ingress(
+            &mut table,
+            &IfName::new("eth1").unwrap(),
+            &[
+                TaskPort {
+                    proto: Proto::TCP,
+                    published: 8080,
+                    target: 80,
+                },
+                TaskPort {
+                    proto: Proto::TCP,
+                    published: 80,
+                    target: 80,
+                },
+            ],
+        )
+        .unwrap();
+        let text = table.to_string();
+        assert!(text.contains("task_redirect iifname \"eth1\" tcp dport 8080 redirect to :80\n"));
+        assert!(!text.contains("dport 80 redirect"), "{text}");
+        assert_eq!(text.matches("tcp dport 80 accept").count(), 1, "{text}");
+        assert!(text.contains("iifname \"eth1\" meta l4proto sctp drop"));
+    }
+}
