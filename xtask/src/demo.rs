@@ -100,17 +100,12 @@ pub fn main(args: &[String]) -> i32 {
         "vip" => guest_demos(&["vip"]),
         "dnsrr" => guest_demos(&["dnsrr"]),
         "xdp" => xdp_demo(),
-        "ingress" => {
-            eprintln!(
-                "xtask demo ingress: not yet — the ingress routing mesh lands with its own issue"
-            );
-            2
-        }
+        "ingress" => guest_demos(&["ingress"]),
         "all" => {
-            let g = guest_demos(&["vip", "dnsrr"]);
+            let g = guest_demos(&["vip", "dnsrr", "ingress"]);
             let x = xdp_demo();
             println!(
-                "\n=== demos: vip+dnsrr {}, xdp {} (ingress: not yet)",
+                "\n=== demos: vip+dnsrr+ingress {}, xdp {}",
                 if g == 0 { "PASS" } else { "FAIL" },
                 if x == 0 { "PASS" } else { "FAIL" }
             );
