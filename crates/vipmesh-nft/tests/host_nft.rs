@@ -365,3 +365,95 @@ fn marks_are_set_on_real_traffic_by_one_lookup() {
         "{obs}"
     );
 }
+
+/// A TCP server in `ns` on `addr` that answers each connection with `name`.
+fn serve(ns: &str, addr: &str, name: &'static str) {
+    use std::io::Write as _;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let l = Netns::named(ns)
+        .unwrap()
+        .run(move || std::net::TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(format!("{name}\n").as_bytes());
+        }
+    });
+}
+
+fn ask(ns: &str, addr: &str) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut s = vipmesh_testkit::vip::connect(ns, addr.parse().unwrap())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.trim().to_owned())
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn published_port_dnat_and_task_redirect_carry_real_traffic() {
+    require(&[Requirement::Netns, Requirement::Tool("nft")]);
+    let mut topo = vipmesh_testkit::Topology::new("nftpub");
+    let host = topo.ns("host");
+    let sbox = topo.ns("sbox");
+    let ext = topo.ns("ext");
+    topo.veth((&host, "gw0"), (&sbox, "eth1"));
+    topo.veth((&host, "up0"), (&ext, "eth0"));
+    topo.addr(&host, "gw0", "172.18.0.1/24");
+    topo.addr(&sbox, "eth1", "172.18.0.2/24");
+    topo.addr(&host, "up0", "192.168.50.1/24");
+    topo.addr(&ext, "eth0", "192.168.50.2/24");
+    topo.sh(&sbox, "ip route add default via 172.18.0.1");
+    topo.sh(&ext, "ip route add default via 192.168.50.1");
+    topo.sh(&host, "sysctl -qw net.ipv4.ip_forward=1");
+    // The "task" in sbox listens on 80 (published as 8080) and on 9999 (not published).
+    serve(&sbox, "172.18.0.2:80", "task");
+    serve(&sbox, "172.18.0.2:9999", "secret");
+    assert_eq!(
+        ask(&host, "172.18.0.2:9999").unwrap(),
+        "secret",
+        "before the rules"
+    );
+
+    let mut ht = Table::new(NetworkId::new("host").unwrap());
+    publish_dnat(
+        &mut ht,
+        &[PublishedDnat {
+            proto: Proto::TCP,
+            port: 8080,
+            to: "172.18.0.2:8080".parse().unwrap(),
+        }],
+    )
+    .unwrap();
+    Nft::new(Arc::new(Netns::named(&host).unwrap()))
+        .sync(&ht)
+        .unwrap();
+    let mut st = Table::new(NetworkId::new("task").unwrap());
+    task_ingress(
+        &mut st,
+        &IfName::new("eth1").unwrap(),
+        &[TaskPort {
+            proto: Proto::TCP,
+            published: 8080,
+            target: 80,
+        }],
+    )
+    .unwrap();
+    Nft::new(Arc::new(Netns::named(&sbox).unwrap()))
+        .sync(&st)
+        .unwrap();
+
+    // From outside (prerouting DNAT, forwarded) and from the host itself (output DNAT) to a
+    // local address: DNAT to the sandbox, REDIRECT 8080 -> 80 there.
+    assert_eq!(ask(&ext, "192.168.50.1:8080").unwrap(), "task");
+    assert_eq!(ask(&host, "172.18.0.1:8080").unwrap(), "task");
+    // Other ports of the task on its ingress interface are dropped.
+    assert!(
+        ask(&host, "172.18.0.2:9999").is_err(),
+        "unpublished port must be dropped"
+    );
+    // A port that is not published is not DNATed: nothing listens on the host.
+    assert!(ask(&ext, "192.168.50.1:8081").is_err());
+}
