@@ -114,6 +114,30 @@ impl Report {
     }
 }
 
+/// With the `failpoints` feature (tests only): when `VIPMESH_KILL_AT_STEP=N` is set, the
+/// process kills itself with `SIGKILL` just before its N-th kernel write (counting from 1), as
+/// a `kill -9` at that instant would. The crash harness uses it to stop an apply at chosen
+/// points. Without the feature this is nothing.
+#[inline]
+pub fn failpoint() {
+    #[cfg(feature = "failpoints")]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
+        if std::env::var("VIPMESH_KILL_AT_STEP")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(n)
+        {
+            // SAFETY: kill(2) on our own pid with a constant signal; no memory is involved.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// An error with its chain of causes, on one line.
 pub fn chain(e: Option<&Error>) -> String {
     let Some(e) = e else {
@@ -247,6 +271,14 @@ fn run_ipvs<I: IpvsBackend>(
     }
     let outcomes = if ops.is_empty() {
         Vec::new()
+    } else if cfg!(feature = "failpoints") {
+        // One operation at a time, so a crash can be injected between any two.
+        ops.iter()
+            .flat_map(|op| {
+                failpoint();
+                ipvs_b.execute(std::slice::from_ref(op))
+            })
+            .collect()
     } else {
         ipvs_b.execute(&ops)
     };
@@ -289,6 +321,7 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
     report: &mut Report,
 ) {
     for s in &p.sysctls {
+        failpoint();
         let r = h.host.set_sysctl(&s.key, &s.value);
         if r.is_ok() {
             advance_sysctl(obs, s);
@@ -301,6 +334,7 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
         );
     }
     for a in &p.addresses {
+        failpoint();
         let (r, addr) = match a {
             AddrChange::Add {
                 interface, addr, ..
@@ -329,6 +363,7 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
     }
     let mut failed_rules = Vec::new();
     for r in &p.rules {
+        failpoint();
         let res = h.rules.execute(r);
         if res.is_ok() {
             advance_rules(obs, r);
