@@ -74,6 +74,7 @@ pub fn parse_table_json(json: &str, id: &NetworkId) -> Result<Observed, Error> {
         unparsed: Vec::new(),
     };
     let mut found = false;
+    let mut objects: [Vec<(&str, &J, &J)>; 3] = Default::default();
     for (i, o) in objs.iter().enumerate() {
         let Some(map) = o.as_object() else {
             return Err(Error::parse(format!("nftables[{i}]"), "not an object"));
@@ -97,7 +98,17 @@ pub fn parse_table_json(json: &str, id: &NetworkId) -> Result<Observed, Error> {
             };
             continue;
         }
-        let res = match kind.as_str() {
+        // nft lists sets and maps before chains, but a verdict map names chains: add chains
+        // first, then sets and maps, then rules (each kind in listing order).
+        let pass = match kind.as_str() {
+            "chain" => 0,
+            "set" | "map" => 1,
+            _ => 2,
+        };
+        objects[pass].push((kind.as_str(), body, o));
+    }
+    for (kind, body, o) in objects.into_iter().flatten() {
+        let res = match kind {
             "set" | "map" => parse_set(&mut obs.table, kind == "map", body),
             "chain" => parse_chain(&mut obs.table, body),
             "rule" => parse_rule(&mut obs.table, body),

@@ -457,3 +457,87 @@ fn published_port_dnat_and_task_redirect_carry_real_traffic() {
     // A port that is not published is not DNATed: nothing listens on the host.
     assert!(ask(&ext, "192.168.50.1:8081").is_err());
 }
+
+#[test]
+#[ignore = "privileged: needs root, netns and nft"]
+fn sets_and_verdict_maps_round_trip_through_the_kernel() {
+    let (_t, nft) = setup();
+    let mut t = Table::new(NetworkId::new("vm").unwrap());
+    let name = |s: &str| Name::new(s).unwrap();
+    t.add_chain(name("svc_a"), None).unwrap();
+    t.add_chain(
+        name("dispatch"),
+        Some(
+            BaseChain::new(
+                ChainType::Filter,
+                Hook::Input,
+                Priority::FILTER,
+                Policy::Accept,
+            )
+            .unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut set = Set::new(KeyType::new(&[KeyPart::Mark]).unwrap());
+    set.insert(Key::new(&[KeyValue::Mark(0x100)]).unwrap())
+        .unwrap();
+    t.add_set(name("marks"), set).unwrap();
+    let kt = KeyType::new(&[KeyPart::Ipv4Addr, KeyPart::InetService]).unwrap();
+    let mut vmap = Map::new(kt, ValueType::Verdict);
+    let k =
+        |a: &str, p| Key::new(&[KeyValue::Ipv4(a.parse().unwrap()), KeyValue::Port(p)]).unwrap();
+    vmap.insert(
+        k("10.0.0.9", 80),
+        Value::Verdict(Verdict::Jump(name("svc_a"))),
+    )
+    .unwrap();
+    vmap.insert(k("10.0.0.9", 81), Value::Verdict(Verdict::Drop))
+        .unwrap();
+    t.add_map(name("dispatch_map"), vmap).unwrap();
+    t.add_rule(
+        &name("dispatch"),
+        Rule::new(
+            vec![Match::CtState(vec![CtState::Established, CtState::Related])],
+            Statement::Verdict(Verdict::Accept),
+        ),
+    )
+    .unwrap();
+    t.add_rule(
+        &name("dispatch"),
+        Rule::new(
+            vec![],
+            Statement::Vmap {
+                key: KeyExpr::new(&[Selector::Ip4Daddr, Selector::ThDport]).unwrap(),
+                map: name("dispatch_map"),
+            },
+        ),
+    )
+    .unwrap();
+    t.add_rule(
+        &name("svc_a"),
+        Rule::new(
+            vec![Match::mark_range(0x100, 0x100).unwrap()],
+            Statement::Verdict(Verdict::Return),
+        ),
+    )
+    .unwrap();
+    nft.sync(&t).unwrap();
+    let obs = nft.observe(t.id()).unwrap().unwrap();
+    assert!(obs.unparsed.is_empty(), "{:?}", obs.unparsed);
+    assert_eq!(obs.table, t);
+    // A verdict-map element change is a partial sync too.
+    t.insert_element(
+        &name("dispatch_map"),
+        k("10.0.0.9", 81),
+        Some(Value::Verdict(Verdict::Accept)),
+    )
+    .unwrap();
+    t.remove_element(&name("marks"), &Key::new(&[KeyValue::Mark(0x100)]).unwrap());
+    let r = nft.sync(&t).unwrap();
+    assert!(
+        matches!(&r.plan, Plan::Elements(ep) if ep.len() == 3),
+        "{}",
+        r.plan
+    );
+    assert_eq!(nft.observe(t.id()).unwrap().unwrap().table, t);
+}
