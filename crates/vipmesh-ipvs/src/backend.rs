@@ -195,4 +195,10 @@ pub trait IpvsBackend {
     /// order). A failed operation does not stop the following ones; the caller decides
     /// (e.g. treat `is_not_found()` on a delete as success).
     fn execute(&mut self, ops: &[Op]) -> Vec<Result<(), Error>>;
+
+    /// The connection timeouts (`ipvsadm -L --timeout`).
+    ///
+    /// # Errors
+    /// Kernel or socket errors.
+    fn timeouts(&mut self) -> Result<Timeouts, Error>;
 }

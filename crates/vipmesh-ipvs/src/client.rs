@@ -563,6 +563,10 @@ impl IpvsBackend for Client {
     fn execute(&mut self, ops: &[Op]) -> Vec<Result<(), Error>> {
         Client::execute(self, ops)
     }
+
+    fn timeouts(&mut self) -> Result<Timeouts, Error> {
+        Client::timeouts(self)
+    }
 }
 
 fn kernel(op: OpKind, source: io::Error) -> Error {

@@ -230,6 +230,10 @@ impl IpvsBackend for Fake {
             })
             .collect()
     }
+
+    fn timeouts(&mut self) -> Result<Timeouts, Error> {
+        Ok(self.timeouts)
+    }
 }
 
 #[cfg(test)]

@@ -333,6 +333,29 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
             r,
         );
     }
+    if let Some((tcp, tcp_fin, udp)) = p.timeouts {
+        failpoint();
+        let t = ipvs::Timeouts { tcp, tcp_fin, udp };
+        let r = h
+            .ipvs
+            .execute(&[ipvs::Op::SetTimeouts(t)])
+            .pop()
+            .unwrap_or(Ok(()))
+            .map_err(|source| Error::Ipvs {
+                op: "set timeouts".into(),
+                netns: netns.to_string(),
+                source: Box::new(source),
+            });
+        if r.is_ok() {
+            obs.ipvs_timeouts = Some((tcp, tcp_fin, udp));
+        }
+        report.push(
+            netns,
+            ObjectKey::Namespace(netns.to_string()),
+            format!("ipvs set-timeouts tcp {tcp} tcpfin {tcp_fin} udp {udp}"),
+            r,
+        );
+    }
     for a in &p.addresses {
         failpoint();
         let (r, addr) = match a {

@@ -792,6 +792,7 @@ fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
             m
         }
     };
+    o.ipvs_timeouts = h.ipvs.timeouts().ok().map(|t| (t.tcp, t.tcp_fin, t.udp));
     o.addresses = h.host.addresses()?;
     let keys: Vec<String> = [Family::V4, Family::V6]
         .into_iter()

@@ -215,6 +215,14 @@ impl IpvsBackend for FakeHandle {
         }
     }
 
+    fn timeouts(&mut self) -> Result<ipvs::Timeouts, ipvs::Error> {
+        let w = self.world.world();
+        Ok(match w.by_ino.get(&self.ino) {
+            Some(ns) => ns.ipvs.timeouts(),
+            None => Fake::new().timeouts(),
+        })
+    }
+
     fn execute(&mut self, ops: &[ipvs::Op]) -> Vec<Result<(), ipvs::Error>> {
         let mut w = self.world.world();
         let w = &mut *w;

@@ -112,6 +112,46 @@ pub struct IngressService {
     pub tasks: Vec<IngressTask>,
 }
 
+/// IPVS connection timeouts of the ingress sandbox, in seconds.
+///
+/// The kernel's default for established TCP is 900 s: Swarm's mesh cuts every idle
+/// connection after 15 minutes (moby#31208). vipmesh's default is 7200 s, the kernel's default
+/// TCP keepalive time, so a client that keeps its connection alive is never cut; a connection
+/// that goes away without FIN/RST holds its entry (a few hundred bytes) for 2 hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpvsTimeouts {
+    /// Established TCP (default 7200).
+    #[serde(default = "default_tcp")]
+    pub tcp: u32,
+    /// TCP after FIN (default 120, the kernel's).
+    #[serde(default = "default_tcp_fin")]
+    pub tcp_fin: u32,
+    /// UDP (default 300, the kernel's).
+    #[serde(default = "default_udp")]
+    pub udp: u32,
+}
+
+fn default_tcp() -> u32 {
+    7200
+}
+fn default_tcp_fin() -> u32 {
+    120
+}
+fn default_udp() -> u32 {
+    300
+}
+
+impl Default for IpvsTimeouts {
+    fn default() -> Self {
+        IpvsTimeouts {
+            tcp: default_tcp(),
+            tcp_fin: default_tcp_fin(),
+            udp: default_udp(),
+        }
+    }
+}
+
 /// The gateway bridge joining the host namespace and the ingress sandbox (Docker's
 /// `docker_gwbridge`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +255,9 @@ pub struct Ingress {
     /// The gateway bridge.
     #[serde(default)]
     pub gw_bridge: GwBridge,
+    /// The sandbox's IPVS connection timeouts.
+    #[serde(default)]
+    pub timeouts: IpvsTimeouts,
     /// The published services.
     #[serde(default)]
     pub services: Vec<IngressService>,
@@ -271,6 +314,16 @@ impl Ingress {
                     self.subnet.family()
                 ),
             ));
+        }
+        for (field, v) in [
+            ("ingress.timeouts.tcp", self.timeouts.tcp),
+            ("ingress.timeouts.tcp_fin", self.timeouts.tcp_fin),
+            ("ingress.timeouts.udp", self.timeouts.udp),
+        ] {
+            // 0 means "unchanged" to the kernel; the upper bound is ipvsadm's (31 days).
+            if v == 0 || v > 2_678_400 {
+                return Err(bad(field, v, "must be 1..=2678400 seconds"));
+            }
         }
         if !self.subnet.contains(self.gateway) {
             return Err(bad(

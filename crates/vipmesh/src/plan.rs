@@ -142,6 +142,8 @@ pub struct NsObserved {
     pub sysctls: BTreeMap<String, String>,
     /// The running kernel.
     pub kernel: KernelVersion,
+    /// IPVS connection timeouts (tcp, tcp_fin, udp), when read.
+    pub ipvs_timeouts: Option<(u32, u32, u32)>,
 }
 
 impl NsObserved {
@@ -157,6 +159,7 @@ impl NsObserved {
             addresses: BTreeMap::new(),
             sysctls: BTreeMap::new(),
             kernel,
+            ipvs_timeouts: None,
         }
     }
 
@@ -536,6 +539,8 @@ pub struct RulesPlan {
 pub struct NsPlan {
     /// Sysctls to write.
     pub sysctls: Vec<SysctlSet>,
+    /// IPVS connection timeouts to set (tcp, tcp_fin, udp).
+    pub timeouts: Option<(u32, u32, u32)>,
     /// Addresses to add, then to remove.
     pub addresses: Vec<AddrChange>,
     /// IPVS additions and updates (services, then real servers).
@@ -550,6 +555,7 @@ impl NsPlan {
     /// True when nothing changes in this namespace.
     pub fn is_empty(&self) -> bool {
         self.sysctls.is_empty()
+            && self.timeouts.is_none()
             && self.addresses.is_empty()
             && self.ipvs.is_empty()
             && self.rules.is_empty()
@@ -559,6 +565,7 @@ impl NsPlan {
     /// Number of steps (a netfilter batch counts as one).
     pub fn len(&self) -> usize {
         self.sysctls.len()
+            + usize::from(self.timeouts.is_some())
             + self.addresses.len()
             + self.ipvs.len()
             + self.rules.len()
@@ -570,6 +577,9 @@ impl fmt::Display for NsPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.sysctls {
             writeln!(f, "  {s}")?;
+        }
+        if let Some((tcp, fin, udp)) = self.timeouts {
+            writeln!(f, "  ipvs set-timeouts tcp {tcp} tcpfin {fin} udp {udp}")?;
         }
         for a in &self.addresses {
             writeln!(f, "  {a}")?;
@@ -833,6 +843,7 @@ pub fn plan(
         let nets: &[&NetworkState] = by_ns.get(ns.as_str()).map_or(&[], |v| v.as_slice());
         let mut p = NsPlan {
             sysctls: Vec::new(),
+            timeouts: None,
             addresses: Vec::new(),
             ipvs: Vec::new(),
             rules: Vec::new(),
@@ -856,6 +867,12 @@ pub fn plan(
         for (key, value) in want_sysctls {
             if obs.sysctls.get(&key) != Some(&value) {
                 p.sysctls.push(SysctlSet { key, value });
+            }
+        }
+        if let Some(i) = ingress.filter(|i| i.sandbox_netns == *ns) {
+            let t = (i.timeouts.tcp, i.timeouts.tcp_fin, i.timeouts.udp);
+            if obs.ipvs_timeouts != Some(t) {
+                p.timeouts = Some(t);
             }
         }
         plan_addresses(nets, obs, &mut p);
@@ -1154,6 +1171,7 @@ pub fn plan_services(
         };
         let p = out.namespaces.entry(ns.clone()).or_insert_with(|| NsPlan {
             sysctls: Vec::new(),
+            timeouts: None,
             addresses: Vec::new(),
             ipvs: Vec::new(),
             rules: Vec::new(),

@@ -1337,6 +1337,7 @@ fn ingress_state(tasks: &[(&str, &str, Option<&str>)]) -> NodeState {
         sandbox_netns: "sbox1".into(),
         overlay_netns: "ov1".into(),
         gw_bridge: GwBridge::default(),
+        timeouts: IpvsTimeouts::default(),
         services: vec![IngressService {
             name: ServiceName::new("vote").unwrap(),
             ports: vec![

@@ -71,6 +71,8 @@ impl Mesh {
             sandbox_netns: me.sandbox_netns.clone(),
             overlay_netns: me.overlay_netns.clone(),
             gw_bridge: GwBridge::default(),
+            timeouts: IpvsTimeouts::default(),
+            timeouts: IpvsTimeouts::default(),
             services: self
                 .services
                 .iter()
