@@ -159,7 +159,7 @@ fn unreachable_state() -> NodeState {
 impl Controller<RealKernel> {
     /// A controller on the real kernel.
     pub fn real(cfg: ControllerConfig) -> Controller<RealKernel> {
-        Controller::new(RealKernel, cfg)
+        Controller::new(RealKernel::default(), cfg)
     }
 }
 
@@ -599,17 +599,30 @@ impl<K: Kernel> Controller<K> {
             return;
         };
         let object = ObjectKey::Namespace(ing.sandbox_netns.clone());
-        let (step, result) = match self.kernel.wire_ingress(&ing) {
-            Ok(done) if done.is_empty() => return,
-            Ok(done) => (format!("ingress wiring: {}", done.join("; ")), Ok(())),
-            Err(e) => ("ingress wiring".to_string(), Err(e)),
+        let mut push = |step: &str, r: Result<Vec<String>, Error>| {
+            let (step, result) = match r {
+                Ok(done) if done.is_empty() => return,
+                Ok(done) => (format!("{step}: {}", done.join("; ")), Ok(())),
+                Err(e) => (step.to_string(), Err(e)),
+            };
+            report.steps.push(apply::StepReport {
+                netns: ing.host_netns.clone(),
+                object: object.clone(),
+                step,
+                result,
+            });
         };
-        report.steps.push(apply::StepReport {
-            netns: ing.host_netns.clone(),
-            object,
-            step,
-            result,
-        });
+        push("ingress wiring", self.kernel.wire_ingress(&ing));
+        let ports = ing
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter())
+            .map(|p| (p.protocol, p.published.get()))
+            .collect();
+        push(
+            "published ports reserved",
+            self.kernel.reserve_ports(&ing.host_netns, &ports),
+        );
     }
 
     /// After a successful full sync: the links of an ingress that is gone (or moved) go too.

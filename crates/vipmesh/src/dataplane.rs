@@ -120,6 +120,18 @@ pub trait Kernel {
     /// [`Error::Overlay`], [`Error::Netns`] (errno kept), [`Error::MissingNamespace`] for a
     /// host or task namespace that does not exist.
     fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error>;
+    /// Holds a bound socket for each published port in `netns` (and releases the ports no
+    /// longer listed), as Docker does, so no local process can take a published port
+    /// silently. Returns what it changed.
+    ///
+    /// # Errors
+    /// [`Error::PortInUse`] naming the port a local process already holds (the others are
+    /// still reserved), [`Error::Netns`].
+    fn reserve_ports(
+        &mut self,
+        netns: &str,
+        ports: &std::collections::BTreeSet<(crate::model::Protocol, u16)>,
+    ) -> Result<Vec<String>, Error>;
     /// Removes what [`Kernel::wire_ingress`] built, and nothing else.
     ///
     /// # Errors
@@ -172,9 +184,11 @@ fn path_identity(netns: &str) -> Result<Option<NsIdentity>, Error> {
     }
 }
 
-/// The real kernel.
+/// The real kernel. It holds the sockets that reserve published ports.
 #[derive(Debug, Default)]
-pub struct RealKernel;
+pub struct RealKernel {
+    reserved: BTreeMap<(String, crate::model::Protocol, u16), std::os::fd::OwnedFd>,
+}
 
 /// The backends of a namespace on the real kernel.
 pub type RealNs = NsHandle<ipvs::Client, KernelRules, KernelHost>;
@@ -211,7 +225,59 @@ impl Kernel for RealKernel {
     }
 
     fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
+        let host = ingress.host_netns.clone();
+        self.reserved.retain(|(ns, ..), _| *ns != host);
         crate::wire::unwire(ingress)
+    }
+
+    fn reserve_ports(
+        &mut self,
+        netns: &str,
+        ports: &std::collections::BTreeSet<(crate::model::Protocol, u16)>,
+    ) -> Result<Vec<String>, Error> {
+        let mut done = Vec::new();
+        self.reserved.retain(|(ns, p, n), _| {
+            let keep = ns != netns || ports.contains(&(*p, *n));
+            if !keep {
+                done.push(format!("released {p}/{n}"));
+            }
+            keep
+        });
+        let mut first_err = None;
+        for (p, n) in ports {
+            let key = (netns.to_string(), *p, *n);
+            if self.reserved.contains_key(&key) {
+                continue;
+            }
+            let ns = open_netns(netns)?;
+            let (proto, port) = (*p, *n);
+            let res = ns
+                .run(move || crate::wire::bind_port(proto, port))
+                .map_err(|source| Error::Netns {
+                    netns: netns.to_string(),
+                    source,
+                })?;
+            match res {
+                Ok(fd) => {
+                    self.reserved.insert(key, fd);
+                    done.push(format!("reserved {p}/{n}"));
+                }
+                Err(source) => {
+                    if first_err.is_none() {
+                        first_err = Some(Error::PortInUse {
+                            netns: netns.to_string(),
+                            protocol: proto,
+                            port,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 }
 

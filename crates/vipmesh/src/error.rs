@@ -47,6 +47,19 @@ pub enum Error {
         /// The namespace name or path.
         netns: String,
     },
+    /// A published port is held by a local process: it cannot be reserved.
+    #[error("{protocol}/{port} in {netns:?} is held by another process")]
+    PortInUse {
+        /// The namespace.
+        netns: String,
+        /// The protocol.
+        protocol: crate::model::Protocol,
+        /// The port.
+        port: u16,
+        /// The cause (errno kept, `EADDRINUSE`).
+        #[source]
+        source: std::io::Error,
+    },
     /// The ingress overlay could not be built.
     #[error("ingress overlay")]
     Overlay {

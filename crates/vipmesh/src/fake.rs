@@ -434,6 +434,14 @@ impl Kernel for FakeKernel {
         Ok(vec![format!("namespace {} created", ingress.sandbox_netns)])
     }
 
+    fn reserve_ports(
+        &mut self,
+        _netns: &str,
+        _ports: &std::collections::BTreeSet<(crate::model::Protocol, u16)>,
+    ) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
+
     fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
         self.remove_namespace(&ingress.sandbox_netns);
         Ok(vec![format!("namespace {} deleted", ingress.sandbox_netns)])

@@ -161,3 +161,43 @@ pub fn unwire(ing: &Ingress) -> Result<Vec<String>, Error> {
     }
     Ok(done)
 }
+
+/// A socket bound to `0.0.0.0:port` (TCP: bound, not listening; UDP; SCTP), in the calling
+/// thread's namespace: it reserves the port. See [`socket(2)`](https://man7.org/linux/man-pages/man2/socket.2.html),
+/// [`bind(2)`](https://man7.org/linux/man-pages/man2/bind.2.html).
+pub fn bind_port(
+    proto: crate::model::Protocol,
+    port: u16,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let (ty, p) = match proto {
+        crate::model::Protocol::Tcp => (libc::SOCK_STREAM, 0),
+        crate::model::Protocol::Udp => (libc::SOCK_DGRAM, 0),
+        crate::model::Protocol::Sctp => (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+    };
+    // SAFETY: socket(2) with constant arguments; the fd is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, p) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: addr is a valid sockaddr_in of the size passed; fd is open.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&raw const addr).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(owned)
+}

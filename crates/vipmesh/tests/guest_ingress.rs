@@ -69,6 +69,12 @@ fn three_nodes_every_published_port_reaches_every_task() {
     assert!(ipvs.contains("FWM  131072 rr"), "{ipvs}");
     // One fwmark service for the service's TCP and UDP ports, every task a Masq real server.
     assert_eq!(ipvs.matches("Masq").count(), 3, "{ipvs}");
+    // The published port is reserved on every node: a local process cannot take it.
+    let taken = m.lab.topo.try_sh(&n1, "busybox nc -l -p 8080 </dev/null");
+    assert!(
+        !taken.status.success() && String::from_utf8_lossy(&taken.stderr).contains("in use"),
+        "{taken:?}"
+    );
     // A port that is not published, on a task's ingress address: dropped.
     let t1 = m.lab.task("vote.1").addr;
     let other = curl(
@@ -204,6 +210,12 @@ fn foreign_rules_stay_and_teardown_leaves_nothing_of_ours() {
         let _ = c.sync_full(vipmesh::plan::now_secs()).unwrap();
     }
     assert_eq!(foreign(&m), before, "foreign rules untouched by teardown");
+    // The port reservation went with the ingress: a local process may bind 8080 again.
+    let free = m
+        .lab
+        .topo
+        .try_sh(&n1, "timeout 1 busybox nc -l -p 8080 </dev/null");
+    assert_eq!(free.status.code(), Some(124), "{free:?}");
     let save = m.lab.sh(&n1, "iptables-save");
     assert!(!save.contains("VIPMESH"), "{save}");
     let links = m.lab.sh(&n1, "ip -o link");

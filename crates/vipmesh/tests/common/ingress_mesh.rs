@@ -72,7 +72,6 @@ impl Mesh {
             overlay_netns: me.overlay_netns.clone(),
             gw_bridge: GwBridge::default(),
             timeouts: IpvsTimeouts::default(),
-            timeouts: IpvsTimeouts::default(),
             services: self
                 .services
                 .iter()
