@@ -1,0 +1,639 @@
+//! The key layout in etcd, version 1, and the pure assembly of one node's
+//! [`NodeState`] from a snapshot of it.
+//!
+//! | key | value |
+//! |---|---|
+//! | `/vipmesh/v1/options` | [`NodeOptions`] JSON (`{"drain_timeout": 30}`) |
+//! | `/vipmesh/v1/networks/<id>` | a [`NetworkFile`] JSON **without** `services` |
+//! | `/vipmesh/v1/services/<network>/<name>` | a [`Service`] JSON (its `name` is `<name>`) |
+//! | `/vipmesh/v1/ingress/config` | the [`Ingress`] JSON without `node`, `nodes` and `services` |
+//! | `/vipmesh/v1/ingress/services/<name>` | an [`IngressService`] JSON (its `name` is `<name>`) |
+//! | `/vipmesh/v1/nodes/<name>` | a [`NodeRecord`] JSON, put under the agent's lease |
+//! | `/vipmesh/v1/cluster` | a [`ClusterMeta`] JSON, rewritten by every `cluster apply` |
+//!
+//! Everything but `nodes/` is the cluster's desired state, written by `cluster apply` in one
+//! transaction ([`crate::store::Store::cluster_apply`]); `nodes/` is written by the agents.
+//! Every node programs every network (the namespace names are node-local names); the
+//! ingress is assembled per node: `node` is this node, `nodes` the registered (live) nodes,
+//! sorted by name, and the tasks with `"node": "<this node>"` are its local tasks.
+//!
+//! The version is the second path element. An agent reads only `/vipmesh/v1/`; keys of
+//! another version under `/vipmesh/` are reported, never interpreted. A change of the layout
+//! that old agents would misread gets a new version.
+//!
+//! Every value is validated when read: a bad one is reported as an [`Issue`] naming its key
+//! and skipped, and everything else is still applied.
+//!
+//! # Examples
+//! ```
+//! use std::collections::BTreeMap;
+//! use vipmesh_agent::layout;
+//! let mut kvs = BTreeMap::new();
+//! kvs.insert(layout::network_key("demo").into_bytes(), br#"{"id": "demo",
+//!     "lb_netns": "lb-demo", "lb_interface": "eth0",
+//!     "subnets": [{"subnet": "10.0.0.0/24", "lb_addr": "10.0.0.2"}]}"#.to_vec());
+//! kvs.insert(layout::service_key("demo", "vote").into_bytes(), br#"{"name": "vote",
+//!     "mode": {"vip": ["10.0.0.9"]}, "backends": [{"addr": "10.0.0.10"}]}"#.to_vec());
+//! kvs.insert(layout::service_key("demo", "bad").into_bytes(), b"{not json".to_vec());
+//! let a = layout::assemble("node-1", &kvs);
+//! assert_eq!(a.state.network("demo").unwrap().services().count(), 1);
+//! assert_eq!(a.issues.len(), 1);
+//! assert_eq!(a.issues[0].key, "/vipmesh/v1/services/demo/bad");
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use vipmesh::ingress::{ClusterNode, Ingress, IngressService};
+use vipmesh::model::{NetworkFile, NetworkState, NodeOptions, NodeState, Service};
+
+use crate::error::Error;
+
+/// Everything vipmesh keeps in etcd lives under this.
+pub const ROOT: &str = "/vipmesh/";
+/// The layout version this crate reads and writes.
+pub const VERSION: &str = "v1";
+/// The prefix of this version's keys.
+pub const PREFIX: &str = "/vipmesh/v1/";
+/// The nodes' registrations.
+pub const NODES_PREFIX: &str = "/vipmesh/v1/nodes/";
+/// The prefixes (and single keys) of the cluster's desired state: what `cluster apply`
+/// replaces and compares.
+pub const DESIRED_PREFIXES: [&str; 5] = [
+    "/vipmesh/v1/networks/",
+    "/vipmesh/v1/services/",
+    "/vipmesh/v1/ingress/",
+    "/vipmesh/v1/options",
+    "/vipmesh/v1/cluster",
+];
+
+/// The key of the node options.
+pub fn options_key() -> String {
+    format!("{PREFIX}options")
+}
+/// The key of `cluster apply`'s record.
+pub fn meta_key() -> String {
+    format!("{PREFIX}cluster")
+}
+/// The key of a network.
+pub fn network_key(id: &str) -> String {
+    format!("{PREFIX}networks/{id}")
+}
+/// The key of a service of a network.
+pub fn service_key(network: &str, name: &str) -> String {
+    format!("{PREFIX}services/{network}/{name}")
+}
+/// The key of the ingress configuration.
+pub fn ingress_config_key() -> String {
+    format!("{PREFIX}ingress/config")
+}
+/// The key of a published service.
+pub fn ingress_service_key(name: &str) -> String {
+    format!("{PREFIX}ingress/services/{name}")
+}
+/// The key of a node's registration.
+pub fn node_key(name: &str) -> String {
+    format!("{NODES_PREFIX}{name}")
+}
+
+/// A key of the layout, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// `/vipmesh/v1/options`.
+    Options,
+    /// `/vipmesh/v1/cluster`.
+    Meta,
+    /// `/vipmesh/v1/networks/<id>`.
+    Network(&'a str),
+    /// `/vipmesh/v1/services/<network>/<name>`.
+    Service {
+        /// The network's id.
+        network: &'a str,
+        /// The service's name.
+        name: &'a str,
+    },
+    /// `/vipmesh/v1/ingress/config`.
+    IngressConfig,
+    /// `/vipmesh/v1/ingress/services/<name>`.
+    IngressService(&'a str),
+    /// `/vipmesh/v1/nodes/<name>`.
+    Node(&'a str),
+}
+
+fn segment(s: &str) -> Option<&str> {
+    (!s.is_empty() && !s.contains('/')).then_some(s)
+}
+
+/// Parses a key of the layout.
+///
+/// # Errors
+/// The reason, for a key outside `/vipmesh/`, of another version, or not of the layout.
+pub fn parse_key(key: &str) -> Result<Key<'_>, String> {
+    let Some(rest) = key.strip_prefix(PREFIX) else {
+        if let Some(other) = key.strip_prefix(ROOT) {
+            let v = other.split('/').next().unwrap_or_default();
+            return Err(format!(
+                "schema version {v:?} is not supported by this agent (it reads {VERSION})"
+            ));
+        }
+        return Err(format!("outside the {PREFIX} layout"));
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let k = match parts.as_slice() {
+        ["options"] => Some(Key::Options),
+        ["cluster"] => Some(Key::Meta),
+        ["networks", id] => segment(id).map(Key::Network),
+        ["services", n, s] => segment(n)
+            .zip(segment(s))
+            .map(|(network, name)| Key::Service { network, name }),
+        ["ingress", "config"] => Some(Key::IngressConfig),
+        ["ingress", "services", s] => segment(s).map(Key::IngressService),
+        ["nodes", n] => segment(n).map(Key::Node),
+        _ => None,
+    };
+    k.ok_or_else(|| format!("not a key of the {PREFIX} layout"))
+}
+
+/// A node's registration (`/vipmesh/v1/nodes/<name>`), kept alive by its agent's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    /// Its underlay address (the VXLAN endpoint).
+    pub underlay: IpAddr,
+    /// Its ingress sandbox's address on the ingress network.
+    pub sandbox_addr: IpAddr,
+}
+
+/// The record `cluster apply` rewrites with every apply (`/vipmesh/v1/cluster`), so that a
+/// deletion of the desired state also moves its modification revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMeta {
+    /// The layout version.
+    pub version: String,
+    /// How many keys the apply wrote.
+    pub keys: usize,
+}
+
+/// A value that was not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Its etcd key.
+    pub key: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// A node's desired state assembled from a snapshot, with what was skipped.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The state (always valid; possibly without the values named in `issues`).
+    pub state: NodeState,
+    /// Values skipped, in key order.
+    pub issues: Vec<Issue>,
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(v).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// The parsed values of a snapshot, before they are checked together.
+#[derive(Debug, Default)]
+struct Parts {
+    options: Option<NodeOptions>,
+    networks: BTreeMap<String, NetworkFile>,
+    services: BTreeMap<String, BTreeMap<String, Service>>,
+    ingress_config: Option<Map<String, Value>>,
+    ingress_services: BTreeMap<String, IngressService>,
+    nodes: BTreeMap<String, NodeRecord>,
+}
+
+fn classify(kvs: &BTreeMap<Vec<u8>, Vec<u8>>, issues: &mut Vec<Issue>) -> Parts {
+    let mut p = Parts::default();
+    for (k, v) in kvs {
+        let Ok(key) = std::str::from_utf8(k) else {
+            issues.push(Issue {
+                key: String::from_utf8_lossy(k).into_owned(),
+                reason: "the key is not UTF-8".into(),
+            });
+            continue;
+        };
+        let mut bad = |reason: String| {
+            issues.push(Issue {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        let parsed = match parse_key(key) {
+            Ok(pk) => pk,
+            Err(r) => {
+                bad(r);
+                continue;
+            }
+        };
+        let res: Result<(), String> = match parsed {
+            Key::Options => parse(v).map(|o| p.options = Some(o)),
+            Key::Meta => parse::<ClusterMeta>(v).map(|_| ()),
+            Key::Network(id) => parse::<NetworkFile>(v).and_then(|f| {
+                if f.id.as_str() != id {
+                    Err(format!("its id {:?} is not the key's {id:?}", f.id.as_str()))
+                } else if !f.services.is_empty() {
+                    Err(format!(
+                        "a network value holds no services (they live under {PREFIX}services/{id}/)"
+                    ))
+                } else {
+                    p.networks.insert(id.to_string(), f);
+                    Ok(())
+                }
+            }),
+            Key::Service { network, name } => parse::<Service>(v).and_then(|s| {
+                if s.name.as_str() != name {
+                    return Err(format!(
+                        "its name {:?} is not the key's {name:?}",
+                        s.name.as_str()
+                    ));
+                }
+                p.services
+                    .entry(network.to_string())
+                    .or_default()
+                    .insert(name.to_string(), s);
+                Ok(())
+            }),
+            Key::IngressConfig => parse::<Map<String, Value>>(v).and_then(|m| {
+                match ["node", "nodes", "services"]
+                    .into_iter()
+                    .find(|f| m.contains_key(*f))
+                {
+                    Some(f) => Err(format!(
+                        "field {f:?} does not belong in the ingress config (it is assembled from {PREFIX}nodes/ and {PREFIX}ingress/services/)"
+                    )),
+                    None => {
+                        p.ingress_config = Some(m);
+                        Ok(())
+                    }
+                }
+            }),
+            Key::IngressService(name) => parse::<IngressService>(v).and_then(|s| {
+                if s.name.as_str() != name {
+                    return Err(format!(
+                        "its name {:?} is not the key's {name:?}",
+                        s.name.as_str()
+                    ));
+                }
+                p.ingress_services.insert(name.to_string(), s);
+                Ok(())
+            }),
+            Key::Node(name) => parse::<NodeRecord>(v).map(|r| {
+                p.nodes.insert(name.to_string(), r);
+            }),
+        };
+        if let Err(r) = res {
+            bad(r);
+        }
+    }
+    p
+}
+
+/// Builds one network with as many of its services as are valid together (in name order:
+/// of two conflicting services, the second is reported).
+fn network_state(
+    f: NetworkFile,
+    services: BTreeMap<String, Service>,
+    issues: &mut Vec<Issue>,
+) -> Result<NetworkState, String> {
+    let id = f.id.as_str().to_string();
+    let empty = NetworkState::try_from(f).map_err(|e| chain(&e))?;
+    let all: Vec<Service> = services.values().cloned().collect();
+    if let Ok(n) = NetworkState::new(empty.network().clone(), all) {
+        return Ok(n);
+    }
+    let mut n = empty;
+    for (name, s) in services {
+        if let Err(e) = n.upsert_service(s) {
+            issues.push(Issue {
+                key: service_key(&id, &name),
+                reason: chain(&e),
+            });
+        }
+    }
+    Ok(n)
+}
+
+fn build_ingress(
+    node: &str,
+    p: &mut Parts,
+    services: Vec<IngressService>,
+) -> Result<Ingress, String> {
+    let mut m = p.ingress_config.clone().unwrap_or_default();
+    let nodes: Vec<ClusterNode> = p
+        .nodes
+        .iter()
+        .map(|(name, r)| ClusterNode {
+            name: name.clone(),
+            underlay: r.underlay,
+            sandbox_addr: r.sandbox_addr,
+        })
+        .collect();
+    m.insert("node".into(), Value::String(node.to_string()));
+    m.insert(
+        "nodes".into(),
+        serde_json::to_value(nodes).map_err(|e| e.to_string())?,
+    );
+    m.insert(
+        "services".into(),
+        serde_json::to_value(services).map_err(|e| e.to_string())?,
+    );
+    serde_json::from_value(Value::Object(m)).map_err(|e| format!("invalid ingress config: {e}"))
+}
+
+/// Assembles the desired state of node `node` from a snapshot (keys and values as etcd
+/// holds them). Never fails: every value that is invalid, alone or together with the
+/// others, is reported with its key and left out.
+///
+/// Order of checks: each value alone (JSON, key/name agreement); each network with its
+/// services (of two conflicting services the later name is skipped); the networks together
+/// (of two conflicting networks the later id is skipped); the ingress config with this
+/// node's view of the registered nodes, then each published service.
+pub fn assemble(node: &str, kvs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Assembled {
+    let mut issues = Vec::new();
+    let mut p = classify(kvs, &mut issues);
+    let options = p.options.clone().unwrap_or_default();
+    let mut services = std::mem::take(&mut p.services);
+    let mut nets = Vec::new();
+    for (id, f) in std::mem::take(&mut p.networks) {
+        let svcs = services.remove(&id).unwrap_or_default();
+        let names: Vec<String> = svcs.keys().cloned().collect();
+        match network_state(f, svcs, &mut issues) {
+            Ok(n) => nets.push(n),
+            Err(reason) => {
+                issues.push(Issue {
+                    key: network_key(&id),
+                    reason,
+                });
+                orphans(&id, names.iter(), &mut issues);
+            }
+        }
+    }
+    for (net, svcs) in services {
+        orphans(&net, svcs.keys(), &mut issues);
+    }
+    let mut state = match NodeState::new(nets.clone(), options.clone()) {
+        Ok(s) => s,
+        Err(_) => {
+            let mut s = empty_state(options);
+            for n in nets {
+                let id = n.id().as_str().to_string();
+                let names: Vec<String> =
+                    n.services().map(|x| x.name.as_str().to_string()).collect();
+                if let Err(e) = s.upsert_network(n) {
+                    issues.push(Issue {
+                        key: network_key(&id),
+                        reason: chain(&e),
+                    });
+                    orphans(&id, names.iter(), &mut issues);
+                }
+            }
+            s
+        }
+    };
+    if p.ingress_config.is_some() {
+        add_ingress(node, &mut p, &mut state, &mut issues);
+    } else {
+        for name in p.ingress_services.keys() {
+            issues.push(Issue {
+                key: ingress_service_key(name),
+                reason: format!("no valid ingress config at {}", ingress_config_key()),
+            });
+        }
+    }
+    issues.sort_by(|a, b| a.key.cmp(&b.key));
+    Assembled { state, issues }
+}
+
+/// Services left out with their network.
+fn orphans<'a>(net: &str, names: impl Iterator<Item = &'a String>, issues: &mut Vec<Issue>) {
+    for name in names {
+        issues.push(Issue {
+            key: service_key(net, name),
+            reason: format!("no valid network {net:?}"),
+        });
+    }
+}
+
+fn add_ingress(node: &str, p: &mut Parts, state: &mut NodeState, issues: &mut Vec<Issue>) {
+    if !p.nodes.contains_key(node) {
+        issues.push(Issue {
+            key: node_key(node),
+            reason: "this node is not registered: no ingress until it is".into(),
+        });
+        return;
+    }
+    let all: Vec<IngressService> = p.ingress_services.values().cloned().collect();
+    if let Ok(ing) = build_ingress(node, p, all)
+        && state.set_ingress(Some(ing)).is_ok()
+    {
+        return;
+    }
+    let base = match build_ingress(node, p, Vec::new()) {
+        Ok(i) => i,
+        Err(reason) => {
+            issues.push(Issue {
+                key: ingress_config_key(),
+                reason,
+            });
+            return;
+        }
+    };
+    if let Err(e) = state.set_ingress(Some(base)) {
+        issues.push(Issue {
+            key: ingress_config_key(),
+            reason: chain(&e),
+        });
+        return;
+    }
+    let mut kept: Vec<IngressService> = Vec::new();
+    for (name, s) in p.ingress_services.clone() {
+        let mut candidate = kept.clone();
+        candidate.push(s);
+        let res = build_ingress(node, p, candidate.clone()).and_then(|ing| {
+            let mut trial = state.clone();
+            trial.set_ingress(Some(ing)).map_err(|e| chain(&e))?;
+            Ok(trial)
+        });
+        match res {
+            Ok(trial) => {
+                *state = trial;
+                kept = candidate;
+            }
+            Err(reason) => issues.push(Issue {
+                key: ingress_service_key(&name),
+                reason,
+            }),
+        }
+    }
+}
+
+fn empty_state(options: NodeOptions) -> NodeState {
+    // Empty networks and no ingress: nothing to conflict; fall back to default options.
+    NodeState::new(Vec::new(), options.clone())
+        .or_else(|_| NodeState::new(Vec::new(), NodeOptions::default()))
+        .unwrap_or_else(|_| unreachable_empty())
+}
+
+#[allow(clippy::panic)]
+fn unreachable_empty() -> NodeState {
+    panic!("an empty node state with default options is valid")
+}
+
+/// The cluster's desired state as `cluster apply` takes it and `cluster get` prints it:
+/// a state file's `networks` and `options` (same form, so a state file without an ingress
+/// is also a cluster file) and the ingress without `node` and `nodes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The networks, each with its services.
+    #[serde(default)]
+    pub networks: Vec<NetworkFile>,
+    /// The ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<ClusterIngress>,
+    /// Node options.
+    #[serde(default)]
+    pub options: NodeOptions,
+}
+
+/// The ingress of a [`ClusterFile`]: the fields of [`Ingress`] but `node` and `nodes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterIngress {
+    /// The published services.
+    #[serde(default)]
+    pub services: Vec<IngressService>,
+    /// The other fields of [`Ingress`] (`subnet`, `gateway`, `vni`, `host_netns`, …).
+    #[serde(flatten)]
+    pub config: Map<String, Value>,
+}
+
+impl ClusterFile {
+    /// Parses a cluster file.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the line and column.
+    pub fn from_json(text: &str) -> Result<ClusterFile, Error> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::invalid(
+                format!("cluster file line {} column {}", e.line(), e.column()),
+                e.to_string(),
+            )
+        })
+    }
+
+    /// The keys and values of this desired state (without `/vipmesh/v1/cluster`), checked
+    /// as an agent would read them.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the key of the first value an agent would skip (a node's
+    /// ingress is checked by the agents, which know the registered nodes).
+    pub fn to_kvs(&self) -> Result<BTreeMap<String, String>, Error> {
+        let mut out = BTreeMap::new();
+        let enc = |key: &str, v: Result<String, serde_json::Error>| {
+            v.map_err(|e| Error::invalid(key, e.to_string()))
+        };
+        let ok = serde_json::to_string(&self.options);
+        out.insert(options_key(), enc(&options_key(), ok)?);
+        for n in &self.networks {
+            let id = n.id.as_str();
+            let mut bare = n.clone();
+            let services = std::mem::take(&mut bare.services);
+            let k = network_key(id);
+            if out.contains_key(&k) {
+                return Err(Error::invalid(k, "two networks with this id"));
+            }
+            out.insert(k.clone(), enc(&k, serde_json::to_string(&bare))?);
+            for s in services {
+                let k = service_key(id, s.name.as_str());
+                if out.contains_key(&k) {
+                    return Err(Error::invalid(k, "two services with this name"));
+                }
+                out.insert(k.clone(), enc(&k, serde_json::to_string(&s))?);
+            }
+        }
+        if let Some(i) = &self.ingress {
+            let k = ingress_config_key();
+            out.insert(k.clone(), enc(&k, serde_json::to_string(&i.config))?);
+            for s in &i.services {
+                let k = ingress_service_key(s.name.as_str());
+                if out.contains_key(&k) {
+                    return Err(Error::invalid(k, "two published services with this name"));
+                }
+                out.insert(k.clone(), enc(&k, serde_json::to_string(s))?);
+            }
+        }
+        let bytes: BTreeMap<Vec<u8>, Vec<u8>> = out
+            .iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect();
+        let a = assemble("", &bytes);
+        if let Some(i) = a.issues.iter().find(|i| !i.key.starts_with(NODES_PREFIX)) {
+            return Err(Error::invalid(&i.key, &i.reason));
+        }
+        Ok(out)
+    }
+
+    /// The desired state held in a snapshot (as `cluster get` shows it); values that do not
+    /// parse are reported and left out.
+    pub fn from_kvs(kvs: &BTreeMap<Vec<u8>, Vec<u8>>) -> (ClusterFile, Vec<Issue>) {
+        let mut issues = Vec::new();
+        let mut p = classify(kvs, &mut issues);
+        issues.retain(|i| !i.key.starts_with(NODES_PREFIX));
+        let mut networks = Vec::new();
+        for (id, mut f) in std::mem::take(&mut p.networks) {
+            f.services = p
+                .services
+                .remove(&id)
+                .map(|m| m.into_values().collect())
+                .unwrap_or_default();
+            networks.push(f);
+        }
+        for (net, svcs) in p.services {
+            for name in svcs.keys() {
+                issues.push(Issue {
+                    key: service_key(&net, name),
+                    reason: format!("no valid network {net:?}"),
+                });
+            }
+        }
+        let ingress = p.ingress_config.map(|config| ClusterIngress {
+            services: p.ingress_services.into_values().collect(),
+            config,
+        });
+        let file = ClusterFile {
+            networks,
+            ingress,
+            options: p.options.unwrap_or_default(),
+        };
+        (file, issues)
+    }
+}
+
+#[cfg(test)]
+mod tests;
