@@ -230,3 +230,124 @@ fn foreign_rules_stay_and_teardown_leaves_nothing_of_ours() {
             .all(|l| !l.contains("VIPMESH"))
     );
 }
+
+/// Background HTTP requests through a node's published port until `stop`; the results.
+fn steady_traffic(
+    m: &Mesh,
+    node: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Result<String, String>>> {
+    let client = m.lab.client.clone();
+    let url = format!("http://{}:8080/", m.node_addr(node));
+    std::thread::spawn(move || {
+        let mut log = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && log.len() < 2000 {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &client,
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "5",
+                    &url,
+                ])
+                .output();
+            log.push(match out {
+                Ok(o) if o.status.success() => {
+                    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+                }
+                Ok(o) => Err(format!("exit {:?}", o.status.code())),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        log
+    })
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn a_restarted_controller_drops_no_request_and_reuses_marks() {
+    needs();
+    let mut m = Mesh::new(2, &[0, 1]);
+    vote(&mut m, &["vote.1", "vote.2"]);
+    let _ = m.apply();
+    let sb = m.lab.nodes[0].sandbox_netns.clone();
+    let ipvs_before = m.lab.sh(&sb, "ipvsadm -Sn");
+    let mut conn = vipmesh_testkit::vip::connect(
+        &m.lab.client,
+        std::net::SocketAddr::new(m.node_addr(0), 8080),
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = steady_traffic(&m, 0, stop.clone());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Restart: node1's controller is replaced by a new one (a new process would do the same).
+    m.ctls[0] = vipmesh::Controller::real(vipmesh::ControllerConfig::default());
+    let reports = m.apply();
+    assert!(
+        !reports[0]
+            .steps
+            .iter()
+            .any(|s| s.step.contains("add-service") || s.step.contains("del-service")),
+        "{}",
+        reports[0]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let log = traffic.join().unwrap();
+    let failed: Vec<_> = log.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        log.len() >= 3 && failed.is_empty(),
+        "{} requests, failed: {failed:?}",
+        log.len()
+    );
+    assert_eq!(
+        m.lab.sh(&sb, "ipvsadm -Sn"),
+        ipvs_before,
+        "marks and services reused"
+    );
+    // The connection opened before the restart still works (HTTP/1.0 on busybox: one request).
+    use std::io::{Read, Write};
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.contains("vote."), "{body}");
+    m.assert_converged();
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn a_long_lived_connection_survives_a_backend_added_and_another_drained() {
+    needs();
+    let mut m = Mesh::new(2, &[0, 1]);
+    m.services = vec![(
+        "vote".into(),
+        vec![port(Protocol::Tcp, 9090, 9000)],
+        vec!["vote.1".into(), "vote.2".into()],
+    )];
+    let _ = m.apply();
+    let addr = std::net::SocketAddr::new(m.node_addr(0), 9090);
+    // A long-lived greeter connection, and which task it landed on.
+    let mut conn = vipmesh_testkit::vip::connect(&m.lab.client, addr).unwrap();
+    let held = vipmesh_testkit::vip::greeting(&mut conn).unwrap();
+    let other = if held == "vote.1" { "vote.2" } else { "vote.1" };
+    vipmesh_testkit::vip::echo(&mut conn, "one\n").unwrap();
+    // A third task joins; the other one is drained away.
+    let t3 = m.lab.add_task(1);
+    m.lab.start_servers();
+    m.services[0].2 = vec![held.clone(), t3.name.clone(), other.to_string()];
+    let _ = m.apply();
+    vipmesh_testkit::vip::echo(&mut conn, "two\n").unwrap();
+    m.services[0].2 = vec![held.clone(), t3.name.clone()];
+    let _ = m.apply();
+    vipmesh_testkit::vip::echo(&mut conn, "three\n").unwrap();
+    // New connections never reach the drained task.
+    for _ in 0..6 {
+        let mut c = vipmesh_testkit::vip::connect(&m.lab.client, addr).unwrap();
+        let who = vipmesh_testkit::vip::greeting(&mut c).unwrap();
+        assert_ne!(who, other, "a new connection reached the drained task");
+    }
+    vipmesh_testkit::vip::echo(&mut conn, "four\n").unwrap();
+}
