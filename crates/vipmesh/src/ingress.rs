@@ -332,6 +332,13 @@ impl Ingress {
                 "not inside the ingress subnet",
             ));
         }
+        if v6 {
+            return Err(bad(
+                "ingress.subnet",
+                self.subnet,
+                "an IPv6 ingress is not supported yet (the host side is IPv4 only)",
+            ));
+        }
         check_netns("ingress.host_netns", &self.host_netns)?;
         check_netns("ingress.sandbox_netns", &self.sandbox_netns)?;
         check_netns("ingress.overlay_netns", &self.overlay_netns)?;
