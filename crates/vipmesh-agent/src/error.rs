@@ -69,7 +69,6 @@ pub enum Error {
 }
 
 impl Error {
-    #[allow(dead_code)] // the store uses it
     pub(crate) fn etcd(op: impl Into<String>, source: etcd_client::Error) -> Error {
         Error::Etcd {
             op: op.into(),

@@ -6,5 +6,6 @@
 
 mod error;
 pub mod layout;
+pub mod store;
 
 pub use error::Error;

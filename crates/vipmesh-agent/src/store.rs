@@ -1,0 +1,488 @@
+//! The store: the [`layout`](crate::layout) in etcd, over `etcd-client` (gRPC, etcd ≥ 3.4).
+//!
+//! - [`Store::snapshot`]: one range read of `/vipmesh/`, at one revision;
+//! - [`Store::watch`]: the changes under `/vipmesh/` from a revision on (a compacted start
+//!   revision is [`Error::Compacted`]: reload a snapshot);
+//! - [`Store::register_node`]: a lease, the node's key under it, and its keepalive
+//!   ([`Registration::keep_alive`]);
+//! - [`Store::cluster_apply`]: replaces the cluster's desired state in ONE transaction,
+//!   guarded by a compare of the modification revision of every desired-state key against
+//!   the revision the apply is based on: of two concurrent applies the second gets
+//!   [`Error::CasLost`] and writes nothing. Every apply rewrites `/vipmesh/v1/cluster`, so
+//!   an apply that only deletes keys also moves the guarded revision. Keys are written and
+//!   deleted one by one (etcd rejects a transaction that puts inside a range it deletes);
+//!   etcd's `--max-txn-ops` (128 by default) bounds the number of changed keys per apply.
+//!
+//! Every unary request has a deadline ([`StoreConfig::request_timeout`]); the connection
+//! sends HTTP/2 keepalives, so a dead peer ends a watch with an error instead of silence.
+//!
+//! # Examples
+//! ```no_run
+//! # async fn demo() -> Result<(), vipmesh_agent::Error> {
+//! use vipmesh_agent::store::{Store, StoreConfig};
+//! let mut store = Store::connect(StoreConfig::new(vec!["http://127.0.0.1:2379".into()])).await?;
+//! let snap = store.snapshot().await?;
+//! let mut watch = store.watch(snap.revision + 1).await?;
+//! while let Some(batch) = watch.next().await? {
+//!     println!("revision {}: {} changes", batch.revision, batch.changes.len());
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+
+use crate::error::Error;
+use crate::layout::{self, ClusterFile, ClusterMeta, Issue, NodeRecord};
+
+/// How to reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `http://host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// Deadline of each unary request.
+    pub request_timeout: Duration,
+    /// Deadline of a connection attempt.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive interval (a dead peer is noticed within interval + timeout).
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keepalive timeout.
+    pub keepalive_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// Defaults: 5 s per request, 3 s to connect, keepalive every 2 s with 2 s to answer.
+    pub fn new(endpoints: Vec<String>) -> StoreConfig {
+        StoreConfig {
+            endpoints,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            keepalive_interval: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything under `/vipmesh/` at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The store's revision the read saw.
+    pub revision: i64,
+    /// Keys and values.
+    pub kvs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Snapshot {
+    /// Applies a batch of watched changes (in order).
+    pub fn apply(&mut self, batch: &WatchBatch) {
+        for c in &batch.changes {
+            match &c.value {
+                Some(v) => {
+                    self.kvs.insert(c.key.clone(), v.clone());
+                }
+                None => {
+                    self.kvs.remove(&c.key);
+                }
+            }
+        }
+        self.revision = self.revision.max(batch.revision);
+    }
+}
+
+/// One changed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value; `None` for a deletion.
+    pub value: Option<Vec<u8>>,
+    /// The revision of the change.
+    pub mod_revision: i64,
+}
+
+/// The changes of one watch response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// The store's revision when the response was sent.
+    pub revision: i64,
+    /// The changes, in revision order.
+    pub changes: Vec<Change>,
+}
+
+/// What `cluster apply` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// The revision of the transaction.
+    pub revision: i64,
+    /// Keys written (new or changed), excluding the apply record.
+    pub written: Vec<String>,
+    /// Keys deleted.
+    pub deleted: Vec<String>,
+}
+
+/// A connection to etcd.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    cfg: StoreConfig,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("cfg", &self.cfg).finish()
+    }
+}
+
+async fn deadline<T>(
+    op: &str,
+    d: Duration,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(d, fut).await {
+        Ok(r) => r.map_err(|e| Error::etcd(op, e)),
+        Err(_) => Err(Error::Timeout {
+            op: op.to_string(),
+            timeout_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        }),
+    }
+}
+
+impl Store {
+    /// Connects (the first request may still find the members down: every request reports
+    /// its own failure).
+    ///
+    /// # Errors
+    /// [`Error::Etcd`] for a malformed endpoint or a failed connection; [`Error::Timeout`].
+    pub async fn connect(cfg: StoreConfig) -> Result<Store, Error> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(cfg.connect_timeout)
+            .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
+            .with_keep_alive_while_idle(true);
+        let client = deadline(
+            "connect",
+            cfg.connect_timeout + cfg.request_timeout,
+            Client::connect(&cfg.endpoints, Some(opts)),
+        )
+        .await?;
+        Ok(Store { client, cfg })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Everything under `/vipmesh/` in one range read.
+    ///
+    /// # Errors
+    /// [`Error::Etcd`], [`Error::Timeout`].
+    pub async fn snapshot(&mut self) -> Result<Snapshot, Error> {
+        let op = format!("range {}", layout::ROOT);
+        let mut resp = deadline(
+            &op,
+            self.cfg.request_timeout,
+            self.client
+                .get(layout::ROOT, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let kvs = resp
+            .take_kvs()
+            .into_iter()
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+            .collect();
+        Ok(Snapshot { revision, kvs })
+    }
+
+    /// Watches `/vipmesh/` from `from_revision` on (inclusive).
+    ///
+    /// # Errors
+    /// [`Error::Etcd`], [`Error::Timeout`] (a compacted revision shows at the first
+    /// [`Watch::next`]).
+    pub async fn watch(&mut self, from_revision: i64) -> Result<Watch, Error> {
+        let op = format!("watch {} from {from_revision}", layout::ROOT);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision);
+        let stream = deadline(
+            &op,
+            self.cfg.request_timeout,
+            self.client.watch(layout::ROOT, Some(opts)),
+        )
+        .await?;
+        Ok(Watch {
+            stream,
+            from: from_revision,
+        })
+    }
+
+    /// Registers a node: grants a lease of `ttl_secs`, puts `/vipmesh/v1/nodes/<name>` under
+    /// it and opens its keepalive stream. The key disappears when the lease expires (the
+    /// agent died or lost etcd for `ttl_secs`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a name that is not one path segment; [`Error::Etcd`],
+    /// [`Error::Timeout`].
+    pub async fn register_node(
+        &mut self,
+        name: &str,
+        record: &NodeRecord,
+        ttl_secs: i64,
+    ) -> Result<Registration, Error> {
+        let key = layout::node_key(name);
+        if !matches!(layout::parse_key(&key), Ok(layout::Key::Node(n)) if n == name) {
+            return Err(Error::invalid(
+                key,
+                "a node name is one non-empty path segment",
+            ));
+        }
+        let value = serde_json::to_vec(record).map_err(|e| Error::invalid(&key, e.to_string()))?;
+        let t = self.cfg.request_timeout;
+        let lease = deadline("lease grant", t, self.client.lease_grant(ttl_secs, None)).await?;
+        let id = lease.id();
+        deadline(
+            &format!("put {key}"),
+            t,
+            self.client
+                .put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
+        )
+        .await?;
+        let (keeper, stream) =
+            deadline("lease keepalive", t, self.client.lease_keep_alive(id)).await?;
+        Ok(Registration {
+            key,
+            id,
+            ttl_secs,
+            keeper,
+            stream,
+            timeout: t,
+        })
+    }
+
+    /// The cluster's desired state, with the values that do not parse, and the revision.
+    ///
+    /// # Errors
+    /// As [`Store::snapshot`].
+    pub async fn cluster_get(&mut self) -> Result<(ClusterFile, Vec<Issue>, i64), Error> {
+        let snap = self.snapshot().await?;
+        let (file, issues) = ClusterFile::from_kvs(&snap.kvs);
+        Ok((file, issues, snap.revision))
+    }
+
+    /// Replaces the cluster's desired state by `file`, in one transaction, if no key of the
+    /// desired state was modified after revision `based_on` (default: the revision this call
+    /// reads). Node registrations are not touched.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the key of a value an agent would skip (nothing is
+    /// written); [`Error::CasLost`] when the desired state changed after `based_on` (nothing
+    /// is written); [`Error::Etcd`], [`Error::Timeout`].
+    pub async fn cluster_apply(
+        &mut self,
+        file: &ClusterFile,
+        based_on: Option<i64>,
+    ) -> Result<ApplyOutcome, Error> {
+        let new = file.to_kvs()?;
+        let snap = self.snapshot().await?;
+        let base = based_on.unwrap_or(snap.revision);
+        let mut ops = Vec::new();
+        let mut written = Vec::new();
+        let mut deleted = Vec::new();
+        for (k, _) in snap.kvs.iter().filter(|(k, _)| is_desired(k)) {
+            let Ok(ks) = std::str::from_utf8(k) else {
+                ops.push(TxnOp::delete(k.clone(), None));
+                deleted.push(String::from_utf8_lossy(k).into_owned());
+                continue;
+            };
+            if ks != layout::meta_key() && !new.contains_key(ks) {
+                ops.push(TxnOp::delete(k.clone(), None));
+                deleted.push(ks.to_string());
+            }
+        }
+        for (k, v) in &new {
+            if snap.kvs.get(k.as_bytes()).map(Vec::as_slice) != Some(v.as_bytes()) {
+                ops.push(TxnOp::put(k.clone(), v.clone(), None));
+                written.push(k.clone());
+            }
+        }
+        let meta = ClusterMeta {
+            version: layout::VERSION.to_string(),
+            keys: new.len(),
+        };
+        let meta_value = serde_json::to_vec(&meta)
+            .map_err(|e| Error::invalid(layout::meta_key(), e.to_string()))?;
+        ops.push(TxnOp::put(layout::meta_key(), meta_value, None));
+        let compares: Vec<Compare> = layout::DESIRED_PREFIXES
+            .iter()
+            .map(|p| {
+                Compare::mod_revision(*p, CompareOp::Less, base.saturating_add(1)).with_prefix()
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = deadline(
+            "txn cluster apply",
+            self.cfg.request_timeout,
+            self.client.txn(txn),
+        )
+        .await?;
+        if !resp.succeeded() {
+            let current = self.desired_mod_revision().await?;
+            return Err(Error::CasLost {
+                expected: base,
+                current,
+            });
+        }
+        Ok(ApplyOutcome {
+            revision: resp.header().map_or(0, |h| h.revision()),
+            written,
+            deleted,
+        })
+    }
+
+    /// The newest modification revision among the desired-state keys.
+    async fn desired_mod_revision(&mut self) -> Result<i64, Error> {
+        let mut max = 0;
+        for p in layout::DESIRED_PREFIXES {
+            let resp = deadline(
+                &format!("range {p}"),
+                self.cfg.request_timeout,
+                self.client.get(p, Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+            max = resp
+                .kvs()
+                .iter()
+                .map(|kv| kv.mod_revision())
+                .fold(max, i64::max);
+        }
+        Ok(max)
+    }
+}
+
+fn is_desired(k: &[u8]) -> bool {
+    layout::DESIRED_PREFIXES
+        .iter()
+        .any(|p| k.starts_with(p.as_bytes()))
+}
+
+/// A watch of `/vipmesh/`.
+pub struct Watch {
+    stream: WatchStream,
+    from: i64,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("from", &self.from).finish()
+    }
+}
+
+impl Watch {
+    /// The next batch of changes (one watch response; responses without events, such as
+    /// the creation's, are skipped). `None` when the server closed the stream.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when the start revision was compacted; [`Error::Etcd`] when the
+    /// stream broke or the watch was cancelled.
+    pub async fn next(&mut self) -> Result<Option<WatchBatch>, Error> {
+        loop {
+            let Some(resp) = self
+                .stream
+                .message()
+                .await
+                .map_err(|e| Error::etcd("watch", e))?
+            else {
+                return Ok(None);
+            };
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    return Err(Error::Compacted {
+                        from: self.from,
+                        compact_revision: resp.compact_revision(),
+                    });
+                }
+                return Err(Error::Etcd {
+                    op: "watch".into(),
+                    source: etcd_client::Error::WatchError(format!(
+                        "cancelled: {}",
+                        resp.cancel_reason()
+                    )),
+                });
+            }
+            let revision = resp.header().map_or(0, |h| h.revision());
+            let changes: Vec<Change> = resp
+                .events()
+                .iter()
+                .filter_map(|e| {
+                    let kv = e.kv()?;
+                    Some(Change {
+                        key: kv.key().to_vec(),
+                        value: (e.event_type() == EventType::Put).then(|| kv.value().to_vec()),
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+                .collect();
+            if changes.is_empty() {
+                continue;
+            }
+            if let Some(last) = changes.last() {
+                self.from = last.mod_revision.saturating_add(1);
+            }
+            return Ok(Some(WatchBatch { revision, changes }));
+        }
+    }
+}
+
+/// A node's registration: its lease and keepalive stream.
+pub struct Registration {
+    key: String,
+    id: i64,
+    ttl_secs: i64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("key", &self.key)
+            .field("lease", &self.id)
+            .field("ttl_secs", &self.ttl_secs)
+            .finish()
+    }
+}
+
+impl Registration {
+    /// The lease id.
+    pub fn lease(&self) -> i64 {
+        self.id
+    }
+
+    /// The lease's time to live.
+    pub fn ttl_secs(&self) -> i64 {
+        self.ttl_secs
+    }
+
+    /// Refreshes the lease once; call it every third of the TTL. Returns the TTL granted.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the lease has expired (its key is gone: register again);
+    /// [`Error::Etcd`], [`Error::Timeout`].
+    pub async fn keep_alive(&mut self) -> Result<i64, Error> {
+        deadline("lease keepalive", self.timeout, self.keeper.keep_alive()).await?;
+        let resp = deadline("lease keepalive", self.timeout, self.stream.message()).await?;
+        match resp {
+            Some(r) if r.ttl() > 0 => Ok(r.ttl()),
+            _ => Err(Error::invalid(
+                &self.key,
+                format!("lease {:x} expired", self.id),
+            )),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! A throwaway etcd on loopback for the host tests: its own data directory, free ports,
+//! killed (only the PID this harness started) and removed on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vipmesh_agent::store::{Store, StoreConfig};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One etcd member.
+pub struct Etcd {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub client_port: u16,
+    peer_port: u16,
+}
+
+impl Etcd {
+    /// Starts a single-member etcd and waits until it answers.
+    pub async fn start() -> Etcd {
+        let dir = std::env::temp_dir().join(format!(
+            "vipmesh-agent-etcd-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut e = Etcd {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        e.spawn().await;
+        e
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        let mut c = StoreConfig::new(vec![self.url()]);
+        c.request_timeout = Duration::from_secs(2);
+        c.connect_timeout = Duration::from_secs(1);
+        c.keepalive_interval = Duration::from_millis(500);
+        c.keepalive_timeout = Duration::from_millis(500);
+        c
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(self.store_config()).await.unwrap()
+    }
+
+    async fn spawn(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "t"])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &self.url()])
+            .args(["--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--max-txn-ops", "1024"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start etcd (apt-get install etcd-server): {e}"));
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Ok(mut s) = Store::connect(self.store_config()).await
+                && s.snapshot().await.is_ok()
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+                panic!("etcd exited with {st}:\n{log}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "etcd did not answer in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL to the PID we started, and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` every 20 ms until it is true; panics after `secs` (a liveness bound, not a
+/// timing assertion).
+pub async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
