@@ -53,10 +53,10 @@ impl Etcd {
 
     pub fn store_config(&self) -> StoreConfig {
         let mut c = StoreConfig::new(vec![self.url()]);
-        c.request_timeout = Duration::from_secs(2);
+        c.request_timeout = Duration::from_secs(5);
         c.connect_timeout = Duration::from_secs(1);
-        c.keepalive_interval = Duration::from_millis(500);
-        c.keepalive_timeout = Duration::from_millis(500);
+        c.keepalive_interval = Duration::from_secs(1);
+        c.keepalive_timeout = Duration::from_secs(3);
         c
     }
 
