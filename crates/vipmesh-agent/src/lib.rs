@@ -4,6 +4,7 @@
 //! controller ([`agent`]).
 #![deny(missing_docs)]
 
+pub mod agent;
 mod error;
 pub mod layout;
 pub mod store;

@@ -90,7 +90,8 @@ impl Snapshot {
                 }
             }
         }
-        self.revision = self.revision.max(batch.revision);
+        let last = batch.changes.iter().map(|c| c.mod_revision).max();
+        self.revision = self.revision.max(last.unwrap_or(0));
     }
 }
 

@@ -1,0 +1,440 @@
+//! The agent loop: etcd → [`layout::assemble`] → [`Controller::set_desired`] →
+//! [`Controller::sync`].
+//!
+//! 1. Connect; register the node under a lease (when it has a [`NodeRecord`]).
+//! 2. Load a snapshot (one range read), assemble this node's state, hand it to the
+//!    controller (which marks only the changed services dirty) and sync.
+//! 3. Watch from the snapshot's revision + 1. A watch response, and every response that
+//!    arrives within [`AgentConfig::batch_window`] after it, become ONE assembly and ONE
+//!    sync: a burst of changes costs a few syncs, not one per key.
+//! 4. Between changes, sleep until the controller's [`Controller::next_deadline`] (drains,
+//!    retries, the periodic full resync) and sync then.
+//! 5. When etcd is unreachable (the watch breaks, a request times out, the HTTP/2
+//!    keepalive fails): the agent is [degraded](AgentStatus::degraded), the controller keeps
+//!    the last desired state (the dataplane is never flushed; periodic syncs go on and
+//!    repair drift), and it reconnects with backoff, resuming the watch from the last
+//!    revision it applied. A compacted revision makes it reload a snapshot instead.
+//!
+//! The controller is synchronous: every sync runs in `spawn_blocking`, holding the
+//! controller's mutex.
+//!
+//! # Examples
+//! ```no_run
+//! # async fn demo() -> Result<(), vipmesh_agent::Error> {
+//! use vipmesh::{Controller, ControllerConfig};
+//! use vipmesh_agent::agent::{Agent, AgentConfig};
+//! use vipmesh_agent::store::StoreConfig;
+//! let ctl = Controller::real(ControllerConfig::default());
+//! let agent = Agent::new(
+//!     AgentConfig::new("node-1"),
+//!     StoreConfig::new(vec!["http://127.0.0.1:2379".into()]),
+//!     ctl,
+//! );
+//! let status = agent.status();
+//! agent.run(std::future::pending()).await?; // or a shutdown signal
+//! println!("stopped at revision {}", status.get().revision);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use vipmesh::dataplane::Kernel;
+use vipmesh::{Controller, SyncKind};
+
+use crate::error::Error;
+use crate::layout::{self, Issue, NodeRecord};
+use crate::store::{Registration, Snapshot, Store, StoreConfig, WatchBatch};
+
+/// Agent tunables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// This node's name (`/vipmesh/v1/nodes/<name>`, the ingress's `node`).
+    pub node: String,
+    /// Registered under a lease when set (needed for the ingress).
+    pub record: Option<NodeRecord>,
+    /// The lease's TTL: the node key disappears this long after the agent stops.
+    pub lease_ttl_secs: i64,
+    /// After a watch response, how long to wait for more before syncing.
+    pub batch_window: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults: no registration, lease TTL 10 s, a 50 ms batch window, reconnects from
+    /// 200 ms to 5 s.
+    pub fn new(node: &str) -> AgentConfig {
+        AgentConfig {
+            node: node.to_string(),
+            record: None,
+            lease_ttl_secs: 10,
+            batch_window: Duration::from_millis(50),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the agent is doing, for health checks, metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentStatus {
+    /// Why the agent cannot reach etcd, while it cannot (the dataplane keeps the last state).
+    pub degraded: Option<String>,
+    /// The revision of the last change applied to the desired state.
+    pub revision: i64,
+    /// Snapshots loaded (the first, and after each compaction).
+    pub snapshots: u64,
+    /// Watch responses received.
+    pub watch_batches: u64,
+    /// Changed keys received.
+    pub watch_events: u64,
+    /// Syncs run because the desired state changed (one per batch).
+    pub change_syncs: u64,
+    /// Every sync that did something, by kind.
+    pub full_syncs: u64,
+    /// Incremental syncs.
+    pub incremental_syncs: u64,
+    /// Syncs that returned an error.
+    pub sync_errors: u64,
+    /// The last sync's error, until a sync succeeds.
+    pub last_sync_error: Option<String>,
+    /// When the last sync ran (seconds of the sync clock).
+    pub last_sync: Option<u64>,
+    /// Durations of the syncs that did something, in seconds (drained by the metrics).
+    pub sync_seconds: Vec<f64>,
+    /// Values skipped when the desired state was last assembled.
+    pub issues: Vec<Issue>,
+    /// Watches established (the first, and one per reconnect or reload).
+    pub watches: u64,
+}
+
+/// A shared view of an agent's [`AgentStatus`].
+#[derive(Debug, Clone, Default)]
+pub struct StatusHandle(Arc<Mutex<AgentStatus>>);
+
+impl StatusHandle {
+    /// A copy of the status now.
+    pub fn get(&self) -> AgentStatus {
+        self.lock().clone()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, AgentStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The per-node agent. See the module docs.
+#[derive(Debug)]
+pub struct Agent<K: Kernel> {
+    cfg: AgentConfig,
+    store_cfg: StoreConfig,
+    ctl: Arc<Mutex<Controller<K>>>,
+    status: StatusHandle,
+    snapshot: Snapshot,
+    loaded: bool,
+}
+
+/// Why the watch phase ended.
+enum Leave {
+    Shutdown,
+    Disconnected(Error),
+    Reload(Error),
+}
+
+fn lock<K: Kernel>(c: &Mutex<Controller<K>>) -> MutexGuard<'_, Controller<K>> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn until(deadline: Option<u64>) -> Duration {
+    let now = vipmesh::plan::now_secs();
+    match deadline {
+        Some(t) => Duration::from_secs(t.saturating_sub(now)),
+        None => Duration::from_secs(60),
+    }
+}
+
+impl<K: Kernel + 'static> Agent<K>
+where
+    Controller<K>: Send,
+{
+    /// An agent driving `controller` from the etcd at `store_cfg`.
+    pub fn new(cfg: AgentConfig, store_cfg: StoreConfig, controller: Controller<K>) -> Agent<K> {
+        Agent {
+            cfg,
+            store_cfg,
+            ctl: Arc::new(Mutex::new(controller)),
+            status: StatusHandle::default(),
+            snapshot: Snapshot::default(),
+            loaded: false,
+        }
+    }
+
+    /// The status, shared (readable while the agent runs).
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    /// The controller, shared (lock it briefly: syncs wait for it).
+    pub fn controller(&self) -> Arc<Mutex<Controller<K>>> {
+        self.ctl.clone()
+    }
+
+    /// Runs until `shutdown` completes. Never returns an error for etcd trouble (that is
+    /// [`AgentStatus::degraded`]); the dataplane is left as it is on return.
+    ///
+    /// # Errors
+    /// None today; reserved for unrecoverable failures.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        tokio::pin!(shutdown);
+        let mut backoff = self.cfg.reconnect_min;
+        loop {
+            let attempt = self.connect_and_load().await;
+            let (store, reg) = match attempt {
+                Ok(x) => x,
+                Err(e) => {
+                    self.set_degraded(&e);
+                    if self.wait_syncing(backoff, &mut shutdown).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(self.cfg.reconnect_max);
+                    continue;
+                }
+            };
+            backoff = self.cfg.reconnect_min;
+            match self.watch_phase(store, reg, &mut shutdown).await {
+                Leave::Shutdown => return Ok(()),
+                Leave::Reload(e) => {
+                    tracing::info!(error = %e, "reloading the snapshot");
+                    self.loaded = false;
+                }
+                Leave::Disconnected(e) => {
+                    self.set_degraded(&e);
+                    if self.wait_syncing(backoff, &mut shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_degraded(&self, e: &Error) {
+        tracing::warn!(error = %e, "etcd unreachable: keeping the dataplane as it is");
+        self.status.lock().degraded = Some(e.to_string());
+    }
+
+    /// Connects, registers, and loads a snapshot unless one is loaded (then the watch
+    /// resumes from its revision).
+    async fn connect_and_load(&mut self) -> Result<(Store, Option<Registration>), Error> {
+        let mut store = Store::connect(self.store_cfg.clone()).await?;
+        let reg = match &self.cfg.record {
+            Some(r) => Some(
+                store
+                    .register_node(&self.cfg.node, r, self.cfg.lease_ttl_secs)
+                    .await?,
+            ),
+            None => None,
+        };
+        if !self.loaded {
+            let snap = store.snapshot().await?;
+            self.snapshot = snap;
+            self.loaded = true;
+            self.status.lock().snapshots += 1;
+            self.desired_changed().await;
+        }
+        Ok((store, reg))
+    }
+
+    /// Waits `d` (or until shutdown: then true), syncing whenever the controller is due.
+    async fn wait_syncing(
+        &mut self,
+        d: Duration,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let due = until(lock(&self.ctl).next_deadline());
+            tokio::select! {
+                () = shutdown.as_mut() => return true,
+                () = tokio::time::sleep(left.min(due.max(Duration::from_millis(200)))) => {
+                    if due <= left {
+                        self.sync().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn watch_phase(
+        &mut self,
+        mut store: Store,
+        mut reg: Option<Registration>,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Leave {
+        let from = self.snapshot.revision.saturating_add(1);
+        let mut watch = match store.watch(from).await {
+            Ok(w) => w,
+            Err(e) => return Leave::Disconnected(e),
+        };
+        let (tx, mut rx) = mpsc::channel::<Result<WatchBatch, Error>>(1024);
+        let task = tokio::spawn(async move {
+            loop {
+                let r = watch.next().await;
+                let end = !matches!(r, Ok(Some(_)));
+                let msg = match r {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => Err(Error::invalid("watch", "the server closed the stream")),
+                    Err(e) => Err(e),
+                };
+                if tx.send(msg).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(task);
+        {
+            let mut st = self.status.lock();
+            st.degraded = None;
+            st.watches += 1;
+        }
+        let ka_every = Duration::from_secs(
+            u64::try_from(self.cfg.lease_ttl_secs / 3)
+                .unwrap_or(1)
+                .max(1),
+        );
+        let mut ka = tokio::time::interval(ka_every);
+        ka.tick().await;
+        loop {
+            let due = until(lock(&self.ctl).next_deadline());
+            tokio::select! {
+                () = shutdown.as_mut() => return Leave::Shutdown,
+                m = rx.recv() => {
+                    let first = match m {
+                        Some(Ok(b)) => b,
+                        Some(Err(e @ Error::Compacted { .. })) => return Leave::Reload(e),
+                        Some(Err(e)) => return Leave::Disconnected(e),
+                        None => return Leave::Disconnected(Error::invalid("watch", "the watch task ended")),
+                    };
+                    let mut batches = vec![first];
+                    tokio::time::sleep(self.cfg.batch_window).await;
+                    let mut leave = None;
+                    while let Ok(m) = rx.try_recv() {
+                        match m {
+                            Ok(b) => batches.push(b),
+                            Err(e @ Error::Compacted { .. }) => { leave = Some(Leave::Reload(e)); break; }
+                            Err(e) => { leave = Some(Leave::Disconnected(e)); break; }
+                        }
+                    }
+                    {
+                        let mut st = self.status.lock();
+                        st.watch_batches += batches.len() as u64;
+                        st.watch_events += batches.iter().map(|b| b.changes.len() as u64).sum::<u64>();
+                    }
+                    for b in &batches {
+                        self.snapshot.apply(b);
+                    }
+                    self.status.lock().change_syncs += 1;
+                    self.desired_changed().await;
+                    if let Some(l) = leave {
+                        return l;
+                    }
+                }
+                () = tokio::time::sleep(due) => {
+                    self.sync().await;
+                    // Never spin on a deadline that stays in the past.
+                    if until(lock(&self.ctl).next_deadline()).is_zero() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                _ = ka.tick(), if reg.is_some() => {
+                    if let Some(r) = reg.as_mut()
+                        && let Err(e) = r.keep_alive().await
+                    {
+                        match e {
+                            Error::Invalid { .. } => {
+                                tracing::warn!(error = %e, "lease lost: registering again");
+                                match self.cfg.record.as_ref() {
+                                    Some(rec) => match store.register_node(&self.cfg.node, rec, self.cfg.lease_ttl_secs).await {
+                                        Ok(n) => reg = Some(n),
+                                        Err(e) => return Leave::Disconnected(e),
+                                    },
+                                    None => reg = None,
+                                }
+                            }
+                            e => return Leave::Disconnected(e),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Assembles the desired state from the snapshot, hands it to the controller, syncs.
+    async fn desired_changed(&mut self) {
+        let a = layout::assemble(&self.cfg.node, &self.snapshot.kvs);
+        for i in &a.issues {
+            tracing::warn!(key = %i.key, reason = %i.reason, "value skipped");
+        }
+        {
+            let mut st = self.status.lock();
+            st.issues = a.issues;
+            st.revision = self.snapshot.revision;
+        }
+        lock(&self.ctl).set_desired(a.state);
+        self.sync().await;
+    }
+
+    async fn sync(&self) {
+        let ctl = self.ctl.clone();
+        let started = Instant::now();
+        let res = tokio::task::spawn_blocking(move || {
+            let now = vipmesh::plan::now_secs();
+            (lock(&ctl).sync(now), now)
+        })
+        .await;
+        let secs = started.elapsed().as_secs_f64();
+        let mut st = self.status.lock();
+        match res {
+            Ok((Ok((kind, _report)), now)) => {
+                match kind {
+                    SyncKind::Full => st.full_syncs += 1,
+                    SyncKind::Incremental => st.incremental_syncs += 1,
+                    SyncKind::Idle => return,
+                }
+                st.last_sync = Some(now);
+                st.last_sync_error = None;
+                st.sync_seconds.push(secs);
+            }
+            Ok((Err(e), now)) => {
+                tracing::warn!(error = %e, "sync failed (retried with backoff)");
+                st.sync_errors += 1;
+                st.last_sync = Some(now);
+                st.last_sync_error = Some(e.to_string());
+                st.sync_seconds.push(secs);
+            }
+            Err(e) => {
+                st.sync_errors += 1;
+                st.last_sync_error = Some(format!("sync task: {e}"));
+            }
+        }
+        if st.sync_seconds.len() > 4096 {
+            st.sync_seconds.drain(..2048);
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
