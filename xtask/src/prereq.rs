@@ -29,7 +29,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
     ("protoc", "protobuf-compiler"),
-    ("/usr/include/google/protobuf/descriptor.proto", "libprotobuf-dev"),
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
 ];
 
 /// Installs whatever is missing. Runs `apt-get update` only when the install fails.
