@@ -40,6 +40,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::mpsc;
 use vipmesh::dataplane::Kernel;
 use vipmesh::{Controller, SyncKind};
@@ -105,17 +106,28 @@ pub struct AgentStatus {
     pub last_sync_error: Option<String>,
     /// When the last sync ran (seconds of the sync clock).
     pub last_sync: Option<u64>,
-    /// Durations of the syncs that did something, in seconds (drained by the metrics).
-    pub sync_seconds: Vec<f64>,
     /// Values skipped when the desired state was last assembled.
     pub issues: Vec<Issue>,
     /// Watches established (the first, and one per reconnect or reload).
     pub watches: u64,
 }
 
-/// A shared view of an agent's [`AgentStatus`].
-#[derive(Debug, Clone, Default)]
-pub struct StatusHandle(Arc<Mutex<AgentStatus>>);
+/// A shared view of an agent's [`AgentStatus`], and the sync-duration histogram.
+#[derive(Debug, Clone)]
+pub struct StatusHandle {
+    status: Arc<Mutex<AgentStatus>>,
+    sync_seconds: Histogram,
+}
+
+impl Default for StatusHandle {
+    fn default() -> Self {
+        StatusHandle {
+            status: Arc::default(),
+            // 0.5 ms .. ~16 s.
+            sync_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
+}
 
 impl StatusHandle {
     /// A copy of the status now.
@@ -123,8 +135,13 @@ impl StatusHandle {
         self.lock().clone()
     }
 
+    /// The durations of the syncs that did something (or failed), in seconds.
+    pub fn sync_seconds(&self) -> &Histogram {
+        &self.sync_seconds
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, AgentStatus> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -411,22 +428,19 @@ where
                 }
                 st.last_sync = Some(now);
                 st.last_sync_error = None;
-                st.sync_seconds.push(secs);
+                self.status.sync_seconds.observe(secs);
             }
             Ok((Err(e), now)) => {
                 tracing::warn!(error = %e, "sync failed (retried with backoff)");
                 st.sync_errors += 1;
                 st.last_sync = Some(now);
                 st.last_sync_error = Some(e.to_string());
-                st.sync_seconds.push(secs);
+                self.status.sync_seconds.observe(secs);
             }
             Err(e) => {
                 st.sync_errors += 1;
                 st.last_sync_error = Some(format!("sync task: {e}"));
             }
-        }
-        if st.sync_seconds.len() > 4096 {
-            st.sync_seconds.drain(..2048);
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod agent;
 mod error;
 pub mod layout;
+pub mod metrics;
 pub mod store;
 
 pub use error::Error;

@@ -406,3 +406,73 @@ async fn a_compacted_revision_reloads_the_snapshot() {
     assert!(st.degraded.is_none());
     r.stop().await;
 }
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs a real etcd on loopback"]
+async fn metrics_and_healthz_follow_the_agent() {
+    use vipmesh_agent::metrics::MetricsServer;
+    let mut e = Etcd::start().await;
+    let mut s = e.store().await;
+    s.cluster_apply(
+        &cluster(&[svc("vote", "10.0.0.9", &["10.0.0.10", "10.0.0.11"])]),
+        None,
+    )
+    .await
+    .unwrap();
+    let r = start(&e, Duration::from_secs(60), Duration::from_millis(20));
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let srv = tokio::spawn(server.serve(r.status.clone(), Some(r.ctl.clone()), async {
+        let _ = stop_rx.await;
+    }));
+    eventually("vote programmed", 30, || r.dests("vote").len() == 2).await;
+    // Connections on one real server, as the kernel would count them.
+    let mark = r.marks()["vote"];
+    r.kernel.with("lb-demo", |n| {
+        let key = ipvs::ServiceKey::fwmark(ipvs::Family::Inet, mark).unwrap();
+        let dest = n.ipvs.dests(&key).unwrap()[0].dest.key;
+        n.ipvs.set_conns(&key, &dest, 7, 3).unwrap();
+    });
+    let (code, body) = http_get(addr, "/healthz").await;
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, text) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for want in [
+        "vipmesh_agent_syncs_total{kind=\"full\"} 1",
+        "vipmesh_agent_degraded 0",
+        "vipmesh_agent_sync_duration_seconds_count 1",
+        "vipmesh_service_connections{network=\"demo\",service=\"vote\",state=\"active\"} 7",
+        "vipmesh_service_connections{network=\"demo\",service=\"vote\",state=\"inactive\"} 3",
+        &format!("vipmesh_agent_watch_revision {}", r.status.get().revision),
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    assert_eq!(http_get(addr, "/nope").await.0, 404);
+
+    e.kill();
+    eventually("degraded", 30, || r.status.get().degraded.is_some()).await;
+    let (code, body) = http_get(addr, "/healthz").await;
+    assert_eq!(code, 503);
+    assert!(body.starts_with("degraded: "), "{body}");
+    let (_, text) = http_get(addr, "/metrics").await;
+    assert!(text.contains("vipmesh_agent_degraded 1"), "{text}");
+    let _ = stop_tx.send(());
+    srv.await.unwrap().unwrap();
+    r.stop().await;
+}
