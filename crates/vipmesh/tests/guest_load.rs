@@ -186,13 +186,14 @@ fn a_rolling_replacement_under_traffic_loses_nothing_and_drains_the_held_connect
             names.is_disjoint(&removed),
             "step {s}: a new connection reached a draining backend: {served:?}"
         );
-        let mut want: Vec<&str> = new[..*s].iter().map(String::as_str).collect();
+        let mut want: BTreeSet<&str> = new[..*s].iter().map(String::as_str).collect();
         want.extend(old[*s..].iter().map(String::as_str));
-        assert_eq!(
-            names,
-            want.into_iter().collect::<BTreeSet<_>>(),
-            "step {s}: served {served:?}"
-        );
+        assert!(names.is_superset(&want), "step {s}: served {served:?}");
+        // A request started in step s may still be connecting when step s+1 adds its task.
+        if let Some(next) = new.get(*s) {
+            want.insert(next);
+        }
+        assert!(names.is_subset(&want), "step {s}: served {served:?}");
     }
 
     // Past the drain timeout the old backends are gone; only the new ones remain.
