@@ -138,17 +138,36 @@ fn run(n: usize) -> Run {
             let (r, t) = timed(|| cc.sync_full(now_secs()).unwrap());
             assert!(r.steps.iter().any(|s| s.step.contains("netfilter")), "{r}");
             ours.push(t);
-            // Docker's way for one rule: delete it and append its replacement.
+            // Docker's way for one rule: delete it and append its replacement (the rule as
+            // the kernel lists it, so the delete matches exactly).
             let i = n / 2;
-            let vip = format!("10.1.{}.{}", (i >> 8) as u8, i as u8);
-            let old = format!(
-                "-d {vip}/32 -p tcp -m tcp --dport {port} -m comment --comment \"vipmesh net=scale svc=svc{i}\" -j MARK --set-xmark 0x{:x}/0xffffffff",
-                0x100 + i
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "iptables", "-t", "mangle", "-S", chain,
+                ])
+                .output()
+                .unwrap();
+            let listed = String::from_utf8_lossy(&out.stdout);
+            let old = listed
+                .lines()
+                .find(|l| l.contains(&format!("svc=svc{i}\"")))
+                .unwrap_or_else(|| panic!("no rule of svc{i}:\n{listed}"))
+                .replacen(&format!("-A {chain} "), "", 1);
+            assert!(
+                old.contains(&format!("--dport {port} ")),
+                "the cached sync did not write the change: {old}"
             );
-            let new = old.replace(&format!("--dport {port}"), &format!("--dport {}", port + 100));
+            let new = old.replace(
+                &format!("--dport {port}"),
+                &format!("--dport {}", port + 100),
+            );
             let ((), t) = timed(|| {
-                sh(&format!("ip netns exec {ns} iptables -t mangle -D {chain} {old}"));
-                sh(&format!("ip netns exec {ns} iptables -t mangle -A {chain} {new}"));
+                sh(&format!(
+                    "ip netns exec {ns} iptables -t mangle -D {chain} {old}"
+                ));
+                sh(&format!(
+                    "ip netns exec {ns} iptables -t mangle -A {chain} {new}"
+                ));
             });
             docker.push(t);
             // Put the kernel back to what the controller believes, through the controller.
@@ -185,6 +204,7 @@ fn main() {
             .trim()
     );
     let small = run(100);
+    println!("(100 services done)");
     let big = run(10_000);
     for (n, r) in [(100, &small), (10_000, &big)] {
         println!(

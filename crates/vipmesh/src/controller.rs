@@ -260,26 +260,36 @@ impl<K: Kernel> Controller<K> {
     /// [`Error::UnknownObject`] for an unknown network; validation errors as
     /// [`crate::model::NetworkState::new`]; nothing changes then.
     pub fn upsert_service(&mut self, network: &str, s: Service) -> Result<(), Error> {
+        let unknown = || Error::UnknownObject {
+            kind: "network",
+            name: network.to_string(),
+        };
+        // The ingress network's services follow its spec: change them with a new NodeState.
+        let net = self.desired.network(network).ok_or_else(unknown)?;
+        // One VIP in two networks of the same namespace is refused, as NodeState::new does.
+        let ns = net.network().lb_netns.clone();
+        for other in self.desired.all_networks() {
+            if other.id() == net.id() || other.network().lb_netns != ns {
+                continue;
+            }
+            for v in s
+                .vips_of()
+                .iter()
+                .flat_map(|v| v.iter().collect::<Vec<_>>())
+            {
+                if other.vip_holder(v).is_some() {
+                    return Err(Error::invalid(
+                        "service.vip",
+                        format!("{v} in {network} and {}", other.id()),
+                        "one VIP in two networks of the same namespace",
+                    ));
+                }
+            }
+        }
         let name = s.name.clone();
-        let net = self
-            .desired
-            .network_mut(network)
-            .ok_or_else(|| Error::UnknownObject {
-                kind: "network",
-                name: network.to_string(),
-            })?;
-        let mut candidate = net.clone();
-        candidate.upsert_service(s)?;
-        let mut all = self.desired.clone();
-        all.upsert_network(candidate)?;
-        let id = all
-            .network(network)
-            .map(|n| n.id().clone())
-            .ok_or_else(|| Error::UnknownObject {
-                kind: "network",
-                name: network.to_string(),
-            })?;
-        self.desired = all;
+        let net = self.desired.network_mut(network).ok_or_else(unknown)?;
+        net.upsert_service(s)?;
+        let id = net.id().clone();
         self.dirty.insert((id, name));
         Ok(())
     }

@@ -963,6 +963,49 @@ impl Network {
 pub struct NetworkState {
     network: Network,
     services: BTreeMap<ServiceName, Service>,
+    /// Who holds each VIP, and how many services list each backend address: derived from
+    /// `services`, kept so one service can be validated and replaced in O(its size).
+    #[serde(skip)]
+    index: Index,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Index {
+    vips: BTreeMap<IpAddr, ServiceName>,
+    backends: BTreeMap<IpAddr, usize>,
+}
+
+impl Index {
+    fn add(&mut self, s: &Service) {
+        for v in s
+            .vips_of()
+            .iter()
+            .flat_map(|v| v.iter().collect::<Vec<_>>())
+        {
+            self.vips.insert(v, s.name.clone());
+        }
+        for b in &s.backends {
+            *self.backends.entry(b.addr).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, s: &Service) {
+        for v in s
+            .vips_of()
+            .iter()
+            .flat_map(|v| v.iter().collect::<Vec<_>>())
+        {
+            self.vips.remove(&v);
+        }
+        for b in &s.backends {
+            if let Some(n) = self.backends.get_mut(&b.addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.backends.remove(&b.addr);
+                }
+            }
+        }
+    }
 }
 
 impl NetworkState {
@@ -991,6 +1034,7 @@ impl NetworkState {
         let mut st = NetworkState {
             network,
             services: BTreeMap::new(),
+            index: Index::default(),
         };
         let mut vips = BTreeSet::new();
         let backend_addrs: BTreeSet<IpAddr> = services
@@ -998,8 +1042,9 @@ impl NetworkState {
             .flat_map(|s| s.backends.iter().map(|b| b.addr))
             .collect();
         for s in services {
-            st.check_service(&s, &backend_addrs, &mut vips)?;
+            st.check_service(&s, &|a| backend_addrs.contains(&a), &mut |v| vips.insert(v))?;
             let name = s.name.clone();
+            st.index.add(&s);
             if st.services.insert(name.clone(), s).is_some() {
                 return Err(Error::invalid("service.name", name, "used by two services"));
             }
@@ -1007,11 +1052,13 @@ impl NetworkState {
         Ok(st)
     }
 
+    /// Checks one service against the network; `is_backend(a)`: `a` is a backend of some
+    /// service; `claim_vip(v)`: claims `v`, false when another service holds it.
     fn check_service(
         &self,
         s: &Service,
-        backend_addrs: &BTreeSet<IpAddr>,
-        vips: &mut BTreeSet<IpAddr>,
+        is_backend: &dyn Fn(IpAddr) -> bool,
+        claim_vip: &mut dyn FnMut(IpAddr) -> bool,
     ) -> Result<(), Error> {
         let name = &s.name;
         let net = &self.network;
@@ -1082,14 +1129,14 @@ impl NetworkState {
                         "is the load balancer's own address",
                     ));
                 }
-                if backend_addrs.contains(&vip) {
+                if is_backend(vip) {
                     return Err(Error::invalid(
                         "service.vip",
                         format!("{name}: {vip}"),
                         "collides with a backend address",
                     ));
                 }
-                if !vips.insert(vip) {
+                if !claim_vip(vip) {
                     return Err(Error::invalid(
                         "service.vip",
                         format!("{name}: {vip}"),
@@ -1131,30 +1178,66 @@ impl NetworkState {
         self.services.get(name)
     }
 
-    /// Adds or replaces one service, validated against the rest of the network.
+    /// Adds or replaces one service, validated against the rest of the network, in
+    /// O(the service's size · log n).
     ///
     /// # Errors
     /// As [`NetworkState::new`]; `self` is unchanged then.
     pub fn upsert_service(&mut self, s: Service) -> Result<(), Error> {
-        let mut services: Vec<Service> = self
-            .services
-            .values()
-            .filter(|o| o.name != s.name)
-            .cloned()
-            .collect();
-        services.push(s);
-        *self = NetworkState::new(self.network.clone(), services)?;
+        let old = self.services.get(&s.name);
+        let own: BTreeSet<IpAddr> = s.backends.iter().map(|b| b.addr).collect();
+        let old_backends: BTreeMap<IpAddr, usize> = old
+            .iter()
+            .flat_map(|o| o.backends.iter())
+            .fold(BTreeMap::new(), |mut m, b| {
+                *m.entry(b.addr).or_default() += 1;
+                m
+            });
+        let is_backend = |a: IpAddr| {
+            own.contains(&a)
+                || self.index.backends.get(&a).copied().unwrap_or(0)
+                    > old_backends.get(&a).copied().unwrap_or(0)
+        };
+        let vips = &self.index.vips;
+        let mut claim = |v: IpAddr| vips.get(&v).is_none_or(|holder| *holder == s.name);
+        self.check_service(&s, &is_backend, &mut claim)?;
+        // A new backend must not be another service's VIP.
+        for b in &s.backends {
+            if let Some(holder) = self.index.vips.get(&b.addr).filter(|h| **h != s.name) {
+                return Err(Error::invalid(
+                    "service.vip",
+                    format!("{holder}: {}", b.addr),
+                    "collides with a backend address",
+                ));
+            }
+        }
+        if let Some(o) = self.services.remove(&s.name) {
+            self.index.remove(&o);
+        }
+        self.index.add(&s);
+        self.services.insert(s.name.clone(), s);
         Ok(())
+    }
+
+    /// The service holding VIP `v`, if any.
+    pub fn vip_holder(&self, v: IpAddr) -> Option<&ServiceName> {
+        self.index.vips.get(&v)
     }
 
     /// Removes one service; returns it.
     pub fn remove_service(&mut self, name: &str) -> Option<Service> {
-        self.services.remove(name)
+        let s = self.services.remove(name)?;
+        self.index.remove(&s);
+        Some(s)
     }
 
     /// Replaces a service by a version of itself taken from another valid state of the same
     /// network (the controller's record of what it applied).
     pub(crate) fn set_service_unchecked(&mut self, s: Service) {
+        if let Some(o) = self.services.remove(&s.name) {
+            self.index.remove(&o);
+        }
+        self.index.add(&s);
         self.services.insert(s.name.clone(), s);
     }
 }

@@ -1150,8 +1150,8 @@ pub fn plan_services(
     now: u64,
 ) -> Plan {
     let timeout = desired.options().drain_timeout.as_secs();
+    // The marks do not change here: the plan carries none (the controller keeps its own).
     let mut out = Plan {
-        marks: marks.clone(),
         drains: drains.clone(),
         ..Plan::default()
     };

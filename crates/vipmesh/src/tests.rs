@@ -1113,6 +1113,25 @@ fn incremental_updates_name_only_valid_objects() {
         })
     ));
     assert_eq!(c.desired(), &node(sample()));
+    // A backend that is another service's VIP: refused too.
+    let bad = Service::vip("new", ip("10.0.0.50"), &[ip("10.0.0.9")]).unwrap();
+    assert!(matches!(
+        c.upsert_service("demo", bad),
+        Err(Error::Invalid {
+            field: "service.vip",
+            ..
+        })
+    ));
+    // Replacing a service by itself with one backend moved is fine (its own addresses).
+    let mut vote = sample()[0].clone();
+    vote.backends.reverse();
+    c.upsert_service("demo", vote).unwrap();
+    c.upsert_service("demo", sample()[0].clone()).unwrap();
+    assert_eq!(
+        c.desired(),
+        &node(sample()),
+        "the index follows the services"
+    );
     // A new service goes through a full sync (its rules and address change).
     c.upsert_service(
         "demo",
