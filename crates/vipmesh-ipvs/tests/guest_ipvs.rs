@@ -214,7 +214,11 @@ fn every_scheduler_the_kernel_offers() {
         .unwrap()
         .filter_map(|e| {
             let n = e.ok()?.file_name().to_string_lossy().into_owned();
-            let s = n.strip_prefix("ip_vs_")?.strip_suffix(".ko")?.to_owned();
+            // Debian's 6.12 ships compressed modules (.ko.xz).
+            let base = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
+                .iter()
+                .find_map(|ext| n.strip_suffix(ext))?;
+            let s = base.strip_prefix("ip_vs_")?.to_owned();
             (!matches!(s.as_str(), "ftp" | "pe_sip")).then_some(s)
         })
         .collect();
