@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cli;
 mod error;
 pub mod layout;
 pub mod metrics;

@@ -1,0 +1,281 @@
+//! The command line: `agent`, `cluster apply`, `cluster get` (clap). The `vipmesh-agent`
+//! binary is [`main`]; another binary can delegate its `agent` and `cluster` subcommands to
+//! [`run`] with its own argument list.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vipmesh::{Controller, ControllerConfig};
+
+use crate::agent::{Agent, AgentConfig};
+use crate::error::Error;
+use crate::layout::{ClusterFile, NodeRecord};
+use crate::metrics::MetricsServer;
+use crate::store::{Store, StoreConfig};
+
+/// The per-node vipmesh agent and the cluster's desired state in etcd.
+#[derive(Debug, Parser)]
+#[command(name = "vipmesh-agent", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs this node's agent: watches etcd and keeps the kernel equal to the node's state.
+    Agent {
+        /// This node's name.
+        #[arg(long)]
+        node: String,
+        /// etcd client URLs (repeat or comma-separate).
+        #[arg(long = "etcd", value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        /// This node's underlay address (registers the node: needed for the ingress).
+        #[arg(long, requires = "sandbox_addr")]
+        underlay: Option<IpAddr>,
+        /// This node's ingress sandbox address.
+        #[arg(long, requires = "underlay")]
+        sandbox_addr: Option<IpAddr>,
+        /// The node registration's lease TTL, in seconds.
+        #[arg(long, default_value_t = 10)]
+        lease_ttl: i64,
+        /// Where to serve /metrics and /healthz.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+    },
+    /// The cluster's desired state.
+    Cluster {
+        /// What to do with it.
+        #[command(subcommand)]
+        op: ClusterOp,
+    },
+}
+
+/// `cluster` operations.
+#[derive(Debug, Subcommand)]
+pub enum ClusterOp {
+    /// Replaces the desired state by a cluster file, in one transaction.
+    Apply {
+        /// The cluster file (a state file's networks and options, and the ingress without
+        /// node and nodes).
+        #[arg(long)]
+        state: PathBuf,
+        /// Fail (and write nothing) if the desired state changed after this revision
+        /// (as printed by `cluster get`).
+        #[arg(long)]
+        if_revision: Option<i64>,
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: Etcd,
+    },
+    /// Prints the desired state as a cluster file; the revision and skipped values go to
+    /// stderr.
+    Get {
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: Etcd,
+    },
+}
+
+/// Where etcd is.
+#[derive(Debug, clap::Args)]
+pub struct Etcd {
+    /// etcd client URLs (repeat or comma-separate).
+    #[arg(long = "etcd", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+}
+
+/// Parses `args` (the first is the program name) and runs the command on a new tokio
+/// runtime. Returns the process's exit code; errors are printed to stderr.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vipmesh-agent: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vipmesh-agent: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vipmesh-agent`'s entry point.
+pub fn main() -> ExitCode {
+    run(std::env::args_os())
+}
+
+async fn execute(cmd: Command) -> Result<(), Error> {
+    match cmd {
+        Command::Cluster { op } => {
+            let etcd = match &op {
+                ClusterOp::Apply { etcd, .. } | ClusterOp::Get { etcd } => etcd.etcd.clone(),
+            };
+            let mut store = Store::connect(StoreConfig::new(etcd)).await?;
+            match op {
+                ClusterOp::Apply {
+                    state, if_revision, ..
+                } => {
+                    let text = std::fs::read_to_string(&state).map_err(|source| Error::Io {
+                        op: format!("read {}", state.display()),
+                        source,
+                    })?;
+                    let file = ClusterFile::from_json(&text)?;
+                    let out = store.cluster_apply(&file, if_revision).await?;
+                    println!(
+                        "applied at revision {}: {} written, {} deleted",
+                        out.revision,
+                        out.written.len(),
+                        out.deleted.len()
+                    );
+                    for k in &out.written {
+                        println!("  put {k}");
+                    }
+                    for k in &out.deleted {
+                        println!("  del {k}");
+                    }
+                }
+                ClusterOp::Get { .. } => {
+                    let (file, issues, rev) = store.cluster_get().await?;
+                    let text = serde_json::to_string_pretty(&file)
+                        .map_err(|e| Error::invalid("cluster file", e.to_string()))?;
+                    println!("{text}");
+                    eprintln!("revision {rev}");
+                    for i in issues {
+                        eprintln!("skipped {i}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Agent {
+            node,
+            etcd,
+            underlay,
+            sandbox_addr,
+            lease_ttl,
+            metrics,
+        } => {
+            let mut cfg = AgentConfig::new(&node);
+            cfg.lease_ttl_secs = lease_ttl;
+            cfg.record = underlay
+                .zip(sandbox_addr)
+                .map(|(underlay, sandbox_addr)| NodeRecord {
+                    underlay,
+                    sandbox_addr,
+                });
+            let ctl = Controller::real(ControllerConfig::default());
+            let agent = Agent::new(cfg, StoreConfig::new(etcd), ctl);
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            let server = match metrics {
+                Some(addr) => {
+                    let srv = MetricsServer::bind(addr).await?;
+                    let (status, ctl) = (agent.status(), agent.controller());
+                    Some(tokio::spawn(srv.serve(status, Some(ctl), stop(rx.clone()))))
+                }
+                None => None,
+            };
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(
+                    |source| Error::Io {
+                        op: "install the SIGTERM handler".into(),
+                        source,
+                    },
+                )?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                // The dataplane stays as it is: stopping the agent is not removing the node.
+                let _ = tx.send(true);
+            });
+            agent.run(stop(rx)).await?;
+            if let Some(s) = server
+                && let Ok(r) = s.await
+            {
+                r?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "x",
+            "cluster",
+            "apply",
+            "--state",
+            "f.json",
+            "--etcd",
+            "http://a:1,http://b:2",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Cluster {
+                op: ClusterOp::Apply { etcd, .. },
+            } => assert_eq!(etcd.etcd, ["http://a:1", "http://b:2"]),
+            c => unreachable!("{c:?}"),
+        }
+        assert!(Cli::try_parse_from(["x", "agent", "--node", "n"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "agent",
+                "--node",
+                "n",
+                "--etcd",
+                "http://a:1",
+                "--underlay",
+                "192.0.2.1"
+            ])
+            .is_err(),
+            "--underlay requires --sandbox-addr"
+        );
+    }
+}
