@@ -48,9 +48,11 @@ pub enum ObserveMode {
     /// repaired at the next sync.
     #[default]
     EverySync,
-    /// kube-proxy's partial sync: plan against what this controller last applied; read the
-    /// ruleset only the first time, after a failed batch, after a namespace changed, and every
-    /// [`ControllerConfig::verify_interval`].
+    /// kube-proxy's partial sync: plan against what this controller last applied (rules,
+    /// IPVS services, addresses, sysctls), reading only the real servers of draining services
+    /// (for their connection counts). Everything is read again the first time, after a failed
+    /// step, after a namespace was re-created, on [`Controller::request_full_sync`], and every
+    /// [`ControllerConfig::verify_interval`] — which is when drift made by others is repaired.
     Cached,
 }
 
@@ -418,7 +420,30 @@ impl<K: Kernel> Controller<K> {
         if verify_due {
             self.rules_trusted.clear();
         }
+        let draining: BTreeSet<u32> = self.drains.entries().iter().map(|e| e.mark).collect();
         for ns in self.namespaces_to_observe() {
+            // Cached mode between verifications: the whole view of a namespace comes from
+            // what this controller applied (kube-proxy's partial sync), but for the real
+            // servers of draining services, read again for their connection counts. A
+            // re-created namespace is never trusted (its handle check drops the cache).
+            if self.rules_trusted.contains(&ns) {
+                let same = self.handle(&ns).map(|h| h.identity);
+                if let (Ok(id), Some(cached)) = (same, self.cache.namespaces.get(&ns))
+                    && cached.identity == id
+                {
+                    let mut o = cached.clone();
+                    match refresh_draining(self.handles.get_mut(&ns), &mut o, &draining) {
+                        Ok(()) => {
+                            out.namespaces.insert(ns, o);
+                            continue;
+                        }
+                        Err(e) => {
+                            failed.push((ns, e));
+                            continue;
+                        }
+                    }
+                }
+            }
             let cached_rules = if self.rules_trusted.contains(&ns) {
                 self.cache.namespaces.get(&ns).map(|o| o.rules.clone())
             } else {
@@ -766,6 +791,34 @@ impl<K: Kernel> Controller<K> {
         }
         Some(res)
     }
+}
+
+/// Reads again the real servers of the IPVS services whose marks drain.
+fn refresh_draining<I: IpvsBackend, R: Rules, H: Host>(
+    h: Option<&mut NsHandle<I, R, H>>,
+    o: &mut NsObserved,
+    draining: &BTreeSet<u32>,
+) -> Result<(), Error> {
+    let Some(h) = h else {
+        return Ok(());
+    };
+    for ((fam, mark), svc) in o.ipvs.iter_mut() {
+        if !draining.contains(mark) {
+            continue;
+        }
+        let key = apply::fwmark_key(*fam, *mark).map_err(|source| Error::Ipvs {
+            op: "build".into(),
+            netns: String::new(),
+            source: Box::new(source),
+        })?;
+        let d = h.ipvs.dests(&key).map_err(|source| Error::Ipvs {
+            op: "dump dests".into(),
+            netns: String::new(),
+            source: Box::new(source),
+        })?;
+        svc.dests = apply::dest_map(&d);
+    }
+    Ok(())
 }
 
 /// Reads one namespace: one IPVS dump, one ruleset read per family (unless `cached_rules`),
