@@ -26,6 +26,7 @@ pub enum OpKind {
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A value failed validation (bad input; nothing was sent to the kernel).
     #[error("invalid {field} {value:?}: {reason}")]
