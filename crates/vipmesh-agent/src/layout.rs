@@ -15,7 +15,9 @@
 //! transaction ([`crate::store::Store::cluster_apply`]); `nodes/` is written by the agents.
 //! Every node programs every network (the namespace names are node-local names); the
 //! ingress is assembled per node: `node` is this node, `nodes` the registered (live) nodes,
-//! sorted by name, and the tasks with `"node": "<this node>"` are its local tasks.
+//! sorted by name, and the tasks with `"node": "<this node>"` are its local tasks. A
+//! published service's tasks on a node that is not registered are left out: when a node's
+//! lease expires, its tasks drain from every other node's IPVS.
 //!
 //! The version is the second path element. An agent reads only `/vipmesh/v1/`; keys of
 //! another version under `/vipmesh/` are reported, never interpreted. A change of the layout
@@ -359,6 +361,15 @@ fn build_ingress(
         "nodes".into(),
         serde_json::to_value(nodes).map_err(|e| e.to_string())?,
     );
+    // A task on a node that is not registered (never was, or its lease expired) is not a
+    // backend: its node is gone from the mesh, so its tasks drain everywhere.
+    let services: Vec<IngressService> = services
+        .into_iter()
+        .map(|mut s| {
+            s.tasks.retain(|t| p.nodes.contains_key(&t.node));
+            s
+        })
+        .collect();
     m.insert(
         "services".into(),
         serde_json::to_value(services).map_err(|e| e.to_string())?,

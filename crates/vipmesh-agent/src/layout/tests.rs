@@ -387,3 +387,50 @@ fn cluster_apply_refuses_what_an_agent_would_skip() {
     }
     assert!(ClusterFile::from_json("{\"netwrks\": []}").is_err());
 }
+
+#[test]
+fn tasks_of_an_unregistered_node_are_left_out_not_the_service() {
+    let mut kvs = base();
+    put(&mut kvs, ingress_config_key(), INGRESS);
+    put(
+        &mut kvs,
+        ingress_service_key("web"),
+        r#"{"name": "web", "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
+            "tasks": [{"addr": "10.255.0.10", "node": "n1", "netns": "task-a"},
+                      {"addr": "10.255.0.11", "node": "n2", "netns": "task-b"}]}"#,
+    );
+    put(
+        &mut kvs,
+        node_key("n1"),
+        r#"{"underlay": "192.0.2.1", "sandbox_addr": "10.255.0.2"}"#,
+    );
+    put(
+        &mut kvs,
+        node_key("n2"),
+        r#"{"underlay": "192.0.2.2", "sandbox_addr": "10.255.0.3"}"#,
+    );
+    let tasks = |a: &Assembled| -> Vec<String> {
+        a.state.ingress().unwrap().services[0]
+            .tasks
+            .iter()
+            .map(|t| t.addr.to_string())
+            .collect()
+    };
+    let both = assemble("n1", &kvs);
+    assert!(both.issues.is_empty(), "{:?}", both.issues);
+    assert_eq!(tasks(&both), ["10.255.0.10", "10.255.0.11"]);
+    // n2's lease expired: its key is gone, and so is its task; web stays.
+    kvs.remove(node_key("n2").as_bytes());
+    let one = assemble("n1", &kvs);
+    assert!(one.issues.is_empty(), "{:?}", one.issues);
+    assert_eq!(tasks(&one), ["10.255.0.10"]);
+    let names: Vec<&str> = one
+        .state
+        .ingress()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(names, ["n1"]);
+}
