@@ -1,0 +1,135 @@
+//! Two agents (n1, n2) on two fake kernels and one real etcd, with the ingress: n2's task of
+//! a published service is a real server in n1's ingress sandbox while n2 is registered;
+//! when n2's agent dies without a goodbye (its task aborted: no lease revoke, as after a
+//! kill -9), its lease expires, its node key goes, and n1 drains n2's task.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod etcd;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use etcd::{Etcd, eventually};
+use vipmesh::dataplane::Kernel;
+use vipmesh::fake::FakeKernel;
+use vipmesh::{Controller, ControllerConfig};
+use vipmesh_agent::agent::{Agent, AgentConfig, StatusHandle};
+use vipmesh_agent::layout::{self, ClusterFile, NodeRecord};
+use vipmesh_ipvs::IpvsBackend;
+
+const FILE: &str = r#"{"ingress": {"subnet": "10.255.0.0/16", "gateway": "10.255.0.1", "vni": 4096,
+  "host_netns": "host",
+  "services": [{"name": "web", "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
+    "tasks": [{"addr": "10.255.0.10", "node": "n1", "netns": "task-a"},
+              {"addr": "10.255.0.11", "node": "n2", "netns": "task-b"}]}]}}"#;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn agent(
+    e: &Etcd,
+    node: &str,
+    underlay: &str,
+    sandbox: &str,
+    task_ns: &str,
+) -> (
+    FakeKernel,
+    StatusHandle,
+    tokio::task::JoinHandle<Result<(), vipmesh_agent::Error>>,
+) {
+    let kernel = FakeKernel::new();
+    kernel.add_namespace("host", &["lo", "eth0"]);
+    kernel.add_namespace(task_ns, &["lo", "eth0"]);
+    let ctl = Controller::new(kernel.clone(), ControllerConfig::default());
+    let mut cfg = AgentConfig::new(node);
+    cfg.record = Some(NodeRecord {
+        underlay: ip(underlay),
+        sandbox_addr: ip(sandbox),
+    });
+    cfg.lease_ttl_secs = 2;
+    cfg.batch_window = Duration::from_millis(20);
+    let a = Agent::new(cfg, e.store_config(), ctl);
+    let status = a.status();
+    let task = tokio::spawn(a.run(std::future::pending()));
+    (kernel, status, task)
+}
+
+/// The real servers with a positive weight in a fake node's ingress sandbox.
+fn sandbox_backends(k: &FakeKernel) -> Vec<IpAddr> {
+    if k.clone().identity("ingress_sbox").is_err() {
+        return Vec::new();
+    }
+    k.with("ingress_sbox", |n| {
+        let mut out = Vec::new();
+        for s in n.ipvs.services().unwrap() {
+            for d in n.ipvs.dests(&s.service.key).unwrap() {
+                if d.dest.weight.get() > 0 {
+                    out.push(d.dest.key.addr);
+                }
+            }
+        }
+        out.sort();
+        out
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs a real etcd on loopback"]
+async fn a_dead_agents_lease_expires_and_its_tasks_drain_elsewhere() {
+    let e = Etcd::start().await;
+    let mut s = e.store().await;
+    s.cluster_apply(&ClusterFile::from_json(FILE).unwrap(), None)
+        .await
+        .unwrap();
+    let (k1, st1, t1) = agent(&e, "n1", "192.0.2.1", "10.255.0.2", "task-a");
+    let (_k2, _st2, t2) = agent(&e, "n2", "192.0.2.2", "10.255.0.3", "task-b");
+    eventually("n1 balances over both nodes' tasks", 30, || {
+        sandbox_backends(&k1) == [ip("10.255.0.10"), ip("10.255.0.11")]
+    })
+    .await;
+    assert!(st1.get().issues.is_empty(), "{:?}", st1.get().issues);
+
+    t2.abort(); // no revoke, no goodbye
+    let _ = t2.await;
+    eventually("n2's key expired", 30, || {
+        let snap = node_keys(&e);
+        !snap.contains(&layout::node_key("n2"))
+    })
+    .await;
+    eventually("n1 drained n2's task", 30, || {
+        sandbox_backends(&k1) == [ip("10.255.0.10")]
+    })
+    .await;
+    let st = st1.get();
+    assert!(st.issues.is_empty(), "{:?}", st.issues);
+    assert!(st.degraded.is_none());
+    t1.abort();
+}
+
+/// The node keys now (a blocking read from a fresh client on a helper thread).
+fn node_keys(e: &Etcd) -> Vec<String> {
+    let url = e.url();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([url], None).await.unwrap();
+            let r = c
+                .get(
+                    layout::NODES_PREFIX,
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await
+                .unwrap();
+            r.kvs()
+                .iter()
+                .map(|kv| String::from_utf8(kv.key().to_vec()).unwrap())
+                .collect()
+        })
+    })
+    .join()
+    .unwrap()
+}
