@@ -660,16 +660,21 @@ pub fn allocate_marks(
     let mut marks = BTreeMap::new();
     let mut used = BTreeSet::new();
     let vip_services: Vec<&Service> = net.services().filter(|s| s.is_balanced()).collect();
+    // This network's records, by service (recorded() is sorted, so marks come in order).
+    let mut by_service: BTreeMap<&ServiceName, Vec<u32>> = BTreeMap::new();
+    for r in recorded
+        .iter()
+        .filter(|r| r.network == n.id.as_str() && range.contains(r.mark))
+    {
+        by_service.entry(&r.service).or_default().push(r.mark);
+    }
     for s in &vip_services {
-        let mine = recorded.iter().find(|r| {
-            r.network == n.id.as_str()
-                && r.service == s.name
-                && range.contains(r.mark)
-                && !used.contains(&r.mark)
-        });
-        if let Some(r) = mine {
-            used.insert(r.mark);
-            marks.insert(s.name.clone(), r.mark);
+        let mine = by_service
+            .get(&s.name)
+            .and_then(|ms| ms.iter().find(|m| !used.contains(*m)));
+        if let Some(&m) = mine {
+            used.insert(m);
+            marks.insert(s.name.clone(), m);
         }
     }
     // Marks recorded for anything else in the range stay reserved until they are deleted.
@@ -931,13 +936,18 @@ pub fn plan(
         p.ipvs.extend(dest_steps);
         // Services of ours no desired service uses: in a desired network's range, or recorded
         // by one of our rules (a network that left this namespace).
-        let recorded = obs.recorded();
+        let recorded: BTreeMap<u32, Recorded> = obs
+            .recorded()
+            .into_iter()
+            .rev()
+            .map(|r| (r.mark, r))
+            .collect();
         for (fam, mark) in obs.ipvs.keys() {
             if live.contains(&(*fam, *mark)) {
                 continue;
             }
             let owner = nets.iter().find(|n| n.network().fwmarks.contains(*mark));
-            let rec = recorded.iter().find(|r| r.mark == *mark);
+            let rec = recorded.get(mark);
             let in_other_range = desired
                 .all_networks()
                 .any(|n| n.network().fwmarks.contains(*mark) && n.network().lb_netns != *ns);

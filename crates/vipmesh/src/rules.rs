@@ -260,12 +260,11 @@ pub fn recorded(obs: &nf::Observed) -> Vec<Recorded> {
                     mark: m.value,
                     vip: d.cidr.addr(),
                 };
-                if !out.contains(&rec) {
-                    out.push(rec);
-                }
+                out.push(rec);
             }
         }
     }
     out.sort();
+    out.dedup();
     out
 }
