@@ -356,7 +356,14 @@ impl Applier {
                     .cache_slot(family)
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = None;
-                if !from_cache || !matches!(e, Error::RestoreFailed { .. } | Error::Verify { .. }) {
+                if !from_cache
+                    || !matches!(
+                        e,
+                        Error::RestoreFailed { .. }
+                            | Error::CommandFailed { .. }
+                            | Error::Verify { .. }
+                    )
+                {
                     return Err(e);
                 }
                 // A failed partial sync falls back to a full one (observe, plan, restore).
@@ -418,8 +425,12 @@ impl Applier {
             "apply",
         ) {
             Ok(_) => {}
-            Err(Error::CommandFailed { tool, stderr, .. }) => {
-                return Err(restore_error(tool, &stderr, &input));
+            Err(Error::CommandFailed {
+                tool,
+                status,
+                stderr,
+            }) => {
+                return Err(restore_error(tool, status, &stderr, &input));
             }
             Err(e) => return Err(e),
         }
@@ -477,9 +488,11 @@ impl Applier {
                 "apply",
             ) {
                 Ok(_) => Ok(()),
-                Err(Error::CommandFailed { tool, stderr, .. }) => {
-                    Err(restore_error(tool, &stderr, &input))
-                }
+                Err(Error::CommandFailed {
+                    tool,
+                    status,
+                    stderr,
+                }) => Err(restore_error(tool, status, &stderr, &input)),
                 Err(e) => Err(e),
             }
         });
@@ -672,7 +685,7 @@ fn run(
 
 /// Find the failing line in `iptables-restore`'s stderr (`Error occurred at line: N` for
 /// parse errors, `line N: …` for kernel errors on the nft backend) and show it in context.
-fn restore_error(tool: String, stderr: &str, input: &str) -> Error {
+fn restore_error(tool: String, status: String, stderr: &str, input: &str) -> Error {
     if stderr.contains("Permission denied") || stderr.contains("you must be root") {
         return Error::PermissionDenied {
             op: "apply",
@@ -680,6 +693,14 @@ fn restore_error(tool: String, stderr: &str, input: &str) -> Error {
         };
     }
     let line = failed_line(stderr);
+    if line.is_none() && stderr.trim().is_empty() {
+        // It died without saying why (a signal, an OOM kill): keep how it ended.
+        return Error::CommandFailed {
+            tool,
+            status,
+            stderr: stderr.to_owned(),
+        };
+    }
     let context = match line {
         Some(n) => {
             let lines: Vec<&str> = input.lines().collect();
@@ -746,6 +767,7 @@ mod tests {
         let input = "*nat\n:VIPMESH-A - [0:0]\n-A VIPMESH-A -j BAD\nCOMMIT\n";
         let e = restore_error(
             "iptables-restore".into(),
+            "exit status: 1".into(),
             "Error occurred at line: 3",
             input,
         );

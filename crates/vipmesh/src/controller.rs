@@ -510,14 +510,26 @@ impl<K: Kernel> Controller<K> {
             let Some(obs) = cache.namespaces.get_mut(ns) else {
                 continue;
             };
+            // The namespace must still be the one observed: one deleted (or replaced) since
+            // would take the writes into a namespace no name leads to.
+            let now_id = self.kernel.identity(ns);
+            let same = match (&now_id, self.handles.get(ns)) {
+                (Ok(id), Some(h)) => h.identity.is_none() || h.identity == *id,
+                _ => false,
+            };
             match self.handles.get_mut(ns) {
-                Some(h) => apply::apply_ns(h, ns, p, obs, &mut report),
-                None => report.steps.push(apply::StepReport {
-                    netns: ns.clone(),
-                    object: ObjectKey::Namespace(ns.clone()),
-                    step: format!("open namespace {ns}"),
-                    result: Err(Error::MissingNamespace { netns: ns.clone() }),
-                }),
+                Some(h) if same => apply::apply_ns(h, ns, p, obs, &mut report),
+                _ => {
+                    self.handles.remove(ns);
+                    self.rules_trusted.remove(ns);
+                    self.full_due = true;
+                    report.steps.push(apply::StepReport {
+                        netns: ns.clone(),
+                        object: ObjectKey::Namespace(ns.clone()),
+                        step: format!("apply in namespace {ns}"),
+                        result: Err(Error::MissingNamespace { netns: ns.clone() }),
+                    });
+                }
             }
         }
         self.drains = plan.drains.clone();
