@@ -59,7 +59,15 @@ fn a_rolling_replacement_under_traffic_loses_nothing_and_drains_the_held_connect
     let new: Vec<String> = (5..=8).map(|i| format!("web.{i}")).collect();
     let addrs: Vec<IpAddr> = old.iter().map(|t| lab.task(t).addr).collect();
     let svc = Service::vip("web", vip, &addrs).unwrap();
-    let d = NodeState::single(NetworkState::new(network(&lab), vec![svc]).unwrap()).unwrap();
+    // A drain timeout longer than the test: the held connection keeps its draining backend
+    // however slow the (emulated) guest is; the default 30 s could expire mid-test under load.
+    let d = NodeState::new(
+        vec![NetworkState::new(network(&lab), vec![svc]).unwrap()],
+        NodeOptions {
+            drain_timeout: std::time::Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
     let mut m: Ctl = Controller::real(ControllerConfig::default());
     m.set_desired(d.clone());
     let r = m
