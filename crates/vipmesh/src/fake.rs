@@ -208,9 +208,9 @@ impl IpvsBackend for FakeHandle {
     }
 
     fn dests(&mut self, service: &ipvs::ServiceKey) -> Result<Vec<ipvs::DestEntry>, ipvs::Error> {
-        let w = self.world.world();
-        match w.by_ino.get(&self.ino) {
-            Some(ns) => ns.ipvs.clone().dests(service),
+        let mut w = self.world.world();
+        match w.by_ino.get_mut(&self.ino) {
+            Some(ns) => ns.ipvs.dests(service),
             None => Ok(Vec::new()),
         }
     }

@@ -1549,3 +1549,50 @@ fn ingress_bad_input_is_refused_whole() {
         "the host namespace was still programmed"
     );
 }
+
+/// Not a timing assertion: prints how the incremental path scales on the fake (run with
+/// `--ignored --nocapture`); used to tell userspace costs from the kernel's.
+#[test]
+#[ignore = "measurement: cargo test -p vipmesh --lib incremental_scaling -- --ignored --nocapture"]
+fn incremental_scaling() {
+    for n in [100usize, 10_000] {
+        let k = world();
+        let mut c = ctl(&k);
+        let services: Vec<Service> = (0..n)
+            .map(|i| {
+                let vip = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+                let b: Vec<IpAddr> = (0..10)
+                    .map(|j| IpAddr::from([10, 2 + j as u8, (i >> 8) as u8, i as u8]))
+                    .collect();
+                Service::vip(&format!("svc{i}"), vip, &b).unwrap()
+            })
+            .collect();
+        let net = Network::new(
+            "demo",
+            "10.0.0.0/8".parse().unwrap(),
+            "lb-demo",
+            "eth0",
+            ip("10.0.0.2"),
+        )
+        .unwrap();
+        c.set_desired(NodeState::single(NetworkState::new(net, services).unwrap()).unwrap());
+        let _ = c.sync_full(0).unwrap();
+        let name = format!("svc{}", n / 2);
+        let mut b = c
+            .desired()
+            .network("demo")
+            .unwrap()
+            .service(&name)
+            .unwrap()
+            .backends
+            .clone();
+        let t = std::time::Instant::now();
+        for r in 0..50u32 {
+            b[3].weight = Weight::new(2 + r).unwrap();
+            c.set_backends("demo", &name, b.clone()).unwrap();
+            let (kind, _) = c.sync(1).unwrap();
+            assert_eq!(kind, crate::SyncKind::Incremental);
+        }
+        println!("n={n}: {:?} per change", t.elapsed() / 50);
+    }
+}
