@@ -14,7 +14,9 @@
 //!   etcd's `--max-txn-ops` (128 by default) bounds the number of changed keys per apply.
 //!
 //! Every unary request has a deadline ([`StoreConfig::request_timeout`]); the connection
-//! sends HTTP/2 keepalives, so a dead peer ends a watch with an error instead of silence.
+//! sends HTTP/2 keepalives, so a dead peer ends a watch with an error instead of silence;
+//! requests carry etcd's `hasleader` metadata, so a member without a leader (lost quorum)
+//! cancels the watch.
 //!
 //! # Examples
 //! ```no_run
@@ -163,7 +165,10 @@ impl Store {
         let opts = ConnectOptions::new()
             .with_connect_timeout(cfg.connect_timeout)
             .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from its cluster's leader cancels our watch instead of
+            // keeping it open and silent.
+            .with_require_leader(true);
         let client = deadline(
             "connect",
             cfg.connect_timeout + cfg.request_timeout,

@@ -23,28 +23,67 @@ pub struct Etcd {
     pub dir: PathBuf,
     pub client_port: u16,
     peer_port: u16,
+    name: String,
+    initial_cluster: String,
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "vipmesh-agent-etcd-{}-{tag}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl Etcd {
     /// Starts a single-member etcd and waits until it answers.
     pub async fn start() -> Etcd {
-        let dir = std::env::temp_dir().join(format!(
-            "vipmesh-agent-etcd-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let peer_port = free_port();
         let mut e = Etcd {
             child: None,
-            dir,
+            dir: temp_dir("t"),
             client_port: free_port(),
-            peer_port: free_port(),
+            peer_port,
+            name: "t".into(),
+            initial_cluster: format!("t=http://127.0.0.1:{peer_port}"),
         };
         e.spawn().await;
         e
+    }
+
+    /// Starts an `n`-member cluster and waits until every member answers.
+    pub async fn start_cluster(n: usize) -> Vec<Etcd> {
+        let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let initial = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Etcd {
+                child: None,
+                dir: temp_dir(&format!("m{i}")),
+                client_port: free_port(),
+                peer_port: *p,
+                name: format!("m{i}"),
+                initial_cluster: initial.clone(),
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn_process();
+        }
+        for m in &mut members {
+            m.wait_ready().await;
+        }
+        members
     }
 
     pub fn url(&self) -> String {
@@ -65,23 +104,31 @@ impl Etcd {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready().await;
+    }
+
+    fn spawn_process(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
         let child = Command::new("etcd")
-            .args(["--name", "t"])
+            .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &self.url()])
             .args(["--advertise-client-urls", &self.url()])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &self.initial_cluster])
             .args(["--max-txn-ops", "1024"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd (apt-get install etcd-server): {e}"));
         self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
             if let Ok(mut s) = Store::connect(self.store_config()).await
