@@ -32,7 +32,7 @@ use crate::model::{
     Backend, EndpointMode, Family, FwmarkRange, Layout, NetSubnet, Network, NetworkId,
     NetworkState, Port, Protocol, Scheduler, Service, ServiceName, ServicePort, Subnet, Weight,
 };
-use crate::rules::chain_name;
+use crate::rules::{add_rule as add, chain_name, jump, nf_err};
 
 /// How a port is published.
 #[derive(
@@ -538,34 +538,8 @@ impl Ingress {
     }
 }
 
-fn nf_err(op: &str, source: nf::Error) -> Error {
-    Error::Netfilter {
-        op: op.to_string(),
-        netns: String::new(),
-        source: Box::new(source),
-    }
-}
-
 fn port(p: Port) -> Result<nf::Port, Error> {
     nf::Port::new(p.get()).map_err(|e| nf_err("port", e))
-}
-
-fn jump(from: nf::BuiltinChain, matches: nf::Matches, to: &nf::ChainName) -> nf::Jump {
-    nf::Jump {
-        from,
-        matches,
-        to: to.clone(),
-        position: nf::JumpPosition::Prepend,
-    }
-}
-
-fn add(
-    rs: &mut nf::OwnedRuleset,
-    t: nf::Table,
-    c: &nf::ChainName,
-    r: nf::Rule,
-) -> Result<(), Error> {
-    rs.add_rule(t, c, r).map_err(|e| nf_err("add rule", e))
 }
 
 /// The host namespace's rules (IPv4; the family of the gateway bridge).

@@ -62,11 +62,32 @@ impl Chains {
     }
 }
 
-fn nf_err(op: &str, source: nf::Error) -> Error {
+/// A rule-model error, as this crate's error.
+pub(crate) fn nf_err(op: &str, source: nf::Error) -> Error {
     Error::Netfilter {
         op: op.to_string(),
         netns: String::new(),
         source: Box::new(source),
+    }
+}
+
+/// Adds a rule to one of our chains.
+pub(crate) fn add_rule(
+    rs: &mut nf::OwnedRuleset,
+    t: nf::Table,
+    c: &nf::ChainName,
+    r: nf::Rule,
+) -> Result<(), Error> {
+    rs.add_rule(t, c, r).map_err(|e| nf_err("add rule", e))
+}
+
+/// A jump from a built-in chain into one of ours, inserted first.
+pub(crate) fn jump(from: nf::BuiltinChain, matches: nf::Matches, to: &nf::ChainName) -> nf::Jump {
+    nf::Jump {
+        from,
+        matches,
+        to: to.clone(),
+        position: nf::JumpPosition::Prepend,
     }
 }
 
@@ -91,9 +112,7 @@ pub fn add_network(
         return Ok(());
     };
     let chains = Chains::of(n.id.as_str())?;
-    let add = |rs: &mut nf::OwnedRuleset, t: nf::Table, c: &nf::ChainName, r: nf::Rule| {
-        rs.add_rule(t, c, r).map_err(|e| nf_err("add rule", e))
-    };
+    let add = add_rule;
     let per_client = n.layout == Layout::PerClient;
     rs.declare_chain(nf::Table::Mangle, &chains.mark);
     if !per_client {
@@ -168,12 +187,7 @@ pub fn add_network(
         );
         add(rs, nf::Table::Nat, &chains.snat, r)?;
     }
-    let jump = |from, to: &nf::ChainName| nf::Jump {
-        from,
-        matches: nf::Matches::new(),
-        to: to.clone(),
-        position: nf::JumpPosition::Prepend,
-    };
+    let jump = |from, to: &nf::ChainName| jump(from, nf::Matches::new(), to);
     // Packets to a VIP arrive from other namespaces (INPUT, the VIP is local there), or, per
     // client, are the namespace's own packets (OUTPUT).
     let hook = match n.layout {
