@@ -12,25 +12,17 @@
     clippy::print_stdout
 )]
 
+#[path = "../crates/vipmesh/tests/common/vip_net.rs"]
+mod vip_net;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::ExitCode;
+use vip_net::network;
 
 use vipmesh::model::*;
 use vipmesh::{Controller, ControllerConfig};
 use vipmesh_testkit::vip::{IpFamily, VipLab};
-
-/// The lab's network for vipmesh, built from the lab's plain values.
-fn network(lab: &VipLab) -> Network {
-    Network::new(
-        "lab",
-        lab.subnet_cidr().parse().unwrap(),
-        &lab.lb,
-        &lab.lb_interface,
-        lab.lb_addr,
-    )
-    .unwrap()
-}
 
 fn main() -> ExitCode {
     let mut ok = true;

@@ -11,6 +11,9 @@
 //! `ip_vs` module cannot be tested in the guest (the module is there and loaded).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::vip_net::network;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt as _;
@@ -22,17 +25,6 @@ use vipmesh::{Controller, ControllerConfig, Error, Report};
 use vipmesh_testkit::vip::{IpFamily, VipLab};
 
 type Ctl = Controller<RealKernel>;
-
-fn network(lab: &VipLab) -> Network {
-    Network::new(
-        "lab",
-        lab.subnet_cidr().parse().unwrap(),
-        &lab.lb,
-        &lab.lb_interface,
-        lab.lb_addr,
-    )
-    .unwrap()
-}
 
 fn desired(lab: &VipLab, services: Vec<Service>) -> NodeState {
     NodeState::single(NetworkState::new(network(lab), services).unwrap()).unwrap()

@@ -9,6 +9,9 @@
     clippy::print_stdout
 )]
 
+mod common;
+
+use common::vip_net::network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,17 +30,6 @@ type Ctl = Controller<RealKernel>;
 const MAX_REQUESTS: usize = 600;
 /// Requests started after each step before the next one.
 const PER_STEP: usize = 40;
-
-fn network(lab: &VipLab) -> Network {
-    Network::new(
-        "lab",
-        lab.subnet_cidr().parse().unwrap(),
-        &lab.lb,
-        &lab.lb_interface,
-        lab.lb_addr,
-    )
-    .unwrap()
-}
 
 fn backends(lab: &VipLab, names: &[String]) -> Vec<Backend> {
     names

@@ -2,6 +2,9 @@
 //! against `ipvsadm` and `iptables-save`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::vip_net::network;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,18 +15,6 @@ use vipmesh::{Controller, ControllerConfig, Error, Report};
 use vipmesh_testkit::vip::{self as lab, IpFamily, VipLab};
 
 type Ctl = Controller<RealKernel>;
-
-/// The lab's network for vipmesh, built from the lab's plain values.
-fn network(lab: &VipLab) -> Network {
-    Network::new(
-        "lab",
-        lab.subnet_cidr().parse().unwrap(),
-        &lab.lb,
-        &lab.lb_interface,
-        lab.lb_addr,
-    )
-    .unwrap()
-}
 
 fn desired(lab: &VipLab, services: Vec<Service>) -> NodeState {
     NodeState::single(NetworkState::new(network(lab), services).unwrap()).unwrap()

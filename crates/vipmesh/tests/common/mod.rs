@@ -1,2 +1,3 @@
-//! Shared by the guest tests and the ingress demo.
+//! Shared by the guest tests and the demos.
 pub mod ingress_mesh;
+pub mod vip_net;
