@@ -69,6 +69,8 @@ fn services(n: usize, shift: bool) -> Vec<IngressService> {
                         interface: None,
                         host_addr: None,
                         weight: Weight::default(),
+                        addr_v6: None,
+                        host_addr_v6: None,
                     }
                 })
                 .collect(),

@@ -341,12 +341,42 @@ fn network_state(
     Ok(n)
 }
 
+/// Names that are local to one node and override the cluster-wide ingress config there:
+/// the cluster file says what every node runs, but the namespaces it runs them in are the
+/// node's business (a lab runs several "nodes" as namespaces of one kernel; a machine
+/// may keep the ingress sandbox under another name). `None` keeps the config's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeLocal {
+    /// The ingress's `host_netns` on this node.
+    pub host_netns: Option<String>,
+    /// The ingress's `sandbox_netns` on this node.
+    pub sandbox_netns: Option<String>,
+    /// The ingress's `overlay_netns` on this node.
+    pub overlay_netns: Option<String>,
+}
+
+impl NodeLocal {
+    fn overrides(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [
+            ("host_netns", self.host_netns.as_ref()),
+            ("sandbox_netns", self.sandbox_netns.as_ref()),
+            ("overlay_netns", self.overlay_netns.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+    }
+}
+
 fn build_ingress(
     node: &str,
+    local: &NodeLocal,
     p: &mut Parts,
     services: Vec<IngressService>,
 ) -> Result<Ingress, String> {
     let mut m = p.ingress_config.clone().unwrap_or_default();
+    for (k, v) in local.overrides() {
+        m.insert(k.into(), Value::String(v.clone()));
+    }
     let nodes: Vec<ClusterNode> = p
         .nodes
         .iter()
@@ -354,6 +384,9 @@ fn build_ingress(
             name: name.clone(),
             underlay: r.underlay,
             sandbox_addr: r.sandbox_addr,
+            // Node records carry no IPv6 sandbox address yet: a dual-stack ingress is
+            // refused by validation when assembled from etcd.
+            sandbox_addr_v6: None,
         })
         .collect();
     m.insert("node".into(), Value::String(node.to_string()));
@@ -386,6 +419,15 @@ fn build_ingress(
 /// (of two conflicting networks the later id is skipped); the ingress config with this
 /// node's view of the registered nodes, then each published service.
 pub fn assemble(node: &str, kvs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Assembled {
+    assemble_local(node, &NodeLocal::default(), kvs)
+}
+
+/// [`assemble`] with this node's [`NodeLocal`] names replacing the ingress config's.
+pub fn assemble_local(
+    node: &str,
+    local: &NodeLocal,
+    kvs: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Assembled {
     let mut issues = Vec::new();
     let mut p = classify(kvs, &mut issues);
     let options = p.options.clone().unwrap_or_default();
@@ -428,7 +470,7 @@ pub fn assemble(node: &str, kvs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Assembled {
         }
     };
     if p.ingress_config.is_some() {
-        add_ingress(node, &mut p, &mut state, &mut issues);
+        add_ingress(node, local, &mut p, &mut state, &mut issues);
     } else {
         for name in p.ingress_services.keys() {
             issues.push(Issue {
@@ -451,7 +493,13 @@ fn orphans<'a>(net: &str, names: impl Iterator<Item = &'a String>, issues: &mut 
     }
 }
 
-fn add_ingress(node: &str, p: &mut Parts, state: &mut NodeState, issues: &mut Vec<Issue>) {
+fn add_ingress(
+    node: &str,
+    local: &NodeLocal,
+    p: &mut Parts,
+    state: &mut NodeState,
+    issues: &mut Vec<Issue>,
+) {
     if !p.nodes.contains_key(node) {
         issues.push(Issue {
             key: node_key(node),
@@ -460,12 +508,12 @@ fn add_ingress(node: &str, p: &mut Parts, state: &mut NodeState, issues: &mut Ve
         return;
     }
     let all: Vec<IngressService> = p.ingress_services.values().cloned().collect();
-    if let Ok(ing) = build_ingress(node, p, all)
+    if let Ok(ing) = build_ingress(node, local, p, all)
         && state.set_ingress(Some(ing)).is_ok()
     {
         return;
     }
-    let base = match build_ingress(node, p, Vec::new()) {
+    let base = match build_ingress(node, local, p, Vec::new()) {
         Ok(i) => i,
         Err(reason) => {
             issues.push(Issue {
@@ -486,7 +534,7 @@ fn add_ingress(node: &str, p: &mut Parts, state: &mut NodeState, issues: &mut Ve
     for (name, s) in p.ingress_services.clone() {
         let mut candidate = kept.clone();
         candidate.push(s);
-        let res = build_ingress(node, p, candidate.clone()).and_then(|ing| {
+        let res = build_ingress(node, local, p, candidate.clone()).and_then(|ing| {
             let mut trial = state.clone();
             trial.set_ingress(Some(ing)).map_err(|e| chain(&e))?;
             Ok(trial)

@@ -61,6 +61,7 @@ fn spec(ov: &str, n: usize) -> OverlaySpec {
         .map(|i| RemoteEndpoint {
             addr: remote_ip(i),
             mac: None,
+            extra_addrs: Vec::new(),
             node: if i % 2 == 0 { "node2" } else { "node3" }.into(),
         })
         .collect();

@@ -54,10 +54,12 @@
 //!     ifname: "eth0".into(),
 //!     addr: "10.255.0.5".parse()?,
 //!     mac: None, // 02:42:0a:ff:00:05
+//!     extra_addrs: Vec::new(),
 //! });
 //! spec.remote.push(RemoteEndpoint {
 //!     addr: "10.255.0.6".parse()?,
 //!     mac: None,
+//!     extra_addrs: Vec::new(),
 //!     node: "node2".into(),
 //! });
 //! let overlay = Overlay::new(&spec)?;

@@ -185,6 +185,9 @@ pub struct LocalEndpoint {
     pub addr: IpAddr,
     /// The MAC; [`mac_for`] of the address when `None`.
     pub mac: Option<Mac>,
+    /// More addresses of the same interface, each in one of the overlay's subnets (a
+    /// dual-stack endpoint's IPv6 address beside its IPv4 one).
+    pub extra_addrs: Vec<IpAddr>,
 }
 
 /// An endpoint on another node, reached over VXLAN.
@@ -196,6 +199,8 @@ pub struct RemoteEndpoint {
     pub mac: Option<Mac>,
     /// The node it runs on (a key of [`OverlaySpec::nodes`]).
     pub node: String,
+    /// More addresses of the same endpoint (one MAC, one FDB entry, a neighbour each).
+    pub extra_addrs: Vec<IpAddr>,
 }
 
 /// The desired overlay of one node, as the caller writes it. [`Overlay::new`] validates it.
@@ -259,6 +264,8 @@ pub struct LocalEp {
     pub prefix: u8,
     /// Its MAC.
     pub mac: Mac,
+    /// Its further addresses with their prefix lengths.
+    pub extra: Vec<(IpAddr, u8)>,
 }
 
 /// A validated remote endpoint.
@@ -456,6 +463,11 @@ impl Overlay {
                     second: who,
                 });
             }
+            let mut extra = Vec::new();
+            for (j, a) in e.extra_addrs.iter().enumerate() {
+                extra.push((*a, prefix_of(format!("local[{i}].extra_addrs[{j}]"), *a)?));
+                claim(*a, who.clone())?;
+            }
             local.insert(
                 veth,
                 LocalEp {
@@ -464,6 +476,7 @@ impl Overlay {
                     addr: e.addr,
                     prefix,
                     mac,
+                    extra,
                 },
             );
         }
@@ -482,6 +495,11 @@ impl Overlay {
                     node: e.node.clone(),
                 })?;
             remote.insert(e.addr, RemoteEp { mac, vtep });
+            for (j, a) in e.extra_addrs.iter().enumerate() {
+                prefix_of(format!("remote[{i}].extra_addrs[{j}]"), *a)?;
+                claim(*a, who.clone())?;
+                remote.insert(*a, RemoteEp { mac, vtep });
+            }
         }
         let vxlan_tmp = format!("vx-{:06x}-{}", spec.vni, spec.network_id);
         Ok(Overlay {

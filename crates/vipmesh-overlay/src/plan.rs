@@ -523,13 +523,15 @@ pub fn plan(desired: &Overlay, observed: &Observed) -> Plan {
                 settings,
             });
         }
-        if !obs.addrs.contains(&(ep.addr, ep.prefix)) {
-            steps.push(Step::AddAddress {
-                ns: epns,
-                dev: ep.ifname.clone(),
-                addr: ep.addr,
-                prefix: ep.prefix,
-            });
+        for &(addr, prefix) in std::iter::once(&(ep.addr, ep.prefix)).chain(&ep.extra) {
+            if !obs.addrs.contains(&(addr, prefix)) {
+                steps.push(Step::AddAddress {
+                    ns: epns.clone(),
+                    dev: ep.ifname.clone(),
+                    addr,
+                    prefix,
+                });
+            }
         }
     }
 
@@ -560,8 +562,9 @@ pub fn plan(desired: &Overlay, observed: &Observed) -> Plan {
             });
         }
     }
+    let mut fdb_done = BTreeSet::new();
     for (ip, r) in desired.remote() {
-        if !fdb.contains(&(r.mac, r.vtep)) {
+        if !fdb.contains(&(r.mac, r.vtep)) && fdb_done.insert((r.mac, r.vtep)) {
             steps.push(Step::ReplaceFdb {
                 ns: ov.clone(),
                 dev: s.vxlan.clone(),

@@ -21,11 +21,13 @@ fn spec() -> OverlaySpec {
         ifname: "eth0".into(),
         addr: ip("10.255.0.5"),
         mac: None,
+        extra_addrs: Vec::new(),
     });
     for a in ["10.255.0.6", "10.255.0.3"] {
         s.remote.push(RemoteEndpoint {
             addr: ip(a),
             mac: None,
+            extra_addrs: Vec::new(),
             node: "node2".into(),
         });
     }
@@ -206,6 +208,7 @@ fn one_more_remote_endpoint_is_one_fdb_and_one_neigh_step() {
     s.remote.push(RemoteEndpoint {
         addr: ip("10.255.0.7"),
         mac: None,
+        extra_addrs: Vec::new(),
         node: "node2".into(),
     });
     let d2 = Overlay::new(&s).unwrap();
@@ -230,6 +233,46 @@ fn one_more_remote_endpoint_is_one_fdb_and_one_neigh_step() {
 [1-ingress-n1] bridge fdb del 02:42:0a:ff:00:07 dev vxlan0 dst 192.168.50.12 self
 "
     );
+}
+
+#[test]
+fn a_dual_stack_endpoint_has_one_mac_one_fdb_entry_and_a_neighbour_per_address() {
+    let mut s = spec();
+    s.mtu = 1450;
+    s.subnets.push(SubnetSpec {
+        subnet: "fd00:255::/64".parse().unwrap(),
+        gateway: ip("fd00:255::1"),
+    });
+    s.local[0].extra_addrs.push(ip("fd00:255::5"));
+    s.remote[0].extra_addrs.push(ip("fd00:255::6"));
+    let d = Overlay::new(&s).unwrap();
+    let p = plan(&d, &Observed::default()).to_string();
+    assert!(
+        p.contains("[vote.1] ip addr replace fd00:255::5/64 dev eth0"),
+        "{p}"
+    );
+    assert!(
+        p.contains("ip neigh replace fd00:255::6 lladdr 02:42:0a:ff:00:06 dev vxlan0"),
+        "{p}"
+    );
+    assert_eq!(
+        p.matches("bridge fdb replace 02:42:0a:ff:00:06").count(),
+        1,
+        "{p}"
+    );
+    let after = simulate(&Observed::default(), &plan(&d, &Observed::default()), &d);
+    assert!(plan(&d, &after).is_empty());
+    // An extra address outside every subnet, or taken twice, is refused by name.
+    let mut bad = s.clone();
+    bad.remote[1].extra_addrs.push(ip("fd00:999::1"));
+    assert!(
+        err(&bad).contains("remote[1].extra_addrs[0]"),
+        "{}",
+        err(&bad)
+    );
+    let mut dup = s.clone();
+    dup.remote[1].extra_addrs.push(ip("fd00:255::5"));
+    assert!(err(&dup).contains("fd00:255::5"), "{}", err(&dup));
 }
 
 #[test]
@@ -446,6 +489,7 @@ proptest::proptest! {
                 .map(|x| RemoteEndpoint {
                     addr: IpAddr::from([10, 255, 1, *x]),
                     mac: None,
+                    extra_addrs: Vec::new(),
                     node: if x % 2 == 0 { "node1".into() } else { "node2".into() },
                 })
                 .collect();

@@ -90,12 +90,14 @@ fn spec(lab: &Lab, node: u8, local: &[(&str, &str)], remote: &[(&str, &str)]) ->
             ifname: "eth0".into(),
             addr: ip(a),
             mac: None,
+            extra_addrs: Vec::new(),
         });
     }
     for (n, a) in remote {
         s.remote.push(RemoteEndpoint {
             addr: ip(a),
             mac: None,
+            extra_addrs: Vec::new(),
             node: (*n).into(),
         });
     }
@@ -417,10 +419,12 @@ fn ipv6_overlay_over_an_ipv4_underlay() {
             ifname: "eth0".into(),
             addr: ip(local.1),
             mac: None,
+            extra_addrs: Vec::new(),
         });
         s.remote.push(RemoteEndpoint {
             addr: ip(remote.1),
             mac: None,
+            extra_addrs: Vec::new(),
             node: remote.0.into(),
         });
         Overlay::new(&s).unwrap()

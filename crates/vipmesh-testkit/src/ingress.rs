@@ -10,7 +10,7 @@
 //! mesh creates itself (sandbox, overlay) are pre-named here and registered with the topology,
 //! so they are deleted with it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ pub struct LabNode {
     pub overlay_netns: String,
     /// Its sandbox's ingress address.
     pub sandbox_addr: IpAddr,
+    /// Its LAN IPv6 address (`fd00:50::11`, …; the LAN is dual-stack).
+    pub lan_v6: IpAddr,
+    /// Its sandbox's ingress IPv6 address, for a dual-stack ingress (`fd00:255::2`, …).
+    pub sandbox_addr_v6: IpAddr,
 }
 
 /// One task of the lab.
@@ -47,6 +51,8 @@ pub struct LabTask {
     pub node: usize,
     /// Its ingress address.
     pub addr: IpAddr,
+    /// Its ingress IPv6 address, for a dual-stack ingress (`fd00:255::1:<k>`).
+    pub addr_v6: IpAddr,
 }
 
 /// The lab.
@@ -58,6 +64,8 @@ pub struct IngressLab {
     pub client: String,
     /// The client's address.
     pub client_addr: IpAddr,
+    /// The client's IPv6 address.
+    pub client_addr_v6: IpAddr,
     /// The nodes.
     pub nodes: Vec<LabNode>,
     /// The tasks.
@@ -71,6 +79,10 @@ pub struct IngressLab {
 pub const INGRESS_SUBNET: &str = "10.255.0.0/16";
 /// The overlay gateway.
 pub const INGRESS_GATEWAY: &str = "10.255.0.1";
+/// The ingress IPv6 subnet of the lab (for a dual-stack ingress).
+pub const INGRESS_SUBNET_V6: &str = "fd00:255::/64";
+/// The overlay's IPv6 gateway.
+pub const INGRESS_GATEWAY_V6: &str = "fd00:255::1";
 /// Bytes of `big.bin`.
 pub const BIG: usize = 4 * 1024 * 1024;
 
@@ -93,11 +105,17 @@ impl IngressLab {
         let switch = topo.bridge_ns("lan");
         let client = topo.ns("client");
         topo.attach(&switch, &client, "eth0", "192.168.50.100/24");
+        let add6 = |topo: &Topology, ns: &str, a: &str| {
+            topo.sh(ns, &format!("ip -6 addr add {a}/64 dev eth0 nodad"));
+        };
+        add6(&topo, &client, "fd00:50::100");
         let mut nodes = Vec::new();
         for i in 0..n {
             let netns = topo.ns(&format!("node{}", i + 1));
             let underlay = IpAddr::V4(Ipv4Addr::new(192, 168, 50, 11 + i as u8));
             topo.attach(&switch, &netns, "eth0", &format!("{underlay}/24"));
+            let lan_v6: IpAddr = format!("fd00:50::{}", 11 + i).parse().expect("v6");
+            add6(&topo, &netns, &lan_v6.to_string());
             nodes.push(LabNode {
                 name: format!("node{}", i + 1),
                 sandbox_netns: topo.ns(&format!("sb{}", i + 1)),
@@ -105,12 +123,15 @@ impl IngressLab {
                 netns,
                 underlay,
                 sandbox_addr: IpAddr::V4(Ipv4Addr::new(10, 255, 0, 2 + i as u8)),
+                lan_v6,
+                sandbox_addr_v6: format!("fd00:255::{:x}", 2 + i).parse().expect("v6"),
             });
         }
         let mut lab = IngressLab {
             topo,
             client,
             client_addr: "192.168.50.100".parse().expect("address"),
+            client_addr_v6: "fd00:50::100".parse().expect("address"),
             nodes,
             tasks: Vec::new(),
             switch,
@@ -139,6 +160,7 @@ impl IngressLab {
             netns,
             node,
             addr: IpAddr::V4(Ipv4Addr::new(10, 255, 1, k as u8)),
+            addr_v6: format!("fd00:255::1:{k:x}").parse().expect("v6"),
         };
         self.www.push(dir);
         self.tasks.push(t.clone());
@@ -146,8 +168,8 @@ impl IngressLab {
     }
 
     /// Starts the servers of every task that has none yet: httpd on 80, the greeter on 9000,
-    /// the UDP responder on 53. They bind the wildcard address, so they may start before the
-    /// task has its ingress leg.
+    /// the UDP responder on 53. They bind the wildcard address (IPv4 and IPv6), so they may
+    /// start before the task has its ingress leg.
     pub fn start_servers(&mut self) {
         for (t, dir) in self.tasks.clone().iter().zip(self.www.clone()) {
             let marker = dir.join(".started");
@@ -162,7 +184,7 @@ impl IngressLab {
             spawn_greeter(
                 &t.netns,
                 &t.name,
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9000),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 9000),
             );
             spawn_udp_responder(&t.netns, &t.name, 53);
         }
@@ -187,11 +209,12 @@ impl IngressLab {
     }
 }
 
-/// A UDP server in `ns` on `port` (wildcard address): answers every datagram with `name`.
+/// A UDP server in `ns` on `port` (the IPv6 wildcard address, dual-stack: it answers IPv4
+/// too): answers every datagram with `name`.
 pub fn spawn_udp_responder(ns: &str, name: &str, port: u16) {
     let netns = Netns::named(ns).expect("udp netns");
     let sock = netns
-        .run(move || UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)))
+        .run(move || UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)))
         .expect("enter netns")
         .unwrap_or_else(|e| panic!("bind udp {port} in {ns}: {e}"));
     let name = name.to_string();
@@ -211,7 +234,11 @@ pub fn udp_ask(ns: &str, addr: IpAddr, port: u16) -> std::io::Result<String> {
     let netns = Netns::named(ns).map_err(std::io::Error::other)?;
     netns
         .run(move || -> std::io::Result<String> {
-            let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
+            let any = match addr {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            };
+            let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             s.send_to(b"who?", SocketAddr::new(addr, port))?;
             let mut buf = [0u8; 1500];

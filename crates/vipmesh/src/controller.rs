@@ -660,11 +660,12 @@ impl<K: Kernel> Controller<K> {
             });
         };
         push("ingress wiring", self.kernel.wire_ingress(&ing));
+        let families = ing.families();
         let ports = ing
             .services
             .iter()
             .flat_map(|s| s.ports.iter())
-            .map(|p| (p.protocol, p.published.get()))
+            .flat_map(|p| families.iter().map(|f| (*f, p.protocol, p.published.get())))
             .collect();
         push(
             "published ports reserved",

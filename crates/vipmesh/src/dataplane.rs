@@ -130,7 +130,7 @@ pub trait Kernel {
     fn reserve_ports(
         &mut self,
         netns: &str,
-        ports: &std::collections::BTreeSet<(crate::model::Protocol, u16)>,
+        ports: &std::collections::BTreeSet<(Family, crate::model::Protocol, u16)>,
     ) -> Result<Vec<String>, Error>;
     /// Removes what [`Kernel::wire_ingress`] built, and nothing else.
     ///
@@ -187,7 +187,7 @@ fn path_identity(netns: &str) -> Result<Option<NsIdentity>, Error> {
 /// The real kernel. It holds the sockets that reserve published ports.
 #[derive(Debug, Default)]
 pub struct RealKernel {
-    reserved: BTreeMap<(String, crate::model::Protocol, u16), std::os::fd::OwnedFd>,
+    reserved: BTreeMap<(String, Family, crate::model::Protocol, u16), std::os::fd::OwnedFd>,
 }
 
 /// The backends of a namespace on the real kernel.
@@ -233,26 +233,26 @@ impl Kernel for RealKernel {
     fn reserve_ports(
         &mut self,
         netns: &str,
-        ports: &std::collections::BTreeSet<(crate::model::Protocol, u16)>,
+        ports: &std::collections::BTreeSet<(Family, crate::model::Protocol, u16)>,
     ) -> Result<Vec<String>, Error> {
         let mut done = Vec::new();
-        self.reserved.retain(|(ns, p, n), _| {
-            let keep = ns != netns || ports.contains(&(*p, *n));
+        self.reserved.retain(|(ns, f, p, n), _| {
+            let keep = ns != netns || ports.contains(&(*f, *p, *n));
             if !keep {
-                done.push(format!("released {p}/{n}"));
+                done.push(format!("released {p}/{n} ({f})"));
             }
             keep
         });
         let mut first_err = None;
-        for (p, n) in ports {
-            let key = (netns.to_string(), *p, *n);
+        for (f, p, n) in ports {
+            let key = (netns.to_string(), *f, *p, *n);
             if self.reserved.contains_key(&key) {
                 continue;
             }
             let ns = open_netns(netns)?;
-            let (proto, port) = (*p, *n);
+            let (family, proto, port) = (*f, *p, *n);
             let res = ns
-                .run(move || crate::wire::bind_port(proto, port))
+                .run(move || crate::wire::bind_port(family, proto, port))
                 .map_err(|source| Error::Netns {
                     netns: netns.to_string(),
                     source,
@@ -260,12 +260,13 @@ impl Kernel for RealKernel {
             match res {
                 Ok(fd) => {
                     self.reserved.insert(key, fd);
-                    done.push(format!("reserved {p}/{n}"));
+                    done.push(format!("reserved {p}/{n} ({f})"));
                 }
                 Err(source) => {
                     if first_err.is_none() {
                         first_err = Some(Error::PortInUse {
                             netns: netns.to_string(),
+                            family,
                             protocol: proto,
                             port,
                             source,

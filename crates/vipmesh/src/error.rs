@@ -48,10 +48,12 @@ pub enum Error {
         netns: String,
     },
     /// A published port is held by a local process: it cannot be reserved.
-    #[error("{protocol}/{port} in {netns:?} is held by another process")]
+    #[error("{protocol}/{port} ({family}) in {netns:?} is held by another process")]
     PortInUse {
         /// The namespace.
         netns: String,
+        /// The address family of the socket that could not be bound.
+        family: crate::model::Family,
         /// The protocol.
         protocol: crate::model::Protocol,
         /// The port.

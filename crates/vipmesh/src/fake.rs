@@ -437,7 +437,7 @@ impl Kernel for FakeKernel {
     fn reserve_ports(
         &mut self,
         _netns: &str,
-        _ports: &std::collections::BTreeSet<(crate::model::Protocol, u16)>,
+        _ports: &std::collections::BTreeSet<(Family, crate::model::Protocol, u16)>,
     ) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
     }

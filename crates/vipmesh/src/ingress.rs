@@ -72,6 +72,10 @@ pub struct ClusterNode {
     pub underlay: IpAddr,
     /// Its ingress sandbox's address on the ingress network (the SNAT source there).
     pub sandbox_addr: IpAddr,
+    /// Its sandbox's IPv6 address, required when the ingress is dual-stack
+    /// ([`Ingress::subnet_v6`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_addr_v6: Option<IpAddr>,
 }
 
 /// A task of a published service.
@@ -94,6 +98,12 @@ pub struct IngressTask {
     /// Its weight (default 1).
     #[serde(default)]
     pub weight: Weight,
+    /// Its IPv6 address on a dual-stack ingress (a task without one serves IPv4 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr_v6: Option<IpAddr>,
+    /// The IPv6 host-mode DNAT target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_addr_v6: Option<IpAddr>,
 }
 
 /// A service with published ports.
@@ -169,6 +179,15 @@ pub struct GwBridge {
     /// The sandbox's address on it (the DNAT target).
     #[serde(default = "default_gw_sandbox")]
     pub sandbox_addr: IpAddr,
+    /// Its IPv6 subnet (used by a dual-stack ingress only; default `fd00:172:18::/64`).
+    #[serde(default = "default_gw_subnet_v6")]
+    pub subnet_v6: Subnet,
+    /// The host's IPv6 address on it (default `fd00:172:18::1`).
+    #[serde(default = "default_gw_host_v6")]
+    pub host_addr_v6: IpAddr,
+    /// The sandbox's IPv6 address on it (default `fd00:172:18::2`).
+    #[serde(default = "default_gw_sandbox_v6")]
+    pub sandbox_addr_v6: IpAddr,
 }
 
 fn default_gw_name() -> String {
@@ -179,7 +198,17 @@ fn default_gw_subnet() -> Subnet {
 }
 #[allow(clippy::panic)]
 fn unreachable_subnet() -> Subnet {
-    panic!("172.18.0.0/16 is a valid subnet")
+    panic!("the default gateway-bridge subnets are valid")
+}
+fn default_gw_subnet_v6() -> Subnet {
+    Subnet::new(IpAddr::from([0xfd00, 0x172, 0x18, 0, 0, 0, 0, 0]), 64)
+        .unwrap_or_else(|_| unreachable_subnet())
+}
+fn default_gw_host_v6() -> IpAddr {
+    IpAddr::from([0xfd00, 0x172, 0x18, 0, 0, 0, 0, 1])
+}
+fn default_gw_sandbox_v6() -> IpAddr {
+    IpAddr::from([0xfd00, 0x172, 0x18, 0, 0, 0, 0, 2])
 }
 fn default_gw_host() -> IpAddr {
     IpAddr::from([172, 18, 0, 1])
@@ -195,6 +224,9 @@ impl Default for GwBridge {
             subnet: default_gw_subnet(),
             host_addr: default_gw_host(),
             sandbox_addr: default_gw_sandbox(),
+            subnet_v6: default_gw_subnet_v6(),
+            host_addr_v6: default_gw_host_v6(),
+            sandbox_addr_v6: default_gw_sandbox_v6(),
         }
     }
 }
@@ -235,6 +267,14 @@ pub struct Ingress {
     pub subnet: Subnet,
     /// The overlay bridge's address in it (the same on every node, reached only locally).
     pub gateway: IpAddr,
+    /// The ingress's IPv6 subnet, for a dual-stack ingress (Swarm has none: moby#24379):
+    /// published ports then also answer on the nodes' IPv6 addresses. Every node needs
+    /// [`ClusterNode::sandbox_addr_v6`]; tasks with [`IngressTask::addr_v6`] serve IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_v6: Option<Subnet>,
+    /// The overlay bridge's IPv6 address (required with `subnet_v6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_v6: Option<IpAddr>,
     /// The VXLAN network identifier, 1..=2^24-1.
     pub vni: u32,
     /// The overlay MTU (default 1450: 1500 minus the 50 bytes of VXLAN over IPv4).
@@ -303,16 +343,24 @@ impl Ingress {
                 "must be 1..=16777215 (24 bits)",
             ));
         }
-        let v6 = self.subnet.family() == Family::V6;
-        let min = if v6 { 1280 } else { 576 };
+        if self.subnet.family() != Family::V4 {
+            return Err(bad(
+                "ingress.subnet",
+                self.subnet,
+                "must be IPv4; a dual-stack ingress gives its IPv6 subnet in subnet_v6",
+            ));
+        }
+        let v6 = self.subnet_v6.is_some();
+        let (min, what) = if v6 {
+            (1280, "a dual-stack (IPv6)")
+        } else {
+            (576, "an IPv4")
+        };
         if self.mtu < min || self.mtu > 9000 {
             return Err(bad(
                 "ingress.mtu",
                 self.mtu,
-                &format!(
-                    "must be {min}..=9000 for an {} ingress",
-                    self.subnet.family()
-                ),
+                &format!("must be {min}..=9000 for {what} ingress"),
             ));
         }
         for (field, v) in [
@@ -332,13 +380,7 @@ impl Ingress {
                 "not inside the ingress subnet",
             ));
         }
-        if v6 {
-            return Err(bad(
-                "ingress.subnet",
-                self.subnet,
-                "an IPv6 ingress is not supported yet (the host side is IPv4 only)",
-            ));
-        }
+        self.validate_v6()?;
         check_netns("ingress.host_netns", &self.host_netns)?;
         check_netns("ingress.sandbox_netns", &self.sandbox_netns)?;
         check_netns("ingress.overlay_netns", &self.overlay_netns)?;
@@ -353,6 +395,13 @@ impl Ingress {
                 ));
             }
         }
+        if self.subnet.overlaps(&gw.subnet) {
+            return Err(bad(
+                "ingress.gw_bridge.subnet",
+                gw.subnet,
+                "overlaps the ingress subnet",
+            ));
+        }
         if gw.host_addr == gw.sandbox_addr {
             return Err(bad(
                 "ingress.gw_bridge.sandbox_addr",
@@ -363,6 +412,12 @@ impl Ingress {
         let mut names = BTreeSet::new();
         let mut underlays = BTreeSet::new();
         let mut addrs: BTreeSet<IpAddr> = [self.gateway].into();
+        addrs.extend(self.gateway_v6);
+        let in_v6 = |a: Option<IpAddr>| match (self.subnet_v6, a) {
+            (_, None) => true,
+            (Some(sn), Some(a)) => sn.contains(a),
+            (None, Some(_)) => false,
+        };
         for n in &self.nodes {
             if n.name.is_empty() || !names.insert(n.name.as_str()) {
                 return Err(bad("ingress.nodes.name", &n.name, "empty or listed twice"));
@@ -379,6 +434,20 @@ impl Ingress {
                     "ingress.nodes.sandbox_addr",
                     format!("{}: {}", n.name, n.sandbox_addr),
                     "outside the ingress subnet, or used twice",
+                ));
+            }
+            if v6 != n.sandbox_addr_v6.is_some()
+                || !in_v6(n.sandbox_addr_v6)
+                || n.sandbox_addr_v6.is_some_and(|a| !addrs.insert(a))
+            {
+                return Err(bad(
+                    "ingress.nodes.sandbox_addr_v6",
+                    format!(
+                        "{}: {}",
+                        n.name,
+                        n.sandbox_addr_v6.map_or("none".into(), |a| a.to_string())
+                    ),
+                    "required with (and only with) ingress.subnet_v6, inside it, once",
                 ));
             }
         }
@@ -423,6 +492,26 @@ impl Ingress {
                         "outside the ingress subnet, or used twice",
                     ));
                 }
+                if !in_v6(t.addr_v6) || t.addr_v6.is_some_and(|a| !addrs.insert(a)) {
+                    return Err(bad(
+                        "ingress.services.tasks.addr_v6",
+                        format!(
+                            "{}: {}",
+                            s.name,
+                            t.addr_v6.map_or(String::new(), |a| a.to_string())
+                        ),
+                        "outside ingress.subnet_v6 (or no subnet_v6), or used twice",
+                    ));
+                }
+                if t.host_addr_v6.is_some_and(|a| Family::of(a) != Family::V6)
+                    || t.host_addr.is_some_and(|a| Family::of(a) != Family::V4)
+                {
+                    return Err(bad(
+                        "ingress.services.tasks.host_addr",
+                        format!("{}: {:?} / {:?}", s.name, t.host_addr, t.host_addr_v6),
+                        "host_addr is IPv4, host_addr_v6 IPv6",
+                    ));
+                }
                 if let Some(i) = &t.interface {
                     check_ifname("ingress.services.tasks.interface", i)?;
                 }
@@ -457,6 +546,74 @@ impl Ingress {
         Ok(())
     }
 
+    /// The dual-stack fields: `subnet_v6` with its gateway and the gateway bridge's IPv6 side.
+    fn validate_v6(&self) -> Result<(), Error> {
+        let Some(sn) = self.subnet_v6 else {
+            if let Some(g) = self.gateway_v6 {
+                return Err(bad(
+                    "ingress.gateway_v6",
+                    g,
+                    "given without ingress.subnet_v6",
+                ));
+            }
+            return Ok(());
+        };
+        if sn.family() != Family::V6 {
+            return Err(bad("ingress.subnet_v6", sn, "must be an IPv6 subnet"));
+        }
+        match self.gateway_v6 {
+            Some(g) if sn.contains(g) => {}
+            g => {
+                return Err(bad(
+                    "ingress.gateway_v6",
+                    g.map_or("none".into(), |g| g.to_string()),
+                    "required with ingress.subnet_v6, inside it",
+                ));
+            }
+        }
+        let gw = &self.gw_bridge;
+        if gw.subnet_v6.family() != Family::V6 {
+            return Err(bad(
+                "ingress.gw_bridge.subnet_v6",
+                gw.subnet_v6,
+                "must be an IPv6 subnet",
+            ));
+        }
+        for a in [gw.host_addr_v6, gw.sandbox_addr_v6] {
+            if !gw.subnet_v6.contains(a) {
+                return Err(bad(
+                    "ingress.gw_bridge",
+                    a,
+                    "not inside the gateway bridge's subnet_v6",
+                ));
+            }
+        }
+        if gw.host_addr_v6 == gw.sandbox_addr_v6 {
+            return Err(bad(
+                "ingress.gw_bridge.sandbox_addr_v6",
+                gw.sandbox_addr_v6,
+                "is the host's address",
+            ));
+        }
+        if sn.overlaps(&gw.subnet_v6) {
+            return Err(bad(
+                "ingress.gw_bridge.subnet_v6",
+                gw.subnet_v6,
+                "overlaps the ingress subnet_v6",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The families the ingress serves: IPv4, and IPv6 when dual-stack.
+    pub fn families(&self) -> Vec<Family> {
+        let mut f = vec![Family::V4];
+        if self.subnet_v6.is_some() {
+            f.push(Family::V6);
+        }
+        f
+    }
+
     /// This node's entry in the cluster view.
     pub fn this_node(&self) -> Option<&ClusterNode> {
         self.nodes.iter().find(|n| n.name == self.node)
@@ -475,10 +632,16 @@ impl Ingress {
             id: self.id.clone(),
             lb_netns: self.sandbox_netns.clone(),
             lb_interface: "eth0".into(),
-            subnets: vec![NetSubnet {
+            subnets: std::iter::once(NetSubnet {
                 subnet: self.subnet,
                 lb_addr: me.sandbox_addr,
-            }],
+            })
+            .chain(
+                self.subnet_v6
+                    .zip(me.sandbox_addr_v6)
+                    .map(|(subnet, lb_addr)| NetSubnet { subnet, lb_addr }),
+            )
+            .collect(),
             fwmarks: self.fwmarks,
             layout: Layout::Ingress,
         };
@@ -504,9 +667,13 @@ impl Ingress {
                     backends: s
                         .tasks
                         .iter()
-                        .map(|t| Backend {
-                            addr: t.addr,
-                            weight: t.weight,
+                        .flat_map(|t| {
+                            std::iter::once(t.addr)
+                                .chain(t.addr_v6)
+                                .map(|addr| Backend {
+                                    addr,
+                                    weight: t.weight,
+                                })
                         })
                         .collect(),
                 })
@@ -527,14 +694,23 @@ impl Ingress {
 
     /// The sysctls of the host namespace: forwarding, and `route_localnet` on the gateway
     /// bridge (so `127.0.0.1:PORT`, DNATed to the sandbox, may leave through it).
+    ///
+    /// A dual-stack ingress also sets `net.ipv6.conf.all.forwarding=1` (as Docker does for
+    /// its IPv6 networks): note that a forwarding host ignores router advertisements unless
+    /// an interface has `accept_ra=2`. IPv6 has no `route_localnet`: `[::1]:PORT` is not
+    /// published, the node's own IPv6 addresses are.
     pub fn host_sysctls(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut m = BTreeMap::from([
             ("net.ipv4.ip_forward".to_string(), "1".to_string()),
             (
                 format!("net.ipv4.conf.{}.route_localnet", self.gw_bridge.name),
                 "1".to_string(),
             ),
-        ])
+        ]);
+        if self.subnet_v6.is_some() {
+            m.insert("net.ipv6.conf.all.forwarding".into(), "1".into());
+        }
+        m
     }
 }
 
@@ -542,14 +718,19 @@ fn port(p: Port) -> Result<nf::Port, Error> {
     nf::Port::new(p.get()).map_err(|e| nf_err("port", e))
 }
 
-/// The host namespace's rules (IPv4; the family of the gateway bridge).
+/// The host namespace's rules of the ruleset's family (IPv6 only for a dual-stack ingress).
 ///
 /// # Errors
 /// [`Error::Netfilter`] if the rule model rejects a value.
 pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Error> {
-    if rs.family() != nf::Family::V4 {
+    let fam: Family = rs.family().into();
+    if !ing.families().contains(&fam) {
         return Ok(());
     }
+    let gw_sandbox = match fam {
+        Family::V4 => ing.gw_bridge.sandbox_addr,
+        Family::V6 => ing.gw_bridge.sandbox_addr_v6,
+    };
     let id = ing.id.as_str();
     let dnat = chain_name(id, "DNAT")?;
     let fwd = chain_name(id, "FWD")?;
@@ -563,13 +744,16 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
     for s in &ing.services {
         for p in &s.ports {
             let (to, to_port) = match p.mode {
-                PublishMode::Ingress => (ing.gw_bridge.sandbox_addr, p.published),
+                PublishMode::Ingress => (gw_sandbox, p.published),
                 PublishMode::Host => {
-                    let local = s
-                        .tasks
-                        .iter()
-                        .find(|t| t.node == ing.node)
-                        .and_then(|t| t.host_addr);
+                    let local =
+                        s.tasks
+                            .iter()
+                            .find(|t| t.node == ing.node)
+                            .and_then(|t| match fam {
+                                Family::V4 => t.host_addr,
+                                Family::V6 => t.host_addr_v6,
+                            });
                     match local {
                         Some(a) => (a, p.target),
                         None => continue, // no task here: host mode publishes nothing
@@ -651,15 +835,20 @@ pub fn add_task_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress, netns: &str) -> 
     let fam: Family = rs.family().into();
     let mut any = false;
     for s in &ing.services {
-        for t in s.tasks.iter().filter(|t| {
-            t.node == ing.node && t.netns.as_deref() == Some(netns) && Family::of(t.addr) == fam
+        let here = s
+            .tasks
+            .iter()
+            .filter(|t| t.node == ing.node && t.netns.as_deref() == Some(netns));
+        for addr in here.filter_map(|t| match fam {
+            Family::V4 => Some(t.addr),
+            Family::V6 => t.addr_v6,
         }) {
             if !any {
                 rs.declare_chain(nf::Table::Nat, &rdr);
                 rs.declare_chain(nf::Table::Filter, &filt);
                 any = true;
             }
-            let me = nf::Cidr::host(t.addr);
+            let me = nf::Cidr::host(addr);
             for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
                 if p.published != p.target {
                     let m = nf::Matches::new()
@@ -718,11 +907,15 @@ pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
     let short: String = ing.id.as_str().chars().take(4).collect();
     let mut spec = vipmesh_overlay::OverlaySpec::new(&short, ing.vni, &ing.overlay_netns);
     spec.mtu = ing.mtu;
-    spec.subnets.push(vipmesh_overlay::SubnetSpec {
-        subnet: vipmesh_overlay::Subnet::new(ing.subnet.addr(), ing.subnet.prefix())
-            .unwrap_or_else(unreachable_overlay_subnet),
-        gateway: ing.gateway,
-    });
+    let subnets =
+        std::iter::once((ing.subnet, ing.gateway)).chain(ing.subnet_v6.zip(ing.gateway_v6));
+    for (sn, gateway) in subnets {
+        spec.subnets.push(vipmesh_overlay::SubnetSpec {
+            subnet: vipmesh_overlay::Subnet::new(sn.addr(), sn.prefix())
+                .unwrap_or_else(unreachable_overlay_subnet),
+            gateway,
+        });
+    }
     for n in &ing.nodes {
         if n.name == ing.node {
             spec.local.push(vipmesh_overlay::LocalEndpoint {
@@ -730,6 +923,7 @@ pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
                 ifname: "eth0".into(),
                 addr: n.sandbox_addr,
                 mac: None,
+                extra_addrs: n.sandbox_addr_v6.into_iter().collect(),
             });
         } else {
             spec.nodes.insert(n.name.clone(), n.underlay);
@@ -737,6 +931,7 @@ pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
                 addr: n.sandbox_addr,
                 mac: None,
                 node: n.name.clone(),
+                extra_addrs: n.sandbox_addr_v6.into_iter().collect(),
             });
         }
     }
@@ -749,6 +944,7 @@ pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
                         ifname: t.interface.clone().unwrap_or_else(|| "eth0".into()),
                         addr: t.addr,
                         mac: None,
+                        extra_addrs: t.addr_v6.into_iter().collect(),
                     });
                 }
             } else {
@@ -756,6 +952,7 @@ pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
                     addr: t.addr,
                     mac: None,
                     node: t.node.clone(),
+                    extra_addrs: t.addr_v6.into_iter().collect(),
                 });
             }
         }

@@ -1331,8 +1331,12 @@ fn dns_tables_follow_the_modes() {
 }
 
 fn ingress_state(tasks: &[(&str, &str, Option<&str>)]) -> NodeState {
+    NodeState::with_ingress(vec![], Some(ingress_spec(tasks)), NodeOptions::default()).unwrap()
+}
+
+fn ingress_spec(tasks: &[(&str, &str, Option<&str>)]) -> crate::ingress::Ingress {
     use crate::ingress::*;
-    let ing = Ingress {
+    Ingress {
         id: NetworkId::new("ingress").unwrap(),
         node: "node1".into(),
         nodes: vec![
@@ -1340,15 +1344,19 @@ fn ingress_state(tasks: &[(&str, &str, Option<&str>)]) -> NodeState {
                 name: "node1".into(),
                 underlay: ip("192.168.50.11"),
                 sandbox_addr: ip("10.255.0.2"),
+                sandbox_addr_v6: None,
             },
             ClusterNode {
                 name: "node2".into(),
                 underlay: ip("192.168.50.12"),
                 sandbox_addr: ip("10.255.0.3"),
+                sandbox_addr_v6: None,
             },
         ],
         subnet: "10.255.0.0/16".parse().unwrap(),
         gateway: ip("10.255.0.1"),
+        subnet_v6: None,
+        gateway_v6: None,
         vni: 4096,
         mtu: 1450,
         fwmarks: FwmarkRange::new(0x20000, 0x2ffff).unwrap(),
@@ -1383,11 +1391,27 @@ fn ingress_state(tasks: &[(&str, &str, Option<&str>)]) -> NodeState {
                     interface: None,
                     host_addr: None,
                     weight: Weight::default(),
+                    addr_v6: None,
+                    host_addr_v6: None,
                 })
                 .collect(),
         }],
-    };
-    NodeState::with_ingress(vec![], Some(ing), NodeOptions::default()).unwrap()
+    }
+}
+
+/// [`ingress_spec`] made dual-stack: fd00:255::/64, each task's IPv6 address
+/// `fd00:255::<last v4 octet>`.
+fn ingress_spec_v6(tasks: &[(&str, &str, Option<&str>)]) -> crate::ingress::Ingress {
+    let mut i = ingress_spec(tasks);
+    i.subnet_v6 = Some("fd00:255::/64".parse().unwrap());
+    i.gateway_v6 = Some(ip("fd00:255::1"));
+    i.nodes[0].sandbox_addr_v6 = Some(ip("fd00:255::2"));
+    i.nodes[1].sandbox_addr_v6 = Some(ip("fd00:255::3"));
+    for t in &mut i.services[0].tasks {
+        let IpAddr::V4(a) = t.addr else { panic!() };
+        t.addr_v6 = Some(format!("fd00:255::{:x}", a.octets()[3]).parse().unwrap());
+    }
+    i
 }
 
 fn ingress_world() -> FakeKernel {
@@ -1430,6 +1454,84 @@ fn golden_ingress_plan_programs_host_sandbox_and_task() {
         dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
         vec![(ip("10.255.0.5"), 1), (ip("10.255.0.6"), 1)]
     );
+}
+
+#[test]
+fn golden_dual_stack_ingress_programs_both_families_with_one_mark() {
+    let k = ingress_world();
+    let tasks = [
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.6", "node2", None),
+    ];
+    let st = NodeState::with_ingress(
+        vec![],
+        Some(ingress_spec_v6(&tasks)),
+        NodeOptions::default(),
+    )
+    .unwrap();
+    let p = plan(
+        &st,
+        &empty_seen(&["node1", "sbox1", "vote1"]),
+        &DrainBook::default(),
+        0,
+    )
+    .unwrap();
+    golden("plan_ingress_v6.txt", &p.to_string());
+    let mut c = ctl(&k);
+    apply(&mut c, st.clone(), 0);
+    // One mark, a fwmark service per family, each with that family's tasks.
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![(ip("10.255.0.5"), 1), (ip("10.255.0.6"), 1)]
+    );
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet6, 0x20000),
+        vec![(ip("fd00:255::5"), 1), (ip("fd00:255::6"), 1)]
+    );
+    let host6 = k.with("node1", |n| format!("{:?}", n.rules[&Family::V6]));
+    assert!(host6.contains("fd00:172:18::2"), "{host6}");
+    let task6 = k.with("vote1", |n| format!("{:?}", n.rules[&Family::V6]));
+    assert!(task6.contains("fd00:255::5"), "{task6}");
+    let mut c2 = ctl(&k);
+    c2.set_desired(st);
+    assert!(plan_at(&mut c2, 1).is_empty());
+}
+
+#[test]
+fn dual_stack_ingress_bad_input_names_the_field() {
+    let tasks = [
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.6", "node2", None),
+    ];
+    let field = |i: crate::ingress::Ingress| match NodeState::with_ingress(
+        vec![],
+        Some(i),
+        NodeOptions::default(),
+    ) {
+        Err(Error::Invalid { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    let mut i = ingress_spec_v6(&tasks);
+    i.mtu = 1279;
+    assert_eq!(field(i), "ingress.mtu");
+    let mut i = ingress_spec_v6(&tasks);
+    i.nodes[1].sandbox_addr_v6 = None;
+    assert_eq!(field(i), "ingress.nodes.sandbox_addr_v6");
+    let mut i = ingress_spec_v6(&tasks);
+    i.gateway_v6 = Some(ip("fd00:999::1"));
+    assert_eq!(field(i), "ingress.gateway_v6");
+    let mut i = ingress_spec_v6(&tasks);
+    i.subnet_v6 = Some("10.9.0.0/16".parse().unwrap());
+    assert_eq!(field(i), "ingress.subnet_v6");
+    let mut i = ingress_spec_v6(&tasks);
+    i.services[0].tasks[1].addr_v6 = Some(ip("fd00:255::5"));
+    assert_eq!(field(i), "ingress.services.tasks.addr_v6");
+    let mut i = ingress_spec(&tasks);
+    i.services[0].tasks[0].addr_v6 = Some(ip("fd00:255::5"));
+    assert_eq!(field(i), "ingress.services.tasks.addr_v6");
+    let mut i = ingress_spec(&tasks);
+    i.subnet = "fd00:255::/64".parse().unwrap();
+    assert_eq!(field(i), "ingress.subnet");
 }
 
 #[test]
@@ -1511,8 +1613,8 @@ fn ingress_bad_input_is_refused_whole() {
     );
     assert_eq!(
         field(try_with(&|i| {
-            i.subnet = "fd00::/64".parse().unwrap();
-            i.gateway = ip("fd00::1");
+            i.subnet_v6 = Some("fd00::/64".parse().unwrap());
+            i.gateway_v6 = Some(ip("fd00::1"));
             i.mtu = 1200;
         })),
         "ingress.mtu"

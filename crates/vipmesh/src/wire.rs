@@ -90,10 +90,19 @@ pub fn wire(ing: &Ingress) -> Result<Vec<String>, Error> {
             rh.add_bridge(&gw.name).map_err(netns_err(hn))?
         }
     };
-    if !has_addr(&rh, hn, br, gw.host_addr)? {
-        rh.add_address(br, gw.host_addr, gw.subnet.prefix(), VIPMESH_ADDR_PROTO)
-            .map_err(netns_err(hn))?;
-        done.push(format!("address {} on {}", gw.host_addr, gw.name));
+    let v6 = ing.subnet_v6.is_some();
+    let mut host_addrs = vec![(gw.host_addr, gw.subnet.prefix())];
+    let mut sandbox_addrs = vec![(gw.sandbox_addr, gw.subnet.prefix())];
+    if v6 {
+        host_addrs.push((gw.host_addr_v6, gw.subnet_v6.prefix()));
+        sandbox_addrs.push((gw.sandbox_addr_v6, gw.subnet_v6.prefix()));
+    }
+    for &(a, prefix) in &host_addrs {
+        if !has_addr(&rh, hn, br, a)? {
+            rh.add_address(br, a, prefix, VIPMESH_ADDR_PROTO)
+                .map_err(netns_err(hn))?;
+            done.push(format!("address {a} on {}", gw.name));
+        }
     }
     rh.set_up(br).map_err(netns_err(hn))?;
     let leg = match find(&rh, hn, HOST_LEG)? {
@@ -114,24 +123,24 @@ pub fn wire(ing: &Ingress) -> Result<Vec<String>, Error> {
         netns: sb_name.to_string(),
         interface: SANDBOX_LEG.to_string(),
     })?;
-    if !has_addr(&rs, sb_name, e1, gw.sandbox_addr)? {
-        rs.add_address(e1, gw.sandbox_addr, gw.subnet.prefix(), VIPMESH_ADDR_PROTO)
-            .map_err(netns_err(sb_name))?;
-        done.push(format!(
-            "address {} on {sb_name}:{SANDBOX_LEG}",
-            gw.sandbox_addr
-        ));
+    for &(a, prefix) in &sandbox_addrs {
+        if !has_addr(&rs, sb_name, e1, a)? {
+            rs.add_address(e1, a, prefix, VIPMESH_ADDR_PROTO)
+                .map_err(netns_err(sb_name))?;
+            done.push(format!("address {a} on {sb_name}:{SANDBOX_LEG}"));
+        }
     }
     rs.set_up(e1).map_err(netns_err(sb_name))?;
-    let routed = rs
-        .routes()
-        .map_err(netns_err(sb_name))?
-        .iter()
-        .any(|r| r.dst.is_none() && r.gateway == Some(gw.host_addr));
-    if !routed {
-        rs.replace_default_route(gw.host_addr, Some(e1))
-            .map_err(netns_err(sb_name))?;
-        done.push(format!("default route via {} in {sb_name}", gw.host_addr));
+    let routes = rs.routes().map_err(netns_err(sb_name))?;
+    for (via, _) in host_addrs {
+        let routed = routes
+            .iter()
+            .any(|r| r.dst.is_none() && r.gateway == Some(via));
+        if !routed {
+            rs.replace_default_route(via, Some(e1))
+                .map_err(netns_err(sb_name))?;
+            done.push(format!("default route via {via} in {sb_name}"));
+        }
     }
     Ok(done)
 }
@@ -162,10 +171,13 @@ pub fn unwire(ing: &Ingress) -> Result<Vec<String>, Error> {
     Ok(done)
 }
 
-/// A socket bound to `0.0.0.0:port` (TCP: bound, not listening; UDP; SCTP), in the calling
-/// thread's namespace: it reserves the port. See [`socket(2)`](https://man7.org/linux/man-pages/man2/socket.2.html),
-/// [`bind(2)`](https://man7.org/linux/man-pages/man2/bind.2.html).
+/// A socket bound to `0.0.0.0:port` (IPv4) or `[::]:port` with `IPV6_V6ONLY` (IPv6), TCP:
+/// bound, not listening; UDP; SCTP, in the calling thread's namespace: it reserves the port.
+/// See [`socket(2)`](https://man7.org/linux/man-pages/man2/socket.2.html),
+/// [`bind(2)`](https://man7.org/linux/man-pages/man2/bind.2.html),
+/// [`ipv6(7)`](https://man7.org/linux/man-pages/man7/ipv6.7.html).
 pub fn bind_port(
+    family: crate::model::Family,
     proto: crate::model::Protocol,
     port: u16,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
@@ -175,26 +187,62 @@ pub fn bind_port(
         crate::model::Protocol::Udp => (libc::SOCK_DGRAM, 0),
         crate::model::Protocol::Sctp => (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
     };
+    let af = match family {
+        crate::model::Family::V4 => libc::AF_INET,
+        crate::model::Family::V6 => libc::AF_INET6,
+    };
     // SAFETY: socket(2) with constant arguments; the fd is owned right below.
-    let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, p) };
+    let fd = unsafe { libc::socket(af, ty | libc::SOCK_CLOEXEC, p) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: 0 },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: addr is a valid sockaddr_in of the size passed; fd is open.
-    let r = unsafe {
-        libc::bind(
-            fd,
-            (&raw const addr).cast::<libc::sockaddr>(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    let r = match family {
+        crate::model::Family::V4 => {
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr { s_addr: 0 },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: addr is a valid sockaddr_in of the size passed; fd is open.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&raw const addr).cast::<libc::sockaddr>(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        crate::model::Family::V6 => {
+            let one: libc::c_int = 1;
+            // SAFETY: a valid int option of the size passed, on an open socket.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_V6ONLY,
+                    (&raw const one).cast::<libc::c_void>(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: all-zero is a valid sockaddr_in6 (the unspecified address).
+            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            addr.sin6_port = port.to_be();
+            // SAFETY: addr is a valid sockaddr_in6 of the size passed; fd is open.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&raw const addr).cast::<libc::sockaddr>(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
     };
     if r < 0 {
         return Err(std::io::Error::last_os_error());

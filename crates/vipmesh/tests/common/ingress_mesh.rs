@@ -9,7 +9,9 @@ use vipmesh::ingress::*;
 use vipmesh::model::*;
 use vipmesh::plan::now_secs;
 use vipmesh::{Controller, ControllerConfig, Report};
-use vipmesh_testkit::ingress::{INGRESS_GATEWAY, INGRESS_SUBNET, IngressLab};
+use vipmesh_testkit::ingress::{
+    INGRESS_GATEWAY, INGRESS_GATEWAY_V6, INGRESS_SUBNET, INGRESS_SUBNET_V6, IngressLab,
+};
 
 /// A published port.
 pub fn port(protocol: Protocol, published: u16, target: u16) -> PublishedPort {
@@ -29,6 +31,8 @@ pub struct Mesh {
     pub ctls: Vec<Controller<RealKernel>>,
     /// The services: name, ports, task names.
     pub services: Vec<(String, Vec<PublishedPort>, Vec<String>)>,
+    /// A dual-stack ingress (the lab's IPv6 addresses) when set.
+    pub dual_stack: bool,
 }
 
 impl Mesh {
@@ -43,6 +47,7 @@ impl Mesh {
             lab,
             ctls,
             services: Vec::new(),
+            dual_stack: false,
         }
     }
 
@@ -60,10 +65,13 @@ impl Mesh {
                     name: n.name.clone(),
                     underlay: n.underlay,
                     sandbox_addr: n.sandbox_addr,
+                    sandbox_addr_v6: self.dual_stack.then_some(n.sandbox_addr_v6),
                 })
                 .collect(),
             subnet: INGRESS_SUBNET.parse().unwrap(),
             gateway: INGRESS_GATEWAY.parse().unwrap(),
+            subnet_v6: self.dual_stack.then(|| INGRESS_SUBNET_V6.parse().unwrap()),
+            gateway_v6: self.dual_stack.then(|| INGRESS_GATEWAY_V6.parse().unwrap()),
             vni: 4096,
             mtu: 1450,
             fwmarks: FwmarkRange::new(0x20000, 0x2ffff).unwrap(),
@@ -90,6 +98,8 @@ impl Mesh {
                                 interface: None,
                                 host_addr: None,
                                 weight: Weight::default(),
+                                addr_v6: self.dual_stack.then_some(t.addr_v6),
+                                host_addr_v6: None,
                             }
                         })
                         .collect(),
