@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::ingress_mesh::{Mesh, curl, port};
+use vipmesh::ingress::PublishMode;
 use vipmesh::model::Protocol;
 use vipmesh_testkit::ingress::udp_ask;
 use vipmesh_testkit::{Requirement, require};
@@ -350,4 +351,113 @@ fn a_long_lived_connection_survives_a_backend_added_and_another_drained() {
         assert_ne!(who, other, "a new connection reached the drained task");
     }
     vipmesh_testkit::vip::echo(&mut conn, "four\n").unwrap();
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn a_dual_stack_ingress_answers_on_the_nodes_ipv6_addresses_too() {
+    needs();
+    let mut m = Mesh::new(2, &[0, 1]);
+    m.dual_stack = true;
+    vote(&mut m, &["vote.1", "vote.2"]);
+    let _ = m.apply();
+    let client = m.lab.client.clone();
+    let all: BTreeSet<&str> = ["vote.1", "vote.2"].into();
+    for i in 0..2 {
+        let v6 = format!("[{}]", m.lab.nodes[i].lan_v6);
+        let got = gets(&m, &client, &v6, 6);
+        assert_eq!(names(&got), all, "via node{} over IPv6: {got:?}", i + 1);
+        // IPv4 is unchanged.
+        let got = gets(&m, &client, &m.node_addr(i).to_string(), 4);
+        assert_eq!(names(&got), all, "via node{} over IPv4: {got:?}", i + 1);
+    }
+    // From node1: node2's IPv6 address and its own.
+    let n1 = m.node(0).to_string();
+    for host in [m.lab.nodes[1].lan_v6, m.lab.nodes[0].lan_v6] {
+        let got = gets(&m, &n1, &format!("[{host}]"), 4);
+        assert_eq!(names(&got), all, "from node1 to [{host}]: {got:?}");
+    }
+    // UDP over IPv6, answered by the tasks on both nodes.
+    let mut udp = BTreeSet::new();
+    for _ in 0..8 {
+        udp.insert(udp_ask(&client, m.lab.nodes[1].lan_v6, 5353).unwrap());
+    }
+    assert_eq!(udp.len(), 2, "{udp:?}");
+    // One mark, an IPv6 fwmark service beside the IPv4 one, the tasks' IPv6 addresses Masq.
+    let ipvs = m.lab.sh(&m.lab.nodes[0].sandbox_netns, "ipvsadm -Ln");
+    assert!(ipvs.contains("FWM  131072 IPv6 rr"), "{ipvs}");
+    for t in ["vote.1", "vote.2"] {
+        let a = m.lab.task(t).addr_v6;
+        assert!(ipvs.contains(&format!("[{a}]:0")), "{a} in {ipvs}");
+    }
+    // The IPv6 port is reserved on the node too.
+    let taken = m.lab.topo.try_sh(&n1, "busybox nc -l -p 8080 </dev/null");
+    assert!(!taken.status.success(), "{taken:?}");
+    m.assert_converged();
+    // Back to IPv4 only: the IPv6 rules and service go, IPv4 keeps working.
+    m.dual_stack = false;
+    let _ = m.apply();
+    let ipvs = m.lab.sh(&m.lab.nodes[0].sandbox_netns, "ipvsadm -Ln");
+    assert!(!ipvs.contains("IPv6"), "{ipvs}");
+    let rules6 = m.lab.sh(&n1, "ip6tables-save");
+    assert!(!rules6.contains("VIPMESH-"), "{rules6}");
+    let got = gets(&m, &client, &m.node_addr(1).to_string(), 4);
+    assert_eq!(names(&got), all, "{got:?}");
+    m.assert_converged();
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
+fn a_host_mode_port_is_served_by_the_local_task_only() {
+    needs();
+    let mut m = Mesh::new(2, &[0, 1]);
+    // Each task gets a leg into its node (Docker's gwbridge leg): the host-mode DNAT target.
+    for (k, t) in ["vote.1", "vote.2"].iter().enumerate() {
+        let task = m.lab.task(t).clone();
+        let node = m.lab.nodes[task.node].netns.clone();
+        let (hn, tn) = (format!("172.30.{k}.1"), format!("172.30.{k}.2"));
+        m.lab.sh(
+            &node,
+            &format!(
+                "ip link add hm{k} type veth peer name gw0 netns {tns} && \
+                 ip addr add {hn}/30 dev hm{k} && ip link set hm{k} up",
+                tns = task.netns
+            ),
+        );
+        m.lab.sh(
+            &task.netns,
+            &format!(
+                "ip addr add {tn}/30 dev gw0 && ip link set gw0 up && \
+                 ip route replace default via {hn}"
+            ),
+        );
+        m.host_addrs.insert(t.to_string(), tn.parse().unwrap());
+    }
+    let mut host = port(Protocol::Tcp, 8081, 80);
+    host.mode = PublishMode::Host;
+    m.services = vec![(
+        "web".into(),
+        vec![host],
+        vec!["vote.1".into(), "vote.2".into()],
+    )];
+    let _ = m.apply();
+    let client = m.lab.client.clone();
+    for (i, want) in ["vote.1", "vote.2"].iter().enumerate() {
+        let got = (0..4)
+            .map(|_| {
+                curl(&m.lab, &client, &format!("http://{}:8081/", m.node_addr(i)))
+                    .unwrap_or_else(|e| panic!("{e}\n{}", m.dump()))
+            })
+            .collect::<Vec<_>>();
+        assert!(got.iter().all(|b| b == want), "node{}: {got:?}", i + 1);
+    }
+    // No mesh: no fwmark service in the sandbox; the node DNATs straight to its task.
+    let ipvs = m.lab.sh(&m.lab.nodes[0].sandbox_netns, "ipvsadm -Ln");
+    assert!(!ipvs.contains("FWM"), "{ipvs}");
+    let nat = m.lab.sh(m.node(0), "iptables-save -t nat");
+    assert!(
+        nat.contains("--dport 8081") && nat.contains("--to-destination 172.30.0.2:80"),
+        "{nat}"
+    );
+    m.assert_converged();
 }

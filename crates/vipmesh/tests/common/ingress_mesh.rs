@@ -33,6 +33,8 @@ pub struct Mesh {
     pub services: Vec<(String, Vec<PublishedPort>, Vec<String>)>,
     /// A dual-stack ingress (the lab's IPv6 addresses) when set.
     pub dual_stack: bool,
+    /// Host-mode DNAT targets: task name -> an address of the task its node reaches.
+    pub host_addrs: std::collections::BTreeMap<String, IpAddr>,
 }
 
 impl Mesh {
@@ -48,6 +50,7 @@ impl Mesh {
             ctls,
             services: Vec::new(),
             dual_stack: false,
+            host_addrs: Default::default(),
         }
     }
 
@@ -96,7 +99,7 @@ impl Mesh {
                                 node: lab.nodes[t.node].name.clone(),
                                 netns: (t.node == i).then(|| t.netns.clone()),
                                 interface: None,
-                                host_addr: None,
+                                host_addr: self.host_addrs.get(&t.name).copied(),
                                 weight: Weight::default(),
                                 addr_v6: self.dual_stack.then_some(t.addr_v6),
                                 host_addr_v6: None,
@@ -177,7 +180,7 @@ impl Mesh {
 
 /// `curl -s` from `ns` (bounded), the body trimmed, or an error text.
 pub fn curl(lab: &IngressLab, ns: &str, url: &str) -> Result<String, String> {
-    let out = lab.topo.try_sh(ns, &format!("curl -s --max-time 5 {url}"));
+    let out = lab.topo.try_sh(ns, &format!("curl -gs --max-time 5 {url}"));
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
