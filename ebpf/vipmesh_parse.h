@@ -261,20 +261,22 @@ static __always_inline __u32 vm_rol32(__u32 w, int s)
 		c ^= b; c -= vm_rol32(b, 24);  \
 	} while (0)
 
-/* Hash of the 10 words of a vm_flow_key (jhash2 with a frozen seed). */
+/* Hash of a vm_flow_key without its destination address: jhash2 (frozen seed)
+ * of the 6 words src[0..3], sport|dport, proto|family|pad. The destination
+ * address is left out because a published port is addressed to each node's own
+ * address: a flow must pick the same Maglev slot whichever node it enters, so
+ * every node sends it to the same task (the ingress mesh). Within one service
+ * the destination address is constant otherwise, so nothing is lost.
+ * MUST NOT CHANGE (as VM_FLOW_HASH_SEED): every node computes it. */
 static __always_inline __u32 vm_flow_hash(const struct vm_flow_key *k)
 {
 	const __u32 *w = (const __u32 *)k;
 	__u32 a, b, c;
 
-	a = b = c = 0xdeadbeef + (10 << 2) + VM_FLOW_HASH_SEED;
+	a = b = c = 0xdeadbeef + (6 << 2) + VM_FLOW_HASH_SEED;
 	a += w[0]; b += w[1]; c += w[2];
 	VM_JHASH_MIX(a, b, c);
-	a += w[3]; b += w[4]; c += w[5];
-	VM_JHASH_MIX(a, b, c);
-	a += w[6]; b += w[7]; c += w[8];
-	VM_JHASH_MIX(a, b, c);
-	a += w[9];
+	a += w[3]; b += w[8]; c += w[9];
 	VM_JHASH_FINAL(a, b, c);
 	return c;
 }

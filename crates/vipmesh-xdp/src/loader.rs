@@ -102,7 +102,7 @@ pub enum Pinning {
         root: PathBuf,
     },
     /// Maps as in [`Pinning::Maps`], and every attachment's bpf_link too
-    /// (`root/vipmesh/link_<program>_<ifindex>`): the programs stay attached when the process
+    /// (`root/vipmesh/link_<program>_<netns inode>_<ifindex>`): the programs stay attached when the process
     /// exits, and the next process's [`FastPath::attach`] atomically swaps its own program into
     /// the pinned link, so traffic is never left without the fast path. [`FastPath::detach`]
     /// removes the pin.
@@ -357,10 +357,13 @@ impl FastPath {
                 name: interface.to_owned(),
             });
         }
+        // The namespace's inode is part of the name: tasks' interfaces share ifindexes
+        // (every task's eth0 may be 2), so the ifindex alone would make two tasks' links one.
+        let netns = sys::current_netns_ino();
         let pin_path = self
             .link_dir
             .as_ref()
-            .map(|d| d.join(format!("link_{}_{ifindex}", program.name())));
+            .map(|d| d.join(format!("link_{}_{netns}_{ifindex}", program.name())));
         let prog = self.ebpf.program_mut(program.name()).ok_or_else(|| {
             Error::program(program.name(), "find", ProgramError::UnexpectedProgramType)
         })?;
@@ -659,6 +662,57 @@ impl FastPath {
             data: out,
             duration: r.duration,
         })
+    }
+
+    /// The pinned links under `root/vipmesh/` ([`Pinning::MapsAndLinks`]), sorted: those of
+    /// this process and those a previous process left attached.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pin`] when the directory exists but cannot be read.
+    pub fn pinned_links(root: &Path) -> Result<Vec<PathBuf>, Error> {
+        let dir = pin_dir(root);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Pin {
+                    op: "list",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        let mut out: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
+            .map(|e| e.path())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes every pinned link under `root/vipmesh/`: a link nothing else holds is detached
+    /// by the kernel when its last reference goes. Removing what is absent is success.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pin`].
+    pub fn unpin_links(root: &Path) -> Result<(), Error> {
+        for p in Self::pinned_links(root)? {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Pin {
+                        op: "unpin",
+                        path: p,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the pinned maps under `root/vipmesh/` (what [`Pinning::Maps`] created).

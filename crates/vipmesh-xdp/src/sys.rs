@@ -204,6 +204,13 @@ pub fn drop_effective_caps(caps: &[u32]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The inode of the calling thread's network namespace (`/proc/thread-self/ns/net`), 0 when
+/// it cannot be read ([namespaces(7)](https://man7.org/linux/man-pages/man7/namespaces.7.html)).
+pub fn current_netns_ino() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino())
+}
+
 /// The index of interface `name` in the calling thread's netns, 0 when there is none
 /// ([if_nametoindex(3)](https://man7.org/linux/man-pages/man3/if_nametoindex.3.html)).
 pub fn if_nametoindex(name: &std::ffi::CStr) -> u32 {

@@ -13,7 +13,7 @@ use std::{
 use crate::{
     Error, abi,
     maps::MapLayer,
-    model::{Config, ServiceKey, ServiceSpec},
+    model::{Config, ForwardMode, ServiceKey, ServiceSpec},
 };
 
 mod restore;
@@ -31,6 +31,16 @@ struct ServiceState {
     spec: ServiceSpec,
     /// Backend id per (addr, port).
     backend_ids: BTreeMap<(IpAddr, u16), u32>,
+    /// Forwarding mode per backend (the service's mode unless overridden, see
+    /// [`Dataplane::upsert_service_modes`]).
+    modes: BTreeMap<(IpAddr, u16), ForwardMode>,
+}
+
+impl ServiceState {
+    /// The mode of backend `k` (the service's when not recorded).
+    fn mode_of(&self, k: &(IpAddr, u16)) -> ForwardMode {
+        self.modes.get(k).copied().unwrap_or(self.spec.mode)
+    }
 }
 
 /// What [`Dataplane::upsert_service`] did.
@@ -137,5 +147,15 @@ impl<M: MapLayer> Dataplane<M> {
     /// The specs currently programmed, in key order.
     pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
         self.services.values().map(|s| &s.spec)
+    }
+
+    /// The forwarding mode of each backend of service `key` (by address and port), as
+    /// programmed: the service's mode unless [`Dataplane::upsert_service_modes`] overrode it.
+    /// Empty for an unknown service.
+    pub fn backend_modes(&self, key: &ServiceKey) -> BTreeMap<(IpAddr, u16), ForwardMode> {
+        self.services
+            .get(key)
+            .map(|s| s.backend_ids.keys().map(|k| (*k, s.mode_of(k))).collect())
+            .unwrap_or_default()
     }
 }

@@ -80,6 +80,7 @@ impl<M: MapLayer> Dataplane<M> {
             };
             let ids: BTreeSet<u32> = table.iter().copied().collect();
             let mut backend_ids = BTreeMap::new();
+            let mut modes = BTreeMap::new();
             let mut backends = Vec::new();
             for id in ids {
                 let Some(b) = dump.backends.get(&id) else {
@@ -88,6 +89,14 @@ impl<M: MapLayer> Dataplane<M> {
                 let addr = addr_from_abi(b.addr, b.family);
                 let port = u16::from_be(b.port);
                 backend_ids.insert((addr, port), id);
+                modes.insert(
+                    (addr, port),
+                    if b.mode == abi::MODE_ENCAP {
+                        ForwardMode::Encap
+                    } else {
+                        ForwardMode::Nat
+                    },
+                );
                 backends.push(Backend {
                     addr,
                     port,
@@ -115,6 +124,7 @@ impl<M: MapLayer> Dataplane<M> {
                     id: v.id,
                     spec,
                     backend_ids,
+                    modes,
                 },
             );
             words.extend(abi::filter_bits(&key.to_abi()).map(|(w, _)| w));

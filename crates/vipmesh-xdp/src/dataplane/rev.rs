@@ -16,13 +16,12 @@ use crate::{
 /// A NAT backend as `rev_vips` keys it: address, target port, protocol.
 pub(super) type RevKey = (IpAddr, u16, Proto);
 
-/// The NAT backends of a service, as `rev_vips` keys them (none in encap mode).
+/// The NAT backends of a service, as `rev_vips` keys them (its encap backends have none).
 pub(super) fn rev_keys(state: &ServiceState) -> impl Iterator<Item = RevKey> + '_ {
-    let nat = state.spec.mode == ForwardMode::Nat;
     state
         .backend_ids
         .keys()
-        .filter(move |_| nat)
+        .filter(move |k| state.mode_of(k) == ForwardMode::Nat)
         .map(|&(addr, port)| (addr, port, state.spec.key.proto))
 }
 
@@ -45,7 +44,8 @@ impl<M: MapLayer> Dataplane<M> {
             .values()
             .filter(|s| Some(s.spec.key) != pending_key)
             .chain(pending)
-            .filter(|s| s.spec.mode == ForwardMode::Nat && s.spec.key.proto == proto)
+            .filter(|s| s.spec.key.proto == proto)
+            .filter(|s| s.mode_of(&(addr, port)) == ForwardMode::Nat)
             .filter_map(|s| s.backend_ids.get(&(addr, port)).map(|&b| (s.spec.key, b)))
             .collect();
         vips.sort();

@@ -28,7 +28,13 @@ fn lowest_free(used: impl Iterator<Item = u32>, cap: u32) -> Option<u32> {
 }
 
 impl<M: MapLayer> Dataplane<M> {
-    fn validate(&self, spec: &ServiceSpec) -> Result<(), Error> {
+    fn validate(
+        &self,
+        spec: &ServiceSpec,
+        modes: &BTreeMap<(IpAddr, u16), ForwardMode>,
+    ) -> Result<(), Error> {
+        let mode_of =
+            |b: &crate::model::Backend| modes.get(&(b.addr, b.port)).copied().unwrap_or(spec.mode);
         let fam = family(spec.key.addr);
         if spec.key.port == 0 {
             return Err(Error::InvalidConfig {
@@ -47,7 +53,7 @@ impl<M: MapLayer> Dataplane<M> {
                     reason: "address family differs from the service's",
                 });
             }
-            if spec.mode == ForwardMode::Nat && b.port == 0 {
+            if mode_of(b) == ForwardMode::Nat && b.port == 0 {
                 return Err(Error::InvalidConfig {
                     field: "backend.port",
                     value: value(),
@@ -69,7 +75,11 @@ impl<M: MapLayer> Dataplane<M> {
                 });
             }
         }
-        if spec.mode == ForwardMode::Encap {
+        if spec
+            .backends
+            .iter()
+            .any(|b| mode_of(b) == ForwardMode::Encap)
+        {
             let missing = match spec.key.addr {
                 IpAddr::V4(_) => self.config.node_v4.is_none(),
                 IpAddr::V6(_) => self.config.node_v6.is_none(),
@@ -99,7 +109,32 @@ impl<M: MapLayer> Dataplane<M> {
     /// services, backends or egress interfaces) — all before anything is written — and map
     /// errors.
     pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<ServiceReport, Error> {
-        self.validate(spec)?;
+        self.upsert_service_modes(spec, &BTreeMap::new())
+    }
+
+    /// [`Dataplane::upsert_service`] with a forwarding mode per backend: `modes` overrides
+    /// [`ServiceSpec::mode`] for the backends it names (by address and target port), so one
+    /// service can NAT to the tasks on this node and encapsulate towards the tasks on other
+    /// nodes (the ingress mesh). The backend entry of an encap backend keeps its port (the
+    /// program ignores it; a restart reads it back, so the backend keeps its id).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dataplane::upsert_service`].
+    pub fn upsert_service_modes(
+        &mut self,
+        spec: &ServiceSpec,
+        modes: &BTreeMap<(IpAddr, u16), ForwardMode>,
+    ) -> Result<ServiceReport, Error> {
+        self.validate(spec, modes)?;
+        let resolved: BTreeMap<(IpAddr, u16), ForwardMode> = spec
+            .backends
+            .iter()
+            .map(|b| {
+                let k = (b.addr, b.port);
+                (k, modes.get(&k).copied().unwrap_or(spec.mode))
+            })
+            .collect();
         let old = self.services.get(&spec.key);
         let id = match old {
             Some(s) => s.id,
@@ -202,15 +237,17 @@ impl<M: MapLayer> Dataplane<M> {
             gens.insert(bid, generation);
         }
 
-        let mode = match spec.mode {
+        let abi_mode = |m: ForwardMode| match m {
             ForwardMode::Nat => abi::MODE_NAT,
             ForwardMode::Encap => abi::MODE_ENCAP,
         };
+        let mode = abi_mode(spec.mode);
         // The reverse-path entries of the backends that come, stay or go (errors before writes).
         let next = ServiceState {
             id,
             spec: spec.clone(),
             backend_ids: ids.clone(),
+            modes: resolved.clone(),
         };
         let affected = rev_keys(&next)
             .chain(old.into_iter().flat_map(rev_keys))
@@ -232,20 +269,20 @@ impl<M: MapLayer> Dataplane<M> {
             }
         }
         for b in &spec.backends {
+            let bmode = resolved
+                .get(&(b.addr, b.port))
+                .copied()
+                .unwrap_or(spec.mode);
             let entry = abi::BackendEntry {
                 addr: addr_to_abi(b.addr),
-                port: if spec.mode == ForwardMode::Nat {
-                    b.port.to_be()
-                } else {
-                    0
-                },
+                port: b.port.to_be(),
                 family: family(b.addr),
                 flags: abi::BACKEND_VALID,
                 tx_slot: tx[&b.egress.ifindex],
                 smac: b.egress.src_mac.0,
                 dmac: b.egress.dst_mac.0,
                 generation: gens[&ids[&(b.addr, b.port)]],
-                mode,
+                mode: abi_mode(bmode),
                 pad: [0; 3],
             };
             self.maps.set_backend(ids[&(b.addr, b.port)], &entry)?;

@@ -417,3 +417,51 @@ fn task_ports_are_written_both_ways_and_removed() {
         .collect();
     assert_eq!(egress, vec![9090]);
 }
+
+#[test]
+fn per_backend_modes_nat_local_and_encap_remote_survive_a_restore() {
+    let mut d = Dataplane::new(
+        FakeMaps::default(),
+        Config {
+            node_v4: Some("192.0.2.1".parse().unwrap()),
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let s = spec(8080, vec![be("10.1.0.2", 3), be("10.2.0.2", 1)]);
+    let remote: std::net::IpAddr = "10.2.0.2".parse().unwrap();
+    let modes = BTreeMap::from([((remote, 80), ForwardMode::Encap)]);
+    let r = d.upsert_service_modes(&s, &modes).unwrap();
+    let local_id = r.backends[&("10.1.0.2".parse().unwrap(), 80)];
+    let remote_id = r.backends[&(remote, 80)];
+    assert_eq!(d.maps().backends[&local_id].mode, abi::MODE_NAT);
+    assert_eq!(d.maps().backends[&remote_id].mode, abi::MODE_ENCAP);
+    assert_eq!(u16::from_be(d.maps().backends[&remote_id].port), 80);
+    // Only the NAT backend has a reverse-path entry.
+    let rk = |a: &str| {
+        ServiceKey {
+            addr: a.parse().unwrap(),
+            port: 80,
+            proto: Proto::Tcp,
+        }
+        .to_abi()
+    };
+    assert!(d.maps().rev_vips.contains_key(&rk("10.1.0.2")));
+    assert!(!d.maps().rev_vips.contains_key(&rk("10.2.0.2")));
+    // A restarted process reads the modes and the ports back: same ids, same modes.
+    let mut d2 = Dataplane::new(d.maps().clone(), d.config).unwrap();
+    d2.restore().unwrap();
+    assert_eq!(d2.backend_modes(&s.key), d.backend_modes(&s.key));
+    let r2 = d2.upsert_service_modes(&s, &modes).unwrap();
+    assert_eq!(r2.backends, r.backends);
+    assert!(r2.removed.is_empty());
+    // Encap without the node's address is refused, naming the field.
+    let mut d3 = dp();
+    assert!(matches!(
+        d3.upsert_service_modes(&s, &modes),
+        Err(Error::InvalidConfig {
+            field: "config.node_v4/node_v6",
+            ..
+        })
+    ));
+}
