@@ -168,6 +168,39 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The XDP ingress mesh: a kernel operation of the fast path failed.
+    #[cfg(feature = "xdp")]
+    #[error("xdp mesh: {op} in {netns:?}")]
+    Xdp {
+        /// What was being done (`load`, `attach xdp_lb to eth0`, `upsert tcp/10.0.0.1:8080`).
+        op: String,
+        /// The namespace.
+        netns: String,
+        /// The cause (errno kept inside).
+        #[source]
+        source: Box<vipmesh_xdp::Error>,
+    },
+    /// The XDP ingress mesh: the interface refuses XDP in the mode the user asked for.
+    #[error("xdp mesh: {interface:?} in {netns:?} refuses {mode} XDP: {reason}")]
+    XdpModeUnsupported {
+        /// The namespace.
+        netns: String,
+        /// The interface.
+        interface: String,
+        /// The requested mode (`native`, `generic`).
+        mode: String,
+        /// The kernel's answer.
+        reason: String,
+    },
+    /// The XDP ingress mesh: a local task's namespace lacks the interface (or its node-side
+    /// peer) the mesh redirects into.
+    #[error("xdp mesh: task namespace {netns:?} has no interface {interface:?}")]
+    MissingTaskInterface {
+        /// The task's namespace (or the node's, for the node-side peer).
+        netns: String,
+        /// The interface.
+        interface: String,
+    },
 }
 
 impl Error {

@@ -50,6 +50,8 @@ pub mod model;
 pub mod plan;
 pub mod rules;
 mod wire;
+#[cfg(feature = "xdp")]
+pub mod xdp_mesh;
 
 pub use apply::{Report, StepReport};
 pub use controller::{Controller, ControllerConfig, ObjectStatus, ObserveMode, SyncKind};

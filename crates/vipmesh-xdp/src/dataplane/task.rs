@@ -37,4 +37,28 @@ impl<M: MapLayer> Dataplane<M> {
         self.task_targets.insert(vip, target);
         Ok(())
     }
+
+    /// The task-side translations programmed: VIP:published → target, in key order.
+    pub fn task_ports(&self) -> &std::collections::BTreeMap<ServiceKey, u16> {
+        &self.task_targets
+    }
+
+    /// Removes the task side of `vip` ([`Dataplane::set_task_port`]); removing what is absent
+    /// is success.
+    ///
+    /// # Errors
+    ///
+    /// Map errors.
+    pub fn remove_task_port(&mut self, vip: ServiceKey) -> Result<(), Error> {
+        if let Some(target) = self.task_targets.remove(&vip) {
+            let tkey = ServiceKey {
+                port: target,
+                ..vip
+            };
+            self.maps
+                .set_task_port(TaskPortMap::Egress, &tkey.to_abi(), None)?;
+        }
+        self.maps
+            .set_task_port(TaskPortMap::Ingress, &vip.to_abi(), None)
+    }
 }

@@ -1,0 +1,495 @@
+//! The thin shell: observe, apply, teardown ([`XdpMesh`]). Each namespace through one
+//! [`Netns`] handle; the programs and maps through one [`FastPath`] per node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vipmesh_netns::Netns;
+use vipmesh_netns::rtnl::{Rtnl, VIPMESH_ADDR_PROTO};
+use vipmesh_xdp::{Attachment, FastPath, LoadOptions, MacAddr, Pinning, Program};
+
+use super::derive::{Via, XdpDesired};
+use super::plan::{AttachKey, LinkFacts, XdpObserved, XdpPlan, XdpStep, desired_attachments};
+use crate::dataplane::open_netns;
+use crate::error::Error;
+
+/// What [`XdpMesh::apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpApplyReport {
+    /// Steps applied, as their text.
+    pub applied: Vec<String>,
+    /// XDP attachments that fell back from native to generic mode: (interface, reason).
+    pub fallbacks: Vec<(String, String)>,
+}
+
+/// One node's XDP mesh: the loaded fast path and the namespace handles.
+///
+/// # Examples
+///
+/// ```no_run
+/// use vipmesh::xdp_mesh::{XdpMesh, XdpMeshConfig};
+/// # fn f(ingress: &vipmesh::ingress::Ingress) -> Result<(), vipmesh::Error> {
+/// let desired = XdpMesh::derive(ingress, &XdpMeshConfig::new("eth0"))?;
+/// let mut mesh = XdpMesh::new(&desired)?;
+/// let observed = mesh.observe(&desired)?;
+/// let plan = XdpMesh::plan(&desired, &observed)?;
+/// print!("{plan}");
+/// mesh.apply(&desired, &plan)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct XdpMesh {
+    host: Netns,
+    host_name: String,
+    tasks: BTreeMap<String, Netns>,
+    fast: Option<FastPath>,
+    held: BTreeMap<AttachKey, Attachment>,
+    pin_root: PathBuf,
+}
+
+fn xe(op: impl Into<String>, netns: &str) -> impl FnOnce(vipmesh_xdp::Error) -> Error {
+    let op = op.into();
+    let netns = netns.to_owned();
+    move |source| Error::Xdp {
+        op,
+        netns,
+        source: Box::new(source),
+    }
+}
+
+fn ne(netns: &str) -> impl FnOnce(vipmesh_netns::Error) -> Error {
+    let netns = netns.to_owned();
+    move |source| Error::Netns { netns, source }
+}
+
+fn facts(l: &vipmesh_netns::rtnl::Link) -> LinkFacts {
+    LinkFacts {
+        ifindex: l.index,
+        mac: MacAddr(l.mac.map(|m| m.0).unwrap_or_default()),
+    }
+}
+
+impl XdpMesh {
+    /// [`super::derive()`].
+    ///
+    /// # Errors
+    /// As [`super::derive()`].
+    pub fn derive(
+        ing: &crate::ingress::Ingress,
+        cfg: &super::XdpMeshConfig,
+    ) -> Result<XdpDesired, Error> {
+        super::derive(ing, cfg)
+    }
+
+    /// [`super::plan()`].
+    ///
+    /// # Errors
+    /// As [`super::plan()`].
+    pub fn plan(d: &XdpDesired, o: &XdpObserved) -> Result<XdpPlan, Error> {
+        super::plan(d, o)
+    }
+
+    /// Opens the node's host namespace; nothing is written.
+    ///
+    /// # Errors
+    /// [`Error::MissingNamespace`], [`Error::Netns`].
+    pub fn new(d: &XdpDesired) -> Result<XdpMesh, Error> {
+        Ok(XdpMesh {
+            host: open_netns(&d.host_netns)?,
+            host_name: d.host_netns.clone(),
+            tasks: BTreeMap::new(),
+            fast: None,
+            held: BTreeMap::new(),
+            pin_root: d.pin_root.clone(),
+        })
+    }
+
+    /// The loaded fast path (counters, stats, test runs), once a plan loaded it.
+    pub fn fast_path(&mut self) -> Option<&mut FastPath> {
+        self.fast.as_mut()
+    }
+
+    fn ns(&mut self, netns: &str) -> Result<&Netns, Error> {
+        if netns == self.host_name {
+            return Ok(&self.host);
+        }
+        if !self.tasks.contains_key(netns) {
+            let h = open_netns(netns)?;
+            self.tasks.insert(netns.to_owned(), h);
+        }
+        self.tasks
+            .get(netns)
+            .ok_or_else(|| Error::MissingNamespace {
+                netns: netns.to_owned(),
+            })
+    }
+
+    fn pin_path(&mut self, at: &AttachKey, ifindex: u32) -> Result<PathBuf, Error> {
+        let ns = self.ns(&at.netns)?;
+        let ino = ns.id().map_err(ne(&at.netns))?.ino;
+        Ok(self
+            .pin_root
+            .join("vipmesh")
+            .join(format!("link_{}_{ino}_{ifindex}", at.program.name())))
+    }
+
+    /// Reads what the kernel holds for `d` (see [`XdpObserved`]). Besides reading, it asks
+    /// the kernel to resolve the MAC of another node's underlay address that is not in the
+    /// neighbour table yet (one empty UDP datagram to its discard port).
+    ///
+    /// # Errors
+    /// [`Error::MissingNamespace`] for a task namespace that does not exist; [`Error::Netns`].
+    pub fn observe(&mut self, d: &XdpDesired) -> Result<XdpObserved, Error> {
+        let mut o = XdpObserved {
+            loaded: self.fast.is_some(),
+            ..XdpObserved::default()
+        };
+        let host_rt = Rtnl::open(&self.host).map_err(ne(&self.host_name))?;
+        for l in host_rt.links().map_err(ne(&self.host_name))? {
+            o.links
+                .insert((self.host_name.clone(), l.name.clone()), facts(&l));
+        }
+        // The other nodes' MACs.
+        let uplink = o
+            .links
+            .get(&(self.host_name.clone(), d.uplink.clone()))
+            .map(|f| f.ifindex);
+        let remotes: BTreeSet<IpAddr> = d
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter())
+            .filter_map(|b| match b.via {
+                Via::Remote { underlay, .. } => Some(underlay),
+                Via::Local { .. } => None,
+            })
+            .collect();
+        let read_neigh = |rt: &Rtnl| -> Result<BTreeMap<IpAddr, MacAddr>, Error> {
+            Ok(rt
+                .neighbours()
+                .map_err(ne(&self.host_name))?
+                .into_iter()
+                .filter(|n| Some(n.ifindex) == uplink)
+                .filter_map(|n| n.mac.map(|m| (n.ip, MacAddr(m.0))))
+                .filter(|(_, m)| *m != MacAddr::default())
+                .collect())
+        };
+        let mut neigh = read_neigh(&host_rt)?;
+        let missing: Vec<IpAddr> = remotes
+            .iter()
+            .filter(|a| !neigh.contains_key(a))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let _probed = self.host.run(|| {
+                for a in &missing {
+                    if let Ok(s) = UdpSocket::bind(("0.0.0.0", 0)) {
+                        let _sent = s.send_to(&[], SocketAddr::new(*a, 9));
+                    }
+                }
+            });
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(50));
+                neigh = read_neigh(&host_rt)?;
+                if missing.iter().all(|a| neigh.contains_key(a)) {
+                    break;
+                }
+            }
+        }
+        o.neighbours = neigh;
+        for k in d.host_sysctls.keys() {
+            if let Ok(val) = self.host.sysctl_read(k) {
+                o.sysctls
+                    .insert((self.host_name.clone(), k.clone()), val.trim().to_owned());
+            }
+        }
+        // Tasks: desired ones, and those this process knew (to clean up after them).
+        let mut names: BTreeSet<String> = d.tasks.keys().cloned().collect();
+        names.extend(self.tasks.keys().cloned());
+        for netns in names {
+            let wanted = d.tasks.contains_key(&netns);
+            let ns = match self.ns(&netns) {
+                Ok(ns) => ns.try_clone().map_err(ne(&netns))?,
+                Err(e) if wanted => return Err(e),
+                Err(_gone) => {
+                    self.tasks.remove(&netns);
+                    continue;
+                }
+            };
+            let rt = Rtnl::open(&ns).map_err(ne(&netns))?;
+            let links = rt.links().map_err(ne(&netns))?;
+            let lo = links.iter().find(|l| l.name == "lo").map(|l| l.index);
+            for l in &links {
+                o.links.insert((netns.clone(), l.name.clone()), facts(l));
+            }
+            let ours: BTreeSet<IpAddr> = rt
+                .addresses()
+                .map_err(ne(&netns))?
+                .into_iter()
+                .filter(|a| Some(a.ifindex) == lo && a.proto == Some(VIPMESH_ADDR_PROTO))
+                .map(|a| a.addr)
+                .collect();
+            if !ours.is_empty() {
+                o.task_addrs.insert(netns.clone(), ours);
+            }
+            if wanted {
+                for k in d.task_sysctls.keys() {
+                    if let Ok(val) = ns.sysctl_read(k) {
+                        o.sysctls
+                            .insert((netns.clone(), k.clone()), val.trim().to_owned());
+                    }
+                }
+            }
+        }
+        if let Some(fp) = self.fast.as_mut() {
+            let dp = fp.dataplane();
+            let specs: Vec<_> = dp.services().cloned().collect();
+            for s in specs {
+                let modes = dp.backend_modes(&s.key);
+                o.services.insert(s.key, (s, modes));
+            }
+            o.task_ports = dp.task_ports().clone();
+        }
+        o.attached = self.held.keys().cloned().collect();
+        // Pins: a desired attachment's pin that this process does not hold is a previous
+        // process's (taken over by the attach); a pin nothing accounts for is stale.
+        let mut accounted: BTreeSet<PathBuf> = self
+            .held
+            .values()
+            .filter_map(|a| a.pinned.clone())
+            .collect();
+        for at in desired_attachments(d) {
+            let Some(f) = o.links.get(&(at.netns.clone(), at.interface.clone())) else {
+                continue;
+            };
+            let p = self.pin_path(&at, f.ifindex)?;
+            if p.exists() && !self.held.contains_key(&at) {
+                o.pinned.insert(at);
+            }
+            accounted.insert(p);
+        }
+        o.stale_pins = FastPath::pinned_links(&self.pin_root)
+            .map_err(xe("list pinned links", &self.host_name))?
+            .into_iter()
+            .filter(|p| !accounted.contains(p))
+            .collect();
+        Ok(o)
+    }
+
+    /// Applies `plan` (from [`XdpMesh::plan`] on `d`), each step once, in order.
+    ///
+    /// # Errors
+    /// The first failing step's error ([`Error::Xdp`], [`Error::XdpModeUnsupported`],
+    /// [`Error::Netns`], [`Error::MissingNamespace`]); the steps before it stay applied and
+    /// the next observe plans the rest.
+    pub fn apply(&mut self, d: &XdpDesired, plan: &XdpPlan) -> Result<XdpApplyReport, Error> {
+        let mut report = XdpApplyReport::default();
+        for step in &plan.steps {
+            self.step(d, step, &mut report)?;
+            tracing::info!(node = %d.node, step = %step, "xdp mesh step applied");
+            report.applied.push(step.to_string());
+        }
+        Ok(report)
+    }
+
+    /// Observes, plans and applies until nothing is left to do (at most twice).
+    ///
+    /// # Errors
+    /// As [`XdpMesh::observe`], [`XdpMesh::plan`], [`XdpMesh::apply`].
+    pub fn converge(&mut self, d: &XdpDesired) -> Result<XdpApplyReport, Error> {
+        let o = self.observe(d)?;
+        let p = super::plan(d, &o)?;
+        self.apply(d, &p)
+    }
+
+    fn fast(&mut self) -> Result<&mut FastPath, Error> {
+        let netns = self.host_name.clone();
+        self.fast.as_mut().ok_or_else(|| Error::Xdp {
+            op: "use the fast path before loading it".into(),
+            netns,
+            source: Box::new(vipmesh_xdp::Error::ObjectUnavailable {
+                reason: "not loaded",
+            }),
+        })
+    }
+
+    fn step(
+        &mut self,
+        d: &XdpDesired,
+        step: &XdpStep,
+        report: &mut XdpApplyReport,
+    ) -> Result<(), Error> {
+        let host = self.host_name.clone();
+        match step {
+            XdpStep::Load { pin_root } => {
+                std::fs::create_dir_all(pin_root).map_err(|source| Error::System {
+                    op: format!("create {}", pin_root.display()),
+                    netns: host.clone(),
+                    source,
+                })?;
+                let fp = FastPath::load(&LoadOptions {
+                    config: d.config,
+                    flow_entries: d.flow_entries,
+                    pinning: Pinning::MapsAndLinks {
+                        root: pin_root.clone(),
+                    },
+                })
+                .map_err(xe("load", &host))?;
+                self.fast = Some(fp);
+            }
+            XdpStep::SetSysctl { netns, key, value } => {
+                let ns = self.ns(netns)?;
+                ns.sysctl_write(key, value).map_err(ne(netns))?;
+            }
+            XdpStep::UpsertService { spec, modes } => {
+                let fp = self.fast.as_mut().ok_or_else(|| Error::Xdp {
+                    op: format!("upsert {}", spec.key),
+                    netns: host.clone(),
+                    source: Box::new(vipmesh_xdp::Error::ObjectUnavailable {
+                        reason: "not loaded",
+                    }),
+                })?;
+                // The DEVMAP resolves ifindexes in the caller's namespace: the node's.
+                self.host
+                    .run(|| fp.dataplane().upsert_service_modes(spec, modes))
+                    .map_err(ne(&host))?
+                    .map_err(xe(format!("upsert {}", spec.key), &host))?;
+            }
+            XdpStep::RemoveService { key } => {
+                self.fast()?
+                    .dataplane()
+                    .remove_service(key)
+                    .map_err(xe(format!("remove {key}"), &host))?;
+            }
+            XdpStep::SetTaskPort { vip, target } => {
+                self.fast()?
+                    .dataplane()
+                    .set_task_port(*vip, *target)
+                    .map_err(xe(format!("task port {vip}"), &host))?;
+            }
+            XdpStep::RemoveTaskPort { vip } => {
+                self.fast()?
+                    .dataplane()
+                    .remove_task_port(*vip)
+                    .map_err(xe(format!("remove task port {vip}"), &host))?;
+            }
+            XdpStep::AddTaskAddr { netns, addr } | XdpStep::RemoveTaskAddr { netns, addr } => {
+                let ns = self.ns(netns)?;
+                let rt = Rtnl::open(ns).map_err(ne(netns))?;
+                let lo = rt.link_index("lo").map_err(ne(netns))?;
+                let len = if addr.is_ipv4() { 32 } else { 128 };
+                if matches!(step, XdpStep::AddTaskAddr { .. }) {
+                    rt.add_address(lo, *addr, len, VIPMESH_ADDR_PROTO)
+                        .map_err(ne(netns))?;
+                } else {
+                    match rt.delete_address(lo, *addr, len) {
+                        Err(e) if !e.is_not_found() => return Err(ne(netns)(e)),
+                        _ => {}
+                    }
+                }
+            }
+            XdpStep::Attach { at, mode, .. } => {
+                let ns = self.ns(&at.netns)?.try_clone().map_err(ne(&at.netns))?;
+                let fp = self.fast()?;
+                let iface = at.interface.clone();
+                let program = at.program;
+                let att = ns
+                    .run(|| fp.attach(&iface, program, mode.to_xdp()))
+                    .map_err(ne(&at.netns))?
+                    .map_err(|e| match e {
+                        vipmesh_xdp::Error::XdpModeUnsupported { source, .. } => {
+                            Error::XdpModeUnsupported {
+                                netns: at.netns.clone(),
+                                interface: at.interface.clone(),
+                                mode: mode.to_string(),
+                                reason: source.to_string(),
+                            }
+                        }
+                        vipmesh_xdp::Error::InterfaceNotFound { .. } => {
+                            Error::MissingTaskInterface {
+                                netns: at.netns.clone(),
+                                interface: at.interface.clone(),
+                            }
+                        }
+                        e => xe(format!("attach {at}"), &at.netns)(e),
+                    })?;
+                if let Some(r) = &att.fallback_reason {
+                    report.fallbacks.push((at.interface.clone(), r.clone()));
+                }
+                self.held.insert(at.clone(), att);
+            }
+            XdpStep::Detach { at } => {
+                if let Some(att) = self.held.remove(at) {
+                    self.fast()?
+                        .detach(&att)
+                        .map_err(xe(format!("detach {at}"), &at.netns))?;
+                }
+            }
+            XdpStep::Unpin { path } => remove_pin(path, &host)?,
+        }
+        Ok(())
+    }
+
+    /// Removes everything of ours for `d`: detaches and unpins our links (those of a previous
+    /// process too), removes our addresses from the tasks' `lo`, unloads the programs and
+    /// removes the pinned maps. Foreign programs, addresses and links are not touched; the
+    /// sysctls stay. Removing what is absent is success.
+    ///
+    /// # Errors
+    /// [`Error::Xdp`], [`Error::Netns`], [`Error::System`].
+    pub fn teardown(mut self, d: &XdpDesired) -> Result<(), Error> {
+        let host = self.host_name.clone();
+        if let Some(fp) = self.fast.as_mut() {
+            fp.detach_all().map_err(xe("detach", &host))?;
+        }
+        self.held.clear();
+        FastPath::unpin_links(&self.pin_root).map_err(xe("unpin links", &host))?;
+        let mut names: BTreeSet<String> = d.tasks.keys().cloned().collect();
+        names.extend(self.tasks.keys().cloned());
+        for netns in names {
+            let Ok(ns) = self.ns(&netns) else { continue };
+            let rt = Rtnl::open(ns).map_err(ne(&netns))?;
+            let Ok(lo) = rt.link_index("lo") else {
+                continue;
+            };
+            for a in rt.addresses().map_err(ne(&netns))? {
+                if a.ifindex == lo && a.proto == Some(VIPMESH_ADDR_PROTO) {
+                    match rt.delete_address(lo, a.addr, a.prefix_len) {
+                        Err(e) if !e.is_not_found() => return Err(ne(&netns)(e)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        drop(self.fast.take());
+        FastPath::unpin(&self.pin_root).map_err(xe("unpin maps", &host))?;
+        match std::fs::remove_dir(&self.pin_root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::System {
+                op: format!("remove {}", self.pin_root.display()),
+                netns: host,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Programs attached by this process, for inspection.
+    pub fn attachments(&self) -> impl Iterator<Item = (&AttachKey, &Attachment)> {
+        self.held.iter()
+    }
+
+    /// The XDP program of the uplink, for inspection.
+    pub const UPLINK_PROGRAM: Program = Program::XdpLb;
+}
+
+fn remove_pin(path: &Path, netns: &str) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::System {
+            op: format!("unpin {}", path.display()),
+            netns: netns.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,114 @@
+//! The node's XDP mesh options ([`XdpMeshConfig`]): which interface, which attach mode, which
+//! published ports, the underlay MTU, where the maps are pinned.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::model::Protocol;
+
+/// The XDP attach mode the user asks for on the uplink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AttachRequest {
+    /// Native (driver) mode, else generic mode; the fallback is reported
+    /// ([`super::XdpApplyReport::fallbacks`]).
+    #[default]
+    NativeOrGeneric,
+    /// Native mode only: an interface without driver XDP is
+    /// [`crate::Error::XdpModeUnsupported`].
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+impl AttachRequest {
+    pub(crate) fn to_xdp(self) -> vipmesh_xdp::AttachMode {
+        match self {
+            AttachRequest::NativeOrGeneric => vipmesh_xdp::AttachMode::Auto,
+            AttachRequest::Native => vipmesh_xdp::AttachMode::Native,
+            AttachRequest::Generic => vipmesh_xdp::AttachMode::Generic,
+        }
+    }
+}
+
+impl fmt::Display for AttachRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachRequest::NativeOrGeneric => "native-or-generic",
+            AttachRequest::Native => "native",
+            AttachRequest::Generic => "generic",
+        })
+    }
+}
+
+/// Which dataplane serves a published port on this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortDataplane {
+    /// The XDP mesh: NAT to the tasks on this node, IPIP encapsulation to the tasks on other
+    /// nodes, the client's address kept.
+    #[default]
+    Xdp,
+    /// Left to the IPVS mesh ([`crate::ingress`]); the XDP mesh does not program it.
+    Ipvs,
+}
+
+/// The XDP mesh options of one node.
+///
+/// # Examples
+///
+/// ```
+/// use vipmesh::xdp_mesh::XdpMeshConfig;
+///
+/// let cfg = XdpMeshConfig::new("eth0");
+/// assert_eq!(cfg.underlay_mtu, 1500);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpMeshConfig {
+    /// The node's uplink in its host namespace ([`crate::ingress::Ingress::host_netns`]):
+    /// `xdp_lb` is attached there, and encapsulated packets leave through it.
+    pub uplink: String,
+    /// The attach mode asked for.
+    pub attach: AttachRequest,
+    /// Per published port (protocol, published port): which dataplane serves it. Absent ports
+    /// default to [`PortDataplane::Xdp`].
+    pub ports: BTreeMap<(Protocol, u16), PortDataplane>,
+    /// MTU of the underlay links between nodes. An encapsulated packet is 20 bytes (IPIP)
+    /// longer, so the MSS of TCP SYNs is clamped to `underlay_mtu - 60`; an MTU that leaves
+    /// less than 1280 bytes after the outer header is refused.
+    pub underlay_mtu: u16,
+    /// The bpffs directory of this node's pins; default `/sys/fs/bpf/vipmesh/<node>` (maps
+    /// and links then live in its `vipmesh/` subdirectory).
+    pub pin_root: Option<PathBuf>,
+    /// For each local task (by namespace): the name of its veth's peer in the node's host
+    /// namespace (the runtime created the pair). NAT frames are redirected into it, and
+    /// `tc_rev` runs on its ingress.
+    pub host_veths: BTreeMap<String, String>,
+    /// Maglev table size (a prime; default 251 — at most 1/M imbalance).
+    pub table_size: u32,
+    /// Capacity of the LRU flow table.
+    pub flow_entries: u32,
+}
+
+impl XdpMeshConfig {
+    /// Defaults for the uplink `uplink`.
+    pub fn new(uplink: impl Into<String>) -> XdpMeshConfig {
+        XdpMeshConfig {
+            uplink: uplink.into(),
+            attach: AttachRequest::default(),
+            ports: BTreeMap::new(),
+            underlay_mtu: 1500,
+            pin_root: None,
+            host_veths: BTreeMap::new(),
+            table_size: 251,
+            flow_entries: vipmesh_xdp::abi::FLOW_ENTRIES,
+        }
+    }
+
+    /// The dataplane of one published port.
+    pub fn port(&self, protocol: Protocol, published: u16) -> PortDataplane {
+        self.ports
+            .get(&(protocol, published))
+            .copied()
+            .unwrap_or_default()
+    }
+}

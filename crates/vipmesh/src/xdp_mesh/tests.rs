@@ -1,0 +1,316 @@
+//! The pure derivation and planner, without a kernel.
+
+use std::net::IpAddr;
+
+use vipmesh_xdp::{ForwardMode, MacAddr, Program, Proto, ServiceKey};
+
+use super::*;
+use crate::error::Error;
+use crate::ingress::Ingress;
+
+fn ingress(node: &str) -> Ingress {
+    let json = format!(
+        r#"{{
+        "node": "{node}",
+        "nodes": [
+            {{"name": "n1", "underlay": "192.0.2.1", "sandbox_addr": "10.255.0.2"}},
+            {{"name": "n2", "underlay": "192.0.2.2", "sandbox_addr": "10.255.0.3"}}
+        ],
+        "subnet": "10.255.0.0/16",
+        "gateway": "10.255.0.1",
+        "vni": 4096,
+        "host_netns": "{node}",
+        "services": [{{
+            "name": "vote",
+            "ports": [
+                {{"protocol": "tcp", "published": 8080, "target": 80}},
+                {{"protocol": "udp", "published": 5353, "target": 53}}
+            ],
+            "tasks": [
+                {{"addr": "10.255.1.2", "node": "n1", "netns": "t1"}},
+                {{"addr": "10.255.2.2", "node": "n2", "netns": "t2"}},
+                {{"addr": "10.255.1.3", "node": "n1", "netns": "t3"}}
+            ]
+        }}]
+    }}"#
+    );
+    serde_json::from_str(&json).unwrap()
+}
+
+fn cfg() -> XdpMeshConfig {
+    let mut c = XdpMeshConfig::new("up0");
+    for t in ["t1", "t2", "t3"] {
+        c.host_veths.insert(t.into(), format!("h-{t}"));
+    }
+    c.pin_root = Some("/sys/fs/bpf/test".into());
+    c
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn key(addr: &str, port: u16, proto: Proto) -> ServiceKey {
+    ServiceKey {
+        addr: ip(addr),
+        port,
+        proto,
+    }
+}
+
+/// What the kernel of node `n` would show: every interface present, the neighbour known.
+fn observed(d: &XdpDesired) -> XdpObserved {
+    let mut o = XdpObserved::default();
+    let mut idx = 10;
+    let mut add = |o: &mut XdpObserved, ns: &str, name: &str| {
+        idx += 1;
+        o.links.insert(
+            (ns.into(), name.into()),
+            LinkFacts {
+                ifindex: idx,
+                mac: MacAddr([2, 0, 0, 0, 0, u8::try_from(idx).unwrap()]),
+            },
+        );
+    };
+    add(&mut o, &d.host_netns, &d.uplink);
+    for (ns, t) in &d.tasks {
+        add(&mut o, &d.host_netns, &t.host_veth);
+        add(&mut o, ns, &t.interface);
+    }
+    o.neighbours
+        .insert(ip("192.0.2.1"), MacAddr([2, 1, 1, 1, 1, 1]));
+    o.neighbours
+        .insert(ip("192.0.2.2"), MacAddr([2, 2, 2, 2, 2, 2]));
+    o
+}
+
+/// The observation after applying `p` (what the kernel would then hold).
+fn after(d: &XdpDesired, mut o: XdpObserved, p: &XdpPlan) -> XdpObserved {
+    for s in &p.steps {
+        match s {
+            XdpStep::Load { .. } => o.loaded = true,
+            XdpStep::SetSysctl { netns, key, value } => {
+                o.sysctls
+                    .insert((netns.clone(), key.clone()), value.clone());
+            }
+            XdpStep::UpsertService { spec, modes } => {
+                o.services.insert(spec.key, (spec.clone(), modes.clone()));
+            }
+            XdpStep::RemoveService { key } => {
+                o.services.remove(key);
+            }
+            XdpStep::SetTaskPort { vip, target } => {
+                o.task_ports.insert(*vip, *target);
+            }
+            XdpStep::RemoveTaskPort { vip } => {
+                o.task_ports.remove(vip);
+            }
+            XdpStep::AddTaskAddr { netns, addr } => {
+                o.task_addrs.entry(netns.clone()).or_default().insert(*addr);
+            }
+            XdpStep::RemoveTaskAddr { netns, addr } => {
+                if let Some(s) = o.task_addrs.get_mut(netns) {
+                    s.remove(addr);
+                    if s.is_empty() {
+                        o.task_addrs.remove(netns);
+                    }
+                }
+            }
+            XdpStep::Attach { at, .. } => {
+                o.attached.insert(at.clone());
+                o.pinned.remove(at);
+            }
+            XdpStep::Detach { at } => {
+                o.attached.remove(at);
+            }
+            XdpStep::Unpin { path } => {
+                o.stale_pins.remove(path);
+            }
+        }
+    }
+    let _ = d;
+    o
+}
+
+#[test]
+fn every_node_lists_every_task_in_the_same_order_local_nat_remote_encap() {
+    let d1 = derive(&ingress("n1"), &cfg()).unwrap();
+    let d2 = derive(&ingress("n2"), &cfg()).unwrap();
+    let k1 = key("192.0.2.1", 8080, Proto::Tcp);
+    let k2 = key("192.0.2.2", 8080, Proto::Tcp);
+    let s1 = &d1.services[&k1];
+    let s2 = &d2.services[&k2];
+    let addrs = |s: &DesiredService| {
+        s.backends
+            .iter()
+            .map(|b| (b.addr, b.port))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(addrs(s1), addrs(s2), "canonical order on both nodes");
+    assert_eq!(
+        addrs(s1),
+        vec![
+            (ip("10.255.1.2"), 80),
+            (ip("10.255.1.3"), 80),
+            (ip("10.255.2.2"), 80)
+        ]
+    );
+    let modes = |s: &DesiredService| s.backends.iter().map(|b| b.mode).collect::<Vec<_>>();
+    assert_eq!(
+        modes(s1),
+        [ForwardMode::Nat, ForwardMode::Nat, ForwardMode::Encap]
+    );
+    assert_eq!(
+        modes(s2),
+        [ForwardMode::Encap, ForwardMode::Encap, ForwardMode::Nat]
+    );
+    // The task side: the other node's address on lo and its port translation.
+    let t1 = &d1.tasks["t1"];
+    assert_eq!(
+        t1.lo_addrs.iter().copied().collect::<Vec<_>>(),
+        [ip("192.0.2.2")]
+    );
+    assert_eq!(t1.ports[&key("192.0.2.2", 8080, Proto::Tcp)], 80);
+    assert_eq!(t1.ports[&key("192.0.2.2", 5353, Proto::Udp)], 53);
+    assert_eq!(d1.config.node_v4, Some("192.0.2.1".parse().unwrap()));
+    assert!(!d2.tasks.contains_key("t1"));
+}
+
+#[test]
+fn plan_is_ordered_applying_it_twice_plans_nothing() {
+    let d = derive(&ingress("n1"), &cfg()).unwrap();
+    let o = observed(&d);
+    let p = plan(&d, &o).unwrap();
+    let text = p.to_string();
+    assert!(text.starts_with("xdp: load xdp programs"), "{text}");
+    // The uplink is attached last, after every task side.
+    let last = p
+        .steps
+        .iter()
+        .rposition(|s| matches!(s, XdpStep::Attach { .. }))
+        .unwrap();
+    assert!(matches!(&p.steps[last], XdpStep::Attach { at, .. } if at.program == Program::XdpLb));
+    assert!(
+        text.contains("10.255.2.2:80 encap ifindex 11 -> 02:02:02:02:02:02"),
+        "{text}"
+    );
+    assert!(text.contains("10.255.1.2:80 nat"), "{text}");
+    assert!(text.contains("add 192.0.2.2 on lo in t1"), "{text}");
+    assert!(
+        text.contains("sysctl net.ipv4.conf.all.arp_ignore=1 in t1"),
+        "{text}"
+    );
+    let o2 = after(&d, o, &p);
+    let p2 = plan(&d, &o2).unwrap();
+    assert!(p2.is_empty(), "{p2}");
+    assert_eq!(p2.to_string(), "");
+}
+
+#[test]
+fn restart_adopts_pinned_links_and_a_gone_task_is_cleaned_up() {
+    let d = derive(&ingress("n1"), &cfg()).unwrap();
+    let o = observed(&d);
+    let done = after(&d, o.clone(), &plan(&d, &o).unwrap());
+    // A new process: maps restored on load, links pinned but not held.
+    let mut restarted = done.clone();
+    restarted.loaded = false;
+    restarted.pinned = std::mem::take(&mut restarted.attached);
+    let p = plan(&d, &restarted).unwrap();
+    assert!(matches!(p.steps[0], XdpStep::Load { .. }));
+    assert!(
+        p.steps.iter().all(|s| match s {
+            XdpStep::Attach { adopt, .. } => *adopt,
+            XdpStep::Load { .. } => true,
+            _ => false,
+        }),
+        "{p}"
+    );
+    // Task t3 goes: its service backend, lo addresses and attachments go with it.
+    let mut ing = ingress("n1");
+    ing.services[0]
+        .tasks
+        .retain(|t| t.netns.as_deref() != Some("t3"));
+    let d3 = derive(&ing, &cfg()).unwrap();
+    let p3 = plan(&d3, &done).unwrap();
+    let text = p3.to_string();
+    assert!(
+        text.contains("upsert tcp/192.0.2.1:8080 (2 backends)"),
+        "{text}"
+    );
+    assert!(text.contains("detach tc_decap on eth0 in t3"), "{text}");
+    assert!(text.contains("remove 192.0.2.2 from lo in t3"), "{text}");
+    assert!(
+        !text.contains("remove task port"),
+        "t1 still needs them: {text}"
+    );
+}
+
+#[test]
+fn bad_input_is_typed_and_names_the_field() {
+    let field = |r: Result<XdpDesired, Error>| match r {
+        Err(Error::Invalid { field, value, .. }) => (field, value),
+        other => panic!("{other:?}"),
+    };
+    // MTU leaving no room for IPIP.
+    let mut c = cfg();
+    c.underlay_mtu = 1299;
+    assert_eq!(
+        field(derive(&ingress("n1"), &c)),
+        ("xdp.underlay_mtu", "1299".into())
+    );
+    // A remote node without a usable underlay address.
+    let mut ing = ingress("n1");
+    ing.nodes[1].underlay = ip("0.0.0.0");
+    assert_eq!(field(derive(&ing, &cfg())).0, "nodes.underlay");
+    // A local task without a node-side veth.
+    let mut c = cfg();
+    c.host_veths.remove("t3");
+    assert_eq!(
+        field(derive(&ingress("n1"), &c)),
+        ("xdp.host_veths", "t3".into())
+    );
+    // Five published ports NAT-ing to one task address:port (rev_vips holds 4).
+    let mut ing = ingress("n1");
+    let p = ing.services[0].ports[0];
+    ing.services[0].ports = (0..5)
+        .map(|i| crate::ingress::PublishedPort {
+            published: crate::model::Port::new(9000 + i).unwrap(),
+            ..p
+        })
+        .collect();
+    assert_eq!(field(derive(&ing, &cfg())).0, "services.ports");
+    // SCTP.
+    let mut ing = ingress("n1");
+    ing.services[0].ports[0].protocol = crate::model::Protocol::Sctp;
+    assert_eq!(field(derive(&ing, &cfg())).0, "services.ports.protocol");
+    // A task namespace without its veth, at plan time (before any write).
+    let d = derive(&ingress("n1"), &cfg()).unwrap();
+    let mut o = observed(&d);
+    o.links.remove(&("t3".to_owned(), "eth0".to_owned()));
+    assert!(matches!(
+        plan(&d, &o),
+        Err(Error::MissingTaskInterface { netns, interface }) if netns == "t3" && interface == "eth0"
+    ));
+    // A remote node whose MAC is unknown.
+    let mut o = observed(&d);
+    o.neighbours.clear();
+    assert!(matches!(
+        plan(&d, &o),
+        Err(Error::Invalid {
+            field: "nodes.underlay",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn ports_left_to_ipvs_and_host_mode_are_not_programmed() {
+    let mut c = cfg();
+    c.ports
+        .insert((crate::model::Protocol::Udp, 5353), PortDataplane::Ipvs);
+    let d = derive(&ingress("n1"), &c).unwrap();
+    assert_eq!(
+        d.services.keys().copied().collect::<Vec<_>>(),
+        [key("192.0.2.1", 8080, Proto::Tcp)]
+    );
+}
