@@ -140,6 +140,9 @@ pub struct Controller<K: Kernel> {
     drains: DrainBook,
     dirty: BTreeSet<(NetworkId, ServiceName)>,
     full_due: bool,
+    /// Remote overlay endpoints that came or went since the last sync (the incremental path
+    /// of an ingress change confined to tasks on other nodes).
+    peers_pending: Vec<crate::ingress::PeerChange>,
     last_full: Option<u64>,
     last_verify: Option<u64>,
     last_sync: Option<u64>,
@@ -180,6 +183,7 @@ impl<K: Kernel> Controller<K> {
             drains: DrainBook::default(),
             dirty: BTreeSet::new(),
             full_due: true,
+            peers_pending: Vec::new(),
             last_full: None,
             last_verify: None,
             last_sync: None,
@@ -225,10 +229,16 @@ impl<K: Kernel> Controller<K> {
     /// the options makes the next sync full.
     pub fn set_desired(&mut self, new: NodeState) {
         let old = std::mem::replace(&mut self.desired, new);
-        // The ingress's wiring (overlay endpoints, FDB, host and task rules) follows its
-        // whole spec: any change to it is a full sync.
+        // An ingress change confined to tasks on other nodes is incremental (their services'
+        // real servers, the overlay's remote endpoints); any other ingress change (the
+        // cluster view, ports, services listed, local tasks) is a full sync.
+        let ingress_delta = match (old.ingress(), self.desired.ingress()) {
+            (None, None) => Some(crate::ingress::RemoteDelta::default()),
+            (Some(a), Some(b)) => crate::ingress::remote_delta(a, b),
+            _ => None,
+        };
         let nets_same = old.options() == self.desired.options()
-            && old.ingress() == self.desired.ingress()
+            && ingress_delta.is_some()
             && old.networks().count() == self.desired.networks().count()
             && old.networks().all(|o| {
                 self.desired
@@ -238,6 +248,12 @@ impl<K: Kernel> Controller<K> {
         if !nets_same {
             self.full_due = true;
             return;
+        }
+        if let (Some(d), Some(ing)) = (ingress_delta, self.desired.ingress()) {
+            let id = ing.id.clone();
+            self.dirty
+                .extend(d.services.into_iter().map(|s| (id.clone(), s)));
+            self.peers_pending.extend(d.peers);
         }
         for n in self.desired.networks() {
             let Some(o) = old.network(n.id().as_str()) else {
@@ -591,6 +607,8 @@ impl<K: Kernel> Controller<K> {
     /// other namespaces are still converged; the report says which failed); a planning error.
     pub fn sync_full(&mut self, now: u64) -> Result<Report, Error> {
         let mut failures = Report::default();
+        // Wiring syncs the whole overlay.
+        self.peers_pending.clear();
         self.wire(&mut failures);
         let (obs, failed) = self.observe(now);
         let p = match self.plan(&obs, now) {
@@ -714,8 +732,21 @@ impl<K: Kernel> Controller<K> {
                 }
             }
         }
-        if set.is_empty() {
+        if set.is_empty() && self.peers_pending.is_empty() {
             return Ok((SyncKind::Idle, Report::default()));
+        }
+        // New remote endpoints are reachable before IPVS sends to them.
+        if !self.peers_pending.is_empty()
+            && let Some(ing) = self.desired.ingress()
+        {
+            let steps = crate::ingress::peer_steps(ing, &self.peers_pending);
+            if let Err(e) = self.kernel.update_ingress_peers(ing, &steps) {
+                tracing::warn!(error = %e, "remote overlay endpoints; a full sync follows");
+                self.dirty.extend(set);
+                self.full_due = true;
+                return self.sync_full(now).map(|r| (SyncKind::Full, r));
+            }
+            self.peers_pending.clear();
         }
         match self.sync_services(&set, now) {
             Some(r) => r.map(|r| (SyncKind::Incremental, r)),

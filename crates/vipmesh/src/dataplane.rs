@@ -137,6 +137,17 @@ pub trait Kernel {
     /// # Errors
     /// As [`Kernel::wire_ingress`].
     fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error>;
+    /// Runs the overlay steps of remote endpoints that came or went
+    /// ([`crate::ingress::peer_steps`]), without observing the overlay: the incremental path
+    /// of a change confined to tasks on other nodes.
+    ///
+    /// # Errors
+    /// [`Error::Overlay`] naming the failed step; [`Error::MissingNamespace`] for the host.
+    fn update_ingress_peers(
+        &mut self,
+        ingress: &crate::ingress::Ingress,
+        steps: &vipmesh_overlay::Plan,
+    ) -> Result<(), Error>;
 }
 
 /// Resolves a namespace given as a name under `/run/netns` or an absolute path.
@@ -222,6 +233,19 @@ impl Kernel for RealKernel {
 
     fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
         crate::wire::wire(ingress)
+    }
+
+    fn update_ingress_peers(
+        &mut self,
+        ingress: &crate::ingress::Ingress,
+        steps: &vipmesh_overlay::Plan,
+    ) -> Result<(), Error> {
+        let host = open_netns(&ingress.host_netns)?;
+        vipmesh_overlay::apply(&host, steps)
+            .map(|_| ())
+            .map_err(|source| Error::Overlay {
+                source: Box::new(source),
+            })
     }
 
     fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {

@@ -93,6 +93,11 @@ pub struct FakeWorld {
     kernel: Option<KernelVersion>,
     /// How many times a namespace was opened.
     pub opens: usize,
+    /// The overlay steps run by the incremental path (`Kernel::update_ingress_peers`), as
+    /// displayed, and how many times the ingress was wired whole (`wire_ingress`).
+    pub peer_steps: Vec<String>,
+    /// How many times `wire_ingress` ran.
+    pub wirings: usize,
 }
 
 /// A shared fake world; clones see the same state.
@@ -418,6 +423,7 @@ impl Kernel for FakeKernel {
     /// The fake wiring: the sandbox namespace is created (with `eth0`, `eth1`); the host and
     /// the local tasks' namespaces must exist.
     fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
+        self.world().wirings += 1;
         let mut need: Vec<&str> = vec![ingress.host_netns.as_str()];
         need.extend(ingress.local_task_namespaces());
         for ns in need {
@@ -440,6 +446,17 @@ impl Kernel for FakeKernel {
         _ports: &std::collections::BTreeSet<(Family, crate::model::Protocol, u16)>,
     ) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
+    }
+
+    fn update_ingress_peers(
+        &mut self,
+        _ingress: &crate::ingress::Ingress,
+        steps: &vipmesh_overlay::Plan,
+    ) -> Result<(), Error> {
+        self.world()
+            .peer_steps
+            .extend(steps.steps.iter().map(ToString::to_string));
+        Ok(())
     }
 
     fn unwire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {

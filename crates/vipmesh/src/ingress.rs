@@ -964,3 +964,187 @@ pub fn overlay_spec(ing: &Ingress) -> vipmesh_overlay::OverlaySpec {
 fn unreachable_overlay_subnet() -> vipmesh_overlay::Subnet {
     panic!("a validated subnet is a valid overlay subnet")
 }
+
+/// A remote endpoint of the overlay (a task or sandbox on another node) that appears or goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerChange {
+    /// Its overlay address (IPv4, or the IPv6 address of a dual-stack endpoint).
+    pub addr: IpAddr,
+    /// Its MAC (derived from its IPv4 address).
+    pub mac: vipmesh_overlay::Mac,
+    /// Its node's underlay address.
+    pub vtep: IpAddr,
+    /// True when it appears, false when it goes.
+    pub add: bool,
+}
+
+/// A change of an ingress confined to the tasks on other nodes: the published services whose
+/// real servers change, and the overlay's remote endpoints that come and go. Such a change is
+/// applied incrementally (the IPVS real servers of those services, one FDB entry and
+/// neighbour per endpoint); anything else is a full sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteDelta {
+    /// The services whose tasks changed.
+    pub services: Vec<ServiceName>,
+    /// The overlay's remote endpoints that change (removals first).
+    pub peers: Vec<PeerChange>,
+}
+
+/// The remote endpoints of one service's tasks: address -> (MAC, VTEP).
+fn remote_peers(
+    ing: &Ingress,
+    vteps: &BTreeMap<&str, IpAddr>,
+    s: &IngressService,
+) -> BTreeMap<IpAddr, (vipmesh_overlay::Mac, IpAddr)> {
+    let mut m = BTreeMap::new();
+    for t in s.tasks.iter().filter(|t| t.node != ing.node) {
+        let Some(vtep) = vteps.get(t.node.as_str()) else {
+            continue;
+        };
+        let mac = vipmesh_overlay::mac_for(t.addr);
+        for a in std::iter::once(t.addr).chain(t.addr_v6) {
+            m.insert(a, (mac, *vtep));
+        }
+    }
+    m
+}
+
+/// What changed from `old` to `new` when only tasks on other nodes did (None otherwise: a
+/// change of the cluster view, the network, the ports, the services listed or a local task).
+/// O(services) comparisons, O(changed services) work.
+pub fn remote_delta(old: &Ingress, new: &Ingress) -> Option<RemoteDelta> {
+    // Every field but the services must be equal (destructured, so a new field is not
+    // forgotten here).
+    let Ingress {
+        id,
+        node,
+        nodes,
+        subnet,
+        gateway,
+        subnet_v6,
+        gateway_v6,
+        vni,
+        mtu,
+        fwmarks,
+        host_netns,
+        sandbox_netns,
+        overlay_netns,
+        gw_bridge,
+        timeouts,
+        services,
+    } = old;
+    let same = *id == new.id
+        && *node == new.node
+        && *nodes == new.nodes
+        && *subnet == new.subnet
+        && *gateway == new.gateway
+        && *subnet_v6 == new.subnet_v6
+        && *gateway_v6 == new.gateway_v6
+        && *vni == new.vni
+        && *mtu == new.mtu
+        && *fwmarks == new.fwmarks
+        && *host_netns == new.host_netns
+        && *sandbox_netns == new.sandbox_netns
+        && *overlay_netns == new.overlay_netns
+        && *gw_bridge == new.gw_bridge
+        && *timeouts == new.timeouts
+        && services.len() == new.services.len();
+    if !same {
+        return None;
+    }
+    let vteps: BTreeMap<&str, IpAddr> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.underlay))
+        .collect();
+    let mut delta = RemoteDelta::default();
+    let mut adds = Vec::new();
+    for (a, b) in services.iter().zip(&new.services) {
+        if a == b {
+            continue;
+        }
+        let local = |s: &IngressService| -> Vec<IngressTask> {
+            s.tasks
+                .iter()
+                .filter(|t| t.node == *node)
+                .cloned()
+                .collect()
+        };
+        if a.name != b.name
+            || a.ports != b.ports
+            || a.scheduler != b.scheduler
+            || local(a) != local(b)
+        {
+            return None;
+        }
+        delta.services.push(a.name.clone());
+        let (pa, pb) = (remote_peers(old, &vteps, a), remote_peers(new, &vteps, b));
+        for (addr, &(mac, vtep)) in &pa {
+            if pb.get(addr) != Some(&(mac, vtep)) {
+                delta.peers.push(PeerChange {
+                    addr: *addr,
+                    mac,
+                    vtep,
+                    add: false,
+                });
+            }
+        }
+        for (addr, &(mac, vtep)) in &pb {
+            if pa.get(addr) != Some(&(mac, vtep)) {
+                adds.push(PeerChange {
+                    addr: *addr,
+                    mac,
+                    vtep,
+                    add: true,
+                });
+            }
+        }
+    }
+    delta.peers.extend(adds);
+    Some(delta)
+}
+
+/// The overlay steps of `peers` (no observation: deleting what is gone counts as done, and
+/// replacing is idempotent): for a removal its neighbour, and its FDB entry unless another
+/// endpoint added here keeps the MAC; for an addition its FDB entry and its neighbour.
+pub fn peer_steps(ing: &Ingress, peers: &[PeerChange]) -> vipmesh_overlay::Plan {
+    let ns = vipmesh_overlay::Ns::Overlay(ing.overlay_netns.clone());
+    // The VXLAN device's name, without building the whole spec (O(endpoints)).
+    let dev = vipmesh_overlay::OverlaySpec::new("", ing.vni, &ing.overlay_netns).vxlan;
+    let kept: BTreeSet<vipmesh_overlay::Mac> =
+        peers.iter().filter(|p| p.add).map(|p| p.mac).collect();
+    let mut steps = Vec::new();
+    let mut fdb_done = BTreeSet::new();
+    for p in peers {
+        if p.add {
+            if fdb_done.insert((p.mac, p.vtep, true)) {
+                steps.push(vipmesh_overlay::Step::ReplaceFdb {
+                    ns: ns.clone(),
+                    dev: dev.clone(),
+                    mac: p.mac,
+                    vtep: p.vtep,
+                });
+            }
+            steps.push(vipmesh_overlay::Step::ReplaceNeigh {
+                ns: ns.clone(),
+                dev: dev.clone(),
+                ip: p.addr,
+                mac: p.mac,
+            });
+        } else {
+            steps.push(vipmesh_overlay::Step::DeleteNeigh {
+                ns: ns.clone(),
+                dev: dev.clone(),
+                ip: p.addr,
+            });
+            if !kept.contains(&p.mac) && fdb_done.insert((p.mac, p.vtep, false)) {
+                steps.push(vipmesh_overlay::Step::DeleteFdb {
+                    ns: ns.clone(),
+                    dev: dev.clone(),
+                    mac: p.mac,
+                    vtep: p.vtep,
+                });
+            }
+        }
+    }
+    vipmesh_overlay::Plan { steps }
+}

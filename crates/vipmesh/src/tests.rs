@@ -1498,6 +1498,73 @@ fn golden_dual_stack_ingress_programs_both_families_with_one_mark() {
 }
 
 #[test]
+fn a_remote_task_change_is_incremental_and_touches_only_its_overlay_entries() {
+    let k = ingress_world();
+    let mut c = ctl(&k);
+    let before = [
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.6", "node2", None),
+    ];
+    let st = |t: &[(&str, &str, Option<&str>)]| {
+        NodeState::with_ingress(vec![], Some(ingress_spec_v6(t)), NodeOptions::default()).unwrap()
+    };
+    apply(&mut c, st(&before), 0);
+    let wirings = k.world().wirings;
+    // node2's task is replaced by another one on node2.
+    c.set_desired(st(&[
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.7", "node2", None),
+    ]));
+    let (kind, r) = c.sync(1).unwrap();
+    assert_eq!(kind, SyncKind::Incremental, "{r}");
+    assert_eq!(k.world().wirings, wirings, "no full wiring");
+    assert_eq!(
+        k.world().peer_steps,
+        [
+            "[ov1] ip neigh del 10.255.0.6 dev vxlan0",
+            "[ov1] bridge fdb del 02:42:0a:ff:00:06 dev vxlan0 dst 192.168.50.12 self",
+            "[ov1] ip neigh del fd00:255::6 dev vxlan0",
+            "[ov1] bridge fdb replace 02:42:0a:ff:00:07 dev vxlan0 dst 192.168.50.12 self permanent",
+            "[ov1] ip neigh replace 10.255.0.7 lladdr 02:42:0a:ff:00:07 dev vxlan0 nud permanent",
+            "[ov1] ip neigh replace fd00:255::7 lladdr 02:42:0a:ff:00:07 dev vxlan0 nud permanent",
+        ]
+    );
+    // The old task drains, the new one serves, in both families.
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![
+            (ip("10.255.0.5"), 1),
+            (ip("10.255.0.6"), 0),
+            (ip("10.255.0.7"), 1)
+        ]
+    );
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet6, 0x20000),
+        vec![
+            (ip("fd00:255::5"), 1),
+            (ip("fd00:255::6"), 0),
+            (ip("fd00:255::7"), 1)
+        ]
+    );
+    // The next sync deletes the drained real servers (no connections in the fake); then
+    // what the incremental path did is what a full sync wants.
+    let (kind, _) = c.sync(2).unwrap();
+    assert_eq!(kind, SyncKind::Incremental);
+    let mut c2 = ctl(&k);
+    c2.set_desired(st(&[
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.7", "node2", None),
+    ]));
+    c2.set_drains(c.drains().clone());
+    let p = plan_at(&mut c2, 2);
+    assert!(p.is_empty(), "{p}");
+    // A local task change is a full sync (its veth and rules).
+    c.set_desired(st(&[("10.255.0.7", "node2", None)]));
+    let (kind, _) = c.sync(3).unwrap();
+    assert_eq!(kind, SyncKind::Full);
+}
+
+#[test]
 fn dual_stack_ingress_bad_input_names_the_field() {
     let tasks = [
         ("10.255.0.5", "node1", Some("vote1")),
