@@ -139,6 +139,22 @@ fn ipt_text(n: u32, hit: bool) -> String {
     s
 }
 
+/// The ingress sandbox's published-port mark chain as vipmesh's iptables backend renders it
+/// (`crates/vipmesh/src/rules.rs`, `Layout::Ingress`): one rule per port, the hit last.
+fn ipt_ports_text(k: u32) -> String {
+    let mut s = String::from("*mangle\n:VIPMESH-VIP - [0:0]\n-A PREROUTING -j VIPMESH-VIP\n");
+    for i in 0..k {
+        let _ = writeln!(
+            s,
+            "-A VIPMESH-VIP -p udp -m udp --dport {} -m comment --comment \"vipmesh net=ingress svc=s{i}\" -j MARK --set-xmark {:#x}/0xffffffff",
+            9999 - (k - 1 - i),
+            0x100 + i
+        );
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
 fn ipt_clear(ns: &Ns) {
     ns.sh("iptables -t mangle -D PREROUTING -j VIPMESH-VIP 2>/dev/null; iptables -t mangle -F VIPMESH-VIP 2>/dev/null; iptables -t mangle -X VIPMESH-VIP 2>/dev/null; true");
 }
@@ -179,6 +195,8 @@ enum Config {
     NftVips(u32),
     IptVips(u32),
     NftPorts(u32),
+    /// The iptables ingress chain: one `--dport` mark rule per published port.
+    IptPorts(u32),
     /// The VIP map lookup repeated in 64 rules: makes the lookup's own cost measurable.
     NftLookupX64(u32),
 }
@@ -254,6 +272,7 @@ fn configure(lb: &Ns, nft: &Nft, c: Config) {
         Config::NftPorts(n) => {
             nft.sync(&port_table(n)).unwrap();
         }
+        Config::IptPorts(n) => lb.restore(&ipt_ports_text(n)),
         Config::NftLookupX64(n) => {
             nft.sync(&amplified_table(n)).unwrap();
         }
@@ -283,6 +302,8 @@ fn per_packet(n: u32, ports_n: u32) {
         Config::NftPorts(ports_n),
         Config::NftLookupX64(1),
         Config::NftLookupX64(n),
+        Config::IptPorts(1),
+        Config::IptPorts(ports_n),
     ];
     let rounds = 7;
     let mut best = vec![f64::INFINITY; configs.len()];
@@ -292,7 +313,7 @@ fn per_packet(n: u32, ports_n: u32) {
         for (k, c) in configs.iter().enumerate() {
             configure(&lb, &nft, *c);
             let count = match c {
-                Config::IptVips(m) if *m >= 1000 => 2_000,
+                Config::IptVips(m) | Config::IptPorts(m) if *m >= 1000 => 2_000,
                 _ => 100_000,
             };
             let before = marked(&lb);
@@ -328,6 +349,11 @@ fn per_packet(n: u32, ports_n: u32) {
             format!("nft lookup x{AMPLIFY} (1 vs {n} VIPs)"),
             best[7],
             best[8],
+        ),
+        (
+            format!("iptables port chain (1 vs {ports_n} ports)"),
+            best[9],
+            best[10],
         ),
     ];
     for (what, at1, atn) in rows {
@@ -517,6 +543,9 @@ fn main() {
     println!("kernel {}", sh("uname -r").trim());
     println!("== per-packet classification (UDP through a veth, matching entry last) ==");
     per_packet(n, 1000);
+    if std::env::var_os("NFT_COMPARE_ONLY_PER_PACKET").is_some() {
+        return;
+    }
     println!("== updates ==");
     updates(n);
 }

@@ -420,24 +420,31 @@ impl Kernel for FakeKernel {
         }
     }
 
-    /// The fake wiring: the sandbox namespace is created (with `eth0`, `eth1`); the host and
-    /// the local tasks' namespaces must exist.
+    /// The fake wiring: the sandbox namespace is created (with `eth0`, `eth1`); the host
+    /// namespace must exist; a missing task namespace is an error naming it, after the rest
+    /// is wired (as the real wiring does).
     fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
         self.world().wirings += 1;
-        let mut need: Vec<&str> = vec![ingress.host_netns.as_str()];
-        need.extend(ingress.local_task_namespaces());
-        for ns in need {
-            if !self.world().names.contains_key(ns) {
-                return Err(Error::MissingNamespace {
-                    netns: ns.to_string(),
-                });
-            }
+        if !self.world().names.contains_key(&ingress.host_netns) {
+            return Err(Error::MissingNamespace {
+                netns: ingress.host_netns.clone(),
+            });
         }
-        if self.world().names.contains_key(&ingress.sandbox_netns) {
-            return Ok(Vec::new());
+        let missing = ingress
+            .local_task_namespaces()
+            .into_iter()
+            .find(|ns| !self.world().names.contains_key(*ns));
+        let mut done = Vec::new();
+        if !self.world().names.contains_key(&ingress.sandbox_netns) {
+            self.add_namespace(&ingress.sandbox_netns, &["lo", "eth0", "eth1"]);
+            done.push(format!("namespace {} created", ingress.sandbox_netns));
         }
-        self.add_namespace(&ingress.sandbox_netns, &["lo", "eth0", "eth1"]);
-        Ok(vec![format!("namespace {} created", ingress.sandbox_netns)])
+        match missing {
+            Some(ns) => Err(Error::MissingNamespace {
+                netns: ns.to_string(),
+            }),
+            None => Ok(done),
+        }
     }
 
     fn reserve_ports(

@@ -1565,6 +1565,40 @@ fn a_remote_task_change_is_incremental_and_touches_only_its_overlay_entries() {
 }
 
 #[test]
+fn a_missing_task_namespace_is_named_and_the_rest_of_the_node_converges() {
+    let k = ingress_world();
+    let mut c = ctl(&k);
+    c.set_desired(ingress_state(&[
+        ("10.255.0.5", "node1", Some("vote1")),
+        ("10.255.0.8", "node1", Some("vote9")),
+        ("10.255.0.6", "node2", None),
+    ]));
+    let err = c.sync_full(0).unwrap_err();
+    let Error::StepsFailed { report, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        report.failures().any(
+            |s| matches!(&s.result, Err(Error::MissingNamespace { netns }) if netns == "vote9")
+        ),
+        "{report}"
+    );
+    // The sandbox, the host and the task that exists are programmed all the same.
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![
+            (ip("10.255.0.5"), 1),
+            (ip("10.255.0.6"), 1),
+            (ip("10.255.0.8"), 1)
+        ]
+    );
+    let host = k.with("node1", |n| format!("{:?}", n.rules[&Family::V4]));
+    assert!(host.contains("VIPMESH-ingress-DNAT"), "{host}");
+    let task = k.with("vote1", |n| format!("{:?}", n.rules[&Family::V4]));
+    assert!(task.contains("VIPMESH-ingress-TASK"), "{task}");
+}
+
+#[test]
 fn dual_stack_ingress_bad_input_names_the_field() {
     let tasks = [
         ("10.255.0.5", "node1", Some("vote1")),

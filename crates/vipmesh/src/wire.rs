@@ -60,12 +60,19 @@ fn sandbox(ing: &Ingress, done: &mut Vec<String>) -> Result<Netns, Error> {
     }
 }
 
-/// Builds the ingress links (see the module docs).
+/// Builds the ingress links (see the module docs). A local task whose namespace does not
+/// exist is left out, everything else is built, and then [`Error::MissingNamespace`] names
+/// it (the mesh keeps working on this node for the other tasks).
 pub fn wire(ing: &Ingress) -> Result<Vec<String>, Error> {
     let mut done = Vec::new();
     let host = open_netns(&ing.host_netns)?;
+    let mut missing = Vec::new();
     for ns in ing.local_task_namespaces() {
-        open_netns(ns)?;
+        match open_netns(ns) {
+            Ok(_) => {}
+            Err(Error::MissingNamespace { netns }) => missing.push(netns),
+            Err(e) => return Err(e),
+        }
     }
     let sbox = sandbox(ing, &mut done)?;
     let sb_name = ing.sandbox_netns.as_str();
@@ -74,7 +81,9 @@ pub fn wire(ing: &Ingress) -> Result<Vec<String>, Error> {
         rs.set_up(lo).map_err(netns_err(sb_name))?;
     }
     // The overlay: the sandbox's and the local tasks' legs, remote endpoints.
-    let overlay = vipmesh_overlay::Overlay::new(&overlay_spec(ing)).map_err(overlay_err)?;
+    let mut spec = overlay_spec(ing);
+    spec.local.retain(|l| !missing.contains(&l.netns));
+    let overlay = vipmesh_overlay::Overlay::new(&spec).map_err(overlay_err)?;
     let p = vipmesh_overlay::sync(&host, &overlay).map_err(overlay_err)?;
     if !p.is_empty() {
         done.push(format!("overlay: {}", p.to_string().lines().count()));
@@ -141,6 +150,10 @@ pub fn wire(ing: &Ingress) -> Result<Vec<String>, Error> {
                 .map_err(netns_err(sb_name))?;
             done.push(format!("default route via {via} in {sb_name}"));
         }
+    }
+    if let Some(netns) = missing.into_iter().next() {
+        tracing::warn!(?done, "ingress wired without the task namespace {netns}");
+        return Err(Error::MissingNamespace { netns });
     }
     Ok(done)
 }
