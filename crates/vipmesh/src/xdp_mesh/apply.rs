@@ -323,6 +323,11 @@ impl XdpMesh {
         let host = self.host_name.clone();
         match step {
             XdpStep::Load { pin_root } => {
+                // bpffs at its usual place, as systemd mounts it (a bare container may not).
+                let bpf = Path::new("/sys/fs/bpf");
+                if pin_root.starts_with(bpf) {
+                    vipmesh_xdp::sys::ensure_bpffs(bpf).map_err(xe("mount bpffs", &host))?;
+                }
                 std::fs::create_dir_all(pin_root).map_err(|source| Error::System {
                     op: format!("create {}", pin_root.display()),
                     netns: host.clone(),

@@ -1,0 +1,58 @@
+# The external client of the XDP mesh lab.
+#   who HOST PORT [SPORT]   tcp; prints the reply
+#   uwho HOST PORT [SPORT]  udp; prints the reply
+#   get HOST PORT WANT      GET until task WANT answers (new source ports); prints "task md5"
+#   put HOST PORT WANT      PUT 4 MiB until task WANT answers; prints "task theirs ours"
+import hashlib, socket, sys
+
+cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def conn(sport=0):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(10)
+    s.bind(("0.0.0.0", sport))
+    s.connect((host, port))
+    return s
+
+def recv_all(s):
+    out = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return out
+        out += b
+
+if cmd == "who":
+    s = conn(int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+    s.sendall(b"WHO\n")
+    print(recv_all(s).decode().strip())
+elif cmd == "uwho":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.bind(("0.0.0.0", int(sys.argv[4]) if len(sys.argv) > 4 else 0))
+    for _ in range(5):
+        s.sendto(b"WHO", (host, port))
+        try:
+            print(s.recvfrom(2048)[0].decode().strip())
+            break
+        except socket.timeout:
+            continue
+elif cmd in ("get", "put"):
+    want = sys.argv[4]
+    data = bytes((i * 7) % 251 for i in range(4 * 1024 * 1024))
+    for _ in range(40):
+        s = conn()
+        if cmd == "get":
+            s.sendall(b"GET\n")
+            r = recv_all(s)
+            task, _, body = r.partition(b"\n")
+            res = f"{task.decode()} {hashlib.md5(body).hexdigest()} {hashlib.md5(data).hexdigest()}"
+        else:
+            s.sendall(f"PUT {len(data)}\n".encode() + data)
+            r = recv_all(s).decode().split()
+            res = f"{r[0]} {r[1]} {hashlib.md5(data).hexdigest()}"
+        s.close()
+        if res.split()[0] == want:
+            print(res)
+            break
