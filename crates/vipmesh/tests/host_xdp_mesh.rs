@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use vipmesh::ingress::Ingress;
-use vipmesh::xdp_mesh::{XdpDesired, XdpMesh, XdpMeshConfig};
+use vipmesh::xdp_mesh::{XdpDesired, XdpMesh, XdpMeshConfig, XdpStep};
 use vipmesh_testkit::{Requirement, Topology, require};
 
 const CLIENT: &str = "192.0.2.100";
@@ -220,4 +220,141 @@ fn mesh_keeps_the_client_address_across_nodes_tcp_udp_and_big_transfers() {
     let _ = lab.lan.len();
     drop((m1, m2));
     let _ = (d1, d2);
+}
+
+#[test]
+#[ignore = "privileged: root, netns, XDP and tcx on the host kernel"]
+fn restart_under_traffic_keeps_flows_and_teardown_leaves_foreign_programs() {
+    let mut lab = lab();
+    let (m1, d1) = up(&lab, 0);
+    let (_m2, _d2) = up(&lab, 1);
+    // Long-lived connections through n1 (and n2), a line every 50 ms for 8 s.
+    let dir = lab.topo.temp_dir("hold");
+    let cli = lab.cli.clone();
+    let mut outs = Vec::new();
+    for (i, addr) in ["192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.1"]
+        .iter()
+        .enumerate()
+    {
+        let out = dir.join(format!("hold{i}"));
+        lab.topo.spawn(
+            &cli,
+            &format!(
+                "sh -c 'python3 {} hold {addr} 8080 8 > {}'",
+                lab_file("client.py"),
+                out.display()
+            ),
+        );
+        outs.push(out);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The controller of n1 goes away without teardown (pins stay), and a new one comes.
+    drop(m1);
+    let mut m1 = XdpMesh::new(&d1).unwrap();
+    let o = m1.observe(&d1).unwrap();
+    let p = XdpMesh::plan(&d1, &o).unwrap();
+    assert!(matches!(p.steps.first(), Some(XdpStep::Load { .. })), "{p}");
+    let adopted = p
+        .steps
+        .iter()
+        .filter(|s| matches!(s, XdpStep::Attach { adopt: true, .. }))
+        .count();
+    let attaches = p
+        .steps
+        .iter()
+        .filter(|s| matches!(s, XdpStep::Attach { .. }))
+        .count();
+    assert_eq!(
+        (adopted, attaches),
+        (5, 5),
+        "every pinned link taken over:\n{p}"
+    );
+    m1.apply(&d1, &p).unwrap();
+    let again = XdpMesh::plan(&d1, &m1.observe(&d1).unwrap()).unwrap();
+    assert!(again.is_empty(), "after the restart:\n{again}");
+    // Nothing duplicated: two services, two backends each, the ids of before.
+    let fp = m1.fast_path().unwrap();
+    let specs: Vec<_> = fp.dataplane().services().cloned().collect();
+    assert_eq!(specs.len(), 2, "{specs:?}");
+    assert!(specs.iter().all(|s| s.backends.len() == 2), "{specs:?}");
+    // Every long-lived connection kept its task and got every reply.
+    for out in &outs {
+        let text = vipmesh_testkit::eventually(
+            std::time::Duration::from_secs(30),
+            "long-lived client finished",
+            || {
+                let t = std::fs::read_to_string(out).unwrap_or_default();
+                if t.contains("err=") { Ok(t) } else { Err(t) }
+            },
+        );
+        assert!(text.contains("err=none"), "{text}");
+        let tasks = text.split_whitespace().next().unwrap_or_default();
+        assert!(tasks == "tasks=t1" || tasks == "tasks=t2", "{text}");
+    }
+
+    // A foreign XDP and tc program on other interfaces of n1, loaded by someone else.
+    lab.topo
+        .veth((&lab.nodes[0], "fx0"), (&lab.nodes[0], "fx1"));
+    let node1 = vipmesh_netns::Netns::named(&lab.nodes[0]).unwrap();
+    let mut foreign = vipmesh_xdp::FastPath::load(&vipmesh_xdp::LoadOptions::default()).unwrap();
+    node1
+        .run(|| {
+            foreign
+                .attach(
+                    "fx0",
+                    vipmesh_xdp::Program::XdpPass,
+                    vipmesh_xdp::AttachMode::Generic,
+                )
+                .unwrap();
+            foreign
+                .attach(
+                    "fx1",
+                    vipmesh_xdp::Program::TcDecap,
+                    vipmesh_xdp::AttachMode::Auto,
+                )
+                .unwrap();
+        })
+        .unwrap();
+    let ours = m1.fast_path().unwrap().program_ids().unwrap();
+    let foreign_tc = foreign.program_ids().unwrap()[&vipmesh_xdp::Program::TcDecap];
+    m1.teardown(&d1).unwrap();
+    let n1 = &lab.nodes[0];
+    let links = lab.topo.sh(n1, "ip -d link show");
+    assert!(
+        !lab.topo.sh(n1, "ip link show up0").contains("xdp"),
+        "{links}"
+    );
+    assert!(
+        lab.topo.sh(n1, "ip link show fx0").contains("xdp"),
+        "{links}"
+    );
+    // The foreign tcx link still holds its program (bpftool 7.1's `net` does not list tcx).
+    let all = lab.topo.sh(n1, "bpftool link show");
+    assert!(
+        all.contains(&format!("prog {foreign_tc}")),
+        "foreign tc link gone:\n{all}"
+    );
+    // None of our programs is held by anything any more: every link of ours is gone.
+    for (p, id) in &ours {
+        vipmesh_testkit::eventually(
+            std::time::Duration::from_secs(10),
+            &format!("{} (id {id}) freed", p.name()),
+            || {
+                let o = lab.topo.try_sh(n1, &format!("bpftool prog show id {id}"));
+                if o.status.success() {
+                    Err(String::from_utf8_lossy(&o.stdout).into_owned())
+                } else {
+                    Ok(())
+                }
+            },
+        );
+    }
+    let t1 = lab.topo.sh(&lab.tasks[0], "ip addr show lo");
+    assert!(!t1.contains("192.0.2.2"), "{t1}");
+    assert!(
+        !d1.pin_root.exists(),
+        "pins left in {}",
+        d1.pin_root.display()
+    );
+    drop(foreign);
 }

@@ -56,3 +56,26 @@ elif cmd in ("get", "put"):
         if res.split()[0] == want:
             print(res)
             break
+elif cmd == "hold":
+    # hold HOST PORT SECONDS: one connection, a line every 50 ms; prints the tasks that
+    # answered, how many replies came, and the first error.
+    import time
+    end = time.time() + float(sys.argv[4])
+    s = conn()
+    f = s.makefile("rb")
+    s.sendall(b"HOLD\n")
+    tasks, n, err = set(), 0, "none"
+    try:
+        tasks.add(f.readline().split()[0].decode())
+        while time.time() < end:
+            s.sendall(b"x\n")
+            r = f.readline()
+            if not r:
+                err = "eof"
+                break
+            tasks.add(r.split()[0].decode())
+            n += 1
+            time.sleep(0.05)
+    except Exception as e:
+        err = type(e).__name__
+    print(f"tasks={','.join(sorted(tasks))} replies={n} err={err}", flush=True)
