@@ -67,6 +67,7 @@ elif cmd == "hold":
     tasks, n, err = set(), 0, "none"
     try:
         tasks.add(f.readline().split()[0].decode())
+        print(f"connected {','.join(tasks)}", flush=True)
         while time.time() < end:
             s.sendall(b"x\n")
             r = f.readline()

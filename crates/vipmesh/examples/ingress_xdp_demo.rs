@@ -1,0 +1,115 @@
+//! `cargo xtask demo ingress-xdp`: the XDP ingress mesh on the host kernel (no IPVS), in
+//! namespaces it creates: a LAN bridge, an external client, two nodes, a task on each.
+//!
+//! It shows requests through node1 and node2 spread by Maglev over the tasks on both nodes,
+//! each task printing the real client address; the same flow (fixed source port) landing on the
+//! same task whichever node it enters; and beside it the classic DNAT + MASQUERADE path on a
+//! node, where the task sees the node's address. Exits 0 only if all hold. Needs root.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+#[path = "../tests/xdp_mesh_lab/lab.rs"]
+mod lab;
+
+use std::collections::BTreeMap;
+
+use lab::*;
+
+fn check(ok: bool, what: &str, failures: &mut Vec<String>) {
+    println!("  [{}] {what}", if ok { "ok" } else { "FAIL" });
+    if !ok {
+        failures.push(what.to_owned());
+    }
+}
+
+fn main() {
+    let mut failures = Vec::new();
+    let lab = lab(&[0, 1]);
+    println!("lab: client {CLIENT}, node1 192.0.2.1, node2 192.0.2.2 on a LAN bridge;");
+    println!("     task t1 on node1 (10.255.1.10), task t2 on node2 (10.255.2.11)");
+    println!("service vote: tcp 8080 -> 80, udp 5353 -> 53, published on every node\n");
+    let mut meshes = Vec::new();
+    for node in 0..2 {
+        let d = desired(&lab, node);
+        let mut m = vipmesh::xdp_mesh::XdpMesh::new(&d).unwrap();
+        let o = m.observe(&d).unwrap();
+        let p = vipmesh::xdp_mesh::XdpMesh::plan(&d, &o).unwrap();
+        println!("--- plan of node{} ---\n{p}", node + 1);
+        let r = m.apply(&d, &p).unwrap();
+        for (iface, why) in &r.fallbacks {
+            println!("  (xdp on {iface}: generic mode, native refused: {why})");
+        }
+        meshes.push((m, d));
+    }
+
+    println!("--- 12 TCP requests through each node ---");
+    for (node, addr) in [(1, "192.0.2.1"), (2, "192.0.2.2")] {
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        let mut all_client = true;
+        for _ in 0..12 {
+            let r = client(&lab, &format!("who {addr} 8080"));
+            println!("  via node{node}: {r}");
+            let (task, c) = who(&r);
+            all_client &= c == CLIENT;
+            *per.entry(task).or_default() += 1;
+        }
+        check(
+            per.len() == 2,
+            &format!("via node{node}: Maglev spreads over tasks on both nodes {per:?}"),
+            &mut failures,
+        );
+        check(
+            all_client,
+            &format!("via node{node}: every task saw the client's address {CLIENT}"),
+            &mut failures,
+        );
+    }
+    println!("--- UDP through each node ---");
+    for (node, addr) in [(1, "192.0.2.1"), (2, "192.0.2.2")] {
+        let r = client(&lab, &format!("uwho {addr} 5353"));
+        println!("  via node{node}: {r}");
+        check(
+            who(&r).1 == CLIENT,
+            &format!("UDP via node{node}: the task saw {CLIENT}"),
+            &mut failures,
+        );
+    }
+    println!("--- one flow (source port 43210) through node1, then node2 ---");
+    let a = client(&lab, "who 192.0.2.1 8080 43210");
+    let b = client(&lab, "who 192.0.2.2 8080 43210");
+    println!("  via node1: {a}\n  via node2: {b}");
+    check(
+        who(&a).0 == who(&b).0,
+        "the same flow lands on the same task via either node",
+        &mut failures,
+    );
+
+    println!("--- beside it: DNAT + MASQUERADE on node1 (port 9090 -> t1:80), the usual way ---");
+    let n1 = &lab.nodes[0];
+    lab.topo.sh(
+        n1,
+        "iptables -t nat -A PREROUTING -p tcp --dport 9090 -j DNAT --to-destination 10.255.1.10:80 \
+         && iptables -t nat -A POSTROUTING -o h-t1 -j MASQUERADE",
+    );
+    let r = client(&lab, "who 192.0.2.1 9090");
+    println!("  via node1:9090: {r}");
+    check(
+        who(&r).1 != CLIENT && !who(&r).1.is_empty(),
+        &format!("with DNAT + MASQUERADE the task sees {} instead", who(&r).1),
+        &mut failures,
+    );
+
+    for (m, d) in meshes {
+        m.teardown(&d).unwrap();
+    }
+    if failures.is_empty() {
+        println!("\ningress-xdp demo: PASS");
+    } else {
+        println!("\ningress-xdp demo: FAIL ({})", failures.join("; "));
+        std::process::exit(1);
+    }
+}
