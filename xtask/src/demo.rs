@@ -1,4 +1,4 @@
-//! `cargo xtask demo [vip|dnsrr|ingress|xdp|all]`: replays the seed demos.
+//! `cargo xtask demo [vip|dnsrr|ingress|ingress-xdp|xdp|all]`: replays the seed demos.
 //!
 //! `vip` and `dnsrr` need IPVS, so they are built on the host and run in one guest boot;
 //! `xdp` runs on the host kernel (XDP, no IPVS) in namespaces it creates.
@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use crate::cmd::{self, shell_quote, workspace_root};
 use crate::{prereq, vm};
+
+#[path = "demo_xdp_mesh.rs"]
+mod demo_xdp_mesh;
 
 /// Builds one example and returns its executable.
 fn build_example(package: &str, name: &str, features: &str) -> Result<PathBuf, String> {
@@ -101,19 +104,22 @@ pub fn main(args: &[String]) -> i32 {
         "dnsrr" => guest_demos(&["dnsrr"]),
         "xdp" => xdp_demo(),
         "ingress" => guest_demos(&["ingress"]),
+        "ingress-xdp" => demo_xdp_mesh::run(),
         "all" => {
             let g = guest_demos(&["vip", "dnsrr", "ingress"]);
             let x = xdp_demo();
+            let ix = demo_xdp_mesh::run();
             println!(
-                "\n=== demos: vip+dnsrr+ingress {}, xdp {}",
+                "\n=== demos: vip+dnsrr+ingress {}, xdp {}, ingress-xdp {}",
                 if g == 0 { "PASS" } else { "FAIL" },
-                if x == 0 { "PASS" } else { "FAIL" }
+                if x == 0 { "PASS" } else { "FAIL" },
+                if ix == 0 { "PASS" } else { "FAIL" }
             );
-            i32::from(g != 0 || x != 0)
+            i32::from(g != 0 || x != 0 || ix != 0)
         }
         other => {
             eprintln!(
-                "xtask demo: unknown demo {other:?}\nusage: cargo xtask demo [vip|dnsrr|ingress|xdp|all]"
+                "xtask demo: unknown demo {other:?}\nusage: cargo xtask demo [vip|dnsrr|ingress|ingress-xdp|xdp|all]"
             );
             2
         }
