@@ -61,6 +61,8 @@ fn main() -> ExitCode {
         ok &= cond;
     };
     let mut m = Mesh::new(2, &[0, 1]);
+    // Dual stack: the published port answers on the nodes' IPv6 addresses too.
+    m.dual_stack = true;
     vote(&mut m, &["vote.1", "vote.2"]);
     let reports = m.apply();
     for (i, r) in reports.iter().enumerate() {
@@ -89,8 +91,10 @@ fn main() -> ExitCode {
     );
     let ipvs = show(&m, &sb1, "ingress_sbox", "ipvsadm -Ln");
     check(
-        "ipvsadm shows FWM 131072 rr with both tasks as Masq",
-        ipvs.contains("FWM  131072 rr") && ipvs.matches("Masq").count() == 2,
+        "ipvsadm shows FWM 131072 rr (IPv4 and IPv6) with both tasks as Masq in each",
+        ipvs.contains("FWM  131072 rr")
+            && ipvs.contains("FWM  131072 IPv6 rr")
+            && ipvs.matches("Masq").count() == 4,
     );
     let t1 = m.lab.task("vote.1").clone();
     let rdr = show(
@@ -121,6 +125,18 @@ fn main() -> ExitCode {
         println!("[client]$ curl {name}:8080 x6 -> {}", got.join(" "));
         check(
             &format!("curl {name}:8080 alternates across both nodes' tasks"),
+            alternates(&got),
+        );
+    }
+    for (name, i) in [("node1", 0), ("node2", 1)] {
+        let v6 = format!("[{}]", m.lab.nodes[i].lan_v6);
+        let got = series(&m, &client, &v6, 6);
+        println!(
+            "[client]$ curl -g {v6}:8080 x6 ({name}, IPv6) -> {}",
+            got.join(" ")
+        );
+        check(
+            &format!("curl {name}'s IPv6 address alternates across both nodes' tasks"),
             alternates(&got),
         );
     }

@@ -195,9 +195,14 @@ fn path_identity(netns: &str) -> Result<Option<NsIdentity>, Error> {
     }
 }
 
-/// The real kernel. It holds the sockets that reserve published ports.
+/// The real kernel. It holds the sockets that reserve published ports: one descriptor per
+/// published port and family, so before the first reservation it raises the soft
+/// `RLIMIT_NOFILE` to the hard limit (as Go's runtime does for every program; the usual soft
+/// limit of 1024 would otherwise be spent by 1000 published ports). See
+/// [`getrlimit(2)`](https://man7.org/linux/man-pages/man2/getrlimit.2.html).
 #[derive(Debug, Default)]
 pub struct RealKernel {
+    nofile_raised: bool,
     reserved: BTreeMap<(String, Family, crate::model::Protocol, u16), std::os::fd::OwnedFd>,
 }
 
@@ -260,6 +265,10 @@ impl Kernel for RealKernel {
         ports: &std::collections::BTreeSet<(Family, crate::model::Protocol, u16)>,
     ) -> Result<Vec<String>, Error> {
         let mut done = Vec::new();
+        if !self.nofile_raised {
+            self.nofile_raised = true;
+            raise_nofile();
+        }
         self.reserved.retain(|(ns, f, p, n), _| {
             let keep = ns != netns || ports.contains(&(*f, *p, *n));
             if !keep {
@@ -303,6 +312,38 @@ impl Kernel for RealKernel {
             Some(e) => Err(e),
             None => Ok(done),
         }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort: a failure is logged).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid rlimit passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let want = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads the valid rlimit passed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const want) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "raising RLIMIT_NOFILE for the published-port reservations"
+        );
+    } else {
+        tracing::debug!(
+            from = lim.rlim_cur,
+            to = lim.rlim_max,
+            "RLIMIT_NOFILE raised"
+        );
     }
 }
 

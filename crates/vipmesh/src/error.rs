@@ -47,8 +47,10 @@ pub enum Error {
         /// The namespace name or path.
         netns: String,
     },
-    /// A published port is held by a local process: it cannot be reserved.
-    #[error("{protocol}/{port} ({family}) in {netns:?} is held by another process")]
+    /// A published port cannot be reserved: a local process holds it (`EADDRINUSE`), or the
+    /// socket could not be made (e.g. `EMFILE`: raise `RLIMIT_NOFILE`; one descriptor per
+    /// published port and family).
+    #[error("cannot reserve {protocol}/{port} ({family}) in {netns:?}")]
     PortInUse {
         /// The namespace.
         netns: String,
