@@ -46,7 +46,7 @@ use vipmesh::dataplane::Kernel;
 use vipmesh::{Controller, SyncKind};
 
 use crate::error::Error;
-use crate::layout::{self, Issue, NodeRecord};
+use crate::layout::{self, Issue, NodeLocal, NodeRecord};
 use crate::store::{Registration, Snapshot, Store, StoreConfig, WatchBatch};
 
 /// Agent tunables.
@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub node: String,
     /// Registered under a lease when set (needed for the ingress).
     pub record: Option<NodeRecord>,
+    /// This node's names for the ingress's namespaces (override the cluster's config).
+    pub local: NodeLocal,
     /// The lease's TTL: the node key disappears this long after the agent stops.
     pub lease_ttl_secs: i64,
     /// After a watch response, how long to wait for more before syncing.
@@ -73,6 +75,7 @@ impl AgentConfig {
         AgentConfig {
             node: node.to_string(),
             record: None,
+            local: NodeLocal::default(),
             lease_ttl_secs: 10,
             batch_window: Duration::from_millis(50),
             reconnect_min: Duration::from_millis(200),
@@ -211,7 +214,7 @@ where
         let mut backoff = self.cfg.reconnect_min;
         loop {
             let attempt = self.connect_and_load().await;
-            let (store, reg) = match attempt {
+            let (store, ka) = match attempt {
                 Ok(x) => x,
                 Err(e) => {
                     self.set_degraded(&e);
@@ -223,7 +226,7 @@ where
                 }
             };
             backoff = self.cfg.reconnect_min;
-            match self.watch_phase(store, reg, &mut shutdown).await {
+            match self.watch_phase(store, ka, &mut shutdown).await {
                 Leave::Shutdown => return Ok(()),
                 Leave::Reload(e) => {
                     tracing::info!(error = %e, "reloading the snapshot");
@@ -244,16 +247,18 @@ where
         self.status.lock().degraded = Some(e.to_string());
     }
 
-    /// Connects, registers, and loads a snapshot unless one is loaded (then the watch
+    /// Connects, registers (the lease is kept alive from then on by its own task, so a long
+    /// sync cannot let it expire), and loads a snapshot unless one is loaded (then the watch
     /// resumes from its revision).
-    async fn connect_and_load(&mut self) -> Result<(Store, Option<Registration>), Error> {
+    async fn connect_and_load(&mut self) -> Result<(Store, Option<Keepalive>), Error> {
         let mut store = Store::connect(self.store_cfg.clone()).await?;
-        let reg = match &self.cfg.record {
-            Some(r) => Some(
-                store
+        let ka = match &self.cfg.record {
+            Some(r) => {
+                let reg = store
                     .register_node(&self.cfg.node, r, self.cfg.lease_ttl_secs)
-                    .await?,
-            ),
+                    .await?;
+                Some(Keepalive::spawn(store.clone(), reg, self.cfg.clone()))
+            }
             None => None,
         };
         if !self.loaded {
@@ -263,7 +268,7 @@ where
             self.status.lock().snapshots += 1;
             self.desired_changed().await;
         }
-        Ok((store, reg))
+        Ok((store, ka))
     }
 
     /// Waits `d` (or until shutdown: then true), syncing whenever the controller is due.
@@ -293,7 +298,7 @@ where
     async fn watch_phase(
         &mut self,
         mut store: Store,
-        mut reg: Option<Registration>,
+        mut ka: Option<Keepalive>,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Leave {
         let from = self.snapshot.revision.saturating_add(1);
@@ -322,13 +327,6 @@ where
             st.degraded = None;
             st.watches += 1;
         }
-        let ka_every = Duration::from_secs(
-            u64::try_from(self.cfg.lease_ttl_secs / 3)
-                .unwrap_or(1)
-                .max(1),
-        );
-        let mut ka = tokio::time::interval(ka_every);
-        ka.tick().await;
         loop {
             let due = until(lock(&self.ctl).next_deadline());
             tokio::select! {
@@ -371,32 +369,18 @@ where
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-                _ = ka.tick(), if reg.is_some() => {
-                    if let Some(r) = reg.as_mut()
-                        && let Err(e) = r.keep_alive().await
-                    {
-                        match e {
-                            Error::Invalid { .. } => {
-                                tracing::warn!(error = %e, "lease lost: registering again");
-                                match self.cfg.record.as_ref() {
-                                    Some(rec) => match store.register_node(&self.cfg.node, rec, self.cfg.lease_ttl_secs).await {
-                                        Ok(n) => reg = Some(n),
-                                        Err(e) => return Leave::Disconnected(e),
-                                    },
-                                    None => reg = None,
-                                }
-                            }
-                            e => return Leave::Disconnected(e),
-                        }
-                    }
-                }
+                Some(e) = recv_error(&mut ka) => return Leave::Disconnected(e),
             }
         }
     }
 
     /// Assembles the desired state from the snapshot, hands it to the controller, syncs.
     async fn desired_changed(&mut self) {
-        let a = layout::assemble(&self.cfg.node, &self.snapshot.kvs);
+        let local = NodeLocal {
+            me: self.cfg.record,
+            ..self.cfg.local.clone()
+        };
+        let a = layout::assemble_local(&self.cfg.node, &local, &self.snapshot.kvs);
         for i in &a.issues {
             tracing::warn!(key = %i.key, reason = %i.reason, "value skipped");
         }
@@ -420,7 +404,18 @@ where
         let secs = started.elapsed().as_secs_f64();
         let mut st = self.status.lock();
         match res {
-            Ok((Ok((kind, _report)), now)) => {
+            Ok((Ok((kind, report)), now)) => {
+                if kind != SyncKind::Idle {
+                    tracing::info!(
+                        node = %self.cfg.node,
+                        kind = ?kind,
+                        steps = report.steps.len(),
+                        ms = secs * 1000.0,
+                        revision = self.snapshot.revision,
+                        "synced"
+                    );
+                    tracing::debug!(node = %self.cfg.node, "sync report:\n{report}");
+                }
                 match kind {
                     SyncKind::Full => st.full_syncs += 1,
                     SyncKind::Incremental => st.incremental_syncs += 1,
@@ -442,6 +437,64 @@ where
                 st.last_sync_error = Some(format!("sync task: {e}"));
             }
         }
+    }
+}
+
+/// The node's lease, refreshed every third of its TTL by a task of its own (a sync that
+/// takes longer than the TTL, as on an emulated machine, must not let the node expire). An
+/// expired lease is registered again; any other failure ends the task and is reported
+/// through [`recv_error`].
+struct Keepalive {
+    errors: mpsc::Receiver<Error>,
+    _task: AbortOnDrop,
+}
+
+impl Keepalive {
+    fn spawn(mut store: Store, mut reg: Registration, cfg: AgentConfig) -> Keepalive {
+        let (tx, errors) = mpsc::channel(1);
+        let every = Duration::from_secs(u64::try_from(cfg.lease_ttl_secs / 3).unwrap_or(1).max(1));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match reg.keep_alive().await {
+                    Ok(_) => {}
+                    Err(e @ Error::Invalid { .. }) => {
+                        tracing::warn!(error = %e, "lease lost: registering again");
+                        let Some(rec) = cfg.record.as_ref() else {
+                            return;
+                        };
+                        match store
+                            .register_node(&cfg.node, rec, cfg.lease_ttl_secs)
+                            .await
+                        {
+                            Ok(r) => reg = r,
+                            Err(e) => {
+                                let _ = tx.send(e).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(e).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Keepalive {
+            errors,
+            _task: AbortOnDrop(task),
+        }
+    }
+}
+
+/// The keepalive task's failure, if there is a task (else never).
+async fn recv_error(ka: &mut Option<Keepalive>) -> Option<Error> {
+    match ka {
+        Some(k) => k.errors.recv().await,
+        None => std::future::pending().await,
     }
 }
 

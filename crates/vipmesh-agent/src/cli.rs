@@ -12,7 +12,7 @@ use vipmesh::{Controller, ControllerConfig};
 
 use crate::agent::{Agent, AgentConfig};
 use crate::error::Error;
-use crate::layout::{ClusterFile, NodeRecord};
+use crate::layout::{ClusterFile, NodeLocal, NodeRecord};
 use crate::metrics::MetricsServer;
 use crate::store::{Store, StoreConfig};
 
@@ -36,16 +36,29 @@ pub enum Command {
         /// etcd client URLs (repeat or comma-separate).
         #[arg(long = "etcd", value_delimiter = ',', required = true)]
         etcd: Vec<String>,
+        /// Deadline of each etcd request, in seconds.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        etcd_timeout: u64,
         /// This node's underlay address (registers the node: needed for the ingress).
         #[arg(long, requires = "sandbox_addr")]
         underlay: Option<IpAddr>,
         /// This node's ingress sandbox address.
         #[arg(long, requires = "underlay")]
         sandbox_addr: Option<IpAddr>,
+        /// This node's host namespace for the ingress (a name under /run/netns or a path;
+        /// default: the cluster's ingress config).
+        #[arg(long)]
+        host_netns: Option<String>,
+        /// This node's ingress sandbox namespace (default: the cluster's ingress config).
+        #[arg(long)]
+        sandbox_netns: Option<String>,
+        /// This node's overlay namespace (default: the cluster's ingress config).
+        #[arg(long)]
+        overlay_netns: Option<String>,
         /// The node registration's lease TTL, in seconds.
         #[arg(long, default_value_t = 10)]
         lease_ttl: i64,
-        /// Where to serve /metrics and /healthz.
+        /// Where to serve /metrics, /healthz and /plan (a dry run: empty when converged).
         #[arg(long)]
         metrics: Option<SocketAddr>,
     },
@@ -89,15 +102,38 @@ pub struct Etcd {
     /// etcd client URLs (repeat or comma-separate).
     #[arg(long = "etcd", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
+    /// Deadline of each etcd request, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub etcd_timeout: u64,
+}
+
+fn store_config(endpoints: Vec<String>, timeout_secs: u64) -> StoreConfig {
+    let mut c = StoreConfig::new(endpoints);
+    c.request_timeout = std::time::Duration::from_secs(timeout_secs);
+    c
 }
 
 /// Parses `args` (the first is the program name) and runs the command on a new tokio
 /// runtime. Returns the process's exit code; errors are printed to stderr.
+///
+/// Exit status: 0 success; 1 failure (etcd unreachable for `cluster`, a metrics address
+/// that cannot be bound); 2 bad input (usage, an unreadable or invalid cluster file, named
+/// by its key or line); 3 `cluster apply` lost the compare-and-swap (nothing was written).
+/// `agent` never exits for etcd trouble: it reports itself degraded and retries.
 pub fn run<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let name = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map_or_else(
+            || "vipmesh-agent".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -109,28 +145,43 @@ where
             };
         }
     };
+    init_logging(match cli.command {
+        Command::Agent { .. } => "info",
+        Command::Cluster { .. } => "warn",
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("vipmesh-agent: tokio runtime: {e}");
+            eprintln!("{name}: tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vipmesh-agent: {e}");
+            eprintln!("{name}: {e}");
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
                 eprintln!("  caused by: {s}");
                 src = s.source();
             }
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default`).
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A subscriber set before (by an embedding binary) wins.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// `vipmesh-agent`'s entry point.
@@ -142,15 +193,17 @@ async fn execute(cmd: Command) -> Result<(), Error> {
     match cmd {
         Command::Cluster { op } => {
             let etcd = match &op {
-                ClusterOp::Apply { etcd, .. } | ClusterOp::Get { etcd } => etcd.etcd.clone(),
+                ClusterOp::Apply { etcd, .. } | ClusterOp::Get { etcd } => {
+                    store_config(etcd.etcd.clone(), etcd.etcd_timeout)
+                }
             };
-            let mut store = Store::connect(StoreConfig::new(etcd)).await?;
+            let mut store = Store::connect(etcd).await?;
             match op {
                 ClusterOp::Apply {
                     state, if_revision, ..
                 } => {
-                    let text = std::fs::read_to_string(&state).map_err(|source| Error::Io {
-                        op: format!("read {}", state.display()),
+                    let text = std::fs::read_to_string(&state).map_err(|source| Error::File {
+                        path: state.display().to_string(),
                         source,
                     })?;
                     let file = ClusterFile::from_json(&text)?;
@@ -166,6 +219,9 @@ async fn execute(cmd: Command) -> Result<(), Error> {
                     }
                     for k in &out.deleted {
                         println!("  del {k}");
+                    }
+                    for (k, addr) in &out.allocated {
+                        println!("  vip {addr} allocated for {k}");
                     }
                 }
                 ClusterOp::Get { .. } => {
@@ -184,12 +240,22 @@ async fn execute(cmd: Command) -> Result<(), Error> {
         Command::Agent {
             node,
             etcd,
+            etcd_timeout,
             underlay,
             sandbox_addr,
+            host_netns,
+            sandbox_netns,
+            overlay_netns,
             lease_ttl,
             metrics,
         } => {
             let mut cfg = AgentConfig::new(&node);
+            cfg.local = NodeLocal {
+                host_netns,
+                sandbox_netns,
+                overlay_netns,
+                me: None,
+            };
             cfg.lease_ttl_secs = lease_ttl;
             cfg.record = underlay
                 .zip(sandbox_addr)
@@ -198,7 +264,7 @@ async fn execute(cmd: Command) -> Result<(), Error> {
                     sandbox_addr,
                 });
             let ctl = Controller::real(ControllerConfig::default());
-            let agent = Agent::new(cfg, StoreConfig::new(etcd), ctl);
+            let agent = Agent::new(cfg, store_config(etcd, etcd_timeout), ctl);
             let (tx, rx) = tokio::sync::watch::channel(false);
             let stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|v| *v).await;

@@ -57,6 +57,15 @@ pub enum Error {
         #[source]
         source: Box<vipmesh::Error>,
     },
+    /// An input file could not be read (a cluster file).
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The error, with its errno.
+        #[source]
+        source: std::io::Error,
+    },
     /// An I/O error (the metrics listener).
     #[error("{op}: {source}")]
     Io {
@@ -69,6 +78,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The command line's exit status for this error: 2 bad input (an invalid or
+    /// unreadable file or value), 3 a lost compare-and-swap (someone else changed the
+    /// cluster's state first: read it again), 1 anything else (etcd unreachable, I/O).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Invalid { .. } | Error::File { .. } => 2,
+            Error::CasLost { .. } => 3,
+            _ => 1,
+        }
+    }
+
     pub(crate) fn etcd(op: impl Into<String>, source: etcd_client::Error) -> Error {
         Error::Etcd {
             op: op.into(),

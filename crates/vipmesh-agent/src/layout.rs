@@ -10,6 +10,7 @@
 //! | `/vipmesh/v1/ingress/services/<name>` | an [`IngressService`] JSON (its `name` is `<name>`) |
 //! | `/vipmesh/v1/nodes/<name>` | a [`NodeRecord`] JSON, put under the agent's lease |
 //! | `/vipmesh/v1/cluster` | a [`ClusterMeta`] JSON, rewritten by every `cluster apply` |
+//! | `/vipmesh/v1/vips/<network>/<addr>` | a [`VipClaim`] JSON: the service holding that VIP |
 //!
 //! Everything but `nodes/` is the cluster's desired state, written by `cluster apply` in one
 //! transaction ([`crate::store::Store::cluster_apply`]); `nodes/` is written by the agents.
@@ -64,13 +65,16 @@ pub const PREFIX: &str = "/vipmesh/v1/";
 pub const NODES_PREFIX: &str = "/vipmesh/v1/nodes/";
 /// The prefixes (and single keys) of the cluster's desired state: what `cluster apply`
 /// replaces and compares.
-pub const DESIRED_PREFIXES: [&str; 5] = [
+pub const DESIRED_PREFIXES: [&str; 6] = [
     "/vipmesh/v1/networks/",
     "/vipmesh/v1/services/",
     "/vipmesh/v1/ingress/",
     "/vipmesh/v1/options",
     "/vipmesh/v1/cluster",
+    "/vipmesh/v1/vips/",
 ];
+/// The VIP claims (one key per VIP of every service, written by `cluster apply`).
+pub const VIPS_PREFIX: &str = "/vipmesh/v1/vips/";
 
 /// The key of the node options.
 pub fn options_key() -> String {
@@ -95,6 +99,10 @@ pub fn ingress_config_key() -> String {
 /// The key of a published service.
 pub fn ingress_service_key(name: &str) -> String {
     format!("{PREFIX}ingress/services/{name}")
+}
+/// The key of the claim on a VIP of a network.
+pub fn vip_claim_key(network: &str, addr: IpAddr) -> String {
+    format!("{VIPS_PREFIX}{network}/{addr}")
 }
 /// The key of a node's registration.
 pub fn node_key(name: &str) -> String {
@@ -123,6 +131,13 @@ pub enum Key<'a> {
     IngressService(&'a str),
     /// `/vipmesh/v1/nodes/<name>`.
     Node(&'a str),
+    /// `/vipmesh/v1/vips/<network>/<addr>`.
+    VipClaim {
+        /// The network's id.
+        network: &'a str,
+        /// The VIP.
+        addr: IpAddr,
+    },
 }
 
 fn segment(s: &str) -> Option<&str> {
@@ -154,6 +169,9 @@ pub fn parse_key(key: &str) -> Result<Key<'_>, String> {
         ["ingress", "config"] => Some(Key::IngressConfig),
         ["ingress", "services", s] => segment(s).map(Key::IngressService),
         ["nodes", n] => segment(n).map(Key::Node),
+        ["vips", n, a] => segment(n)
+            .zip(a.parse::<IpAddr>().ok())
+            .map(|(network, addr)| Key::VipClaim { network, addr }),
         _ => None,
     };
     k.ok_or_else(|| format!("not a key of the {PREFIX} layout"))
@@ -178,6 +196,17 @@ pub struct ClusterMeta {
     pub version: String,
     /// How many keys the apply wrote.
     pub keys: usize,
+}
+
+/// The claim on one VIP (`/vipmesh/v1/vips/<network>/<addr>`): which service of the network
+/// holds it. `cluster apply` writes one for every VIP of every service, in the transaction
+/// that writes the services, and allocates VIPs for services that have none from the
+/// addresses no claim holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipClaim {
+    /// The service's name.
+    pub service: String,
 }
 
 /// A value that was not applied, and why.
@@ -308,6 +337,8 @@ fn classify(kvs: &BTreeMap<Vec<u8>, Vec<u8>>, issues: &mut Vec<Issue>) -> Parts 
             Key::Node(name) => parse::<NodeRecord>(v).map(|r| {
                 p.nodes.insert(name.to_string(), r);
             }),
+            // Claims are the writers' bookkeeping: the services carry their VIPs.
+            Key::VipClaim { .. } => parse::<VipClaim>(v).map(|_| ()),
         };
         if let Err(r) = res {
             bad(r);
@@ -353,6 +384,10 @@ pub struct NodeLocal {
     pub sandbox_netns: Option<String>,
     /// The ingress's `overlay_netns` on this node.
     pub overlay_netns: Option<String>,
+    /// This node's own registration. A running agent counts its node as registered even
+    /// while its key is missing (its lease expired while a sync or the network held it up):
+    /// it never tears its own ingress down for that. A key present in etcd wins.
+    pub me: Option<NodeRecord>,
 }
 
 impl NodeLocal {
@@ -374,6 +409,9 @@ fn build_ingress(
     services: Vec<IngressService>,
 ) -> Result<Ingress, String> {
     let mut m = p.ingress_config.clone().unwrap_or_default();
+    if let Some(me) = local.me {
+        p.nodes.entry(node.to_string()).or_insert(me);
+    }
     for (k, v) in local.overrides() {
         m.insert(k.into(), Value::String(v.clone()));
     }
@@ -500,6 +538,9 @@ fn add_ingress(
     state: &mut NodeState,
     issues: &mut Vec<Issue>,
 ) {
+    if let Some(me) = local.me {
+        p.nodes.entry(node.to_string()).or_insert(me);
+    }
     if !p.nodes.contains_key(node) {
         issues.push(Issue {
             key: node_key(node),
@@ -579,6 +620,54 @@ pub struct ClusterFile {
     /// Node options.
     #[serde(default)]
     pub options: NodeOptions,
+    /// Services written with `"mode": "vip"` (no address): `cluster apply` allocates their
+    /// VIPs ([`ClusterFile::allocate_vips`]) before anything is written.
+    #[serde(skip)]
+    pub pending_vips: Vec<PendingVip>,
+}
+
+/// A service of a cluster file whose VIPs `cluster apply` allocates: one per subnet of its
+/// network, from the addresses no VIP claim, VIP, backend or LB address of the network uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingVip {
+    /// Its network's id.
+    pub network: String,
+    /// Its name.
+    pub name: String,
+    /// The service as written (its `mode` is replaced by the allocated VIPs).
+    pub value: Map<String, Value>,
+}
+
+/// Takes the services with `"mode": "vip"` out of a cluster file's JSON.
+fn take_pending(v: &mut Value) -> Vec<PendingVip> {
+    let mut out = Vec::new();
+    let Some(nets) = v.get_mut("networks").and_then(Value::as_array_mut) else {
+        return out;
+    };
+    for n in nets {
+        let Some(id) = n.get("id").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let Some(svcs) = n.get_mut("services").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        svcs.retain(|s| {
+            let auto = s.get("mode").and_then(Value::as_str) == Some("vip");
+            let name = s.get("name").and_then(Value::as_str).map(str::to_string);
+            match (auto, name, s.as_object()) {
+                (true, Some(name), Some(value)) => {
+                    out.push(PendingVip {
+                        network: id.clone(),
+                        name,
+                        value: value.clone(),
+                    });
+                    false
+                }
+                _ => true,
+            }
+        });
+    }
+    out
 }
 
 /// The ingress of a [`ClusterFile`]: the fields of [`Ingress`] but `node` and `nodes`.
@@ -598,12 +687,22 @@ impl ClusterFile {
     /// # Errors
     /// [`Error::Invalid`] naming the line and column.
     pub fn from_json(text: &str) -> Result<ClusterFile, Error> {
-        serde_json::from_str(text).map_err(|e| {
+        let at = |e: serde_json::Error| {
             Error::invalid(
                 format!("cluster file line {} column {}", e.line(), e.column()),
                 e.to_string(),
             )
-        })
+        };
+        let mut v: Value = serde_json::from_str(text).map_err(at)?;
+        let pending = take_pending(&mut v);
+        if pending.is_empty() {
+            // Parsed from the text again, so that errors keep their line and column.
+            return serde_json::from_str(text).map_err(at);
+        }
+        let mut f: ClusterFile =
+            serde_json::from_value(v).map_err(|e| Error::invalid("cluster file", e.to_string()))?;
+        f.pending_vips = pending;
+        Ok(f)
     }
 
     /// The keys and values of this desired state (without `/vipmesh/v1/cluster`), checked
@@ -613,6 +712,12 @@ impl ClusterFile {
     /// [`Error::Invalid`] naming the key of the first value an agent would skip (a node's
     /// ingress is checked by the agents, which know the registered nodes).
     pub fn to_kvs(&self) -> Result<BTreeMap<String, String>, Error> {
+        if let Some(p) = self.pending_vips.first() {
+            return Err(Error::invalid(
+                service_key(&p.network, &p.name),
+                "its VIP is not allocated yet (cluster apply allocates it)",
+            ));
+        }
         let mut out = BTreeMap::new();
         let enc = |key: &str, v: Result<String, serde_json::Error>| {
             v.map_err(|e| Error::invalid(key, e.to_string()))
@@ -634,6 +739,18 @@ impl ClusterFile {
                     return Err(Error::invalid(k, "two services with this name"));
                 }
                 out.insert(k.clone(), enc(&k, serde_json::to_string(&s))?);
+                if let vipmesh::model::EndpointMode::Vip(vips) = &s.mode {
+                    let claim = VipClaim {
+                        service: s.name.as_str().to_string(),
+                    };
+                    for addr in vips.iter() {
+                        let ck = vip_claim_key(id, addr);
+                        // Two services with one VIP are refused by the network's
+                        // validation below; the first claim is kept for its message.
+                        out.entry(ck.clone())
+                            .or_insert(enc(&ck, serde_json::to_string(&claim))?);
+                    }
+                }
             }
         }
         if let Some(i) = &self.ingress {
@@ -689,6 +806,7 @@ impl ClusterFile {
             networks,
             ingress,
             options: p.options.unwrap_or_default(),
+            pending_vips: Vec::new(),
         };
         (file, issues)
     }

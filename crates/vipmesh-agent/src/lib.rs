@@ -10,5 +10,6 @@ mod error;
 pub mod layout;
 pub mod metrics;
 pub mod store;
+pub mod vips;
 
 pub use error::Error;

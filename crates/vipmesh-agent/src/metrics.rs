@@ -12,9 +12,14 @@
 //! | `vipmesh_agent_degraded` | gauge | 1 while etcd is unreachable |
 //! | `vipmesh_agent_skipped_values` | gauge | values skipped as invalid |
 //! | `vipmesh_service_connections{network,service,state}` | gauge | IPVS active/inactive connections summed over a service's real servers, read at scrape time |
+//! | `vipmesh_backend_connections{network,service,backend,state}` | gauge | the same per real server (`backend` is its address) |
+//! | `vipmesh_backend_weight{network,service,backend}` | gauge | its IPVS weight (0 while it drains) |
 //!
 //! `/healthz` answers `200 ok` when etcd is reachable and the last sync succeeded, else
 //! `503` with the reason (the dataplane is still served then: this is a readiness signal).
+//!
+//! `/plan` answers with what a sync would change now ([`Controller::plan_now`]'s text, a dry
+//! run: empty when the node is converged), or `500` with the error.
 //!
 //! The HTTP side is a few lines over a tokio `TcpListener` (two fixed `GET` paths,
 //! `Connection: close`) rather than a web framework: nothing else in the agent needs one.
@@ -39,11 +44,21 @@ use crate::error::Error;
 
 type Labels = Vec<(String, String)>;
 
-/// Active and inactive IPVS connections per (network, service), observed now.
-fn connections<K: Kernel>(ctl: &Mutex<Controller<K>>) -> BTreeMap<(String, String), (u64, u64)> {
+/// One real server's weight and active and inactive IPVS connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DestConns {
+    weight: u32,
+    active: u64,
+    inactive: u64,
+}
+
+/// Active and inactive IPVS connections per (network, service, real server), observed now.
+fn connections<K: Kernel>(
+    ctl: &Mutex<Controller<K>>,
+) -> BTreeMap<(String, String), BTreeMap<String, DestConns>> {
     let mut c = ctl.lock().unwrap_or_else(|e| e.into_inner());
     let (obs, _failed) = c.observe(vipmesh::plan::now_secs());
-    let mut out: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut out: BTreeMap<(String, String), BTreeMap<String, DestConns>> = BTreeMap::new();
     for n in c.desired().all_networks() {
         let Some(marks) = c.marks().get(n.id()) else {
             continue;
@@ -57,9 +72,11 @@ fn connections<K: Kernel>(ctl: &Mutex<Controller<K>>) -> BTreeMap<(String, Strin
                 .or_default();
             for ((_, m), s) in &o.ipvs {
                 if m == mark {
-                    for d in s.dests.values() {
-                        e.0 += u64::from(d.active);
-                        e.1 += u64::from(d.inactive);
+                    for (addr, d) in &s.dests {
+                        let b = e.entry(addr.to_string()).or_default();
+                        b.weight = d.weight;
+                        b.active += u64::from(d.active);
+                        b.inactive += u64::from(d.inactive);
                     }
                 }
             }
@@ -136,7 +153,13 @@ pub fn render<K: Kernel>(status: &StatusHandle, ctl: Option<&Mutex<Controller<K>
     );
     if let Some(ctl) = ctl {
         let conns = Family::<Labels, Gauge>::default();
-        for ((net, svc), (active, inactive)) in connections(ctl) {
+        let per_backend = Family::<Labels, Gauge>::default();
+        let weights = Family::<Labels, Gauge>::default();
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for ((net, svc), dests) in connections(ctl) {
+            let (active, inactive) = dests
+                .values()
+                .fold((0u64, 0u64), |(a, i), d| (a + d.active, i + d.inactive));
             for (state, v) in [("active", active), ("inactive", inactive)] {
                 conns
                     .get_or_create(&vec![
@@ -144,7 +167,29 @@ pub fn render<K: Kernel>(status: &StatusHandle, ctl: Option<&Mutex<Controller<K>
                         ("service".into(), svc.clone()),
                         ("state".into(), state.into()),
                     ])
-                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+                    .set(g(v));
+            }
+            for (addr, d) in dests {
+                let labels = |extra: Option<&str>| {
+                    let mut l: Labels = vec![
+                        ("network".into(), net.clone()),
+                        ("service".into(), svc.clone()),
+                        ("backend".into(), addr.clone()),
+                    ];
+                    if let Some(s) = extra {
+                        l.push(("state".into(), s.into()));
+                    }
+                    l
+                };
+                per_backend
+                    .get_or_create(&labels(Some("active")))
+                    .set(g(d.active));
+                per_backend
+                    .get_or_create(&labels(Some("inactive")))
+                    .set(g(d.inactive));
+                weights
+                    .get_or_create(&labels(None))
+                    .set(i64::from(d.weight));
             }
         }
         r.register(
@@ -152,11 +197,31 @@ pub fn render<K: Kernel>(status: &StatusHandle, ctl: Option<&Mutex<Controller<K>
             "IPVS connections of a service's real servers",
             conns,
         );
+        r.register(
+            "backend_connections",
+            "IPVS connections of one real server",
+            per_backend,
+        );
+        r.register(
+            "backend_weight",
+            "IPVS weight of one real server (0 while it drains)",
+            weights,
+        );
     }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+/// The `/plan` answer: what a sync would change now (empty when converged), or the error.
+/// Blocking (observes every namespace): call it off the async threads.
+pub fn plan<K: Kernel>(ctl: &Mutex<Controller<K>>) -> (u16, String) {
+    let mut c = ctl.lock().unwrap_or_else(|e| e.into_inner());
+    match c.plan_now() {
+        Ok(p) => (200, p.to_string()),
+        Err(e) => (500, format!("{e}\n")),
+    }
 }
 
 /// The `/healthz` answer: status code and body.
@@ -269,6 +334,15 @@ where
                 body,
             )
         }
+        ("GET", "/plan") => match ctl {
+            Some(ctl) => {
+                let (c, b) = tokio::task::spawn_blocking(move || plan(&ctl))
+                    .await
+                    .unwrap_or_else(|e| (500, format!("plan task: {e}\n")));
+                (c, "text/plain; charset=utf-8", b)
+            }
+            None => (404, "text/plain", "no controller\n".to_string()),
+        },
         ("GET", "/healthz") => {
             let (c, b) = health(&status);
             (c, "text/plain; charset=utf-8", b)
@@ -279,6 +353,7 @@ where
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
+        500 => "Internal Server Error",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };

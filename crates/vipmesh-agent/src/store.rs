@@ -58,14 +58,16 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Defaults: 5 s per request, 3 s to connect, keepalive every 2 s with 2 s to answer.
+    /// Defaults: 5 s per request, 3 s to connect, keepalive every 10 s with 5 s to answer
+    /// (etcd's `--grpc-keepalive-min-time` is 5 s by default: a client that pings more
+    /// often is sent a GOAWAY "too_many_pings" and loses its watch).
     pub fn new(endpoints: Vec<String>) -> StoreConfig {
         StoreConfig {
             endpoints,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
-            keepalive_interval: Duration::from_secs(2),
-            keepalive_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -126,6 +128,8 @@ pub struct ApplyOutcome {
     pub written: Vec<String>,
     /// Keys deleted.
     pub deleted: Vec<String>,
+    /// VIPs allocated for services written without one: (the service's key, the VIP).
+    pub allocated: Vec<(String, std::net::IpAddr)>,
 }
 
 /// A connection to etcd.
@@ -170,7 +174,7 @@ impl Store {
             // keeping it open and silent.
             .with_require_leader(true);
         let client = deadline(
-            "connect",
+            &format!("connect {}", cfg.endpoints.join(",")),
             cfg.connect_timeout + cfg.request_timeout,
             Client::connect(&cfg.endpoints, Some(opts)),
         )
@@ -285,16 +289,21 @@ impl Store {
     /// reads). Node registrations are not touched.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the key of a value an agent would skip (nothing is
-    /// written); [`Error::CasLost`] when the desired state changed after `based_on` (nothing
+    /// [`Error::Invalid`] naming the key of a value an agent would skip, or of a service
+    /// whose VIP cannot be allocated (nothing is written); [`Error::CasLost`] when the desired state changed after `based_on` (nothing
     /// is written); [`Error::Etcd`], [`Error::Timeout`].
     pub async fn cluster_apply(
         &mut self,
         file: &ClusterFile,
         based_on: Option<i64>,
     ) -> Result<ApplyOutcome, Error> {
-        let new = file.to_kvs()?;
+        if file.pending_vips.is_empty() {
+            // Refused before any request when invalid.
+            file.to_kvs()?;
+        }
         let snap = self.snapshot().await?;
+        let (file, allocated) = file.allocate_vips(&crate::vips::claims(&snap.kvs))?;
+        let new = file.to_kvs()?;
         let base = based_on.unwrap_or(snap.revision);
         let mut ops = Vec::new();
         let mut written = Vec::new();
@@ -307,13 +316,21 @@ impl Store {
             };
             if ks != layout::meta_key() && !new.contains_key(ks) {
                 ops.push(TxnOp::delete(k.clone(), None));
-                deleted.push(ks.to_string());
+                if !ks.starts_with(layout::VIPS_PREFIX) {
+                    deleted.push(ks.to_string());
+                }
             }
         }
+        let mut claims_created = Vec::new();
         for (k, v) in &new {
-            if snap.kvs.get(k.as_bytes()).map(Vec::as_slice) != Some(v.as_bytes()) {
+            let old = snap.kvs.get(k.as_bytes());
+            if old.map(Vec::as_slice) != Some(v.as_bytes()) {
                 ops.push(TxnOp::put(k.clone(), v.clone(), None));
-                written.push(k.clone());
+                if !k.starts_with(layout::VIPS_PREFIX) {
+                    written.push(k.clone());
+                } else if old.is_none() {
+                    claims_created.push(k.clone());
+                }
             }
         }
         let meta = ClusterMeta {
@@ -323,12 +340,19 @@ impl Store {
         let meta_value = serde_json::to_vec(&meta)
             .map_err(|e| Error::invalid(layout::meta_key(), e.to_string()))?;
         ops.push(TxnOp::put(layout::meta_key(), meta_value, None));
-        let compares: Vec<Compare> = layout::DESIRED_PREFIXES
+        let mut compares: Vec<Compare> = layout::DESIRED_PREFIXES
             .iter()
             .map(|p| {
                 Compare::mod_revision(*p, CompareOp::Less, base.saturating_add(1)).with_prefix()
             })
             .collect();
+        // A claim is created only where none exists (the revision compare above already
+        // refuses a key created after `base`; this one says so per VIP).
+        compares.extend(
+            claims_created
+                .iter()
+                .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0)),
+        );
         let txn = Txn::new().when(compares).and_then(ops);
         let resp = deadline(
             "txn cluster apply",
@@ -347,6 +371,7 @@ impl Store {
             revision: resp.header().map_or(0, |h| h.revision()),
             written,
             deleted,
+            allocated,
         })
     }
 

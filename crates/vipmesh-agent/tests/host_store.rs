@@ -59,6 +59,8 @@ async fn apply_get_and_replace_in_one_transaction() {
             "/vipmesh/v1/options",
             "/vipmesh/v1/services/demo/vote",
             "/vipmesh/v1/services/demo/web",
+            "/vipmesh/v1/vips/demo/10.0.0.19",
+            "/vipmesh/v1/vips/demo/10.0.0.9",
         ]
     );
     // Every write of one apply has the same revision: one transaction.
@@ -89,6 +91,10 @@ async fn apply_get_and_replace_in_one_transaction() {
     let snap = s.snapshot().await.unwrap();
     assert!(keys(&snap).contains(&"/vipmesh/v1/nodes/n1".to_string()));
     assert!(!keys(&snap).contains(&"/vipmesh/v1/services/demo/web".to_string()));
+    assert!(
+        !keys(&snap).contains(&"/vipmesh/v1/vips/demo/10.0.0.19".to_string()),
+        "web's VIP claim goes with it"
+    );
     let a = layout::assemble("n1", &snap.kvs);
     assert!(a.issues.is_empty(), "{:?}", a.issues);
     let vote = a
@@ -263,4 +269,94 @@ async fn a_node_key_lives_as_long_as_its_lease() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(gone, "the node key outlived its lease");
+}
+
+/// Adds a service without a VIP to the cluster by read-modify-write (`cluster get`, then
+/// `cluster apply` based on the revision read), retrying when another writer won the
+/// compare-and-swap. Returns how many attempts lost.
+async fn add_auto_service(url: String, name: String, backend: String) -> u32 {
+    let mut s =
+        vipmesh_agent::store::Store::connect(vipmesh_agent::store::StoreConfig::new(vec![url]))
+            .await
+            .unwrap();
+    let mut lost = 0;
+    loop {
+        let (mut file, issues, rev) = s.cluster_get().await.unwrap();
+        assert!(issues.is_empty(), "{issues:?}");
+        let value = serde_json::json!({"name": name, "mode": "vip",
+            "backends": [{"addr": backend}]});
+        file.pending_vips.push(layout::PendingVip {
+            network: "demo".into(),
+            name: name.clone(),
+            value: value.as_object().unwrap().clone(),
+        });
+        match s.cluster_apply(&file, Some(rev)).await {
+            Ok(out) => {
+                assert_eq!(out.allocated.len(), 1, "{out:?}");
+                return lost;
+            }
+            Err(Error::CasLost { .. }) => lost += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: runs a real etcd on loopback"]
+async fn concurrent_writers_never_give_two_services_one_vip() {
+    let e = Etcd::start().await;
+    let mut s = e.store().await;
+    // The first service holds 10.0.0.9 explicitly; everything else is allocated.
+    s.cluster_apply(&cluster(&[("vote", "10.0.0.9", "10.0.0.10")]), None)
+        .await
+        .unwrap();
+    const WRITERS: usize = 8;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            tokio::spawn(add_auto_service(
+                e.url(),
+                format!("auto{i}"),
+                format!("10.0.0.{}", 100 + i),
+            ))
+        })
+        .collect();
+    let mut lost = 0;
+    for t in tasks {
+        lost += t.await.unwrap();
+    }
+    let (file, issues, _) = s.cluster_get().await.unwrap();
+    assert!(issues.is_empty(), "{issues:?}");
+    let mut vips = std::collections::BTreeMap::new();
+    for svc in &file.networks[0].services {
+        let vipmesh::model::EndpointMode::Vip(v) = &svc.mode else {
+            panic!("{svc:?}")
+        };
+        for a in v.iter() {
+            if let Some(other) = vips.insert(a, svc.name.as_str().to_string()) {
+                panic!("{a} held by {other} and {}", svc.name);
+            }
+        }
+    }
+    assert_eq!(vips.len(), WRITERS + 1, "{vips:?}");
+    // The claims in etcd are exactly the services' VIPs.
+    let snap = s.snapshot().await.unwrap();
+    let claims = vipmesh_agent::vips::claims(&snap.kvs);
+    let from_claims: std::collections::BTreeMap<IpAddr, String> =
+        claims.into_iter().map(|((_, a), s)| (a, s)).collect();
+    assert_eq!(from_claims, vips);
+    // None took the LB address, the explicit VIP or a backend.
+    assert_eq!(vips[&"10.0.0.9".parse::<IpAddr>().unwrap()], "vote");
+    for a in [2, 10].into_iter().chain(100..100 + WRITERS) {
+        let a: IpAddr = format!("10.0.0.{a}").parse().unwrap();
+        assert!(!vips.contains_key(&a), "{a} is not free: {vips:?}");
+    }
+    eprintln!(
+        "{WRITERS} concurrent writers: {lost} lost compare-and-swaps, retried; VIPs {vips:?}"
+    );
+    // Applying the same state again keeps every VIP (claims are reused, nothing written).
+    let again = s.cluster_apply(&file, None).await.unwrap();
+    assert!(
+        again.written.is_empty() && again.deleted.is_empty(),
+        "{again:?}"
+    );
 }

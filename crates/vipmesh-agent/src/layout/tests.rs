@@ -353,6 +353,7 @@ fn the_cluster_file_round_trips_through_keys() {
             "/vipmesh/v1/networks/demo",
             "/vipmesh/v1/options",
             "/vipmesh/v1/services/demo/vote",
+            "/vipmesh/v1/vips/demo/10.0.0.9",
         ]
     );
     let bytes: Kvs = kvs
