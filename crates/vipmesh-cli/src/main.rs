@@ -5,7 +5,15 @@
 //! vipmesh plan   --state FILE [--drains FILE]   dry run: the plan, with the rule diff
 //! vipmesh status --state FILE                   services by name, their IPVS table and rules
 //! vipmesh dns    --state FILE --listen ADDR [--network ID] [--netns NS] [--zone ZONE]
+//! vipmesh agent  --node NAME --etcd URL[,URL...] [OPTIONS]    the per-node agent (etcd)
+//! vipmesh cluster apply --etcd URL[,URL...] --state FILE [--if-revision N]
+//! vipmesh cluster get   --etcd URL[,URL...]
 //! ```
+//!
+//! `agent` and `cluster` are parsed by clap (`vipmesh agent --help`, `vipmesh cluster apply
+//! --help`, ...) and run by `vipmesh_agent::cli::run`, exactly as the `vipmesh-agent`
+//! command runs them; the other subcommands keep their hand-written parser, so their exit
+//! codes and messages are unchanged.
 //!
 //! The state file is JSON (see the README); unknown fields and wrong types are reported with
 //! their line and column. Exit status: 0 success, 1 failure (some steps failed, a namespace is
@@ -26,7 +34,10 @@ const USAGE: &str = "usage:
   vipmesh apply  --state FILE [--drains FILE]
   vipmesh plan   --state FILE [--drains FILE]
   vipmesh status --state FILE
-  vipmesh dns    --state FILE --listen ADDR [--network ID] [--netns NS] [--zone ZONE]";
+  vipmesh dns    --state FILE --listen ADDR [--network ID] [--netns NS] [--zone ZONE]
+  vipmesh agent  --node NAME --etcd URL[,URL...] [OPTIONS]   (see vipmesh agent --help)
+  vipmesh cluster apply --etcd URL[,URL...] --state FILE [--if-revision N]
+  vipmesh cluster get   --etcd URL[,URL...]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -344,6 +355,10 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    if matches!(cmd.as_str(), "agent" | "cluster") {
+        // clap, with `vipmesh` as the program name in its usage and help texts.
+        return vipmesh_agent::cli::run(std::iter::once("vipmesh".to_string()).chain(args));
+    }
     let parsed = match parse_args(rest) {
         Ok(a) => a,
         Err(e) => {
