@@ -10,6 +10,8 @@
  *                 with a per-flow LRU table can cost.
  *   floor_update  parse + one update of that LRU hash: the least any path
  *                 that records a new flow in it can cost.
+ *   floor_redirect  XDP_REDIRECT through a DEVMAP (slot 0), nothing else: the
+ *                 bare redirect the live-frames throughput is compared with.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -22,6 +24,19 @@ struct {
 	__type(key, struct vm_flow_key);
 	__type(value, struct vm_flow);
 } floor_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} floor_tx SEC(".maps");
+
+SEC("xdp")
+int floor_redirect(struct xdp_md *ctx)
+{
+	return bpf_redirect_map(&floor_tx, 0, XDP_DROP);
+}
 
 SEC("xdp")
 int floor_pass(struct xdp_md *ctx)

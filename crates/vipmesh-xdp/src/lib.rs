@@ -11,6 +11,12 @@
 //!   to the target port, `tc_egress` translates replies back, and replies go straight to the
 //!   client. The VIP must be on the task's `lo`.
 //!
+//! One service may mix both ([`Dataplane::upsert_service_modes`]): the ingress mesh of
+//! `vipmesh::xdp_mesh` NATs to the tasks on this node and encapsulates to the tasks on other
+//! nodes. The Maglev slot of a flow hashes its source address, ports, protocol and family but
+//! not its destination address, so a flow to a published port picks the same task whichever
+//! node's address it was sent to (every node builds the same table from the same backend keys).
+//!
 //! The C sources are in `ebpf/` (layouts in `ebpf/vipmesh_abi.h`, checked against [`abi`] by
 //! a test that reads the object's BTF), compiled by `build.rs` with clang.
 //!

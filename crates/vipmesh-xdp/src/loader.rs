@@ -715,6 +715,42 @@ impl FastPath {
         Ok(())
     }
 
+    /// Runs XDP `program` `repeat` times on `input` with `BPF_PROG_TEST_RUN` in live-frames
+    /// mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, Linux 5.18+): frames come from a page pool, in
+    /// batches of `batch`, and `XDP_REDIRECT`/`XDP_TX` really transmit, resolved in the calling
+    /// thread's namespace ([kernel doc](https://docs.kernel.org/bpf/bpf_prog_run.html)). A page
+    /// is initialised with `input` once, so a program sees the frames it rewrote earlier. No
+    /// output packet; `duration` is the kernel's average per frame.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Program`] (a tc program, or a kernel without live frames).
+    pub fn test_run_live(
+        &mut self,
+        program: Program,
+        input: &[u8],
+        repeat: u32,
+        batch: u32,
+    ) -> Result<TestRunOutput, Error> {
+        let prog = self.ebpf.program_mut(program.name()).ok_or_else(|| {
+            Error::program(program.name(), "find", ProgramError::UnexpectedProgramType)
+        })?;
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            repeat,
+            attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(batch),
+            ..Default::default()
+        };
+        let r = <&mut Xdp>::try_from(prog)
+            .and_then(|x| x.test_run(opts))
+            .map_err(|e| Error::program(program.name(), "test_run_live", e))?;
+        Ok(TestRunOutput {
+            verdict: r.return_value,
+            data: Vec::new(),
+            duration: r.duration,
+        })
+    }
+
     /// Removes the pinned maps under `root/vipmesh/` (what [`Pinning::Maps`] created).
     /// Removing what is absent is success.
     ///
