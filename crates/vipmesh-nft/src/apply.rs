@@ -117,6 +117,9 @@ fn modules_for_line(text: &str) -> Vec<&'static str> {
         m.push("nft_nat");
         m.push("nft_chain_nat");
     }
+    if has("masquerade") {
+        m.push("nft_masq");
+    }
     if has("redirect") {
         m.push("nft_redir");
     }
@@ -265,6 +268,20 @@ impl Nft {
             };
         }
         Ok(Some(obs))
+    }
+
+    /// The names of the `inet` tables that look like ours (`vipmesh-<id>`), by id, as
+    /// `nft -j list tables inet` shows them (ownership is checked by [`observe`](Self::observe)).
+    ///
+    /// # Errors
+    /// As [`observe`](Self::observe).
+    pub fn list_tables(&self) -> Result<Vec<NetworkId>, Error> {
+        self.version()?;
+        let out = self.run("list tables", &["-j", "list", "tables", FAMILY], None)?;
+        if !out.status.success() {
+            return Err(self.failed("list tables", &out));
+        }
+        crate::parse::parse_table_names(&String::from_utf8_lossy(&out.stdout))
     }
 
     fn foreign(&self, e: Error) -> Error {

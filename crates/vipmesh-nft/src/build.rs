@@ -37,6 +37,8 @@ pub mod names {
     pub const TASK_REDIRECT: &str = "task_redirect";
     /// The filter chain of a task.
     pub const TASK_FILTER: &str = "task_filter";
+    /// The masquerade chain of the host (local traffic to the gateway bridge).
+    pub const PUBLISH_MASQ: &str = "publish_masq";
 }
 
 fn n(s: &str) -> Result<Name, Error> {
@@ -310,6 +312,33 @@ pub fn publish_dnat(t: &mut Table, ports: &[PublishedDnat]) -> Result<(), Error>
         )?;
     }
     Ok(())
+}
+
+/// Local traffic leaving through `oif` (the gateway bridge) is masqueraded: a chain
+/// `publish_masq` (nat postrouting, srcnat) with `oifname <oif> fib saddr type local
+/// masquerade`, iptables' `-o <oif> -m addrtype --src-type LOCAL -j MASQUERADE`, so a published
+/// port reached at `127.0.0.1` works once DNATed to the sandbox.
+///
+/// # Errors
+/// [`Error::InvalidTable`] when the name is taken.
+pub fn local_masquerade(t: &mut Table, oif: &IfName) -> Result<(), Error> {
+    let chain = n(names::PUBLISH_MASQ)?;
+    t.add_chain(
+        chain.clone(),
+        Some(BaseChain::new(
+            ChainType::Nat,
+            Hook::Postrouting,
+            Priority::SRCNAT,
+            Policy::Accept,
+        )?),
+    )?;
+    t.add_rule(
+        &chain,
+        Rule::new(
+            vec![Match::OifName(oif.clone()), Match::FibSaddrLocal],
+            Statement::Masquerade,
+        ),
+    )
 }
 
 /// The reply path of a load-balancing sandbox: traffic IPVS forwards to a backend in `subnet`

@@ -994,6 +994,9 @@ pub enum Match {
     /// `fib daddr type local`: the destination is a local address (iptables'
     /// `-m addrtype --dst-type LOCAL`).
     FibDaddrLocal,
+    /// `fib saddr type local`: the source is a local address (iptables'
+    /// `-m addrtype --src-type LOCAL`).
+    FibSaddrLocal,
     /// `ip daddr 10.0.0.0/24` or `ip6 daddr fd00::/64`.
     Daddr(Prefix),
     /// `meta l4proto tcp`.
@@ -1068,6 +1071,7 @@ impl fmt::Display for Match {
             Match::IifName(i) => write!(f, "iifname {i}"),
             Match::OifName(i) => write!(f, "oifname {i}"),
             Match::FibDaddrLocal => f.write_str("fib daddr type local"),
+            Match::FibSaddrLocal => f.write_str("fib saddr type local"),
             Match::Daddr(p) => write!(f, "{} daddr {p}", IpFamily::of(p.addr()).nft_name()),
             Match::L4Proto(p) => write!(f, "meta l4proto {p}"),
             Match::Dport { proto, port } => write!(f, "{proto} dport {port}"),
@@ -1110,6 +1114,8 @@ pub enum Statement {
     Snat(IpAddr),
     /// `redirect to :<port>`.
     Redirect(u16),
+    /// `masquerade` (the source becomes the outgoing interface's address).
+    Masquerade,
     /// `<key> vmap @<map>` (map value type `verdict`).
     Vmap {
         /// The lookup key.
@@ -1130,6 +1136,7 @@ impl fmt::Display for Statement {
             }
             Statement::Snat(a) => write!(f, "snat {} to {a}", IpFamily::of(*a).nft_name()),
             Statement::Redirect(p) => write!(f, "redirect to :{p}"),
+            Statement::Masquerade => f.write_str("masquerade"),
             Statement::Vmap { key, map } => write!(f, "{key} vmap @{map}"),
             Statement::Verdict(v) => write!(f, "{v}"),
         }
@@ -1157,13 +1164,14 @@ impl Rule {
         let mut m = Vec::new();
         for x in &self.matches {
             match x {
-                Match::FibDaddrLocal => m.push("nft_fib_inet"),
+                Match::FibDaddrLocal | Match::FibSaddrLocal => m.push("nft_fib_inet"),
                 Match::CtState(_) => m.push("nft_ct"),
                 _ => {}
             }
         }
         match &self.stmt {
             Statement::DnatMap { .. } | Statement::Snat(_) => m.push("nft_nat"),
+            Statement::Masquerade => m.push("nft_masq"),
             Statement::Redirect(_) => m.push("nft_redir"),
             _ => {}
         }
@@ -1380,6 +1388,7 @@ impl Table {
             }
             Statement::Redirect(_) => &[Hook::Prerouting, Hook::Output],
             Statement::Snat(_) => &[Hook::Postrouting, Hook::Input],
+            Statement::Masquerade => &[Hook::Postrouting],
             Statement::Verdict(Verdict::Jump(t) | Verdict::Goto(t)) => {
                 if !self.chains.contains_key(t) {
                     return Err(self.err(obj, format!("no chain {t}")));

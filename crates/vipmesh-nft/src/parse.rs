@@ -44,6 +44,38 @@ pub struct Observed {
     pub unparsed: Vec<String>,
 }
 
+/// Parses `nft -j list tables inet`: the ids of the `inet` tables named `vipmesh-<id>`
+/// (sorted, without duplicates; other tables are ignored).
+///
+/// # Errors
+/// [`Error::Parse`] when the text is not JSON or has no `nftables` array.
+///
+/// # Examples
+/// ```
+/// use vipmesh_nft::*;
+/// let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+///   {"table": {"family": "inet", "name": "vipmesh-web", "handle": 3}},
+///   {"table": {"family": "inet", "name": "filter", "handle": 4}}]}"#;
+/// assert_eq!(parse_table_names(json)?, vec![NetworkId::new("web")?]);
+/// # Ok::<(), vipmesh_nft::Error>(())
+/// ```
+pub fn parse_table_names(json: &str) -> Result<Vec<NetworkId>, Error> {
+    let doc: J = serde_json::from_str(json).map_err(|e| Error::parse("$", e.to_string()))?;
+    let Some(objs) = doc.get("nftables").and_then(J::as_array) else {
+        return Err(Error::parse("$", "no \"nftables\" array"));
+    };
+    let mut out: Vec<NetworkId> = objs
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .filter(|t| str_of(t, "family") == Some(FAMILY))
+        .filter_map(|t| str_of(t, "name"))
+        .filter_map(NetworkId::from_table_name)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Parses `nft -j list table inet vipmesh-<id>` output. Objects of other tables are ignored.
 ///
 /// # Errors
@@ -445,6 +477,10 @@ fn parse_match(v: &J) -> R<Match> {
         if str_of(f, "result") == Some("type") && daddr_only && right.as_str() == Some("local") {
             return Ok(Match::FibDaddrLocal);
         }
+        let saddr_only = flags.is_some_and(|a| a.len() == 1 && a[0].as_str() == Some("saddr"));
+        if str_of(f, "result") == Some("type") && saddr_only && right.as_str() == Some("local") {
+            return Ok(Match::FibSaddrLocal);
+        }
         return Err(format!("unsupported fib match {v}"));
     }
     if let Some(k) = meta_key(left) {
@@ -562,6 +598,12 @@ fn parse_statement(v: &J) -> R<Statement> {
             Ok(Statement::Redirect(
                 u16::try_from(u64_of(p)?).map_err(|_| "bad port".to_owned())?,
             ))
+        }
+        "masquerade" => {
+            if !(body.is_null() || body.as_object().is_some_and(|o| o.is_empty())) {
+                return Err(format!("unsupported masquerade {v}"));
+            }
+            Ok(Statement::Masquerade)
         }
         "vmap" => {
             only_fields(body, &["key", "data"])?;

@@ -23,6 +23,8 @@ pub enum ObjectKey {
     Namespace(String),
     /// One family's netfilter batch of a namespace.
     Rules(String, Family),
+    /// One nft table of a namespace.
+    NftTable(String, String),
     /// An address of a namespace.
     Address(String, IpAddr),
     /// A service of a network.
@@ -36,6 +38,7 @@ impl fmt::Display for ObjectKey {
         match self {
             ObjectKey::Namespace(ns) => write!(f, "namespace {ns}"),
             ObjectKey::Rules(ns, fam) => write!(f, "{fam} rules in {ns}"),
+            ObjectKey::NftTable(ns, t) => write!(f, "nft table {t} in {ns}"),
             ObjectKey::Address(ns, a) => write!(f, "address {a} in {ns}"),
             ObjectKey::Service(n, s) => write!(f, "service {n}/{s}"),
             ObjectKey::Mark(ns, m) => write!(f, "FWM {m} in {ns}"),
@@ -385,35 +388,41 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
         }
     }
     let mut failed_rules = Vec::new();
+    let mut failed_nft = None;
     for r in &p.rules {
         failpoint();
         let res = h.rules.execute(r);
+        let object = match r {
+            RulesPlan::Iptables { family, .. } => ObjectKey::Rules(netns.to_string(), *family),
+            RulesPlan::Nft { table, .. } => ObjectKey::NftTable(netns.to_string(), table.clone()),
+        };
         if res.is_ok() {
             advance_rules(obs, r);
         } else {
-            failed_rules.push(r.family);
+            match r {
+                RulesPlan::Iptables { family, .. } => failed_rules.push(*family),
+                RulesPlan::Nft { table, .. } => failed_nft = Some(table.clone()),
+            }
         }
-        let lines = r.diff.to_string().lines().count();
-        report.push(
-            netns,
-            ObjectKey::Rules(netns.to_string(), r.family),
-            format!("netfilter {} batch ({lines} lines)", r.family),
-            res,
-        );
+        report.push(netns, object, r.step(), res);
     }
     let (removals, held): (Vec<IpvsStep>, Vec<IpvsStep>) = p
         .ipvs_removals
         .iter()
         .cloned()
-        .partition(|s| !failed_rules.contains(&s.family));
+        .partition(|s| !failed_rules.contains(&s.family) && failed_nft.is_none());
     for s in &held {
+        let reason = match &failed_nft {
+            Some(t) => format!("the nft transaction of {t} failed"),
+            None => format!("the {} netfilter batch failed", s.family),
+        };
         report.push(
             netns,
             step_object(netns, s),
             s.to_string(),
             Err(Error::Held {
                 netns: netns.to_string(),
-                reason: format!("the {} netfilter batch failed", s.family),
+                reason,
             }),
         );
     }
@@ -450,11 +459,30 @@ fn advance_addr(obs: &mut NsObserved, a: &AddrChange) {
 }
 
 fn advance_rules(obs: &mut NsObserved, r: &RulesPlan) {
-    obs.rules.insert(
-        r.family,
-        vipmesh_netfilter::Observed::from_ruleset(&r.desired),
-    );
-    debug_assert_eq!(rules::nf_family(r.family), r.desired.family());
+    match r {
+        RulesPlan::Iptables {
+            family, desired, ..
+        } => {
+            obs.rules
+                .insert(*family, vipmesh_netfilter::Observed::from_ruleset(desired));
+            debug_assert_eq!(rules::nf_family(*family), desired.family());
+        }
+        RulesPlan::Nft { table, desired, .. } => match desired {
+            Some(t) => {
+                obs.nft.insert(
+                    table.clone(),
+                    vipmesh_nft::Observed {
+                        table: (**t).clone(),
+                        owner: vipmesh_nft::Ownership::Ours,
+                        unparsed: Vec::new(),
+                    },
+                );
+            }
+            None => {
+                obs.nft.remove(table);
+            }
+        },
+    }
 }
 
 /// Updates `obs` with the effect of an IPVS step that succeeded.

@@ -461,10 +461,14 @@ impl<K: Kernel> Controller<K> {
                 }
             }
             let cached_rules = if self.rules_trusted.contains(&ns) {
-                self.cache.namespaces.get(&ns).map(|o| o.rules.clone())
+                self.cache
+                    .namespaces
+                    .get(&ns)
+                    .map(|o| (o.rules.clone(), o.nft.clone()))
             } else {
                 None
             };
+            let firewall = self.desired.options().firewall;
             let extra: Vec<String> = self
                 .desired
                 .ingress()
@@ -473,7 +477,7 @@ impl<K: Kernel> Controller<K> {
                 .unwrap_or_default();
             let res = self
                 .handle(&ns)
-                .and_then(|h| observe_ns(h, &ns, cached_rules, &extra));
+                .and_then(|h| observe_ns(h, &ns, cached_rules, firewall, &extra));
             match res {
                 Ok(o) => {
                     out.namespaces.insert(ns, o);
@@ -554,10 +558,9 @@ impl<K: Kernel> Controller<K> {
         }
         self.finish(&report, now);
         for (ns, o) in cache.namespaces {
-            if report
-                .failures()
-                .any(|s| s.netns == ns && matches!(s.object, ObjectKey::Rules(..)))
-            {
+            if report.failures().any(|s| {
+                s.netns == ns && matches!(s.object, ObjectKey::Rules(..) | ObjectKey::NftTable(..))
+            }) {
                 self.rules_trusted.remove(&ns);
             } else {
                 self.rules_trusted.insert(ns.clone());
@@ -865,12 +868,19 @@ fn refresh_draining<I: IpvsBackend, R: Rules, H: Host>(
     Ok(())
 }
 
-/// Reads one namespace: one IPVS dump, one ruleset read per family (unless `cached_rules`),
-/// one address dump, the sysctls and the kernel version.
+type CachedRules = (
+    BTreeMap<Family, vipmesh_netfilter::Observed>,
+    BTreeMap<String, vipmesh_nft::Observed>,
+);
+
+/// Reads one namespace: one IPVS dump, one ruleset read per family and one listing of our nft
+/// tables (unless `cached_rules`), one address dump, the sysctls and the kernel version. On
+/// iptables, a node without a usable `nft` simply has no nft tables of ours.
 fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
     h: &mut NsHandle<I, R, H>,
     netns: &str,
-    cached_rules: Option<BTreeMap<Family, vipmesh_netfilter::Observed>>,
+    cached_rules: Option<CachedRules>,
+    firewall: crate::model::Firewall,
     extra_sysctls: &[String],
 ) -> Result<NsObserved, Error> {
     let ipvs_err = |op: &str, source| Error::Ipvs {
@@ -902,14 +912,25 @@ fn observe_ns<I: IpvsBackend, R: Rules, H: Host>(
             },
         );
     }
-    o.rules = match cached_rules {
+    (o.rules, o.nft) = match cached_rules {
         Some(r) => r,
         None => {
             let mut m = BTreeMap::new();
             for fam in [Family::V4, Family::V6] {
                 m.insert(fam, h.rules.observe(fam)?);
             }
-            m
+            let nft = match h.rules.observe_nft() {
+                Ok(t) => t,
+                Err(e)
+                    if firewall == crate::model::Firewall::Iptables
+                        && crate::nft_rules::is_unavailable(&e) =>
+                {
+                    tracing::debug!(netns, error = %e, "no usable nft: no nft tables of ours");
+                    BTreeMap::new()
+                }
+                Err(e) => return Err(e),
+            };
+            (m, nft)
         }
     };
     o.ipvs_timeouts = h.ipvs.timeouts().ok().map(|t| (t.tcp, t.tcp_fin, t.udp));

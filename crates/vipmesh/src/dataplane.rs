@@ -26,7 +26,8 @@ use crate::model::Family;
 use crate::plan::{KernelVersion, NsIdentity, ObservedAddr, RulesPlan};
 use crate::rules;
 
-/// Our netfilter chains in one namespace.
+/// Our firewall objects in one namespace, on either backend: iptables chains (per family) and
+/// nft tables. A [`RulesPlan`] is one atomic batch of either kind.
 pub trait Rules {
     /// Our chains and tagged jumps of `family` as they are now (foreign content excluded):
     /// one ruleset read.
@@ -34,11 +35,18 @@ pub trait Rules {
     /// # Errors
     /// [`Error::Netfilter`].
     fn observe(&mut self, family: Family) -> Result<nf::Observed, Error>;
-    /// Runs exactly this batch (`plan.diff`, one atomic `iptables-restore`), after which the
-    /// kernel holds `plan.desired`.
+    /// The `inet` tables named like ours (`vipmesh-<id>`), by name, with their ownership as
+    /// read.
     ///
     /// # Errors
-    /// [`Error::Netfilter`]; nothing of a failed table section is applied.
+    /// [`Error::Nft`] (`nft` missing or older than 1.0, no nf_tables, a listing that does not
+    /// parse).
+    fn observe_nft(&mut self) -> Result<BTreeMap<String, vipmesh_nft::Observed>, Error>;
+    /// Runs exactly this batch (one atomic `iptables-restore`, or one `nft -f` transaction),
+    /// after which the kernel holds its `desired`.
+    ///
+    /// # Errors
+    /// [`Error::Netfilter`] or [`Error::Nft`]; nothing of a failed batch is applied.
     fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error>;
 }
 
@@ -347,20 +355,32 @@ fn raise_nofile() {
     }
 }
 
-/// [`Rules`] on the kernel, through `vipmesh-netfilter`, in the namespace's handle.
+/// [`Rules`] on the kernel, through `vipmesh-netfilter` and `vipmesh-nft`, in the namespace's
+/// handle.
 #[derive(Debug)]
 pub struct KernelRules {
     applier: nf::Applier,
+    nft: vipmesh_nft::Nft,
     netns: String,
 }
 
 impl KernelRules {
-    /// Rules in the namespace behind `ns` (named `netns` in errors).
+    /// Rules in the namespace behind `ns` (named `netns` in errors). `nft` comes from `PATH`,
+    /// or from `VIPMESH_NFT` when set (tests use it for a missing or old `nft`).
     pub fn new(netns: &str, ns: Arc<Netns>) -> KernelRules {
+        let mut nft = vipmesh_nft::Nft::new(ns.clone());
+        if let Some(tool) = std::env::var_os("VIPMESH_NFT") {
+            nft = nft.with_tool(tool);
+        }
         KernelRules {
             applier: nf::Applier::new(nf::NetnsTarget::Handle(ns)).with_verify(nf::Verify::Skip),
+            nft,
             netns: netns.to_string(),
         }
+    }
+
+    fn nft_err(&self, op: &str, source: vipmesh_nft::Error) -> Error {
+        crate::nft_rules::nft_err(op, &self.netns, source)
     }
 
     fn err(&self, op: &str, source: nf::Error) -> Error {
@@ -379,10 +399,33 @@ impl Rules for KernelRules {
             .map_err(|e| self.err("observe", e))
     }
 
+    fn observe_nft(&mut self) -> Result<BTreeMap<String, vipmesh_nft::Observed>, Error> {
+        let mut out = BTreeMap::new();
+        let ids = self
+            .nft
+            .list_tables()
+            .map_err(|e| self.nft_err("list tables", e))?;
+        for id in ids {
+            if let Some(o) = self
+                .nft
+                .observe(&id)
+                .map_err(|e| self.nft_err("observe", e))?
+            {
+                out.insert(id.table_name(), o);
+            }
+        }
+        Ok(out)
+    }
+
     fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error> {
-        self.applier
-            .execute(&plan.diff)
-            .map_err(|e| self.err("apply", e))
+        match plan {
+            RulesPlan::Iptables { diff, .. } => {
+                self.applier.execute(diff).map_err(|e| self.err("apply", e))
+            }
+            RulesPlan::Nft { diff, .. } => {
+                self.nft.execute(diff).map_err(|e| self.nft_err("apply", e))
+            }
+        }
     }
 }
 

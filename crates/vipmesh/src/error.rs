@@ -147,6 +147,18 @@ pub enum Error {
         #[source]
         source: Box<vipmesh_netfilter::Error>,
     },
+    /// An nftables operation failed (see [`vipmesh_nft::Error`]: a foreign table with our
+    /// name, `nft` missing or too old, a transaction the kernel refused).
+    #[error("nftables {op} in {netns:?}")]
+    Nft {
+        /// What was being done.
+        op: String,
+        /// The namespace.
+        netns: String,
+        /// The cause.
+        #[source]
+        source: Box<vipmesh_nft::Error>,
+    },
     /// The DNS layer rejected a name or zone of the state.
     #[cfg(feature = "dns")]
     #[error("DNS {field} {value:?}")]

@@ -1,7 +1,8 @@
 //! An in-memory node with the kernel's semantics, for logic tests (feature `test-util`):
 //! namespaces (by identity, so a re-created namespace is a new one and an old handle keeps
 //! reaching the old one, as an fd does), each with `vipmesh-ipvs`'s IPVS [`Fake`], our
-//! netfilter chains, addresses and sysctls. It counts ruleset reads and batches, and injects
+//! netfilter chains, our nft tables (an atomic transaction each, ownership by table name and
+//! comment, as the kernel and `vipmesh-nft` do), addresses and sysctls. It counts ruleset reads and batches, and injects
 //! failures (the next N operations, or at random with a seed) into every backend, to prove
 //! that the controller converges.
 
@@ -34,8 +35,12 @@ pub struct FakeNs {
     pub sysctls: BTreeMap<String, String>,
     /// Ruleset reads per family.
     pub rule_reads: BTreeMap<Family, usize>,
-    /// Netfilter batches run.
+    /// Netfilter batches run (iptables batches and nft transactions).
     pub batches: usize,
+    /// The `inet` tables named like ours, by name (a foreign one has another owner).
+    pub nft: BTreeMap<String, vipmesh_nft::Observed>,
+    /// nft listings.
+    pub nft_reads: usize,
 }
 
 impl FakeNs {
@@ -51,6 +56,8 @@ impl FakeNs {
             sysctls: BTreeMap::new(),
             rule_reads: BTreeMap::new(),
             batches: 0,
+            nft: BTreeMap::new(),
+            nft_reads: 0,
         }
     }
 
@@ -259,11 +266,45 @@ impl Rules for FakeHandle {
         })
     }
 
+    fn observe_nft(&mut self) -> Result<BTreeMap<String, vipmesh_nft::Observed>, Error> {
+        self.ns(|ns, _| {
+            ns.nft_reads += 1;
+            Ok(ns.nft.clone())
+        })
+    }
+
     fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error> {
         let name = self.name.clone();
         self.ns(|ns, faults| {
             let fail = faults.rules_next > 0 || faults.roll();
             faults.rules_next = faults.rules_next.saturating_sub(1);
+            let (family, desired, diff) = match plan {
+                RulesPlan::Iptables {
+                    family,
+                    desired,
+                    diff,
+                } => (*family, desired, diff),
+                RulesPlan::Nft {
+                    table,
+                    desired,
+                    diff,
+                } => {
+                    if fail {
+                        return Err(crate::nft_rules::nft_err(
+                            "apply",
+                            &name,
+                            vipmesh_nft::Error::TransactionFailed {
+                                netns: name.clone(),
+                                line: None,
+                                text: String::new(),
+                                kernel_error: String::new(),
+                                stderr: "injected failure".into(),
+                            },
+                        ));
+                    }
+                    return fake_nft_transaction(ns, &name, table, desired.as_deref(), diff);
+                }
+            };
             if fail {
                 return Err(Error::Netfilter {
                     op: "apply".into(),
@@ -277,13 +318,13 @@ impl Rules for FakeHandle {
             }
             // Kernel semantics of the batch: our chains become exactly the desired ones,
             // provided the batch was made against what the kernel holds.
-            let now = &ns.rules[&plan.family];
-            let expected = nf::plan(&plan.desired, now).map_err(|source| Error::Netfilter {
+            let now = &ns.rules[&family];
+            let expected = nf::plan(desired, now).map_err(|source| Error::Netfilter {
                 op: "plan".into(),
                 netns: name.clone(),
                 source: Box::new(source),
             })?;
-            if expected != plan.diff {
+            if expected != *diff {
                 return Err(Error::Netfilter {
                     op: "apply".into(),
                     netns: name,
@@ -295,11 +336,65 @@ impl Rules for FakeHandle {
                 });
             }
             ns.rules
-                .insert(plan.family, nf::Observed::from_ruleset(&plan.desired));
+                .insert(family, nf::Observed::from_ruleset(desired));
             ns.batches += 1;
             Ok(())
         })
     }
+}
+
+/// One nft transaction with the kernel's semantics: all or nothing; a table that exists but is
+/// not ours is never written or deleted; the script must be the one `vipmesh-nft` plans against
+/// what the kernel holds (an element deleted that is absent, or a table created over an
+/// existing one, fails the whole transaction, as `nft -f` does).
+fn fake_nft_transaction(
+    ns: &mut FakeNs,
+    netns: &str,
+    table: &str,
+    desired: Option<&vipmesh_nft::Table>,
+    diff: &vipmesh_nft::Plan,
+) -> Result<(), Error> {
+    let err = |source| crate::nft_rules::nft_err("apply", netns, source);
+    let current = ns.nft.get(table);
+    if let Some(c) = current
+        && c.owner != vipmesh_nft::Ownership::Ours
+    {
+        return Err(err(vipmesh_nft::Error::ForeignTable {
+            family: vipmesh_nft::FAMILY,
+            table: table.to_string(),
+            netns: netns.to_string(),
+        }));
+    }
+    let expected = match desired {
+        Some(t) => vipmesh_nft::plan(t, current).map_err(err)?,
+        None => vipmesh_nft::plan_teardown(current).map_err(err)?,
+    };
+    if expected != *diff {
+        return Err(err(vipmesh_nft::Error::TransactionFailed {
+            netns: netns.to_string(),
+            line: None,
+            text: String::new(),
+            kernel_error: "No such file or directory".into(),
+            stderr: "transaction made against a stale view (the kernel refuses it whole)".into(),
+        }));
+    }
+    match diff.apply_to(current.map(|c| &c.table)) {
+        Some(t) => {
+            ns.nft.insert(
+                table.to_string(),
+                vipmesh_nft::Observed {
+                    table: t,
+                    owner: vipmesh_nft::Ownership::Ours,
+                    unparsed: Vec::new(),
+                },
+            );
+        }
+        None => {
+            ns.nft.remove(table);
+        }
+    }
+    ns.batches += 1;
+    Ok(())
 }
 
 impl Host for FakeHandle {

@@ -47,6 +47,7 @@ mod error;
 pub mod fake;
 pub mod ingress;
 pub mod model;
+pub mod nft_rules;
 pub mod plan;
 pub mod rules;
 mod wire;

@@ -1298,6 +1298,72 @@ pub struct NodeOptions {
     /// How long a removed TCP backend drains before it is deleted even with connections.
     #[serde(default = "default_drain", with = "secs")]
     pub drain_timeout: Duration,
+    /// The firewall backend of every namespace of the node (`"iptables"`, the default, or
+    /// `"nftables"`). A full sync on one backend removes our objects of the other.
+    #[serde(default)]
+    pub firewall: Firewall,
+}
+
+/// The firewall backend that classifies VIPs and published ports and does the SNAT.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub enum Firewall {
+    /// Our `VIPMESH-*` chains, one `iptables-restore --noflush` per namespace and family.
+    #[default]
+    Iptables,
+    /// One `inet` table `vipmesh-<id>` per network and namespace (maps: O(1) per packet,
+    /// element-level updates), one `nft -f` transaction per table.
+    Nftables,
+}
+
+impl Firewall {
+    /// The name in the state file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firewall::Iptables => "iptables",
+            Firewall::Nftables => "nftables",
+        }
+    }
+}
+
+impl fmt::Display for Firewall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Firewall {
+    type Err = Error;
+    /// Parses `iptables` or `nftables`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `options.firewall` and the value.
+    fn from_str(s: &str) -> Result<Firewall, Error> {
+        match s {
+            "iptables" => Ok(Firewall::Iptables),
+            "nftables" => Ok(Firewall::Nftables),
+            other => Err(Error::invalid(
+                "options.firewall",
+                other,
+                "expected iptables or nftables",
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Firewall {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Firewall, Error> {
+        s.parse()
+    }
+}
+
+impl From<Firewall> for String {
+    fn from(f: Firewall) -> String {
+        f.as_str().to_string()
+    }
 }
 
 fn default_drain() -> Duration {
@@ -1320,6 +1386,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             drain_timeout: default_drain(),
+            firewall: Firewall::Iptables,
         }
     }
 }

@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vipmesh_netfilter as nf;
+use vipmesh_nft as nft;
 
 use crate::error::Error;
 use crate::model::{
-    Family, Layout, NetworkId, NetworkState, NodeState, Persistence, Scheduler, Service,
+    Family, Firewall, Layout, NetworkId, NetworkState, NodeState, Persistence, Scheduler, Service,
     ServiceName, Weight,
 };
 use crate::rules::{self, Recorded};
@@ -136,6 +137,9 @@ pub struct NsObserved {
     pub ipvs: BTreeMap<(Family, u32), ObservedService>,
     /// Our chains and tagged jumps, per family.
     pub rules: BTreeMap<Family, nf::Observed>,
+    /// The `inet` tables named like ours (`vipmesh-<id>`), by table name, with their ownership
+    /// as read (a foreign table with our name is listed, and never touched).
+    pub nft: BTreeMap<String, nft::Observed>,
     /// Every address of the namespace, by address.
     pub addresses: BTreeMap<IpAddr, ObservedAddr>,
     /// Current values of the sysctls we manage (absent = the key does not exist).
@@ -156,6 +160,7 @@ impl NsObserved {
                 .into_iter()
                 .map(|f| (f, nf::Observed::empty(rules::nf_family(f))))
                 .collect(),
+            nft: BTreeMap::new(),
             addresses: BTreeMap::new(),
             sysctls: BTreeMap::new(),
             kernel,
@@ -163,9 +168,11 @@ impl NsObserved {
         }
     }
 
-    /// Every mark recorded by our mark rules, both families.
+    /// Every mark recorded by our mark rules (both families) and by the VIP maps of our nft
+    /// tables.
     pub fn recorded(&self) -> Vec<Recorded> {
         let mut all: Vec<Recorded> = self.rules.values().flat_map(rules::recorded).collect();
+        all.extend(self.nft.values().flat_map(crate::nft_rules::recorded));
         all.sort();
         all.dedup();
         all
@@ -522,16 +529,69 @@ impl fmt::Display for IpvsStep {
     }
 }
 
-/// The netfilter batch of one family in one namespace.
+/// One firewall transaction in one namespace: an `iptables-restore --noflush` batch of one
+/// family, or one `nft -f` transaction on one of our tables. Both are atomic; the controller,
+/// the plan text and the tests treat them alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RulesPlan {
-    /// The family.
-    pub family: Family,
-    /// Everything we want in our chains of this namespace (all its networks, merged): what the
-    /// kernel holds once the batch succeeded.
-    pub desired: nf::OwnedRuleset,
-    /// The `iptables-restore --noflush` batch: exactly the rule diff.
-    pub diff: nf::Plan,
+pub enum RulesPlan {
+    /// Our `VIPMESH-*` chains of one family.
+    Iptables {
+        /// The family.
+        family: Family,
+        /// Everything we want in our chains of this namespace (all its networks, merged):
+        /// what the kernel holds once the batch succeeded.
+        desired: nf::OwnedRuleset,
+        /// The `iptables-restore --noflush` batch: exactly the rule diff.
+        diff: nf::Plan,
+    },
+    /// One of our nft tables (`inet vipmesh-<id>`).
+    Nft {
+        /// The table's name.
+        table: String,
+        /// The table as the kernel holds it once the transaction succeeded (`None`: deleted).
+        desired: Option<Box<nft::Table>>,
+        /// The transaction: element changes only, the whole table, or its deletion.
+        diff: nft::Plan,
+    },
+}
+
+impl RulesPlan {
+    /// The family of an iptables batch; `None` for an nft table (it holds both).
+    pub fn family(&self) -> Option<Family> {
+        match self {
+            RulesPlan::Iptables { family, .. } => Some(*family),
+            RulesPlan::Nft { .. } => None,
+        }
+    }
+
+    /// The batch's text (what runs: `iptables-restore` input or the `nft -f` script).
+    pub fn script(&self) -> String {
+        match self {
+            RulesPlan::Iptables { diff, .. } => diff.to_string(),
+            RulesPlan::Nft { diff, .. } => diff.to_string(),
+        }
+    }
+
+    /// The header line of the plan text.
+    pub fn header(&self) -> String {
+        match self {
+            RulesPlan::Iptables { family, .. } => {
+                format!("netfilter {family}: iptables-restore --noflush")
+            }
+            RulesPlan::Nft { table, .. } => format!("nftables {table}: nft -f"),
+        }
+    }
+
+    /// The step as a report names it.
+    pub fn step(&self) -> String {
+        let lines = self.script().lines().count();
+        match self {
+            RulesPlan::Iptables { family, .. } => {
+                format!("netfilter {family} batch ({lines} lines)")
+            }
+            RulesPlan::Nft { table, .. } => format!("nftables {table} transaction ({lines} lines)"),
+        }
+    }
 }
 
 /// Everything to do in one namespace, in execution order.
@@ -588,8 +648,8 @@ impl fmt::Display for NsPlan {
             writeln!(f, "  {s}")?;
         }
         for r in &self.rules {
-            writeln!(f, "  netfilter {}: iptables-restore --noflush", r.family)?;
-            for line in r.diff.to_string().lines() {
+            writeln!(f, "  {}", r.header())?;
+            for line in r.script().lines() {
                 writeln!(f, "    {line}")?;
             }
         }
@@ -662,11 +722,25 @@ pub fn allocate_marks(
     let vip_services: Vec<&Service> = net.services().filter(|s| s.is_balanced()).collect();
     // This network's records, by service (recorded() is sorted, so marks come in order).
     let mut by_service: BTreeMap<&ServiceName, Vec<u32>> = BTreeMap::new();
+    let by_vip: Vec<(ServiceName, u32)> = recorded
+        .iter()
+        .filter(|r| r.network == n.id.as_str() && range.contains(r.mark) && r.service.is_none())
+        .filter_map(|r| Some((crate::nft_rules::service_of_vip(net, r.vip)?, r.mark)))
+        .collect();
     for r in recorded
         .iter()
         .filter(|r| r.network == n.id.as_str() && range.contains(r.mark))
     {
-        by_service.entry(&r.service).or_default().push(r.mark);
+        if let Some(s) = &r.service {
+            by_service.entry(s).or_default().push(r.mark);
+        }
+    }
+    for (s, m) in &by_vip {
+        let e = by_service.entry(s).or_default();
+        if !e.contains(m) {
+            e.push(*m);
+            e.sort_unstable();
+        }
     }
     for s in &vip_services {
         let mine = by_service
@@ -881,17 +955,22 @@ pub fn plan(
             }
         }
         plan_addresses(nets, obs, &mut p);
+        let firewall = desired.options().firewall;
+        let mut ipt = Vec::new();
         for fam in [Family::V4, Family::V6] {
             let mut rs = nf::OwnedRuleset::new(rules::nf_family(fam));
-            for n in nets {
-                rules::add_network(&mut rs, n, fam, &marks[n.id()])?;
-            }
-            if let Some(i) = ingress {
-                if is_host {
-                    crate::ingress::add_host_rules(&mut rs, i)?;
+            // On nftables our iptables chains are all removed (a backend switch).
+            if firewall == Firewall::Iptables {
+                for n in nets {
+                    rules::add_network(&mut rs, n, fam, &marks[n.id()])?;
                 }
-                if is_task {
-                    crate::ingress::add_task_rules(&mut rs, i, ns)?;
+                if let Some(i) = ingress {
+                    if is_host {
+                        crate::ingress::add_host_rules(&mut rs, i)?;
+                    }
+                    if is_task {
+                        crate::ingress::add_task_rules(&mut rs, i, ns)?;
+                    }
                 }
             }
             let empty = nf::Observed::empty(rules::nf_family(fam));
@@ -902,11 +981,24 @@ pub fn plan(
                 source: Box::new(source),
             })?;
             if !diff.is_empty() {
-                p.rules.push(RulesPlan {
+                ipt.push(RulesPlan::Iptables {
                     family: fam,
                     desired: rs,
                     diff,
                 });
+            }
+        }
+        let nft_plans = plan_nft(firewall, nets, &marks, ingress, ns, obs)?;
+        // The new backend's objects first, then the old one's removal: traffic is classified
+        // by one or the other (or both, alike) at every instant of a switch.
+        match firewall {
+            Firewall::Iptables => {
+                p.rules.extend(ipt);
+                p.rules.extend(nft_plans);
+            }
+            Firewall::Nftables => {
+                p.rules.extend(nft_plans);
+                p.rules.extend(ipt);
             }
         }
         let mut live = BTreeSet::new();
@@ -952,9 +1044,9 @@ pub fn plan(
                 .all_networks()
                 .any(|n| n.network().fwmarks.contains(*mark) && n.network().lb_netns != *ns);
             let (network, service) = match (owner, rec) {
-                (Some(n), r) => (Some(n.id().clone()), r.map(|r| r.service.clone())),
+                (Some(n), r) => (Some(n.id().clone()), r.and_then(|r| r.service.clone())),
                 (None, Some(r)) if !in_other_range => {
-                    (NetworkId::new(&r.network).ok(), Some(r.service.clone()))
+                    (NetworkId::new(&r.network).ok(), r.service.clone())
                 }
                 _ => continue, // not ours: never touched
             };
@@ -981,6 +1073,56 @@ pub fn plan(
                 out.drains.forget(s.mark, addr);
             }
         }
+    }
+    Ok(out)
+}
+
+/// The nft transactions of one namespace: each desired table against the observed one
+/// (elements only when just they differ), and the deletion of our tables no longer wanted
+/// (all of them on iptables). A table with our name that is not ours is never touched, and on
+/// nftables it is an error.
+fn plan_nft(
+    firewall: Firewall,
+    nets: &[&NetworkState],
+    marks: &BTreeMap<NetworkId, BTreeMap<ServiceName, u32>>,
+    ingress: Option<&crate::ingress::Ingress>,
+    ns: &str,
+    obs: &NsObserved,
+) -> Result<Vec<RulesPlan>, Error> {
+    let want = match firewall {
+        Firewall::Nftables => crate::nft_rules::tables(nets, marks, ingress, ns)?,
+        Firewall::Iptables => BTreeMap::new(),
+    };
+    let wanted: BTreeSet<String> = want.keys().cloned().collect();
+    let mut out = Vec::new();
+    let wrap = |source| crate::nft_rules::nft_err("plan", ns, source);
+    for (name, t) in want {
+        let diff = nft::plan(&t, obs.nft.get(&name)).map_err(|e| match e {
+            nft::Error::ForeignTable { family, table, .. } => wrap(nft::Error::ForeignTable {
+                family,
+                table,
+                netns: ns.to_string(),
+            }),
+            e => wrap(e),
+        })?;
+        if !diff.is_empty() {
+            out.push(RulesPlan::Nft {
+                table: name,
+                desired: Some(Box::new(t)),
+                diff,
+            });
+        }
+    }
+    for (name, o) in &obs.nft {
+        if wanted.contains(name) || o.owner != nft::Ownership::Ours {
+            continue; // wanted, or a foreign table with our name: never deleted
+        }
+        let diff = nft::plan_teardown(Some(o)).map_err(wrap)?;
+        out.push(RulesPlan::Nft {
+            table: name.clone(),
+            desired: None,
+            diff,
+        });
     }
     Ok(out)
 }

@@ -233,8 +233,9 @@ pub struct Recorded {
     /// The network id the comment names (as written; it may belong to a network that is no
     /// longer desired).
     pub network: String,
-    /// The service.
-    pub service: ServiceName,
+    /// The service: named by an iptables rule's comment; `None` for an nft map element
+    /// (the planner resolves it by the VIP).
+    pub service: Option<ServiceName>,
     /// Its fwmark.
     pub mark: u32,
     /// The VIP the rule matches.
@@ -270,7 +271,7 @@ pub fn recorded(obs: &nf::Observed) -> Vec<Recorded> {
             if let Ok(service) = ServiceName::new(svc) {
                 let rec = Recorded {
                     network: net.to_string(),
-                    service,
+                    service: Some(service),
                     mark: m.value,
                     vip: d.cidr.addr(),
                 };

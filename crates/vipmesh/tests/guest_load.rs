@@ -57,6 +57,7 @@ fn a_rolling_replacement_under_traffic_loses_nothing_and_drains_the_held_connect
         vec![NetworkState::new(network(&lab), vec![svc]).unwrap()],
         NodeOptions {
             drain_timeout: std::time::Duration::from_secs(3600),
+            ..NodeOptions::default()
         },
     )
     .unwrap();

@@ -1,0 +1,306 @@
+//! The one place that maps a namespace's networks and ingress roles to nftables tables (pure),
+//! for [`crate::model::Firewall::Nftables`]. The iptables counterpart is [`crate::rules`] (and
+//! the ingress's in [`crate::ingress`]); both are built from the same model and marks.
+//!
+//! One `inet` table `vipmesh-<id>` per network and namespace, made with `vipmesh-nft`'s
+//! builders, whose rule count never depends on the number of services (a service is a map
+//! element):
+//! - LB namespace: `vip_marks` on `input` (VIP [. proto . port] → mark, one lookup rule per
+//!   map) and `ipvs_snat`: `meta mark <the network's range> ip daddr <subnet> snat ip to <lb>`
+//!   instead of iptables' `-m ipvs --ipvs` (nft has no such match; our mark survives IPVS).
+//! - per-client layout: `vip_marks` on `output`, no SNAT.
+//! - ingress sandbox: `ingress_port_marks` (proto . port → mark) on `prerouting` and the SNAT.
+//! - host namespace (table `vipmesh-<ingress id>`): `publish_dnat` (proto . port →
+//!   sandbox address . port, for local destinations) and `local_masquerade` on the gateway
+//!   bridge.
+//! - a local task (same table name, in the task's namespace): `task_ingress` (REDIRECT,
+//!   ACCEPT, DROP on its ingress interface).
+//!
+//! The VIP mark maps are the record of the marks in the kernel (as the rule comments are on
+//! iptables): [`recorded`] reads them back; the IPVS services are the second record.
+//!
+//! Not (yet) on nftables: the REJECT of a VIP whose service has no backends (iptables'
+//! `VIPMESH-<id>-REJECT`), and the host's `FORWARD` accept (an nft `accept` cannot override
+//! an iptables `DROP` policy of another base chain; Docker hosts keep needing iptables there).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use vipmesh_nft as nft;
+
+use crate::error::Error;
+use crate::ingress::{Ingress, PublishMode};
+use crate::model::{Family, Layout, NetworkId, NetworkState, ServiceName};
+use crate::rules::Recorded;
+
+/// A model error of `vipmesh-nft`, as this crate's error.
+pub(crate) fn nft_err(op: &str, netns: &str, source: nft::Error) -> Error {
+    Error::Nft {
+        op: op.to_string(),
+        netns: netns.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// Whether an error only says that nftables cannot be used here (`nft` missing or older than
+/// 1.0, a kernel without nf_tables): on iptables that means no nft table of ours exists.
+pub fn is_unavailable(e: &Error) -> bool {
+    matches!(e, Error::Nft { source, .. } if matches!(**source,
+        nft::Error::NftMissing { .. } | nft::Error::NftTooOld { .. } | nft::Error::KernelNoNfTables { .. }))
+}
+
+fn e(op: &str) -> impl Fn(nft::Error) -> Error + '_ {
+    move |source| nft_err(op, "", source)
+}
+
+/// The nft table id of a network id (both accept `[a-z0-9]{1,10}`).
+///
+/// # Errors
+/// [`Error::Nft`] if the id is not a valid table id.
+pub fn table_id(id: &NetworkId) -> Result<nft::NetworkId, Error> {
+    nft::NetworkId::new(id.as_str()).map_err(e("table name"))
+}
+
+fn proto(p: crate::model::Protocol) -> nft::Proto {
+    match p {
+        crate::model::Protocol::Tcp => nft::Proto::TCP,
+        crate::model::Protocol::Udp => nft::Proto::UDP,
+        crate::model::Protocol::Sctp => nft::Proto::SCTP,
+    }
+}
+
+/// Adds network `net`'s objects (with the fwmarks `marks`) to `t`, a table of its own.
+///
+/// # Errors
+/// [`Error::Nft`] if the table model rejects a value.
+pub fn add_network(
+    t: &mut nft::Table,
+    net: &NetworkState,
+    marks: &BTreeMap<ServiceName, u32>,
+) -> Result<(), Error> {
+    let n = net.network();
+    let err = e("build table");
+    if n.layout == Layout::Ingress {
+        let mut ports = Vec::new();
+        for s in net.services() {
+            let Some(&mark) = marks.get(&s.name) else {
+                continue;
+            };
+            for p in &s.ports {
+                ports.push(nft::PortMark {
+                    proto: proto(p.protocol),
+                    port: p.port.get(),
+                    mark,
+                });
+            }
+        }
+        nft::ingress_port_marks(t, &ports).map_err(&err)?;
+    } else {
+        let mut vips = Vec::new();
+        for s in net.services() {
+            let Some(&mark) = marks.get(&s.name) else {
+                continue;
+            };
+            for fam in n.families() {
+                let Some(vip) = s.vip_addr(fam) else {
+                    continue;
+                };
+                if s.ports.is_empty() {
+                    vips.push(nft::VipMark {
+                        vip,
+                        port: None,
+                        mark,
+                    });
+                }
+                for p in &s.ports {
+                    vips.push(nft::VipMark {
+                        vip,
+                        port: Some((proto(p.protocol), p.port.get())),
+                        mark,
+                    });
+                }
+            }
+        }
+        let hook = if n.layout == Layout::PerClient {
+            nft::Hook::Output
+        } else {
+            nft::Hook::Input
+        };
+        nft::vip_marks(t, &[hook], &vips).map_err(&err)?;
+    }
+    if n.layout != Layout::PerClient {
+        let mut snat = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            let Some(sn) = n.subnet(fam) else { continue };
+            snat.push(nft::IpvsSnat {
+                first_mark: n.fwmarks.first(),
+                last_mark: n.fwmarks.last(),
+                subnet: nft::Prefix::new(sn.subnet.addr(), sn.subnet.prefix()).map_err(&err)?,
+                to: sn.lb_addr,
+            });
+        }
+        nft::ipvs_snat(t, &snat).map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// The host namespace's objects of the ingress: DNAT of published ports, masquerade of local
+/// traffic to the gateway bridge.
+///
+/// # Errors
+/// [`Error::Nft`] if the table model rejects a value.
+pub fn add_host(t: &mut nft::Table, ing: &Ingress) -> Result<(), Error> {
+    let err = e("build table");
+    let mut dnat = Vec::new();
+    for s in &ing.services {
+        for p in &s.ports {
+            let to = match p.mode {
+                PublishMode::Ingress => {
+                    SocketAddr::new(ing.gw_bridge.sandbox_addr, p.published.get())
+                }
+                PublishMode::Host => {
+                    let local = s
+                        .tasks
+                        .iter()
+                        .find(|t| t.node == ing.node)
+                        .and_then(|t| t.host_addr);
+                    match local {
+                        Some(a) => SocketAddr::new(a, p.target.get()),
+                        None => continue,
+                    }
+                }
+            };
+            dnat.push(nft::PublishedDnat {
+                proto: proto(p.protocol),
+                port: p.published.get(),
+                to,
+            });
+        }
+    }
+    nft::publish_dnat(t, &dnat).map_err(&err)?;
+    let oif = nft::IfName::new(&ing.gw_bridge.name).map_err(&err)?;
+    nft::local_masquerade(t, &oif).map_err(&err)
+}
+
+/// A local task namespace's objects: REDIRECT published → target, ACCEPT the targets, DROP
+/// every other port on its ingress interface. Nothing when no task of this node lives there.
+///
+/// # Errors
+/// [`Error::Nft`] if the table model rejects a value; [`Error::Invalid`] for two tasks in one
+/// namespace on different interfaces.
+pub fn add_task(t: &mut nft::Table, ing: &Ingress, netns: &str) -> Result<bool, Error> {
+    let err = e("build table");
+    let mut iface: Option<String> = None;
+    let mut ports = Vec::new();
+    for s in &ing.services {
+        for task in s
+            .tasks
+            .iter()
+            .filter(|t| t.node == ing.node && t.netns.as_deref() == Some(netns))
+        {
+            let i = task.interface.clone().unwrap_or_else(|| "eth0".into());
+            match &iface {
+                Some(prev) if *prev != i => {
+                    return Err(Error::invalid(
+                        "ingress.services.tasks.interface",
+                        format!("{netns}: {prev} and {i}"),
+                        "the nftables backend needs one ingress interface per task namespace",
+                    ));
+                }
+                _ => iface = Some(i),
+            }
+            for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+                ports.push(nft::TaskPort {
+                    proto: proto(p.protocol),
+                    published: p.published.get(),
+                    target: p.target.get(),
+                });
+            }
+        }
+    }
+    let Some(iface) = iface else {
+        return Ok(false);
+    };
+    let iface = nft::IfName::new(&iface).map_err(&err)?;
+    nft::task_ingress(t, &iface, &ports).map_err(&err)?;
+    Ok(true)
+}
+
+/// Every table we want in one namespace, by table name: one per network there, and the
+/// ingress's table in the host and in local task namespaces.
+///
+/// # Errors
+/// As [`add_network`], [`add_host`], [`add_task`].
+pub fn tables(
+    nets: &[&NetworkState],
+    marks: &BTreeMap<NetworkId, BTreeMap<ServiceName, u32>>,
+    ingress: Option<&Ingress>,
+    netns: &str,
+) -> Result<BTreeMap<String, nft::Table>, Error> {
+    let mut out = BTreeMap::new();
+    let empty = BTreeMap::new();
+    for n in nets {
+        let mut t = nft::Table::new(table_id(n.id())?);
+        add_network(&mut t, n, marks.get(n.id()).unwrap_or(&empty))?;
+        out.insert(t.name(), t);
+    }
+    if let Some(ing) = ingress {
+        let mut t = nft::Table::new(table_id(&ing.id)?);
+        let mut any = false;
+        if ing.host_netns == netns {
+            add_host(&mut t, ing)?;
+            any = true;
+        }
+        if ing.local_task_namespaces().contains(netns) {
+            any |= add_task(&mut t, ing, netns)?;
+        }
+        if any {
+            out.insert(t.name(), t);
+        }
+    }
+    Ok(out)
+}
+
+/// The marks our VIP maps record in one observed table of ours (network = the table's id;
+/// the service is resolved by its VIP by the planner).
+pub fn recorded(obs: &nft::Observed) -> Vec<Recorded> {
+    let mut out = Vec::new();
+    if obs.owner != nft::Ownership::Ours {
+        return out;
+    }
+    let names = [
+        nft::names::VIP4,
+        nft::names::VIP4_PORT,
+        nft::names::VIP6,
+        nft::names::VIP6_PORT,
+    ];
+    for (name, map) in obs.table.maps() {
+        if !names.contains(&name.as_str()) {
+            continue;
+        }
+        for (k, v) in map.elements() {
+            let vip = match k.values().first() {
+                Some(nft::KeyValue::Ipv4(a)) => IpAddr::V4(*a),
+                Some(nft::KeyValue::Ipv6(a)) => IpAddr::V6(*a),
+                _ => continue,
+            };
+            let nft::Value::Mark(mark) = v else { continue };
+            out.push(Recorded {
+                network: obs.table.id().as_str().to_string(),
+                service: None,
+                mark: *mark,
+                vip,
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The VIP a recorded mark of `net` belongs to, resolved to its service.
+pub(crate) fn service_of_vip(net: &NetworkState, vip: IpAddr) -> Option<ServiceName> {
+    net.services()
+        .find(|s| s.vip_addr(Family::of(vip)) == Some(vip))
+        .map(|s| s.name.clone())
+}
