@@ -1,12 +1,17 @@
-//! Fuzz the `nft -j list table` parser: never panics; whatever it types is a valid table whose
+//! Fuzz the `nft -j list table` parser (and the `list tables` one): never panics; whatever it types is a valid table whose
 //! plan against itself is empty, renders, and survives a plan from nothing.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vipmesh_nft::{NetworkId, Observed, Ownership, parse_table_json, plan, plan_teardown};
+use vipmesh_nft::{
+    NetworkId, Observed, Ownership, parse_table_json, parse_table_names, plan, plan_teardown,
+};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
+    if let Ok(ids) = parse_table_names(&text) {
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+    }
     let Ok(id) = NetworkId::new("fz") else { return };
     let Ok(obs) = parse_table_json(&text, &id) else {
         return;

@@ -664,4 +664,33 @@ mod tests {
         assert!(o.unparsed[0].contains("counter"));
         assert_eq!(o.table.chains()[&Name::new("c").unwrap()].rules.len(), 1);
     }
+
+    #[test]
+    fn the_masquerade_rule_round_trips() {
+        // `nft -j list table inet vipmesh-ingress` (nft 1.0.6, Linux 6.18) after loading what
+        // `local_masquerade` renders.
+        let id = NetworkId::new("ingress").unwrap();
+        let j = r#"{"nftables": [{"table": {"family": "inet", "name": "vipmesh-ingress", "handle": 1}},
+          {"chain": {"family": "inet", "table": "vipmesh-ingress", "name": "publish_masq", "handle": 4, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+          {"rule": {"family": "inet", "table": "vipmesh-ingress", "chain": "publish_masq", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "vm_gwbridge"}}, {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}}, {"masquerade": null}]}}]}"#;
+        let o = parse_table_json(j, &id).unwrap();
+        assert!(o.unparsed.is_empty(), "{:?}", o.unparsed);
+        let mut want = Table::new(id);
+        crate::build::local_masquerade(&mut want, &IfName::new("vm_gwbridge").unwrap()).unwrap();
+        assert_eq!(o.table, want);
+    }
+
+    #[test]
+    fn table_names_are_ours_by_name_only() {
+        let j = r#"{"nftables": [{"table": {"family": "inet", "name": "vipmesh-b"}},
+          {"table": {"family": "ip", "name": "vipmesh-c"}}, {"table": {"family": "inet", "name": "vipmesh-a"}},
+          {"table": {"family": "inet", "name": "nat"}}, {"table": {"family": "inet", "name": "vipmesh-BAD"}}]}"#;
+        let ids = parse_table_names(j).unwrap();
+        assert_eq!(
+            ids,
+            vec![NetworkId::new("a").unwrap(), NetworkId::new("b").unwrap()]
+        );
+        assert!(parse_table_names("[").is_err());
+        assert!(parse_table_names("{}").is_err());
+    }
 }

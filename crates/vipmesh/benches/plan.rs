@@ -55,10 +55,7 @@ fn applied(d: &NodeState) -> NodeObserved {
         vipmesh::apply::advance_ipvs(ns, s);
     }
     for r in &np.rules {
-        ns.rules.insert(
-            r.family,
-            vipmesh_netfilter::Observed::from_ruleset(&r.desired),
-        );
+        vipmesh::apply::advance_rules(ns, r);
     }
     for a in &np.addresses {
         if let vipmesh::plan::AddrChange::Add {

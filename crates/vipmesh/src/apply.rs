@@ -458,7 +458,9 @@ fn advance_addr(obs: &mut NsObserved, a: &AddrChange) {
     }
 }
 
-fn advance_rules(obs: &mut NsObserved, r: &RulesPlan) {
+/// Updates `obs` with the effect of a firewall batch that succeeded (the kernel then holds its
+/// `desired`).
+pub fn advance_rules(obs: &mut NsObserved, r: &RulesPlan) {
     match r {
         RulesPlan::Iptables {
             family, desired, ..

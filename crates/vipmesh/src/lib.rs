@@ -60,6 +60,8 @@ pub use error::Error;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_nft;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

@@ -752,11 +752,19 @@ pub fn allocate_marks(
         }
     }
     // Marks recorded for anything else in the range stay reserved until they are deleted.
+    // An nft map element of this network whose VIP no service has any more names no service
+    // (iptables comments do): its IPVS service may still be claimed by its real servers below
+    // (a VIP that moved keeps its mark), so it is not reserved here.
+    let unnamed = |r: &&Recorded| {
+        r.service.is_none()
+            && r.network == n.id.as_str()
+            && crate::nft_rules::service_of_vip(net, r.vip).is_none()
+    };
     let mut reserved: BTreeSet<u32> = used.clone();
     reserved.extend(
         recorded
             .iter()
-            .filter(|r| range.contains(r.mark))
+            .filter(|r| range.contains(r.mark) && !unnamed(r))
             .map(|r| r.mark),
     );
     // Second record: unrecorded IPVS services of ours, matched by their real servers.

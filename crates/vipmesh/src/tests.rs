@@ -17,13 +17,13 @@ use crate::plan::{
 };
 use crate::{Error, ObjectStatus};
 
-type Ctl = Controller<FakeKernel>;
+pub(crate) type Ctl = Controller<FakeKernel>;
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn network() -> Network {
+pub(crate) fn network() -> Network {
     Network::new(
         "demo",
         "10.0.0.0/24".parse().unwrap(),
@@ -34,7 +34,7 @@ fn network() -> Network {
     .unwrap()
 }
 
-fn sample() -> Vec<Service> {
+pub(crate) fn sample() -> Vec<Service> {
     let vote = Service::vip("vote", ip("10.0.0.9"), &[ip("10.0.0.10"), ip("10.0.0.11")]).unwrap();
     let mut api = Service::vip("api", ip("10.0.0.20"), &[ip("10.0.0.21")]).unwrap();
     api.ports = vec![
@@ -48,34 +48,34 @@ fn sample() -> Vec<Service> {
     vec![vote, api, web, empty]
 }
 
-fn node(services: Vec<Service>) -> NodeState {
+pub(crate) fn node(services: Vec<Service>) -> NodeState {
     NodeState::single(NetworkState::new(network(), services).unwrap()).unwrap()
 }
 
-fn world() -> FakeKernel {
+pub(crate) fn world() -> FakeKernel {
     let k = FakeKernel::new();
     k.add_namespace("lb-demo", &["lo", "eth0"]);
     k
 }
 
-fn ctl(k: &FakeKernel) -> Ctl {
+pub(crate) fn ctl(k: &FakeKernel) -> Ctl {
     Controller::new(k.clone(), ControllerConfig::default())
 }
 
-fn apply(c: &mut Ctl, state: NodeState, now: u64) {
+pub(crate) fn apply(c: &mut Ctl, state: NodeState, now: u64) {
     c.set_desired(state);
     if let Err(e) = c.sync_full(now) {
         panic!("apply failed: {e}");
     }
 }
 
-fn plan_at(c: &mut Ctl, now: u64) -> Plan {
+pub(crate) fn plan_at(c: &mut Ctl, now: u64) -> Plan {
     let (obs, failed) = c.observe(now);
     assert!(failed.is_empty(), "{failed:?}");
     c.plan(&obs, now).unwrap()
 }
 
-fn empty_seen(ns: &[&str]) -> NodeObserved {
+pub(crate) fn empty_seen(ns: &[&str]) -> NodeObserved {
     let mut o = NodeObserved::default();
     for n in ns {
         o.namespaces.insert(
@@ -86,7 +86,7 @@ fn empty_seen(ns: &[&str]) -> NodeObserved {
     o
 }
 
-fn golden(name: &str, actual: &str) {
+pub(crate) fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(name);
@@ -103,11 +103,11 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
-fn mark_of(c: &Ctl, svc: &str) -> u32 {
+pub(crate) fn mark_of(c: &Ctl, svc: &str) -> u32 {
     c.marks()[&NetworkId::new("demo").unwrap()][svc]
 }
 
-fn dests(k: &FakeKernel, ns: &str, fam: ipvs::Family, mark: u32) -> Vec<(IpAddr, u32)> {
+pub(crate) fn dests(k: &FakeKernel, ns: &str, fam: ipvs::Family, mark: u32) -> Vec<(IpAddr, u32)> {
     let key = ipvs::ServiceKey::fwmark(fam, mark).unwrap();
     k.with(ns, |n| n.ipvs.dests(&key).unwrap())
         .iter()
@@ -1330,7 +1330,7 @@ fn dns_tables_follow_the_modes() {
     ));
 }
 
-fn ingress_state(tasks: &[(&str, &str, Option<&str>)]) -> NodeState {
+pub(crate) fn ingress_state(tasks: &[(&str, &str, Option<&str>)]) -> NodeState {
     NodeState::with_ingress(vec![], Some(ingress_spec(tasks)), NodeOptions::default()).unwrap()
 }
 
@@ -1414,7 +1414,7 @@ fn ingress_spec_v6(tasks: &[(&str, &str, Option<&str>)]) -> crate::ingress::Ingr
     i
 }
 
-fn ingress_world() -> FakeKernel {
+pub(crate) fn ingress_world() -> FakeKernel {
     let k = FakeKernel::new();
     k.add_namespace("node1", &["lo", "eth0"]);
     k.add_namespace("vote1", &["lo", "eth0"]);
