@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::error::Error;
 use crate::model::{
     BaseChain, ChainType, Hook, IfName, IpFamily, Key, KeyExpr, KeyPart, KeyType, KeyValue, Map,
-    Match, Name, Policy, Prefix, Priority, Proto, Rule, Selector, Statement, Table, Value,
-    ValueType, Verdict,
+    Match, Name, Policy, Prefix, Priority, Proto, RejectWith, Rule, Selector, Statement, Table,
+    Value, ValueType, Verdict,
 };
 
 /// The fixed chain and map names the builders use.
@@ -37,6 +37,12 @@ pub mod names {
     pub const TASK_REDIRECT: &str = "task_redirect";
     /// The filter chain of a task.
     pub const TASK_FILTER: &str = "task_filter";
+    /// VIP (IPv4) → `jump vip_reject`, for VIPs whose service has no backends.
+    pub const REJECT4: &str = "vip_reject4";
+    /// VIP (IPv6) → `jump vip_reject`.
+    pub const REJECT6: &str = "vip_reject6";
+    /// The regular chain that rejects (TCP reset, else port unreachable).
+    pub const REJECT_CHAIN: &str = "vip_reject";
     /// The masquerade chain of the host (local traffic to the gateway bridge).
     pub const PUBLISH_MASQ: &str = "publish_masq";
 }
@@ -310,6 +316,84 @@ pub fn publish_dnat(t: &mut Table, ports: &[PublishedDnat]) -> Result<(), Error>
                 Statement::Verdict(Verdict::Jump(chain.clone())),
             ),
         )?;
+    }
+    Ok(())
+}
+
+/// VIPs without backends are rejected at once (a TCP reset, else ICMP port unreachable)
+/// instead of timing out, as iptables' `VIPMESH-<id>-REJECT` does: verdict maps
+/// `vip_reject4`/`vip_reject6` (VIP → `jump vip_reject`), a regular chain `vip_reject`, and
+/// for each hook a base chain `reject_<hook>` (filter priority, after the mark chains and
+/// before IPVS) with one lookup per family.
+///
+/// # Errors
+/// [`Error::InvalidValue`] for a `Forward`/`Postrouting` hook; [`Error::InvalidTable`] when
+/// the names are taken.
+pub fn vip_reject(t: &mut Table, hooks: &[Hook], vips: &[IpAddr]) -> Result<(), Error> {
+    for h in hooks {
+        if matches!(h, Hook::Forward | Hook::Postrouting) {
+            return Err(Error::invalid(
+                "hook",
+                h.nft_name(),
+                "VIP rejects run before IPVS (prerouting, input or output)",
+            ));
+        }
+    }
+    let chain = n(names::REJECT_CHAIN)?;
+    t.add_chain(chain.clone(), None)?;
+    t.add_rule(
+        &chain,
+        Rule::new(
+            vec![Match::L4Proto(Proto::TCP)],
+            Statement::Reject(RejectWith::TcpReset),
+        ),
+    )?;
+    t.add_rule(
+        &chain,
+        Rule::new(vec![], Statement::Reject(RejectWith::PortUnreachable)),
+    )?;
+    let maps = [
+        (names::REJECT4, KeyPart::Ipv4Addr, Selector::Ip4Daddr),
+        (names::REJECT6, KeyPart::Ipv6Addr, Selector::Ip6Daddr),
+    ];
+    for (name, part, _) in &maps {
+        t.add_map(n(name)?, Map::new(kt(&[*part])?, ValueType::Verdict))?;
+    }
+    for v in vips {
+        let map = if v.is_ipv4() {
+            names::REJECT4
+        } else {
+            names::REJECT6
+        };
+        t.insert_element(
+            &n(map)?,
+            Key::new(&[KeyValue::from(*v)])?,
+            Some(Value::Verdict(Verdict::Jump(chain.clone()))),
+        )?;
+    }
+    for h in hooks {
+        let base = n(&format!("reject_{}", h.nft_name()))?;
+        t.add_chain(
+            base.clone(),
+            Some(BaseChain::new(
+                ChainType::Filter,
+                *h,
+                Priority::FILTER,
+                Policy::Accept,
+            )?),
+        )?;
+        for (name, _, sel) in &maps {
+            t.add_rule(
+                &base,
+                Rule::new(
+                    vec![],
+                    Statement::Vmap {
+                        key: ke(&[*sel])?,
+                        map: n(name)?,
+                    },
+                ),
+            )?;
+        }
     }
     Ok(())
 }

@@ -108,13 +108,13 @@ mod sys;
 pub use apply::{Nft, ObserveMode, Runner, SyncReport, parse_version};
 pub use build::{
     IpvsSnat, PortMark, PublishedDnat, TaskPort, VipMark, ingress_port_marks, ipvs_snat,
-    local_masquerade, names, publish_dnat, task_ingress, vip_marks,
+    local_masquerade, names, publish_dnat, task_ingress, vip_marks, vip_reject,
 };
 pub use error::Error;
 pub use model::{
     BaseChain, Chain, ChainType, CtState, FAMILY, Hook, IfName, IpFamily, Key, KeyExpr, KeyPart,
     KeyType, KeyValue, Map, Match, Name, NetworkId, OWNER_COMMENT, Policy, Prefix, Priority, Proto,
-    Rule, Selector, Set, Statement, TABLE_PREFIX, Table, Value, ValueType, Verdict,
+    RejectWith, Rule, Selector, Set, Statement, TABLE_PREFIX, Table, Value, ValueType, Verdict,
 };
 pub use parse::{Observed, Ownership, comment_from_text, parse_table_json, parse_table_names};
 pub use plan::{ElementChange, ElementPlan, Plan, plan, plan_teardown};

@@ -1091,6 +1091,15 @@ impl fmt::Display for Match {
     }
 }
 
+/// How a `reject` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectWith {
+    /// A TCP reset (TCP packets only: match `meta l4proto tcp` first).
+    TcpReset,
+    /// ICMP or ICMPv6 port unreachable, by the packet's family (`icmpx`).
+    PortUnreachable,
+}
+
 /// The statement that ends a rule.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Statement {
@@ -1116,6 +1125,8 @@ pub enum Statement {
     Redirect(u16),
     /// `masquerade` (the source becomes the outgoing interface's address).
     Masquerade,
+    /// `reject with …` (terminal).
+    Reject(RejectWith),
     /// `<key> vmap @<map>` (map value type `verdict`).
     Vmap {
         /// The lookup key.
@@ -1137,6 +1148,10 @@ impl fmt::Display for Statement {
             Statement::Snat(a) => write!(f, "snat {} to {a}", IpFamily::of(*a).nft_name()),
             Statement::Redirect(p) => write!(f, "redirect to :{p}"),
             Statement::Masquerade => f.write_str("masquerade"),
+            Statement::Reject(RejectWith::TcpReset) => f.write_str("reject with tcp reset"),
+            Statement::Reject(RejectWith::PortUnreachable) => {
+                f.write_str("reject with icmpx port-unreachable")
+            }
             Statement::Vmap { key, map } => write!(f, "{key} vmap @{map}"),
             Statement::Verdict(v) => write!(f, "{v}"),
         }
@@ -1172,6 +1187,7 @@ impl Rule {
         match &self.stmt {
             Statement::DnatMap { .. } | Statement::Snat(_) => m.push("nft_nat"),
             Statement::Masquerade => m.push("nft_masq"),
+            Statement::Reject(_) => m.push("nft_reject_inet"),
             Statement::Redirect(_) => m.push("nft_redir"),
             _ => {}
         }
@@ -1389,6 +1405,7 @@ impl Table {
             Statement::Redirect(_) => &[Hook::Prerouting, Hook::Output],
             Statement::Snat(_) => &[Hook::Postrouting, Hook::Input],
             Statement::Masquerade => &[Hook::Postrouting],
+            Statement::Reject(_) => &[],
             Statement::Verdict(Verdict::Jump(t) | Verdict::Goto(t)) => {
                 if !self.chains.contains_key(t) {
                     return Err(self.err(obj, format!("no chain {t}")));

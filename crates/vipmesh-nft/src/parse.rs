@@ -17,8 +17,8 @@ use serde_json::Value as J;
 use crate::error::Error;
 use crate::model::{
     BaseChain, ChainType, CtState, FAMILY, Hook, IfName, IpFamily, Key, KeyExpr, KeyPart, KeyType,
-    KeyValue, Map, Match, Name, NetworkId, OWNER_COMMENT, Policy, Prefix, Priority, Proto, Rule,
-    Selector, Set, Statement, Table, Value, ValueType, Verdict,
+    KeyValue, Map, Match, Name, NetworkId, OWNER_COMMENT, Policy, Prefix, Priority, Proto,
+    RejectWith, Rule, Selector, Set, Statement, Table, Value, ValueType, Verdict,
 };
 
 /// Whether a table with our name carries our ownership comment.
@@ -599,6 +599,16 @@ fn parse_statement(v: &J) -> R<Statement> {
                 u16::try_from(u64_of(p)?).map_err(|_| "bad port".to_owned())?,
             ))
         }
+        "reject" => {
+            only_fields(body, &["type", "expr"])?;
+            match (str_of(body, "type"), str_of(body, "expr")) {
+                (Some("tcp reset"), None) => Ok(Statement::Reject(RejectWith::TcpReset)),
+                (Some("icmpx"), Some("port-unreachable")) => {
+                    Ok(Statement::Reject(RejectWith::PortUnreachable))
+                }
+                _ => Err(format!("unsupported reject {v}")),
+            }
+        }
         "masquerade" => {
             if !(body.is_null() || body.as_object().is_some_and(|o| o.is_empty())) {
                 return Err(format!("unsupported masquerade {v}"));
@@ -692,5 +702,26 @@ mod tests {
         );
         assert!(parse_table_names("[").is_err());
         assert!(parse_table_names("{}").is_err());
+    }
+
+    #[test]
+    fn the_reject_chain_and_verdict_map_round_trip() {
+        // `nft -j list table` (nft 1.0.6, Linux 6.18) of a reject chain and a verdict map.
+        let id = NetworkId::new("r").unwrap();
+        let j = r#"{"nftables": [{"table": {"family": "inet", "name": "vipmesh-r", "handle": 1}},
+          {"map": {"family": "inet", "name": "vip_reject4", "table": "vipmesh-r", "type": "ipv4_addr", "handle": 3, "map": "verdict", "elem": [["10.0.0.40", {"jump": {"target": "vip_reject"}}]]}},
+          {"map": {"family": "inet", "name": "vip_reject6", "table": "vipmesh-r", "type": "ipv6_addr", "handle": 4, "map": "verdict"}},
+          {"chain": {"family": "inet", "table": "vipmesh-r", "name": "vip_reject", "handle": 1}},
+          {"chain": {"family": "inet", "table": "vipmesh-r", "name": "reject_input", "handle": 2, "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}},
+          {"rule": {"family": "inet", "table": "vipmesh-r", "chain": "vip_reject", "handle": 5, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"reject": {"type": "tcp reset"}}]}},
+          {"rule": {"family": "inet", "table": "vipmesh-r", "chain": "vip_reject", "handle": 6, "expr": [{"reject": {"type": "icmpx", "expr": "port-unreachable"}}]}},
+          {"rule": {"family": "inet", "table": "vipmesh-r", "chain": "reject_input", "handle": 7, "expr": [{"vmap": {"key": {"payload": {"protocol": "ip", "field": "daddr"}}, "data": "@vip_reject4"}}]}},
+          {"rule": {"family": "inet", "table": "vipmesh-r", "chain": "reject_input", "handle": 8, "expr": [{"vmap": {"key": {"payload": {"protocol": "ip6", "field": "daddr"}}, "data": "@vip_reject6"}}]}}]}"#;
+        let o = parse_table_json(j, &id).unwrap();
+        assert!(o.unparsed.is_empty(), "{:?}", o.unparsed);
+        let mut want = Table::new(id);
+        crate::build::vip_reject(&mut want, &[Hook::Input], &["10.0.0.40".parse().unwrap()])
+            .unwrap();
+        assert_eq!(o.table, want);
     }
 }

@@ -6,9 +6,10 @@
 //! builders, whose rule count never depends on the number of services (a service is a map
 //! element):
 //! - LB namespace: `vip_marks` on `input` (VIP [. proto . port] → mark, one lookup rule per
-//!   map) and `ipvs_snat`: `meta mark <the network's range> ip daddr <subnet> snat ip to <lb>`
+//!   map), `vip_reject` (VIPs of services without backends of that family: TCP reset, else
+//!   port unreachable) and `ipvs_snat`: `meta mark <the network's range> ip daddr <subnet> snat ip to <lb>`
 //!   instead of iptables' `-m ipvs --ipvs` (nft has no such match; our mark survives IPVS).
-//! - per-client layout: `vip_marks` on `output`, no SNAT.
+//! - per-client layout: `vip_marks` and `vip_reject` on `output`, no SNAT.
 //! - ingress sandbox: `ingress_port_marks` (proto . port → mark) on `prerouting` and the SNAT.
 //! - host namespace (table `vipmesh-<ingress id>`): `publish_dnat` (proto . port →
 //!   sandbox address . port, for local destinations) and `local_masquerade` on the gateway
@@ -19,8 +20,7 @@
 //! The VIP mark maps are the record of the marks in the kernel (as the rule comments are on
 //! iptables): [`recorded`] reads them back; the IPVS services are the second record.
 //!
-//! Not (yet) on nftables: the REJECT of a VIP whose service has no backends (iptables'
-//! `VIPMESH-<id>-REJECT`), and the host's `FORWARD` accept (an nft `accept` cannot override
+//! Not (yet) on nftables: the host's `FORWARD` accept (an nft `accept` cannot override
 //! an iptables `DROP` policy of another base chain; Docker hosts keep needing iptables there).
 
 use std::collections::BTreeMap;
@@ -97,6 +97,7 @@ pub fn add_network(
         nft::ingress_port_marks(t, &ports).map_err(&err)?;
     } else {
         let mut vips = Vec::new();
+        let mut rejects = Vec::new();
         for s in net.services() {
             let Some(&mark) = marks.get(&s.name) else {
                 continue;
@@ -105,6 +106,9 @@ pub fn add_network(
                 let Some(vip) = s.vip_addr(fam) else {
                     continue;
                 };
+                if s.backends_of(fam).next().is_none() {
+                    rejects.push(vip);
+                }
                 if s.ports.is_empty() {
                     vips.push(nft::VipMark {
                         vip,
@@ -127,6 +131,7 @@ pub fn add_network(
             nft::Hook::Input
         };
         nft::vip_marks(t, &[hook], &vips).map_err(&err)?;
+        nft::vip_reject(t, &[hook], &rejects).map_err(&err)?;
     }
     if n.layout != Layout::PerClient {
         let mut snat = Vec::new();

@@ -146,7 +146,8 @@ fn switching_backends_keeps_marks_and_ipvs_and_removes_the_other_backends_object
     let _ = c.sync_full(1).unwrap();
     assert_eq!(our_chains(&k, "lb-demo"), 0);
     let t = table(&k, "lb-demo", "vipmesh-demo").unwrap();
-    assert_eq!(t.element_count(), 4, "{t}"); // vote, api:8080/tcp, api:53/udp, empty
+    // vote, api:8080/tcp, api:53/udp, empty; and empty's reject
+    assert_eq!(t.element_count(), 5, "{t}");
     assert_eq!(c.marks(), &marks);
     assert_eq!(ipvs_services(&k, "lb-demo"), services);
     assert_eq!(
