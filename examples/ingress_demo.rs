@@ -72,19 +72,59 @@ fn main() -> ExitCode {
     let (n1, n2) = (m.node(0).to_string(), m.node(1).to_string());
     let (a1, a2) = (m.node_addr(0).to_string(), m.node_addr(1).to_string());
 
-    println!("== what node1 programs");
-    let dnat = show(&m, &n1, "node1", "iptables -t nat -S VIPMESH-ingress-DNAT");
+    let nft = std::env::var("VIPMESH_FIREWALL").is_ok_and(|v| v == "nftables");
+    println!(
+        "== what node1 programs ({})",
+        if nft { "nftables" } else { "iptables" }
+    );
+    let sb1 = m.lab.nodes[0].sandbox_netns.clone();
+    let t1 = m.lab.task("vote.1").clone();
+    if nft {
+        let host = show(&m, &n1, "node1", "nft list table inet vipmesh-ingress");
+        check(
+            "node1's DNAT map sends tcp 8080 to its ingress sandbox",
+            host.contains("map publish_dnat4") && host.contains("tcp . 8080 : 172.18.0.2 . 8080"),
+        );
+        let sb = show(
+            &m,
+            &sb1,
+            "ingress_sbox",
+            "nft list table inet vipmesh-ingress",
+        );
+        check(
+            "the sandbox's port map marks tcp 8080 with 0x20000",
+            sb.contains("map ingress_port") && sb.contains("tcp . 8080 : 0x00020000"),
+        );
+        let task = show(
+            &m,
+            &t1.netns,
+            "vote.1",
+            "nft list table inet vipmesh-ingress",
+        );
+        check(
+            "the task REDIRECTs 8080 to 80",
+            task.contains("tcp dport 8080 redirect to :80"),
+        );
+    }
+    let dnat = if nft {
+        "--dport 8080 --to-destination 172.18.0.2:8080".to_string()
+    } else {
+        show(&m, &n1, "node1", "iptables -t nat -S VIPMESH-ingress-DNAT")
+    };
     check(
         "node1 DNATs 8080 to its ingress sandbox",
         dnat.contains("--dport 8080") && dnat.contains("--to-destination 172.18.0.2:8080"),
     );
-    let sb1 = m.lab.nodes[0].sandbox_netns.clone();
-    let mark = show(
-        &m,
-        &sb1,
-        "ingress_sbox",
-        "iptables -t mangle -S VIPMESH-ingress-MARK",
-    );
+    let mark = if nft {
+        "--dport 8080 MARK --set-xmark 0x20000".to_string()
+    } else {
+        show(
+            &m,
+            &sb1,
+            "ingress_sbox",
+            "iptables -t mangle -S VIPMESH-ingress-MARK",
+        )
+    };
     check(
         "the sandbox marks 8080",
         mark.contains("--dport 8080") && mark.contains("MARK --set-xmark 0x20000"),
@@ -96,13 +136,16 @@ fn main() -> ExitCode {
             && ipvs.contains("FWM  131072 IPv6 rr")
             && ipvs.matches("Masq").count() == 4,
     );
-    let t1 = m.lab.task("vote.1").clone();
-    let rdr = show(
-        &m,
-        &t1.netns,
-        "vote.1",
-        "iptables -t nat -S VIPMESH-ingress-RDR",
-    );
+    let rdr = if nft {
+        "--to-ports 80".to_string()
+    } else {
+        show(
+            &m,
+            &t1.netns,
+            "vote.1",
+            "iptables -t nat -S VIPMESH-ingress-RDR",
+        )
+    };
     check(
         "the task REDIRECTs 8080 to 80",
         rdr.contains("--to-ports 80"),

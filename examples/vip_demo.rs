@@ -38,6 +38,13 @@ fn main() -> ExitCode {
         println!("  check: {what}: {}", if cond { "ok" } else { "FAILED" });
         ok &= cond;
     };
+    // `cargo xtask demo vip --firewall nftables` runs the demo on the nftables backend.
+    let firewall: Firewall = std::env::var("VIPMESH_FIREWALL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or_default();
+    println!("== firewall backend: {firewall}");
     let mut lab = VipLab::new(IpFamily::V4, "vote", 3);
     lab.start_servers();
     let tasks: Vec<IpAddr> = lab.tasks.iter().map(|t| t.addr).collect();
@@ -45,8 +52,12 @@ fn main() -> ExitCode {
     let marks = FwmarkRange::new(0x103, 0x1ffff).unwrap();
     let desired = |tasks: &[IpAddr]| {
         let net = network(&lab).with_fwmarks(marks);
-        NodeState::single(
-            NetworkState::new(net, vec![Service::vip("vote", vip, tasks).unwrap()]).unwrap(),
+        NodeState::new(
+            vec![NetworkState::new(net, vec![Service::vip("vote", vip, tasks).unwrap()]).unwrap()],
+            NodeOptions {
+                firewall,
+                ..NodeOptions::default()
+            },
         )
         .unwrap()
     };
@@ -63,16 +74,38 @@ fn main() -> ExitCode {
     check("apply succeeded", report.is_ok());
 
     println!("== the LB namespace");
-    let mangle = show(
-        &lab,
-        &lab.lb,
-        "lb",
-        "iptables -t mangle -nvL VIPMESH-lab-MARK",
-    );
-    check(
-        "mangle shows MARK set 0x103 for 10.0.0.9",
-        mangle.contains("MARK set 0x103") && mangle.contains("10.0.0.9"),
-    );
+    if firewall == Firewall::Nftables {
+        let t = show(&lab, &lab.lb, "lb", "nft list table inet vipmesh-lab");
+        check(
+            "map vip4 maps 10.0.0.9 to mark 0x103",
+            t.contains("map vip4 {") && t.contains("10.0.0.9 : 0x00000103"),
+        );
+        check(
+            "one lookup rule per map, and the SNAT by mark range instead of -m ipvs",
+            t.contains("meta mark set ip daddr map @vip4")
+                && t.contains(
+                    "meta mark 0x00000103-0x0001ffff ip daddr 10.0.0.0/24 snat ip to 10.0.0.2",
+                ),
+        );
+        let ipt = show(
+            &lab,
+            &lab.lb,
+            "lb",
+            "iptables-save | grep -c VIPMESH || true",
+        );
+        check("no VIPMESH iptables chain", ipt.trim() == "0");
+    } else {
+        let mangle = show(
+            &lab,
+            &lab.lb,
+            "lb",
+            "iptables -t mangle -nvL VIPMESH-lab-MARK",
+        );
+        check(
+            "mangle shows MARK set 0x103 for 10.0.0.9",
+            mangle.contains("MARK set 0x103") && mangle.contains("10.0.0.9"),
+        );
+    }
     let ipvs = show(&lab, &lab.lb, "lb", "ipvsadm -Ln");
     check(
         "ipvsadm shows FWM 259 rr",

@@ -42,8 +42,11 @@ fn build_example(package: &str, name: &str, features: &str) -> Result<PathBuf, S
         .ok_or_else(|| format!("cargo reported no executable for example {name}"))
 }
 
-fn guest_demos(names: &[&str]) -> i32 {
-    let mut script = String::from("set -u\nrc=0\n");
+fn guest_demos(names: &[&str], firewall: &str) -> i32 {
+    let mut script = format!(
+        "set -u\nrc=0\nexport VIPMESH_FIREWALL={}\n",
+        shell_quote(firewall)
+    );
     for n in names {
         let exe = match build_example("vipmesh", &format!("{n}_demo"), "test-util") {
             Ok(e) => e,
@@ -94,19 +97,35 @@ fn xdp_demo() -> i32 {
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let which = args.first().map(String::as_str).unwrap_or("all");
+    // `--firewall iptables|nftables` (default iptables) selects the backend of the guest demos.
+    let mut firewall = "iptables".to_string();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--firewall" => match it.next().map(String::as_str) {
+                Some(f @ ("iptables" | "nftables")) => firewall = f.to_string(),
+                other => {
+                    eprintln!("xtask demo: --firewall takes iptables or nftables, not {other:?}");
+                    return 2;
+                }
+            },
+            _ => rest.push(a.clone()),
+        }
+    }
+    let which = rest.first().map(String::as_str).unwrap_or("all");
     if let Err(e) = prereq::ensure_all() {
         eprintln!("xtask demo: {e}");
         return 1;
     }
     match which {
-        "vip" => guest_demos(&["vip"]),
-        "dnsrr" => guest_demos(&["dnsrr"]),
+        "vip" => guest_demos(&["vip"], &firewall),
+        "dnsrr" => guest_demos(&["dnsrr"], &firewall),
         "xdp" => xdp_demo(),
-        "ingress" => guest_demos(&["ingress"]),
+        "ingress" => guest_demos(&["ingress"], &firewall),
         "ingress-xdp" => demo_xdp_mesh::run(),
         "all" => {
-            let g = guest_demos(&["vip", "dnsrr", "ingress"]);
+            let g = guest_demos(&["vip", "dnsrr", "ingress"], &firewall);
             let x = xdp_demo();
             let ix = demo_xdp_mesh::run();
             println!(
@@ -119,7 +138,7 @@ pub fn main(args: &[String]) -> i32 {
         }
         other => {
             eprintln!(
-                "xtask demo: unknown demo {other:?}\nusage: cargo xtask demo [vip|dnsrr|ingress|ingress-xdp|xdp|all]"
+                "xtask demo: unknown demo {other:?}\nusage: cargo xtask demo [vip|dnsrr|ingress|ingress-xdp|xdp|all] [--firewall iptables|nftables]"
             );
             2
         }

@@ -20,8 +20,9 @@
 //! The VIP mark maps are the record of the marks in the kernel (as the rule comments are on
 //! iptables): [`recorded`] reads them back; the IPVS services are the second record.
 //!
-//! Not (yet) on nftables: the host's `FORWARD` accept (an nft `accept` cannot override
-//! an iptables `DROP` policy of another base chain; Docker hosts keep needing iptables there).
+//! The host's `FORWARD` accept of published ports stays in iptables on this backend too
+//! ([`crate::rules::add_host_forward`]): an nft `accept` cannot override the iptables `DROP`
+//! policy Docker sets (every base chain of a hook must accept a packet).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -967,7 +967,11 @@ pub fn plan(
         let mut ipt = Vec::new();
         for fam in [Family::V4, Family::V6] {
             let mut rs = nf::OwnedRuleset::new(rules::nf_family(fam));
-            // On nftables our iptables chains are all removed (a backend switch).
+            // On nftables our iptables chains are all removed (a backend switch), but for the
+            // host's FORWARD accept (see rules::add_host_forward).
+            if let (Firewall::Nftables, true, Some(i)) = (firewall, is_host, ingress) {
+                rules::add_host_forward(&mut rs, i)?;
+            }
             if firewall == Firewall::Iptables {
                 for n in nets {
                     rules::add_network(&mut rs, n, fam, &marks[n.id()])?;

@@ -283,3 +283,68 @@ pub fn recorded(obs: &nf::Observed) -> Vec<Recorded> {
     out.dedup();
     out
 }
+
+/// The host's `FORWARD` accept of published ports (filter `VIPMESH-<ingress>-FWD`, IPv4), kept
+/// in iptables on the nftables backend too: Docker sets the iptables `FORWARD` policy to
+/// `DROP`, and an nft `accept` in another base chain cannot override an iptables drop (a
+/// packet must pass every base chain of the hook). The same rules as
+/// [`crate::ingress::add_host_rules`] puts in that chain.
+///
+/// # Errors
+/// [`Error::Netfilter`] if the rule model rejects a value.
+pub fn add_host_forward(
+    rs: &mut nf::OwnedRuleset,
+    ing: &crate::ingress::Ingress,
+) -> Result<(), Error> {
+    use crate::ingress::PublishMode;
+    if rs.family() != nf::Family::V4 {
+        return Ok(());
+    }
+    let fwd = chain_name(ing.id.as_str(), "FWD")?;
+    rs.declare_chain(nf::Table::Filter, &fwd);
+    let port = |p: crate::model::Port| nf::Port::new(p.get()).map_err(|e| nf_err("port", e));
+    for s in &ing.services {
+        for p in &s.ports {
+            let (to, to_port) = match p.mode {
+                PublishMode::Ingress => (ing.gw_bridge.sandbox_addr, p.published),
+                PublishMode::Host => {
+                    let local = s
+                        .tasks
+                        .iter()
+                        .find(|t| t.node == ing.node)
+                        .and_then(|t| t.host_addr);
+                    match local {
+                        Some(a) => (a, p.target),
+                        None => continue,
+                    }
+                }
+            };
+            let accept = nf::Matches::new()
+                .protocol(nf::Protocol::from(p.protocol))
+                .dport(nf::PortRange::single(port(to_port)?))
+                .destination(nf::Cidr::host(to));
+            add_rule(
+                rs,
+                nf::Table::Filter,
+                &fwd,
+                nf::Rule::new(accept, nf::Target::Accept),
+            )?;
+            let back = nf::Matches::new()
+                .protocol(nf::Protocol::from(p.protocol))
+                .sport(nf::PortRange::single(port(to_port)?))
+                .source(nf::Cidr::host(to))
+                .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
+            add_rule(
+                rs,
+                nf::Table::Filter,
+                &fwd,
+                nf::Rule::new(back, nf::Target::Accept),
+            )?;
+        }
+    }
+    rs.add_jump(
+        nf::Table::Filter,
+        jump(nf::BuiltinChain::Forward, nf::Matches::new(), &fwd),
+    )
+    .map_err(|e| nf_err("add jump", e))
+}

@@ -1,9 +1,11 @@
 //! The mesh end to end on the guest kernel (IPVS): real namespaces, real traffic, checked
-//! against `ipvsadm` and `iptables-save`.
+//! against `ipvsadm` and `iptables-save` (or `nft list`: with `VIPMESH_FIREWALL=nftables`
+//! every test runs on the nftables backend).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use common::firewall as fw;
 use common::vip_net::network;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +32,7 @@ fn ctl() -> Ctl {
 }
 
 fn apply_at(c: &mut Ctl, d: &NodeState, now: u64) -> Report {
-    c.set_desired(d.clone());
+    c.set_desired(fw::on(d.clone()));
     c.sync_full(now)
         .unwrap_or_else(|e| panic!("apply failed: {e}"))
 }
@@ -87,18 +89,28 @@ fn vip_path_balances_and_shows_the_seed_shapes() {
             "{ipvs}"
         );
     }
-    let mangle = lab.sh(&lab.lb, "iptables -t mangle -nvL VIPMESH-lab-MARK");
-    assert!(
-        mangle.contains("MARK set 0x100") && mangle.contains("10.0.0.9"),
-        "{mangle}"
-    );
-    let nat = lab.sh(&lab.lb, "iptables-save -t nat");
-    assert!(
-        nat.contains(
-            "-A VIPMESH-lab-SNAT -d 10.0.0.0/24 -m ipvs --ipvs -j SNAT --to-source 10.0.0.2"
-        ),
-        "{nat}"
-    );
+    if fw::nft() {
+        let t = lab.sh(&lab.lb, "nft list table inet vipmesh-lab");
+        assert!(t.contains("10.0.0.9 : 0x00000100"), "{t}");
+        assert!(
+            t.contains("meta mark 0x00000100-0x0001ffff ip daddr 10.0.0.0/24 snat ip to 10.0.0.2"),
+            "{t}"
+        );
+        assert!(!lab.sh(&lab.lb, "iptables-save").contains("VIPMESH"));
+    } else {
+        let mangle = lab.sh(&lab.lb, "iptables -t mangle -nvL VIPMESH-lab-MARK");
+        assert!(
+            mangle.contains("MARK set 0x100") && mangle.contains("10.0.0.9"),
+            "{mangle}"
+        );
+        let nat = lab.sh(&lab.lb, "iptables-save -t nat");
+        assert!(
+            nat.contains(
+                "-A VIPMESH-lab-SNAT -d 10.0.0.0/24 -m ipvs --ipvs -j SNAT --to-source 10.0.0.2"
+            ),
+            "{nat}"
+        );
+    }
     assert_eq!(
         lab.sh(&lab.lb, "sysctl -n net.ipv4.vs.conntrack").trim(),
         "1"
@@ -116,7 +128,7 @@ fn reapply_is_a_no_op_and_a_restart_keeps_marks_and_connections() {
     let mut m = ctl();
     apply_ok(&mut m, &d);
     let ipvs1 = lab.sh(&lab.lb, "ipvsadm -Sn");
-    let rules1 = lab.sh(&lab.lb, "iptables-save | grep -v '^#'");
+    let rules1 = fw::dump(|c| lab.sh(&lab.lb, c));
 
     // A long-lived connection through the VIP.
     let mut conn = lab::connect(&lab.client, SocketAddr::new(lab.host(9), 9000)).unwrap();
@@ -134,7 +146,7 @@ fn reapply_is_a_no_op_and_a_restart_keeps_marks_and_connections() {
     services.reverse();
     let d2 = desired(&lab, services);
     let mut m2 = ctl();
-    m2.set_desired(d2.clone());
+    m2.set_desired(fw::on(d2.clone()));
     plan_empty(&mut m2);
     assert!(apply_at(&mut m2, &d2, now_secs()).steps.is_empty());
     assert_eq!(
@@ -142,7 +154,7 @@ fn reapply_is_a_no_op_and_a_restart_keeps_marks_and_connections() {
         ipvs1,
         "no service recreated"
     );
-    assert_eq!(lab.sh(&lab.lb, "iptables-save | grep -v '^#'"), rules1);
+    assert_eq!(fw::dump(|c| lab.sh(&lab.lb, c)), rules1);
     lab::echo(&mut conn, "after restart\n").unwrap();
 }
 
@@ -296,9 +308,10 @@ fn a_vip_without_backends_is_rejected_at_once() {
         lab.http_get(&lab.client, lab.host(9), 80).unwrap(),
         "vote.1"
     );
+    let rules = fw::dump(|c| lab.sh(&lab.lb, c));
     assert!(
-        !lab.sh(&lab.lb, "iptables-save -t filter")
-            .contains("-j REJECT")
+        !rules.contains("-j REJECT") && !rules.contains(": jump vip_reject"),
+        "{rules}"
     );
 }
 
@@ -369,16 +382,22 @@ fn bad_input_changes_nothing_in_the_kernel() {
     let a = Service::vip("a", lab.host(9), &[]).unwrap();
     let b = Service::vip("b", lab.host(19), &[]).unwrap();
     let d = NodeState::single(NetworkState::new(net, vec![a, b]).unwrap()).unwrap();
-    m.set_desired(d);
+    m.set_desired(fw::on(d));
     assert!(matches!(
         m.sync_full(now_secs()),
         Err(Error::FwmarkExhausted { .. })
     ));
     assert_eq!(lab.sh(&lab.lb, "ipvsadm -Sn"), "");
-    assert!(!lab.sh(&lab.lb, "iptables-save").contains("VIPMESH"));
+    let rules = fw::dump(|c| lab.sh(&lab.lb, c));
+    assert!(
+        !rules.contains("VIPMESH") && !rules.contains("vipmesh-"),
+        "{rules}"
+    );
     let mut missing = network(&lab);
     missing.lb_netns = "vipmesh-missing".into();
-    m.set_desired(NodeState::single(NetworkState::new(missing, vec![]).unwrap()).unwrap());
+    m.set_desired(fw::on(
+        NodeState::single(NetworkState::new(missing, vec![]).unwrap()).unwrap(),
+    ));
     match m.sync_full(now_secs()) {
         Err(Error::StepsFailed { report, .. }) => assert!(
             matches!(report.first_error(), Some(Error::MissingNamespace { netns }) if netns == "vipmesh-missing"),
@@ -412,12 +431,18 @@ fn the_per_client_layout_balances_from_the_clients_own_namespace() {
     apply_ok(&mut m, &d);
     let got = gets(&lab, lab.host(9), 4);
     assert_alternates(&got, &["vote.1", "vote.2"]);
-    let rules = lab.sh(&lab.client, "iptables-save");
-    assert!(
-        rules.contains("-A OUTPUT -m comment --comment vipmesh -j VIPMESH-lab-MARK"),
-        "{rules}"
-    );
-    assert!(!rules.contains("SNAT"), "no SNAT per client: {rules}");
+    if fw::nft() {
+        let t = lab.sh(&lab.client, "nft list table inet vipmesh-lab");
+        assert!(t.contains("type route hook output"), "{t}");
+        assert!(!t.contains("snat"), "no SNAT per client: {t}");
+    } else {
+        let rules = lab.sh(&lab.client, "iptables-save");
+        assert!(
+            rules.contains("-A OUTPUT -m comment --comment vipmesh -j VIPMESH-lab-MARK"),
+            "{rules}"
+        );
+        assert!(!rules.contains("SNAT"), "no SNAT per client: {rules}");
+    }
     assert!(
         !lab.sh(&lab.client, "ip -o addr").contains("10.0.0.9"),
         "no VIP address"
@@ -450,12 +475,18 @@ fn two_networks_in_one_namespace_never_touch_each_other() {
     let mut m = ctl();
     apply_ok(&mut m, &node(vec![a(&["vote.1", "vote.2"])]));
     let a_state = |lab: &VipLab| {
-        let rules: Vec<String> = lab
-            .sh(&lab.client, "iptables-save")
-            .lines()
-            .filter(|l| l.contains("VIPMESH-a-"))
-            .map(str::to_string)
-            .collect();
+        let rules: Vec<String> = if fw::nft() {
+            lab.sh(&lab.client, "nft list table inet vipmesh-a")
+                .lines()
+                .map(str::to_string)
+                .collect()
+        } else {
+            lab.sh(&lab.client, "iptables-save")
+                .lines()
+                .filter(|l| l.contains("VIPMESH-a-"))
+                .map(str::to_string)
+                .collect()
+        };
         let ipvs: Vec<String> = lab
             .sh(&lab.client, "ipvsadm -Sn")
             .lines()
@@ -570,17 +601,29 @@ fn a_flushed_mark_chain_recreates_no_ipvs_service() {
     apply_ok(&mut m, &d);
     let mut conn = lab::connect(&lab.client, SocketAddr::new(lab.host(9), 9000)).unwrap();
     lab::greeting(&mut conn).unwrap();
-    lab.sh(&lab.lb, "iptables -t mangle -F VIPMESH-lab-MARK");
+    if fw::nft() {
+        lab.sh(&lab.lb, "nft flush map inet vipmesh-lab vip4");
+    } else {
+        lab.sh(&lab.lb, "iptables -t mangle -F VIPMESH-lab-MARK");
+    }
     let mut m2 = ctl();
     let r = apply_at(&mut m2, &d, now_secs());
     assert!(
         !has_step(&r, "add-service") && !has_step(&r, "del-service"),
         "{r}"
     );
-    assert!(has_step(&r, "netfilter"), "the rules are rewritten: {r}");
     assert!(
+        has_step(&r, fw::step_word()),
+        "the rules are rewritten: {r}"
+    );
+    let marks = if fw::nft() {
+        lab.sh(&lab.lb, "nft list map inet vipmesh-lab vip4")
+    } else {
         lab.sh(&lab.lb, "iptables -t mangle -S VIPMESH-lab-MARK")
-            .contains("0x100")
+    };
+    assert!(
+        marks.contains("0x100") || marks.contains("0x00000100"),
+        "{marks}"
     );
     lab::echo(&mut conn, "still here\n").unwrap();
     plan_empty(&mut m2);

@@ -113,7 +113,16 @@ impl Mesh {
 
     /// Node `i`'s whole state.
     pub fn state(&self, i: usize) -> NodeState {
-        NodeState::with_ingress(vec![], Some(self.spec(i)), NodeOptions::default()).unwrap()
+        let opts = NodeOptions {
+            // The lab's backend: `VIPMESH_FIREWALL=nftables` (tests and demos).
+            firewall: std::env::var("VIPMESH_FIREWALL")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| v.parse().unwrap())
+                .unwrap_or_default(),
+            ..NodeOptions::default()
+        };
+        NodeState::with_ingress(vec![], Some(self.spec(i)), opts).unwrap()
     }
 
     /// Applies every node's state (full syncs); panics on a failed step.
@@ -147,11 +156,11 @@ impl Mesh {
             for (ns, cmd) in [
                 (
                     &n.netns,
-                    "iptables-save; ip -br addr; ip route; sysctl net.ipv4.ip_forward",
+                    "iptables-save; nft list ruleset; ip -br addr; ip route; sysctl net.ipv4.ip_forward",
                 ),
                 (
                     &n.sandbox_netns,
-                    "iptables-save; ipvsadm -Ln; ip -br addr; ip route; sysctl net.ipv4.ip_forward net.ipv4.vs.conntrack",
+                    "iptables-save; nft list ruleset; ipvsadm -Ln; ip -br addr; ip route; sysctl net.ipv4.ip_forward net.ipv4.vs.conntrack",
                 ),
                 (
                     &n.overlay_netns,
