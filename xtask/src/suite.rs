@@ -232,6 +232,13 @@ fn guest_stage(t: &mut Tally) {
         let mut suites = bins.clone();
         if line >= kernel::Line::V6_12 {
             suites.extend(xdp.iter().map(|(n, e)| (format!("xdp-{n}"), e.clone())));
+            // The mesh suites again on the nftables backend (one kernel line keeps CI short;
+            // guest_firewall checks both backends on every line).
+            suites.extend(
+                bins.iter()
+                    .filter(|(n, _)| NFT_SUITES.contains(&n.as_str()))
+                    .map(|(n, e)| (format!("{n}{NFT_SUFFIX}"), e.clone())),
+            );
         }
         guest_boot(t, line, &suites);
     }
@@ -278,6 +285,11 @@ fn xdp_host_binaries() -> Result<Vec<(String, PathBuf)>, String> {
     Ok(bins)
 }
 
+/// The guest suites that run a second time with `VIPMESH_FIREWALL=nftables`.
+const NFT_SUITES: [&str; 2] = ["guest_mesh", "guest_ingress"];
+/// The name suffix of those second runs.
+const NFT_SUFFIX: &str = "-nftables";
+
 /// One boot of `line` running `bins` (name, executable) one after the other.
 fn guest_boot(t: &mut Tally, line: kernel::Line, bins: &[(String, PathBuf)]) {
     let stage = format!("guest-{line}");
@@ -297,9 +309,14 @@ fn guest_boot(t: &mut Tally, line: kernel::Line, bins: &[(String, PathBuf)]) {
     script.push_str("echo \"guest kernel: $(uname -r)\"\n");
     for (name, exe) in bins {
         let log = out_dir.join(format!("{name}.log"));
+        let env = if name.ends_with(NFT_SUFFIX) {
+            "VIPMESH_FIREWALL=nftables "
+        } else {
+            ""
+        };
         let _ = writeln!(
             script,
-            "echo '--- guest suite {name}'\n{} --ignored --test-threads=1 > {} 2>&1; rc=$?\ncat {}\necho \"--- {name} exit $rc\"",
+            "echo '--- guest suite {name}'\n{env}{} --ignored --test-threads=1 > {} 2>&1; rc=$?\ncat {}\necho \"--- {name} exit $rc\"",
             shell_quote(&exe.to_string_lossy()),
             shell_quote(&log.to_string_lossy()),
             shell_quote(&log.to_string_lossy()),

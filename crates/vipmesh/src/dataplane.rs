@@ -379,6 +379,13 @@ impl KernelRules {
         }
     }
 
+    /// Runs nft transactions with `runner` (default: the `nft` process;
+    /// [`vipmesh_nft::Runner::Library`] keeps libnftables loaded, ~10 ms less per transaction).
+    pub fn with_nft_runner(mut self, runner: vipmesh_nft::Runner) -> KernelRules {
+        self.nft = self.nft.with_runner(runner);
+        self
+    }
+
     fn nft_err(&self, op: &str, source: vipmesh_nft::Error) -> Error {
         crate::nft_rules::nft_err(op, &self.netns, source)
     }

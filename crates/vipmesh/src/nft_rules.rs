@@ -304,9 +304,18 @@ pub fn recorded(obs: &nft::Observed) -> Vec<Recorded> {
     out
 }
 
-/// The VIP a recorded mark of `net` belongs to, resolved to its service.
-pub(crate) fn service_of_vip(net: &NetworkState, vip: IpAddr) -> Option<ServiceName> {
-    net.services()
-        .find(|s| s.vip_addr(Family::of(vip)) == Some(vip))
-        .map(|s| s.name.clone())
+/// The services of `net` by VIP (both families): how a recorded mark of an nft map element is
+/// resolved to its service.
+pub(crate) fn services_by_vip(net: &NetworkState) -> BTreeMap<IpAddr, &ServiceName> {
+    let mut out = BTreeMap::new();
+    for s in net.services() {
+        for v in s
+            .vips_of()
+            .iter()
+            .flat_map(|v| v.iter().collect::<Vec<_>>())
+        {
+            out.insert(v, &s.name);
+        }
+    }
+    out
 }

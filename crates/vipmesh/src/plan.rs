@@ -722,10 +722,11 @@ pub fn allocate_marks(
     let vip_services: Vec<&Service> = net.services().filter(|s| s.is_balanced()).collect();
     // This network's records, by service (recorded() is sorted, so marks come in order).
     let mut by_service: BTreeMap<&ServiceName, Vec<u32>> = BTreeMap::new();
-    let by_vip: Vec<(ServiceName, u32)> = recorded
+    let owners = crate::nft_rules::services_by_vip(net);
+    let by_vip: Vec<(&ServiceName, u32)> = recorded
         .iter()
         .filter(|r| r.network == n.id.as_str() && range.contains(r.mark) && r.service.is_none())
-        .filter_map(|r| Some((crate::nft_rules::service_of_vip(net, r.vip)?, r.mark)))
+        .filter_map(|r| Some((*owners.get(&r.vip)?, r.mark)))
         .collect();
     for r in recorded
         .iter()
@@ -756,9 +757,7 @@ pub fn allocate_marks(
     // (iptables comments do): its IPVS service may still be claimed by its real servers below
     // (a VIP that moved keeps its mark), so it is not reserved here.
     let unnamed = |r: &&Recorded| {
-        r.service.is_none()
-            && r.network == n.id.as_str()
-            && crate::nft_rules::service_of_vip(net, r.vip).is_none()
+        r.service.is_none() && r.network == n.id.as_str() && !owners.contains_key(&r.vip)
     };
     let mut reserved: BTreeSet<u32> = used.clone();
     reserved.extend(
