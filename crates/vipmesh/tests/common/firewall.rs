@@ -71,7 +71,7 @@ pub fn step_word() -> &'static str {
 pub fn dump(sh: impl Fn(&str) -> String) -> String {
     format!(
         "{}\n--- nft\n{}",
-        sh("iptables-save | grep -v '^#'"),
+        sh("iptables-save | grep -v '^#' || true"),
         sh("nft list ruleset")
     )
 }
