@@ -89,9 +89,16 @@ impl Kernel for Bench {
     fn reserve_ports(
         &mut self,
         _: &str,
-        _: &std::collections::BTreeSet<(Protocol, u16)>,
+        _: &std::collections::BTreeSet<(Family, Protocol, u16)>,
     ) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
+    }
+    fn update_ingress_peers(
+        &mut self,
+        _: &vipmesh::ingress::Ingress,
+        _: &vipmesh_overlay::Plan,
+    ) -> Result<(), Error> {
+        Ok(())
     }
     fn unwire_ingress(&mut self, _: &vipmesh::ingress::Ingress) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
