@@ -284,7 +284,8 @@ pub fn recorded(obs: &nf::Observed) -> Vec<Recorded> {
     out
 }
 
-/// The host's `FORWARD` accept of published ports (filter `VIPMESH-<ingress>-FWD`, IPv4), kept
+/// The host's `FORWARD` accept of published ports (filter `VIPMESH-<ingress>-FWD`, each family of
+/// the ingress), kept
 /// in iptables on the nftables backend too: Docker sets the iptables `FORWARD` policy to
 /// `DROP`, and an nft `accept` in another base chain cannot override an iptables drop (a
 /// packet must pass every base chain of the hook). The same rules as
@@ -297,22 +298,30 @@ pub fn add_host_forward(
     ing: &crate::ingress::Ingress,
 ) -> Result<(), Error> {
     use crate::ingress::PublishMode;
-    if rs.family() != nf::Family::V4 {
+    let fam: Family = rs.family().into();
+    if !ing.families().contains(&fam) {
         return Ok(());
     }
+    let gw_sandbox = match fam {
+        Family::V4 => ing.gw_bridge.sandbox_addr,
+        Family::V6 => ing.gw_bridge.sandbox_addr_v6,
+    };
     let fwd = chain_name(ing.id.as_str(), "FWD")?;
     rs.declare_chain(nf::Table::Filter, &fwd);
     let port = |p: crate::model::Port| nf::Port::new(p.get()).map_err(|e| nf_err("port", e));
     for s in &ing.services {
         for p in &s.ports {
             let (to, to_port) = match p.mode {
-                PublishMode::Ingress => (ing.gw_bridge.sandbox_addr, p.published),
+                PublishMode::Ingress => (gw_sandbox, p.published),
                 PublishMode::Host => {
-                    let local = s
-                        .tasks
-                        .iter()
-                        .find(|t| t.node == ing.node)
-                        .and_then(|t| t.host_addr);
+                    let local =
+                        s.tasks
+                            .iter()
+                            .find(|t| t.node == ing.node)
+                            .and_then(|t| match fam {
+                                Family::V4 => t.host_addr,
+                                Family::V6 => t.host_addr_v6,
+                            });
                     match local {
                         Some(a) => (a, p.target),
                         None => continue,
