@@ -196,46 +196,99 @@ pub fn add_host(t: &mut nft::Table, ing: &Ingress) -> Result<(), Error> {
 }
 
 /// A local task namespace's objects: REDIRECT published → target, ACCEPT the targets, DROP
-/// every other port on its ingress interface. Nothing when no task of this node lives there.
+/// every other TCP/UDP/SCTP port, all on the task's ingress addresses (as the iptables rules
+/// match `-d <task address>`, so traffic to its other addresses, such as a host-mode port's,
+/// is untouched): chains `task_redirect` (nat prerouting) and `task_filter` (filter input).
+/// Nothing when no task of this node lives there.
 ///
 /// # Errors
-/// [`Error::Nft`] if the table model rejects a value; [`Error::Invalid`] for two tasks in one
-/// namespace on different interfaces.
+/// [`Error::Nft`] if the table model rejects a value.
 pub fn add_task(t: &mut nft::Table, ing: &Ingress, netns: &str) -> Result<bool, Error> {
     let err = e("build table");
-    let mut iface: Option<String> = None;
-    let mut ports = Vec::new();
+    let n = |s: &str| nft::Name::new(s).map_err(&err);
+    let mut rules: Vec<(bool, nft::Rule)> = Vec::new(); // (nat?, rule)
     for s in &ing.services {
         for task in s
             .tasks
             .iter()
             .filter(|t| t.node == ing.node && t.netns.as_deref() == Some(netns))
         {
-            let i = task.interface.clone().unwrap_or_else(|| "eth0".into());
-            match &iface {
-                Some(prev) if *prev != i => {
-                    return Err(Error::invalid(
-                        "ingress.services.tasks.interface",
-                        format!("{netns}: {prev} and {i}"),
-                        "the nftables backend needs one ingress interface per task namespace",
+            for addr in [Some(task.addr), task.addr_v6].into_iter().flatten() {
+                let me = nft::Match::Daddr(nft::Prefix::host(addr));
+                for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+                    let pr = proto(p.protocol);
+                    if p.published != p.target {
+                        rules.push((
+                            true,
+                            nft::Rule::new(
+                                vec![
+                                    me.clone(),
+                                    nft::Match::dport(pr, p.published.get()).map_err(&err)?,
+                                ],
+                                nft::Statement::Redirect(p.target.get()),
+                            ),
+                        ));
+                    }
+                    rules.push((
+                        false,
+                        nft::Rule::new(
+                            vec![
+                                me.clone(),
+                                nft::Match::dport(pr, p.target.get()).map_err(&err)?,
+                            ],
+                            nft::Statement::Verdict(nft::Verdict::Accept),
+                        ),
                     ));
                 }
-                _ => iface = Some(i),
-            }
-            for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
-                ports.push(nft::TaskPort {
-                    proto: proto(p.protocol),
-                    published: p.published.get(),
-                    target: p.target.get(),
-                });
+                for pr in [nft::Proto::TCP, nft::Proto::UDP, nft::Proto::SCTP] {
+                    rules.push((
+                        false,
+                        nft::Rule::new(
+                            vec![me.clone(), nft::Match::L4Proto(pr)],
+                            nft::Statement::Verdict(nft::Verdict::Drop),
+                        ),
+                    ));
+                }
             }
         }
     }
-    let Some(iface) = iface else {
+    if rules.is_empty() {
         return Ok(false);
-    };
-    let iface = nft::IfName::new(&iface).map_err(&err)?;
-    nft::task_ingress(t, &iface, &ports).map_err(&err)?;
+    }
+    // Accepts before drops, whatever the order of services and tasks; no duplicates.
+    let (mut nat, mut filter): (Vec<_>, Vec<_>) = rules.into_iter().partition(|(n, _)| *n);
+    filter.sort_by_key(|(_, r)| matches!(r.stmt, nft::Statement::Verdict(nft::Verdict::Drop)));
+    let mut seen = std::collections::BTreeSet::new();
+    nat.retain(|(_, r)| seen.insert(r.clone()));
+    filter.retain(|(_, r)| seen.insert(r.clone()));
+    let redirect = n(nft::names::TASK_REDIRECT)?;
+    let filt = n(nft::names::TASK_FILTER)?;
+    let base =
+        |kind, hook, prio| nft::BaseChain::new(kind, hook, prio, nft::Policy::Accept).map_err(&err);
+    t.add_chain(
+        redirect.clone(),
+        Some(base(
+            nft::ChainType::Nat,
+            nft::Hook::Prerouting,
+            nft::Priority::DSTNAT,
+        )?),
+    )
+    .map_err(&err)?;
+    t.add_chain(
+        filt.clone(),
+        Some(base(
+            nft::ChainType::Filter,
+            nft::Hook::Input,
+            nft::Priority::FILTER,
+        )?),
+    )
+    .map_err(&err)?;
+    for (_, r) in nat {
+        t.add_rule(&redirect, r).map_err(&err)?;
+    }
+    for (_, r) in filter {
+        t.add_rule(&filt, r).map_err(&err)?;
+    }
     Ok(true)
 }
 
