@@ -15,8 +15,11 @@
 //! 1. Build a [`Table`] with the builders, one pure function per mesh object:
 //!    [`vip_marks`] (VIP → fwmark), [`ingress_port_marks`] (published port → fwmark in the
 //!    ingress sandbox), [`publish_dnat`] (host DNAT of published ports to the ingress sandbox),
-//!    [`ipvs_snat`] (the reply path of IPVS, see below) and [`task_ingress`] (REDIRECT /
-//!    ACCEPT / DROP in a task). Values are validated when built; every cross reference (a
+//!    [`ipvs_snat`] (the reply path of IPVS, see below), [`vip_reject`] (VIPs without
+//!    backends: TCP reset / port unreachable, through verdict maps), [`local_masquerade`]
+//!    (local traffic to the gateway bridge) and [`task_ingress`] (REDIRECT / ACCEPT / DROP in
+//!    a task). The node controller (`vipmesh`, `options.firewall = "nftables"`) builds its
+//!    tables with them; [`Nft::list_tables`] finds our tables of a namespace. Values are validated when built; every cross reference (a
 //!    rule's map and its key type, jump targets, NAT statements in NAT chains) when added.
 //! 2. [`Nft::sync`] lists our table (`nft -j list table inet vipmesh-<id>`), parses it
 //!    ([`parse_table_json`]), plans ([`plan()`], pure) and runs the plan's text as **one**
