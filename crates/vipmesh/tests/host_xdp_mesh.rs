@@ -253,3 +253,42 @@ fn replacing_one_of_three_backends_keeps_the_flows_of_the_others() {
     }
     assert!(seen.contains("t4") && !seen.contains("t3"), "{seen:?}");
 }
+
+#[test]
+#[ignore = "privileged: root, netns, XDP and tcx on the host kernel"]
+fn native_mode_refused_is_typed_and_the_fallback_is_reported() {
+    use vipmesh::xdp_mesh::{AttachRequest, XdpMeshConfig};
+    // A node whose uplink is a bridge device: no driver XDP.
+    let mut lab = lab(&[]);
+    let n1 = lab.nodes[0].clone();
+    lab.topo
+        .sh(&n1, "ip link add dm0 type bridge && ip link set dm0 up");
+    let ing = ingress(&lab, 0, &[]);
+    for (attach, expect_ok) in [
+        (AttachRequest::Native, false),
+        (AttachRequest::NativeOrGeneric, true),
+    ] {
+        let mut cfg = XdpMeshConfig::new("dm0");
+        cfg.pin_root = Some(lab.pin_root.join(format!("dm-{attach}")));
+        cfg.attach = attach;
+        let d = XdpMesh::derive(&ing, &cfg).unwrap();
+        let mut m = XdpMesh::new(&d).unwrap();
+        let p = XdpMesh::plan(&d, &m.observe(&d).unwrap()).unwrap();
+        match m.apply(&d, &p) {
+            Err(vipmesh::Error::XdpModeUnsupported {
+                interface, mode, ..
+            }) if !expect_ok => {
+                assert_eq!((interface.as_str(), mode.as_str()), ("dm0", "native"));
+            }
+            Ok(r) if expect_ok => {
+                assert_eq!(r.fallbacks.len(), 1, "{r:?}");
+                assert_eq!(r.fallbacks[0].0, "dm0");
+                let link = lab.topo.sh(&n1, "ip link show dm0");
+                assert!(link.contains("xdpgeneric"), "{link}");
+            }
+            other => panic!("{attach}: {other:?}"),
+        }
+        m.teardown(&d).unwrap();
+        assert!(!lab.topo.sh(&n1, "ip link show dm0").contains("xdp"));
+    }
+}
