@@ -259,7 +259,7 @@ fn replacing_one_of_three_backends_keeps_the_flows_of_the_others() {
 fn native_mode_refused_is_typed_and_the_fallback_is_reported() {
     use vipmesh::xdp_mesh::{AttachRequest, XdpMeshConfig};
     // A node whose uplink is a bridge device: no driver XDP.
-    let mut lab = lab(&[]);
+    let lab = lab(&[]);
     let n1 = lab.nodes[0].clone();
     lab.topo
         .sh(&n1, "ip link add dm0 type bridge && ip link set dm0 up");
