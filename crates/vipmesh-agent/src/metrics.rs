@@ -214,11 +214,14 @@ pub fn render<K: Kernel>(status: &StatusHandle, ctl: Option<&Mutex<Controller<K>
     out
 }
 
-/// The `/plan` answer: what a sync would change now (empty when converged), or the error.
+/// The `/plan` answer: what a sync would change now (an empty body when converged), or the
+/// error.
 /// Blocking (observes every namespace): call it off the async threads.
 pub fn plan<K: Kernel>(ctl: &Mutex<Controller<K>>) -> (u16, String) {
     let mut c = ctl.lock().unwrap_or_else(|e| e.into_inner());
     match c.plan_now() {
+        // Empty when there is nothing to do (not the plan's "(no changes)"), for scripts.
+        Ok(p) if p.is_empty() => (200, String::new()),
         Ok(p) => (200, p.to_string()),
         Err(e) => (500, format!("{e}\n")),
     }

@@ -459,11 +459,27 @@ async fn metrics_and_healthz_follow_the_agent() {
         "vipmesh_agent_sync_duration_seconds_count 1",
         "vipmesh_service_connections{network=\"demo\",service=\"vote\",state=\"active\"} 7",
         "vipmesh_service_connections{network=\"demo\",service=\"vote\",state=\"inactive\"} 3",
+        "vipmesh_backend_connections{network=\"demo\",service=\"vote\",backend=\"10.0.0.10\",state=\"active\"} 7",
+        "vipmesh_backend_weight{network=\"demo\",service=\"vote\",backend=\"10.0.0.11\"} 1",
         &format!("vipmesh_agent_watch_revision {}", r.status.get().revision),
     ] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
     assert_eq!(http_get(addr, "/nope").await.0, 404);
+    // Converged: the dry run is empty. A real server removed behind the agent's back
+    // shows in it (and is not repaired by asking).
+    assert_eq!(http_get(addr, "/plan").await, (200, String::new()));
+    r.kernel.with("lb-demo", |n| {
+        let key = ipvs::ServiceKey::fwmark(ipvs::Family::Inet, mark).unwrap();
+        let dest = n.ipvs.dests(&key).unwrap()[1].dest.key;
+        for r in n.ipvs.execute(&[ipvs::Op::DelDest(key, dest)]) {
+            r.unwrap();
+        }
+    });
+    let (code, plan) = http_get(addr, "/plan").await;
+    assert_eq!(code, 200);
+    assert!(plan.contains("add-dest"), "{plan}");
+    assert_eq!(http_get(addr, "/plan").await, (200, plan));
 
     e.kill();
     eventually("degraded", 30, || r.status.get().degraded.is_some()).await;

@@ -143,6 +143,10 @@ pub struct Controller<K: Kernel> {
     /// Remote overlay endpoints that came or went since the last sync (the incremental path
     /// of an ingress change confined to tasks on other nodes).
     peers_pending: Vec<crate::ingress::PeerChange>,
+    /// Ingress tasks removed from the desired state whose real servers still drain: their
+    /// overlay endpoints (veth, FDB entry, neighbour) stay until the drain ends, so the
+    /// connections IPVS keeps sending them are not cut (removed at the next full sync after).
+    lingering: BTreeMap<std::net::IpAddr, crate::ingress::IngressTask>,
     last_full: Option<u64>,
     last_verify: Option<u64>,
     last_sync: Option<u64>,
@@ -184,6 +188,7 @@ impl<K: Kernel> Controller<K> {
             dirty: BTreeSet::new(),
             full_due: true,
             peers_pending: Vec::new(),
+            lingering: BTreeMap::new(),
             last_full: None,
             last_verify: None,
             last_sync: None,
@@ -253,7 +258,10 @@ impl<K: Kernel> Controller<K> {
             let id = ing.id.clone();
             self.dirty
                 .extend(d.services.into_iter().map(|s| (id.clone(), s)));
-            self.peers_pending.extend(d.peers);
+            // Endpoints that go stay until their drain ends (the next full sync sees them in
+            // `lingering`); endpoints that come are written at once.
+            self.peers_pending
+                .extend(d.peers.into_iter().filter(|p| p.add));
         }
         for n in self.desired.networks() {
             let Some(o) = old.network(n.id().as_str()) else {
@@ -526,7 +534,30 @@ impl<K: Kernel> Controller<K> {
     ) -> Result<Report, Error> {
         let mut report = Report::default();
         let mut cache = observed;
-        for (ns, p) in &plan.namespaces {
+        // Task namespaces first (a new task's REDIRECT/ACCEPT is in place before the sandbox
+        // sends it connections), namespaces torn down last (a removed task drains first).
+        let tasks: BTreeSet<String> = self
+            .desired
+            .ingress()
+            .map(|i| {
+                i.local_task_namespaces()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let desired_ns = self.desired.namespace_names();
+        let mut order: Vec<(&String, &plan::NsPlan)> = plan.namespaces.iter().collect();
+        order.sort_by_key(|(ns, _)| {
+            if tasks.contains(*ns) {
+                0
+            } else if desired_ns.contains(*ns) {
+                1
+            } else {
+                2
+            }
+        });
+        for (ns, p) in order {
             let Some(obs) = cache.namespaces.get_mut(ns) else {
                 continue;
             };
@@ -634,6 +665,11 @@ impl<K: Kernel> Controller<K> {
             });
         }
         let res = self.apply(&p, obs, now);
+        let draining: BTreeSet<std::net::IpAddr> =
+            self.drains.entries().iter().map(|e| e.addr).collect();
+        self.lingering.retain(|a, t| {
+            draining.contains(a) || t.addr_v6.is_some_and(|v6| draining.contains(&v6))
+        });
         let ok_all = res.is_ok() && failures.ok();
         let mut report = match res {
             Ok(r) => r,
@@ -664,8 +700,42 @@ impl<K: Kernel> Controller<K> {
     /// sandbox namespace must exist).
     fn wire(&mut self, report: &mut Report) {
         let Some(ing) = self.desired.ingress().cloned() else {
+            self.lingering.clear();
             return;
         };
+        // Tasks removed since the last full sync linger while they drain (see `lingering`).
+        let wanted: BTreeSet<std::net::IpAddr> = ing
+            .services
+            .iter()
+            .flat_map(|s| s.tasks.iter())
+            .flat_map(|t| std::iter::once(t.addr).chain(t.addr_v6))
+            .collect();
+        if let Some(old) = self.applied.as_ref().and_then(|a| a.ingress()) {
+            for t in old.services.iter().flat_map(|s| s.tasks.iter()) {
+                if !wanted.contains(&t.addr) {
+                    self.lingering.insert(t.addr, t.clone());
+                }
+            }
+        }
+        let kernel = &mut self.kernel;
+        self.lingering.retain(|a, t| {
+            !wanted.contains(a)
+                && t.addr_v6.is_none_or(|v6| !wanted.contains(&v6))
+                && (t.node != ing.node
+                    || t.netns
+                        .as_deref()
+                        .is_some_and(|ns| kernel.identity(ns).is_ok()))
+        });
+        let mut wiring = ing.clone();
+        if !self.lingering.is_empty() {
+            wiring.services.push(crate::ingress::IngressService {
+                name: crate::model::ServiceName::new("vipmesh-draining")
+                    .unwrap_or_else(|_| unreachable_name()),
+                ports: Vec::new(),
+                scheduler: crate::model::Scheduler::default(),
+                tasks: self.lingering.values().cloned().collect(),
+            });
+        }
         let object = ObjectKey::Namespace(ing.sandbox_netns.clone());
         let mut push = |step: &str, r: Result<Vec<String>, Error>| {
             let (step, result) = match r {
@@ -680,7 +750,7 @@ impl<K: Kernel> Controller<K> {
                 result,
             });
         };
-        push("ingress wiring", self.kernel.wire_ingress(&ing));
+        push("ingress wiring", self.kernel.wire_ingress(&wiring));
         let families = ing.families();
         let ports = ing
             .services
@@ -838,6 +908,11 @@ impl<K: Kernel> Controller<K> {
         }
         Some(res)
     }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_name() -> crate::model::ServiceName {
+    panic!("\"vipmesh-draining\" is a valid service name")
 }
 
 /// Reads again the real servers of the IPVS services whose marks drain.

@@ -105,6 +105,8 @@ pub struct FakeWorld {
     pub peer_steps: Vec<String>,
     /// How many times `wire_ingress` ran.
     pub wirings: usize,
+    /// The overlay endpoints (local and remote addresses) of the last `wire_ingress`.
+    pub wired: std::collections::BTreeSet<IpAddr>,
 }
 
 /// A shared fake world; clones see the same state.
@@ -520,6 +522,17 @@ impl Kernel for FakeKernel {
     /// is wired (as the real wiring does).
     fn wire_ingress(&mut self, ingress: &crate::ingress::Ingress) -> Result<Vec<String>, Error> {
         self.world().wirings += 1;
+        let spec = crate::ingress::overlay_spec(ingress);
+        self.world().wired = spec
+            .local
+            .iter()
+            .flat_map(|l| std::iter::once(l.addr).chain(l.extra_addrs.iter().copied()))
+            .chain(
+                spec.remote
+                    .iter()
+                    .flat_map(|r| std::iter::once(r.addr).chain(r.extra_addrs.iter().copied())),
+            )
+            .collect();
         if !self.world().names.contains_key(&ingress.host_netns) {
             return Err(Error::MissingNamespace {
                 netns: ingress.host_netns.clone(),

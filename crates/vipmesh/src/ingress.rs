@@ -323,6 +323,32 @@ fn check_ifname(field: &'static str, v: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// One family of the gateway bridge: its subnet of that family, not overlapping the ingress
+/// subnet; the host's and the sandbox's addresses inside it and distinct. `fields`: the
+/// subnet's, the addresses', the sandbox address's field names.
+fn check_gw_family(
+    fam: Family,
+    ingress_subnet: Subnet,
+    (subnet, host, sandbox): (Subnet, IpAddr, IpAddr),
+    fields: [&'static str; 3],
+) -> Result<(), Error> {
+    if subnet.family() != fam {
+        return Err(bad(fields[0], subnet, &format!("must be an {fam} subnet")));
+    }
+    if ingress_subnet.overlaps(&subnet) {
+        return Err(bad(fields[0], subnet, "overlaps the ingress subnet"));
+    }
+    for a in [host, sandbox] {
+        if !subnet.contains(a) {
+            return Err(bad(fields[1], a, "not inside the gateway bridge's subnet"));
+        }
+    }
+    if host == sandbox {
+        return Err(bad(fields[2], sandbox, "is the host's address"));
+    }
+    Ok(())
+}
+
 fn check_netns(field: &'static str, v: &str) -> Result<(), Error> {
     if v.starts_with('/') {
         return Ok(());
@@ -386,29 +412,16 @@ impl Ingress {
         check_netns("ingress.overlay_netns", &self.overlay_netns)?;
         let gw = &self.gw_bridge;
         check_ifname("ingress.gw_bridge.name", &gw.name)?;
-        for a in [gw.host_addr, gw.sandbox_addr] {
-            if !gw.subnet.contains(a) || gw.subnet.family() != Family::V4 {
-                return Err(bad(
-                    "ingress.gw_bridge",
-                    a,
-                    "not inside the (IPv4) gateway subnet",
-                ));
-            }
-        }
-        if self.subnet.overlaps(&gw.subnet) {
-            return Err(bad(
+        check_gw_family(
+            Family::V4,
+            self.subnet,
+            (gw.subnet, gw.host_addr, gw.sandbox_addr),
+            [
                 "ingress.gw_bridge.subnet",
-                gw.subnet,
-                "overlaps the ingress subnet",
-            ));
-        }
-        if gw.host_addr == gw.sandbox_addr {
-            return Err(bad(
+                "ingress.gw_bridge",
                 "ingress.gw_bridge.sandbox_addr",
-                gw.sandbox_addr,
-                "is the host's address",
-            ));
-        }
+            ],
+        )?;
         let mut names = BTreeSet::new();
         let mut underlays = BTreeSet::new();
         let mut addrs: BTreeSet<IpAddr> = [self.gateway].into();
@@ -572,37 +585,16 @@ impl Ingress {
             }
         }
         let gw = &self.gw_bridge;
-        if gw.subnet_v6.family() != Family::V6 {
-            return Err(bad(
+        check_gw_family(
+            Family::V6,
+            sn,
+            (gw.subnet_v6, gw.host_addr_v6, gw.sandbox_addr_v6),
+            [
                 "ingress.gw_bridge.subnet_v6",
-                gw.subnet_v6,
-                "must be an IPv6 subnet",
-            ));
-        }
-        for a in [gw.host_addr_v6, gw.sandbox_addr_v6] {
-            if !gw.subnet_v6.contains(a) {
-                return Err(bad(
-                    "ingress.gw_bridge",
-                    a,
-                    "not inside the gateway bridge's subnet_v6",
-                ));
-            }
-        }
-        if gw.host_addr_v6 == gw.sandbox_addr_v6 {
-            return Err(bad(
+                "ingress.gw_bridge",
                 "ingress.gw_bridge.sandbox_addr_v6",
-                gw.sandbox_addr_v6,
-                "is the host's address",
-            ));
-        }
-        if sn.overlaps(&gw.subnet_v6) {
-            return Err(bad(
-                "ingress.gw_bridge.subnet_v6",
-                gw.subnet_v6,
-                "overlaps the ingress subnet_v6",
-            ));
-        }
-        Ok(())
+            ],
+        )
     }
 
     /// The families the ingress serves: IPv4, and IPv6 when dual-stack.

@@ -1520,10 +1520,9 @@ fn a_remote_task_change_is_incremental_and_touches_only_its_overlay_entries() {
     assert_eq!(k.world().wirings, wirings, "no full wiring");
     assert_eq!(
         k.world().peer_steps,
+        // Only what comes: the endpoint that goes stays while its real server drains (the
+        // next full sync removes it once the drain is over).
         [
-            "[ov1] ip neigh del 10.255.0.6 dev vxlan0",
-            "[ov1] bridge fdb del 02:42:0a:ff:00:06 dev vxlan0 dst 192.168.50.12 self",
-            "[ov1] ip neigh del fd00:255::6 dev vxlan0",
             "[ov1] bridge fdb replace 02:42:0a:ff:00:07 dev vxlan0 dst 192.168.50.12 self permanent",
             "[ov1] ip neigh replace 10.255.0.7 lladdr 02:42:0a:ff:00:07 dev vxlan0 nud permanent",
             "[ov1] ip neigh replace fd00:255::7 lladdr 02:42:0a:ff:00:07 dev vxlan0 nud permanent",
@@ -1596,6 +1595,53 @@ fn a_missing_task_namespace_is_named_and_the_rest_of_the_node_converges() {
     assert!(host.contains("VIPMESH-ingress-DNAT"), "{host}");
     let task = k.with("vote1", |n| format!("{:?}", n.rules[&Family::V4]));
     assert!(task.contains("VIPMESH-ingress-TASK"), "{task}");
+}
+
+#[test]
+fn a_removed_task_keeps_its_overlay_endpoint_while_it_drains() {
+    let k = ingress_world();
+    let mut c = ctl(&k);
+    apply(
+        &mut c,
+        ingress_state(&[
+            ("10.255.0.5", "node1", Some("vote1")),
+            ("10.255.0.6", "node2", None),
+        ]),
+        0,
+    );
+    assert!(k.world().wired.contains(&ip("10.255.0.6")));
+    let key = ipvs::ServiceKey::fwmark(ipvs::Family::Inet, 0x20000).unwrap();
+    let d6 = ipvs::DestKey {
+        addr: ip("10.255.0.6"),
+        port: 0,
+    };
+    k.with("sbox1", |n| n.ipvs.set_conns(&key, &d6, 1, 0).unwrap());
+    // node2's task goes while a connection is open: IPVS drains it, and the overlay keeps
+    // its FDB entry and neighbour so that connection is not cut.
+    apply(
+        &mut c,
+        ingress_state(&[("10.255.0.5", "node1", Some("vote1"))]),
+        1,
+    );
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![(ip("10.255.0.5"), 1), (ip("10.255.0.6"), 0)]
+    );
+    let _ = c.sync_full(2).unwrap();
+    assert!(
+        k.world().wired.contains(&ip("10.255.0.6")),
+        "still draining"
+    );
+    // The connection ends: the real server is deleted, then the endpoint goes.
+    k.with("sbox1", |n| n.ipvs.set_conns(&key, &d6, 0, 0).unwrap());
+    let _ = c.sync_full(3).unwrap();
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, 0x20000),
+        vec![(ip("10.255.0.5"), 1)]
+    );
+    let _ = c.sync_full(4).unwrap();
+    assert!(!k.world().wired.contains(&ip("10.255.0.6")));
+    assert!(k.world().wired.contains(&ip("10.255.0.5")));
 }
 
 #[test]

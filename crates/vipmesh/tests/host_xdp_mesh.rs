@@ -1,6 +1,7 @@
 //! The XDP ingress mesh on the host kernel, in fresh namespaces: a LAN bridge, an external
-//! client, two nodes, one task on each. Published port 8080 (TCP) and 5353 (UDP) of service
-//! `vote` (targets 80 and 53) are served by `vipmesh::xdp_mesh` on both nodes.
+//! client, two nodes, their tasks (lab: `xdp_mesh_lab/lab.rs`). Published port 8080 (TCP) and
+//! 5353 (UDP) of service `vote` (targets 80 and 53) are served by `vipmesh::xdp_mesh` on both
+//! nodes, on their IPv4 and IPv6 addresses.
 //!
 //! Run: `sudo -E cargo test -p vipmesh --test host_xdp_mesh -- --ignored --test-threads 1`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -20,34 +21,44 @@ fn mesh_keeps_the_client_address_across_nodes_tcp_udp_and_big_transfers() {
     let (m1, d1) = up(&lab, 0);
     let (m2, d2) = up(&lab, 1);
 
-    for (node, addr) in [(1, "192.0.2.1"), (2, "192.0.2.2")] {
+    for (node, addr, me) in [
+        (1, "192.0.2.1", CLIENT),
+        (2, "192.0.2.2", CLIENT),
+        (1, "fd00:2::1", CLIENT6),
+        (2, "fd00:2::2", CLIENT6),
+    ] {
         // TCP: both tasks answer through each node, and both see the client's address.
         let mut seen = BTreeSet::new();
-        for _ in 0..24 {
+        for _ in 0..16 {
             let (task, c) = who(&client(&lab, &format!("who {addr} 8080")));
-            assert_eq!(c, CLIENT, "TCP via n{node}: task {task} saw {c}");
+            assert_eq!(c, me, "TCP via n{node} {addr}: task {task} saw {c}");
             seen.insert(task);
         }
         assert_eq!(
             seen,
             BTreeSet::from(["t1".into(), "t2".into()]),
-            "TCP via n{node}"
+            "TCP via {addr}"
         );
         // UDP likewise.
         let mut seen = BTreeSet::new();
-        for _ in 0..24 {
+        for _ in 0..16 {
             let (task, c) = who(&client(&lab, &format!("uwho {addr} 5353")));
-            assert_eq!(c, CLIENT, "UDP via n{node}: task {task} saw {c}");
+            assert_eq!(c, me, "UDP via n{node} {addr}: task {task} saw {c}");
             seen.insert(task);
         }
         assert_eq!(
             seen,
             BTreeSet::from(["t1".into(), "t2".into()]),
-            "UDP via n{node}"
+            "UDP via {addr}"
         );
     }
 
     // The same flow (fixed source port) lands on the same task via either node.
+    for sport in 41001..41005 {
+        let a = who(&client(&lab, &format!("who fd00:2::1 8080 {sport}"))).0;
+        let b = who(&client(&lab, &format!("who fd00:2::2 8080 {sport}"))).0;
+        assert_eq!(a, b, "v6 source port {sport}: n1 chose {a}, n2 chose {b}");
+    }
     for sport in 41001..41009 {
         let a = who(&client(&lab, &format!("who 192.0.2.1 8080 {sport}"))).0;
         let b = who(&client(&lab, &format!("who 192.0.2.2 8080 {sport}"))).0;
@@ -58,11 +69,16 @@ fn mesh_keeps_the_client_address_across_nodes_tcp_udp_and_big_transfers() {
     }
 
     // 4 MiB both ways through the remote path (n1 -> t2, IPIP), offloads off.
-    for cmd in ["get", "put"] {
-        let r = client(&lab, &format!("{cmd} 192.0.2.1 8080 t2"));
+    for (cmd, node1) in [
+        ("get", "192.0.2.1"),
+        ("put", "192.0.2.1"),
+        ("get", "fd00:2::1"),
+        ("put", "fd00:2::1"),
+    ] {
+        let r = client(&lab, &format!("{cmd} {node1} 8080 t2"));
         let f: Vec<&str> = r.split_whitespace().collect();
-        assert_eq!(f.len(), 3, "{cmd} via n1 never reached t2: {r:?}");
-        assert_eq!(f[1], f[2], "{cmd} via n1 to t2: md5 differs");
+        assert_eq!(f.len(), 3, "{cmd} via {node1} never reached t2: {r:?}");
+        assert_eq!(f[1], f[2], "{cmd} via {node1} to t2: md5 differs");
     }
     drop((m1, m2));
     let _ = (d1, d2);
@@ -104,7 +120,7 @@ fn restart_under_traffic_keeps_flows_and_teardown_leaves_foreign_programs() {
     // Nothing duplicated: two services, two backends each, the ids of before.
     let fp = m1.fast_path().unwrap();
     let specs: Vec<_> = fp.dataplane().services().cloned().collect();
-    assert_eq!(specs.len(), 2, "{specs:?}");
+    assert_eq!(specs.len(), 4, "tcp and udp, v4 and v6: {specs:?}");
     assert!(specs.iter().all(|s| s.backends.len() == 2), "{specs:?}");
     // Every long-lived connection kept its task and got every reply.
     for out in &outs {
@@ -236,4 +252,43 @@ fn replacing_one_of_three_backends_keeps_the_flows_of_the_others() {
         seen.insert(task);
     }
     assert!(seen.contains("t4") && !seen.contains("t3"), "{seen:?}");
+}
+
+#[test]
+#[ignore = "privileged: root, netns, XDP and tcx on the host kernel"]
+fn native_mode_refused_is_typed_and_the_fallback_is_reported() {
+    use vipmesh::xdp_mesh::{AttachRequest, XdpMeshConfig};
+    // A node whose uplink is a bridge device: no driver XDP.
+    let lab = lab(&[]);
+    let n1 = lab.nodes[0].clone();
+    lab.topo
+        .sh(&n1, "ip link add dm0 type bridge && ip link set dm0 up");
+    let ing = ingress(&lab, 0, &[]);
+    for (attach, expect_ok) in [
+        (AttachRequest::Native, false),
+        (AttachRequest::NativeOrGeneric, true),
+    ] {
+        let mut cfg = XdpMeshConfig::new("dm0");
+        cfg.pin_root = Some(lab.pin_root.join(format!("dm-{attach}")));
+        cfg.attach = attach;
+        let d = XdpMesh::derive(&ing, &cfg).unwrap();
+        let mut m = XdpMesh::new(&d).unwrap();
+        let p = XdpMesh::plan(&d, &m.observe(&d).unwrap()).unwrap();
+        match m.apply(&d, &p) {
+            Err(vipmesh::Error::XdpModeUnsupported {
+                interface, mode, ..
+            }) if !expect_ok => {
+                assert_eq!((interface.as_str(), mode.as_str()), ("dm0", "native"));
+            }
+            Ok(r) if expect_ok => {
+                assert_eq!(r.fallbacks.len(), 1, "{r:?}");
+                assert_eq!(r.fallbacks[0].0, "dm0");
+                let link = lab.topo.sh(&n1, "ip link show dm0");
+                assert!(link.contains("xdpgeneric"), "{link}");
+            }
+            other => panic!("{attach}: {other:?}"),
+        }
+        m.teardown(&d).unwrap();
+        assert!(!lab.topo.sh(&n1, "ip link show dm0").contains("xdp"));
+    }
 }

@@ -184,7 +184,12 @@ impl XdpMesh {
         if !missing.is_empty() {
             let _probed = self.host.run(|| {
                 for a in &missing {
-                    if let Ok(s) = UdpSocket::bind(("0.0.0.0", 0)) {
+                    let any: IpAddr = if a.is_ipv4() {
+                        IpAddr::from([0u8; 4])
+                    } else {
+                        IpAddr::from([0u8; 16])
+                    };
+                    if let Ok(s) = UdpSocket::bind(SocketAddr::new(any, 0)) {
                         let _sent = s.send_to(&[], SocketAddr::new(*a, 9));
                     }
                 }

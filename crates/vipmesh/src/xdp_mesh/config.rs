@@ -83,6 +83,10 @@ pub struct XdpMeshConfig {
     /// namespace (the runtime created the pair). NAT frames are redirected into it, and
     /// `tc_rev` runs on its ingress.
     pub host_veths: BTreeMap<String, String>,
+    /// The nodes' IPv6 underlay addresses, by node name: a node listed here serves its
+    /// published ports on that address too (tasks' `addr_v6` as backends, IPv6-in-IPv6 to
+    /// the remote ones). Empty: IPv4 only.
+    pub underlay_v6: BTreeMap<String, std::net::Ipv6Addr>,
     /// Maglev table size (a prime; default 251 — at most 1/M imbalance).
     pub table_size: u32,
     /// Capacity of the LRU flow table.
@@ -99,6 +103,7 @@ impl XdpMeshConfig {
             underlay_mtu: 1500,
             pin_root: None,
             host_veths: BTreeMap::new(),
+            underlay_v6: BTreeMap::new(),
             table_size: 251,
             flow_entries: vipmesh_xdp::abi::FLOW_ENTRIES,
         }

@@ -13,6 +13,8 @@ use crate::model::Protocol;
 
 /// IPIP's outer IPv4 header.
 pub const IPIP_OVERHEAD: u16 = 20;
+/// IPv6-in-IPv6's outer header.
+pub const IP6IP6_OVERHEAD: u16 = 40;
 
 /// Where a backend is, as the node sees it (resolved to an ifindex and MACs by the planner).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,7 +136,10 @@ fn proto(p: Protocol, service: &str, published: u16) -> Result<Proto, Error> {
 /// Every ingress-published port served by XDP ([`XdpMeshConfig::ports`]) becomes a service on
 /// this node's underlay address with every task of the service on any node as a backend, in
 /// canonical order; local tasks are NAT backends, remote ones encap backends. Host-mode ports
-/// are left alone. IPv4 only: [`crate::ingress::ClusterNode`] has one underlay address.
+/// are left alone. IPv6: [`crate::ingress::ClusterNode`] has one (IPv4) underlay address, so
+/// the nodes' IPv6 addresses come from [`XdpMeshConfig::underlay_v6`]; a node that has one
+/// serves its published ports on it too, with the tasks' `addr_v6` as backends (IPv6-in-IPv6
+/// towards remote ones).
 ///
 /// # Errors
 ///
@@ -191,17 +196,45 @@ pub fn derive(ing: &Ingress, cfg: &XdpMeshConfig) -> Result<XdpDesired, Error> {
     }
     let table_size = vipmesh_xdp::TableSize::new(cfg.table_size)
         .map_err(|e| bad("xdp.table_size", cfg.table_size, &e.to_string()))?;
-    let underlay_of: BTreeMap<&str, IpAddr> = ing
-        .nodes
-        .iter()
-        .map(|n| (n.name.as_str(), n.underlay))
-        .collect();
-    let others: BTreeSet<IpAddr> = ing
-        .nodes
-        .iter()
-        .filter(|n| n.name != this.name)
-        .map(|n| n.underlay)
-        .collect();
+    for n in cfg.underlay_v6.keys() {
+        if !ing.nodes.iter().any(|x| &x.name == n) {
+            return Err(bad("xdp.underlay_v6", n, "not in ingress.nodes"));
+        }
+    }
+    for (n, a) in &cfg.underlay_v6 {
+        if a.is_unspecified() || a.is_multicast() {
+            return Err(bad(
+                "xdp.underlay_v6",
+                format!("{n} = {a}"),
+                "not a unicast address",
+            ));
+        }
+    }
+    let node6 = cfg.underlay_v6.get(&this.name).copied();
+    if node6.is_some() && cfg.underlay_mtu < 1280 + IP6IP6_OVERHEAD {
+        return Err(bad(
+            "xdp.underlay_mtu",
+            cfg.underlay_mtu,
+            "leaves less than 1280 bytes after the 40-byte IPv6-in-IPv6 header",
+        ));
+    }
+    // Per family: this node's address, every node's underlay, the other nodes' addresses.
+    let mut fams: Vec<(IpAddr, BTreeMap<&str, IpAddr>)> = vec![(
+        IpAddr::V4(node4),
+        ing.nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.underlay))
+            .collect(),
+    )];
+    if let Some(n6) = node6 {
+        fams.push((
+            IpAddr::V6(n6),
+            cfg.underlay_v6
+                .iter()
+                .map(|(n, a)| (n.as_str(), IpAddr::V6(*a)))
+                .collect(),
+        ));
+    }
 
     let mut services = BTreeMap::new();
     let mut tasks: BTreeMap<String, DesiredTask> = BTreeMap::new();
@@ -216,90 +249,110 @@ pub fn derive(ing: &Ingress, cfg: &XdpMeshConfig) -> Result<XdpDesired, Error> {
                 continue;
             }
             let proto = proto(p.protocol, name, p.published.get())?;
-            let key = ServiceKey {
-                addr: IpAddr::V4(node4),
-                port: p.published.get(),
-                proto,
-            };
-            let mut backends = Vec::new();
-            for t in &svc.tasks {
-                if !t.addr.is_ipv4() {
-                    continue;
+            for (node_addr, underlay_of) in &fams {
+                let others: BTreeSet<IpAddr> = underlay_of
+                    .iter()
+                    .filter(|(n, _)| **n != this.name)
+                    .map(|(_, a)| *a)
+                    .collect();
+                let key = ServiceKey {
+                    addr: *node_addr,
+                    port: p.published.get(),
+                    proto,
+                };
+                let mut backends = Vec::new();
+                for t in &svc.tasks {
+                    let Some(taddr) = (if node_addr.is_ipv4() {
+                        Some(t.addr).filter(IpAddr::is_ipv4)
+                    } else {
+                        t.addr_v6.filter(IpAddr::is_ipv6)
+                    }) else {
+                        continue;
+                    };
+                    let via = if t.node == this.name {
+                        let netns = t.netns.clone().ok_or_else(|| {
+                            bad(
+                                "tasks.netns",
+                                format!("{taddr} of {name}"),
+                                "a task on this node needs its namespace",
+                            )
+                        })?;
+                        let host_veth = cfg.host_veths.get(&netns).cloned().ok_or_else(|| {
+                            bad(
+                                "xdp.host_veths",
+                                &netns,
+                                "no node-side veth given for this task namespace",
+                            )
+                        })?;
+                        let interface = t.interface.clone().unwrap_or_else(|| "eth0".into());
+                        let task = tasks.entry(netns.clone()).or_default();
+                        task.interface.clone_from(&interface);
+                        task.host_veth.clone_from(&host_veth);
+                        task.lo_addrs.extend(others.iter().copied());
+                        for &o in &others {
+                            task.ports.insert(
+                                ServiceKey {
+                                    addr: o,
+                                    port: p.published.get(),
+                                    proto,
+                                },
+                                p.target.get(),
+                            );
+                        }
+                        nat_users
+                            .entry((taddr, p.target.get(), proto))
+                            .or_default()
+                            .push(key);
+                        Via::Local {
+                            netns,
+                            interface,
+                            host_veth,
+                        }
+                    } else {
+                        let underlay =
+                            underlay_of.get(t.node.as_str()).copied().ok_or_else(|| {
+                                if node_addr.is_ipv4() {
+                                    bad(
+                                        "tasks.node",
+                                        format!("{taddr} of {name} on {}", t.node),
+                                        "not in ingress.nodes",
+                                    )
+                                } else {
+                                    bad(
+                                        "xdp.underlay_v6",
+                                        &t.node,
+                                        "a node with IPv6 tasks needs an IPv6 underlay address",
+                                    )
+                                }
+                            })?;
+                        Via::Remote {
+                            node: t.node.clone(),
+                            underlay,
+                        }
+                    };
+                    let mode = match via {
+                        Via::Local { .. } => ForwardMode::Nat,
+                        Via::Remote { .. } => ForwardMode::Encap,
+                    };
+                    backends.push(DesiredBackend {
+                        addr: taddr,
+                        port: p.target.get(),
+                        weight: t.weight.get(),
+                        mode,
+                        via,
+                    });
                 }
-                let via = if t.node == this.name {
-                    let netns = t.netns.clone().ok_or_else(|| {
-                        bad(
-                            "tasks.netns",
-                            format!("{} of {name}", t.addr),
-                            "a task on this node needs its namespace",
-                        )
-                    })?;
-                    let host_veth = cfg.host_veths.get(&netns).cloned().ok_or_else(|| {
-                        bad(
-                            "xdp.host_veths",
-                            &netns,
-                            "no node-side veth given for this task namespace",
-                        )
-                    })?;
-                    let interface = t.interface.clone().unwrap_or_else(|| "eth0".into());
-                    let task = tasks.entry(netns.clone()).or_default();
-                    task.interface.clone_from(&interface);
-                    task.host_veth.clone_from(&host_veth);
-                    task.lo_addrs.extend(others.iter().copied());
-                    for &o in &others {
-                        task.ports.insert(
-                            ServiceKey {
-                                addr: o,
-                                port: p.published.get(),
-                                proto,
-                            },
-                            p.target.get(),
-                        );
-                    }
-                    nat_users
-                        .entry((t.addr, p.target.get(), proto))
-                        .or_default()
-                        .push(key);
-                    Via::Local {
-                        netns,
-                        interface,
-                        host_veth,
-                    }
-                } else {
-                    let underlay = underlay_of.get(t.node.as_str()).copied().ok_or_else(|| {
-                        bad(
-                            "tasks.node",
-                            format!("{} of {name} on {}", t.addr, t.node),
-                            "not in ingress.nodes",
-                        )
-                    })?;
-                    Via::Remote {
-                        node: t.node.clone(),
-                        underlay,
-                    }
-                };
-                let mode = match via {
-                    Via::Local { .. } => ForwardMode::Nat,
-                    Via::Remote { .. } => ForwardMode::Encap,
-                };
-                backends.push(DesiredBackend {
-                    addr: t.addr,
-                    port: p.target.get(),
-                    weight: t.weight.get(),
-                    mode,
-                    via,
-                });
-            }
-            backends.sort_by_key(|b| (b.addr, b.port));
-            backends.dedup_by(|a, b| (a.addr, a.port) == (b.addr, b.port));
-            services.insert(
-                key,
-                DesiredService {
+                backends.sort_by_key(|b| (b.addr, b.port));
+                backends.dedup_by(|a, b| (a.addr, a.port) == (b.addr, b.port));
+                services.insert(
                     key,
-                    service: name.to_owned(),
-                    backends,
-                },
-            );
+                    DesiredService {
+                        key,
+                        service: name.to_owned(),
+                        backends,
+                    },
+                );
+            }
         }
     }
     for ((addr, port, proto), users) in &nat_users {
@@ -326,6 +379,9 @@ pub fn derive(ing: &Ingress, cfg: &XdpMeshConfig) -> Result<XdpDesired, Error> {
             "2".into(),
         );
     }
+    if node6.is_some() {
+        host_sysctls.insert("net.ipv6.conf.all.forwarding".into(), "1".into());
+    }
     let task_sysctls = BTreeMap::from([
         ("net.ipv4.conf.all.arp_ignore".to_owned(), "1".to_owned()),
         ("net.ipv4.conf.all.arp_announce".to_owned(), "2".to_owned()),
@@ -342,7 +398,7 @@ pub fn derive(ing: &Ingress, cfg: &XdpMeshConfig) -> Result<XdpDesired, Error> {
         pin_root,
         config: vipmesh_xdp::Config {
             node_v4: Some(node4),
-            node_v6: None,
+            node_v6: node6,
             encap_mtu: cfg.underlay_mtu,
             ..vipmesh_xdp::Config::default()
         },

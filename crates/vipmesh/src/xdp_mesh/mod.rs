@@ -53,7 +53,9 @@
 //!
 //! # Requirements and limits
 //!
-//! Linux 6.6+ (tcx), IPv4 underlay; nothing here needs IPVS. Each node's task addresses must
+//! Linux 6.6+ (tcx); an IPv4 underlay, plus IPv6 where [`XdpMeshConfig::underlay_v6`] gives
+//! the nodes' IPv6 addresses (IPv6-in-IPv6 then, `net.ipv6.conf.all.forwarding=1`); nothing
+//! here needs IPVS. Each node's task addresses must
 //! be routed to the task's veth in the node's host namespace (the runtime's job, as with any
 //! bridge-less veth CNI). Senders on the same host as the node must turn TX checksum offload
 //! off (XDP cannot complete partial checksums); real NIC traffic is complete. A redirect into
@@ -72,7 +74,8 @@ mod tests;
 pub use apply::{XdpApplyReport, XdpMesh};
 pub use config::{AttachRequest, PortDataplane, XdpMeshConfig};
 pub use derive::{
-    DesiredBackend, DesiredService, DesiredTask, IPIP_OVERHEAD, Via, XdpDesired, derive,
+    DesiredBackend, DesiredService, DesiredTask, IP6IP6_OVERHEAD, IPIP_OVERHEAD, Via, XdpDesired,
+    derive,
 };
 pub use plan::{
     AttachKey, BackendModes, LinkFacts, ModedSpec, XdpObserved, XdpPlan, XdpStep, plan, resolve,

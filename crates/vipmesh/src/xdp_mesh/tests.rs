@@ -314,3 +314,59 @@ fn ports_left_to_ipvs_and_host_mode_are_not_programmed() {
         [key("192.0.2.1", 8080, Proto::Tcp)]
     );
 }
+
+#[test]
+fn ipv6_underlays_add_v6_services_and_task_sides() {
+    let mut ing = ingress("n1");
+    ing.subnet_v6 = Some("fd00:255::/64".parse().unwrap());
+    ing.gateway_v6 = Some(ip("fd00:255::1"));
+    for (i, n) in ing.nodes.iter_mut().enumerate() {
+        n.sandbox_addr_v6 = Some(format!("fd00:255::{}", i + 2).parse().unwrap());
+    }
+    for (i, t) in ing.services[0].tasks.iter_mut().enumerate() {
+        t.addr_v6 = Some(format!("fd00:255::{}", i + 10).parse().unwrap());
+    }
+    let mut c = cfg();
+    c.underlay_v6
+        .insert("n1".into(), "fd00:2::1".parse().unwrap());
+    c.underlay_v6
+        .insert("n2".into(), "fd00:2::2".parse().unwrap());
+    let d = derive(&ing, &c).unwrap();
+    let k6 = key("fd00:2::1", 8080, Proto::Tcp);
+    let s = &d.services[&k6];
+    let modes: Vec<_> = s.backends.iter().map(|b| (b.addr, b.mode)).collect();
+    assert_eq!(
+        modes,
+        [
+            (ip("fd00:255::10"), ForwardMode::Nat),
+            (ip("fd00:255::11"), ForwardMode::Encap),
+            (ip("fd00:255::12"), ForwardMode::Nat)
+        ]
+    );
+    assert!(d.services.contains_key(&key("192.0.2.1", 8080, Proto::Tcp)));
+    let t1 = &d.tasks["t1"];
+    assert!(t1.lo_addrs.contains(&ip("fd00:2::2")) && t1.lo_addrs.contains(&ip("192.0.2.2")));
+    assert_eq!(t1.ports[&key("fd00:2::2", 8080, Proto::Tcp)], 80);
+    assert_eq!(d.config.node_v6, Some("fd00:2::1".parse().unwrap()));
+    assert_eq!(d.host_sysctls["net.ipv6.conf.all.forwarding"], "1");
+    // A remote node with v6 tasks but no v6 underlay.
+    c.underlay_v6.remove("n2");
+    match derive(&ing, &c) {
+        Err(Error::Invalid { field, value, .. }) => {
+            assert_eq!((field, value.as_str()), ("xdp.underlay_v6", "n2"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An MTU with room for IPIP but not for IPv6-in-IPv6.
+    let mut c = cfg();
+    c.underlay_v6
+        .insert("n1".into(), "fd00:2::1".parse().unwrap());
+    c.underlay_mtu = 1310;
+    assert!(matches!(
+        derive(&ing, &c),
+        Err(Error::Invalid {
+            field: "xdp.underlay_mtu",
+            ..
+        })
+    ));
+}

@@ -6,12 +6,14 @@
 import hashlib, socket, sys
 
 cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+FAM = socket.AF_INET6 if ":" in host else socket.AF_INET
+ANY = "::" if FAM == socket.AF_INET6 else "0.0.0.0"
 
 def conn(sport=0):
-    s = socket.socket()
+    s = socket.socket(FAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.settimeout(10)
-    s.bind(("0.0.0.0", sport))
+    s.bind((ANY, sport))
     s.connect((host, port))
     return s
 
@@ -28,9 +30,9 @@ if cmd == "who":
     s.sendall(b"WHO\n")
     print(recv_all(s).decode().strip())
 elif cmd == "uwho":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(FAM, socket.SOCK_DGRAM)
     s.settimeout(3)
-    s.bind(("0.0.0.0", int(sys.argv[4]) if len(sys.argv) > 4 else 0))
+    s.bind((ANY, int(sys.argv[4]) if len(sys.argv) > 4 else 0))
     for _ in range(5):
         s.sendto(b"WHO", (host, port))
         try:

@@ -10,6 +10,7 @@ use vipmesh::xdp_mesh::{XdpDesired, XdpMesh, XdpMeshConfig};
 use vipmesh_testkit::{Requirement, Topology, require};
 
 pub const CLIENT: &str = "192.0.2.100";
+pub const CLIENT6: &str = "fd00:2::100";
 
 pub fn lab_file(name: &str) -> String {
     format!("{}/tests/xdp_mesh_lab/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -19,6 +20,7 @@ pub struct LabTask {
     pub ns: String,
     pub node: usize,
     pub addr: String,
+    pub addr6: String,
     pub host_veth: String,
 }
 
@@ -52,6 +54,7 @@ pub fn lab(layout: &[usize]) -> Lab {
     let lan = topo.bridge_ns("lan");
     let cli = topo.ns("cli");
     topo.attach(&lan, &cli, "eth0", &format!("{CLIENT}/24"));
+    topo.addr(&cli, "eth0", &format!("{CLIENT6}/64"));
     // XDP cannot complete partial checksums of a sender on this host; offloads off so that
     // the MSS clamp is what makes big transfers pass.
     topo.sh(&cli, "ethtool -K eth0 tx off tso off gso off >/dev/null");
@@ -59,6 +62,7 @@ pub fn lab(layout: &[usize]) -> Lab {
     for i in 1..=2 {
         let n = topo.ns(&format!("n{i}"));
         let port = topo.attach(&lan, &n, "up0", &format!("192.0.2.{i}/24"));
+        topo.addr(&n, "up0", &format!("fd00:2::{i}/64"));
         // NAPI on the LAN side of the uplink veth: frames XDP-redirected out of up0 land there.
         topo.sh(&lan, &format!("ethtool -K {port} gro on >/dev/null"));
         nodes.push(n);
@@ -79,12 +83,22 @@ pub fn lab(layout: &[usize]) -> Lab {
             &t,
             &format!("ip route add {gw} dev eth0 && ip route add default via {gw}"),
         );
+        let addr6 = format!("fd00:255:{}::{}", node + 1, 10 + i);
+        let gw6 = format!("fd00:255:{}::1", node + 1);
+        topo.addr(n, &host_veth, &format!("{gw6}/128"));
+        topo.sh(n, &format!("ip -6 route add {addr6}/128 dev {host_veth}"));
+        topo.addr(&t, "eth0", &format!("{addr6}/128"));
+        topo.sh(
+            &t,
+            &format!("ip -6 route add {gw6} dev eth0 && ip -6 route add default via {gw6}"),
+        );
         topo.sh(&t, "ethtool -K eth0 tso off gso off >/dev/null");
         topo.spawn(&t, &format!("python3 {} {name} 80 53", lab_file("task.py")));
         tasks.push(LabTask {
             ns: t,
             node,
             addr,
+            addr6,
             host_veth,
         });
     }
@@ -123,8 +137,9 @@ pub fn ingress(lab: &Lab, node: usize, active: &[usize]) -> Ingress {
         .map(|&i| {
             let t = &lab.tasks[i];
             format!(
-                r#"{{"addr": "{}", "node": "n{}", "netns": "{}"}}"#,
+                r#"{{"addr": "{}", "addr_v6": "{}", "node": "n{}", "netns": "{}"}}"#,
                 t.addr,
+                t.addr6,
                 t.node + 1,
                 t.ns
             )
@@ -134,11 +149,15 @@ pub fn ingress(lab: &Lab, node: usize, active: &[usize]) -> Ingress {
         r#"{{
         "node": "n{}",
         "nodes": [
-            {{"name": "n1", "underlay": "192.0.2.1", "sandbox_addr": "10.255.0.2"}},
-            {{"name": "n2", "underlay": "192.0.2.2", "sandbox_addr": "10.255.0.3"}}
+            {{"name": "n1", "underlay": "192.0.2.1", "sandbox_addr": "10.255.0.2",
+              "sandbox_addr_v6": "fd00:255::2"}},
+            {{"name": "n2", "underlay": "192.0.2.2", "sandbox_addr": "10.255.0.3",
+              "sandbox_addr_v6": "fd00:255::3"}}
         ],
         "subnet": "10.255.0.0/16",
         "gateway": "10.255.0.1",
+        "subnet_v6": "fd00:255::/32",
+        "gateway_v6": "fd00:255::1",
         "vni": 4096,
         "host_netns": "{}",
         "services": [{{
@@ -163,6 +182,10 @@ pub fn desired_with(lab: &Lab, node: usize, active: &[usize]) -> XdpDesired {
         cfg.host_veths.insert(t.ns.clone(), t.host_veth.clone());
     }
     cfg.pin_root = Some(lab.pin_root.join(format!("n{}", node + 1)));
+    cfg.underlay_v6
+        .insert("n1".into(), "fd00:2::1".parse().unwrap());
+    cfg.underlay_v6
+        .insert("n2".into(), "fd00:2::2".parse().unwrap());
     XdpMesh::derive(&ingress(lab, node, active), &cfg).unwrap()
 }
 
@@ -197,11 +220,12 @@ pub fn client(lab: &Lab, args: &str) -> String {
 pub fn who(reply: &str) -> (String, String) {
     let mut it = reply.split_whitespace();
     let task = it.next().unwrap_or_default().to_owned();
-    let client = it
-        .next()
-        .and_then(|c| c.split(':').next())
-        .unwrap_or_default()
-        .to_owned();
+    let peer = it.next().unwrap_or_default();
+    let client = match peer.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => peer.split(':').next().unwrap_or_default(),
+    }
+    .to_owned();
     (task, client)
 }
 

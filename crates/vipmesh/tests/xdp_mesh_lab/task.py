@@ -8,11 +8,16 @@ import hashlib, socket, sys, threading
 name, tport, uport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 DATA = bytes((i * 7) % 251 for i in range(4 * 1024 * 1024))
 
+def peer(a):
+    # "[v6]:port" for IPv6, "v4:port" for IPv4 (also when it came in v4-mapped).
+    host = a[0][7:] if a[0].startswith("::ffff:") else a[0]
+    return f"[{host}]:{a[1]}" if ":" in host else f"{host}:{a[1]}"
+
 def serve(c, a):
     with c:
         f = c.makefile("rb")
         line = f.readline().strip()
-        who = f"{name} {a[0]}:{a[1]}\n".encode()
+        who = f"{name} {peer(a)}\n".encode()
         if line == b"WHO":
             c.sendall(who)
         elif line == b"GET":
@@ -26,16 +31,18 @@ def serve(c, a):
                 c.sendall(who)
 
 def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", uport))
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", uport))
     while True:
         _, a = s.recvfrom(2048)
-        s.sendto(f"{name} {a[0]}:{a[1]}\n".encode(), a)
+        s.sendto(f"{name} {peer(a)}\n".encode(), a)
 
 threading.Thread(target=udp, daemon=True).start()
-l = socket.socket()
+l = socket.socket(socket.AF_INET6)
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("0.0.0.0", tport))
+l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+l.bind(("::", tport))
 l.listen(128)
 while True:
     c, a = l.accept()
