@@ -18,12 +18,16 @@ pub enum Error {
         reason: String,
     },
     /// The state file does not parse.
-    #[error("state file, line {line} column {column}: {message}")]
+    #[error("state file, line {line} column {column}{}: {message}", at_path(path))]
     StateFile {
         /// 1-based line.
         line: usize,
         /// 1-based column.
         column: usize,
+        /// Where in the document, e.g. `networks[1].services[0].backends[0].addr = "10.0.0.300"`
+        /// (with the rejected value when it is a scalar); empty at the top level or when the
+        /// text is not JSON at all.
+        path: String,
         /// serde's message.
         message: String,
     },
@@ -215,6 +219,15 @@ pub enum Error {
         /// The interface.
         interface: String,
     },
+}
+
+/// `, at <path>` for [`Error::StateFile`], or nothing.
+fn at_path(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!(", at {path}")
+    }
 }
 
 impl Error {

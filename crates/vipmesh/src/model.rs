@@ -829,6 +829,11 @@ impl FwmarkRange {
         self.last
     }
 
+    /// How many marks the range holds.
+    pub fn size(&self) -> u64 {
+        u64::from(self.last - self.first) + 1
+    }
+
     /// Whether `m` lies in the range.
     pub fn contains(&self, m: u32) -> bool {
         (self.first..=self.last).contains(&m)
@@ -973,6 +978,8 @@ pub struct NetworkState {
 struct Index {
     vips: BTreeMap<IpAddr, ServiceName>,
     backends: BTreeMap<IpAddr, usize>,
+    /// Services IPVS balances (each holds one fwmark).
+    balanced: u64,
 }
 
 impl Index {
@@ -987,6 +994,7 @@ impl Index {
         for b in &s.backends {
             *self.backends.entry(b.addr).or_default() += 1;
         }
+        self.balanced += u64::from(s.is_balanced());
     }
 
     fn remove(&mut self, s: &Service) {
@@ -1005,6 +1013,7 @@ impl Index {
                 }
             }
         }
+        self.balanced -= u64::from(s.is_balanced());
     }
 }
 
@@ -1016,7 +1025,8 @@ impl NetworkState {
     /// list, an LB address outside its subnet, duplicate service names or VIPs, a VIP outside
     /// the subnet of its family or of a family the network has no subnet for, a VIP that is
     /// also a backend or the LB address, a backend of a family the network lacks, a persistence
-    /// netmask the kernel would reject.
+    /// netmask the kernel would reject, more services IPVS balances than marks in the
+    /// network's fwmark range (`network.fwmarks`: each holds one).
     ///
     /// # Examples
     /// ```
@@ -1049,7 +1059,24 @@ impl NetworkState {
                 return Err(Error::invalid("service.name", name, "used by two services"));
             }
         }
+        st.check_marks(st.index.balanced)?;
         Ok(st)
+    }
+
+    /// Every balanced service holds one fwmark: `balanced` of them must fit the range.
+    fn check_marks(&self, balanced: u64) -> Result<(), Error> {
+        let range = self.network.fwmarks;
+        if balanced > range.size() {
+            return Err(Error::invalid(
+                "network.fwmarks",
+                format!("{}: {range}", self.network.id),
+                &format!(
+                    "{} marks for {balanced} services that IPVS balances (one mark each)",
+                    range.size()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks one service against the network; `is_backend(a)`: `a` is a backend of some
@@ -1201,6 +1228,8 @@ impl NetworkState {
         let vips = &self.index.vips;
         let mut claim = |v: IpAddr| vips.get(&v).is_none_or(|holder| *holder == s.name);
         self.check_service(&s, &is_backend, &mut claim)?;
+        let was = self.services.get(&s.name).is_some_and(Service::is_balanced);
+        self.check_marks(self.index.balanced - u64::from(was) + u64::from(s.is_balanced()))?;
         // A new backend must not be another service's VIP.
         for b in &s.backends {
             if let Some(holder) = self.index.vips.get(&b.addr).filter(|h| **h != s.name) {
@@ -1295,7 +1324,8 @@ fn validate_network(n: &Network) -> Result<(), Error> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeOptions {
-    /// How long a removed TCP backend drains before it is deleted even with connections.
+    /// How long a removed TCP backend drains before it is deleted even with connections; at
+    /// most [`MAX_DRAIN_TIMEOUT`].
     #[serde(default = "default_drain", with = "secs")]
     pub drain_timeout: Duration,
     /// The firewall backend of every namespace of the node (`"iptables"`, the default, or
@@ -1370,6 +1400,22 @@ fn default_drain() -> Duration {
     Duration::from_secs(30)
 }
 
+/// The longest drain a node accepts: 7 days. A drain is vipmesh's own timer (IPVS has none),
+/// kept in the drains file across restarts; a longer one is a unit mistake rather than a
+/// wish, and would hold a removed backend's real server for good.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn check_drain(d: Duration) -> Result<(), Error> {
+    if d > MAX_DRAIN_TIMEOUT {
+        return Err(Error::invalid(
+            "options.drain_timeout",
+            d.as_secs(),
+            &format!("at most {} s (7 days)", MAX_DRAIN_TIMEOUT.as_secs()),
+        ));
+    }
+    Ok(())
+}
+
 mod secs {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
@@ -1378,7 +1424,9 @@ mod secs {
         s.serialize_u64(d.as_secs())
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs(u64::deserialize(d)?))
+        let d = Duration::from_secs(u64::deserialize(d)?);
+        super::check_drain(d).map_err(serde::de::Error::custom)?;
+        Ok(d)
     }
 }
 
@@ -1407,7 +1455,7 @@ impl NodeState {
     ///
     /// # Errors
     /// [`Error::Invalid`]: two networks with one id; overlapping fwmark ranges; one VIP in
-    /// two networks of the same namespace.
+    /// two networks of the same namespace; a drain timeout over [`MAX_DRAIN_TIMEOUT`].
     ///
     /// # Examples
     /// ```
@@ -1437,6 +1485,7 @@ impl NodeState {
         ingress: Option<crate::ingress::Ingress>,
         options: NodeOptions,
     ) -> Result<NodeState, Error> {
+        check_drain(options.drain_timeout)?;
         let ingress_net = match &ingress {
             Some(i) => {
                 i.validate()?;
@@ -1643,12 +1692,48 @@ impl NodeState {
     }
 }
 
+/// Parses a state document. A type error names where it is (the field's path, through
+/// `serde_path_to_error`) and the rejected value when it is a scalar: serde's own message does
+/// not always say either (an address is "invalid IP address syntax").
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
-    serde_json::from_str(text).map_err(|e| Error::StateFile {
+    let file_error = |e: serde_json::Error, path: String| Error::StateFile {
         line: e.line(),
         column: e.column(),
+        path,
         message: e.to_string(),
-    })
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().clone();
+        let mut at = String::new();
+        if path.iter().next().is_some() {
+            at = path.to_string();
+            if let Some(v) = value_at(text, &path) {
+                at = format!("{at} = {v}");
+            }
+        }
+        file_error(e.into_inner(), at)
+    })?;
+    de.end().map_err(|e| file_error(e, String::new()))?;
+    Ok(v)
+}
+
+/// The scalar at `path` in `text`, as JSON, when `text` is JSON and the path leads to one.
+fn value_at(text: &str, path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let root: serde_json::Value = serde_json::from_str(text).ok()?;
+    let mut v = &root;
+    for seg in path.iter() {
+        v = match seg {
+            Segment::Seq { index } => v.get(*index)?,
+            Segment::Map { key } => v.get(key.as_str())?,
+            Segment::Enum { .. } | Segment::Unknown => return None,
+        };
+    }
+    match v {
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => None,
+        scalar => Some(scalar.to_string()),
+    }
 }
 
 /// One network in a state file.

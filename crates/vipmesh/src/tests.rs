@@ -462,11 +462,11 @@ fn an_exhausted_fwmark_range_is_an_error() {
         Service::vip("b", ip("10.0.0.19"), &[]).unwrap(),
         Service::vip("c", ip("10.0.0.29"), &[]).unwrap(),
     ];
-    let st = NodeState::single(NetworkState::new(net, services).unwrap()).unwrap();
-    let r = plan(&st, &empty_seen(&["lb-demo"]), &DrainBook::default(), 0);
-    assert!(
-        matches!(r, Err(Error::FwmarkExhausted { needed: 3, .. })),
-        "{r:?}"
+    // Refused by the model, before any plan (the plan's FwmarkExhausted stays for marks
+    // still held by draining services).
+    assert_eq!(
+        invalid(NetworkState::new(net, services)),
+        ("network.fwmarks", "demo: 0x100..=0x101".to_string())
     );
 }
 
@@ -678,6 +678,17 @@ fn values_in_range_for_json_but_not_for_the_kernel_are_refused_at_load() {
             r#""vip": ["10.0.0.9", "fd00::9"]"#,
             r#""vip": ["10.0.0.9", "10.0.0.8"]"#,
             "service.vip",
+        ),
+        // Type errors name the path and the value serde's message leaves out.
+        (
+            r#"{"addr": "10.0.0.10"}"#,
+            r#"{"addr": "10.0.0.300"}"#,
+            r#"at networks[0].services[0].backends[0].addr = "10.0.0.300": invalid IP address"#,
+        ),
+        (
+            r#""drain_timeout": 30"#,
+            r#""drain_timeout": 18446744073709551615"#,
+            "at options.drain_timeout = 18446744073709551615: invalid options.drain_timeout",
         ),
     ];
     for (from, to, field) in cases {
@@ -1844,4 +1855,54 @@ fn incremental_scaling() {
         }
         println!("n={n}: {:?} per change", t.elapsed() / 50);
     }
+}
+
+#[test]
+fn a_fwmark_range_holds_the_balanced_services_in_every_path() {
+    // One mark: the state file with two balanced services is refused whole.
+    let one = FULL_STATE.replace(r#""last": 511"#, r#""last": 256"#);
+    let two_vips = one.replace(r#""mode": "dnsrr""#, r#""mode": {"vip": ["10.0.0.21"]}"#);
+    let e = NodeState::from_json(&two_vips).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(r#"invalid network.fwmarks "demo: 0x100..=0x100": 1 marks for 2 services"#),
+        "{e}"
+    );
+    // With one balanced service and a dnsrr one it fits; a second balanced one added later
+    // does not, and the network is unchanged.
+    let st = NodeState::from_json(&one).unwrap();
+    let mut net = st.networks().next().unwrap().clone();
+    let before = net.clone();
+    let extra = Service::vip("extra", "10.0.0.20".parse().unwrap(), &[]).unwrap();
+    match net.upsert_service(extra) {
+        Err(Error::Invalid { field, value, .. }) => {
+            assert_eq!(
+                (field, value.as_str()),
+                ("network.fwmarks", "demo: 0x100..=0x100")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(net, before);
+    // Replacing the balanced service by itself keeps the count.
+    let vote = net.service("vote").unwrap().clone();
+    net.upsert_service(vote).unwrap();
+}
+
+#[test]
+fn a_drain_timeout_over_seven_days_is_refused_from_rust_too() {
+    let opts = NodeOptions {
+        drain_timeout: MAX_DRAIN_TIMEOUT + std::time::Duration::from_secs(1),
+        ..NodeOptions::default()
+    };
+    let e = NodeState::new(vec![], opts).unwrap_err();
+    assert!(
+        e.to_string().contains("options.drain_timeout \"604801\""),
+        "{e}"
+    );
+    let ok = NodeOptions {
+        drain_timeout: MAX_DRAIN_TIMEOUT,
+        ..NodeOptions::default()
+    };
+    NodeState::new(vec![], ok).unwrap();
 }
