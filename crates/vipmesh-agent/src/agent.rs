@@ -208,7 +208,9 @@ where
     /// [`AgentStatus::degraded`]); the dataplane is left as it is on return.
     ///
     /// # Errors
-    /// None today; reserved for unrecoverable failures.
+    /// [`Error::NodeNameTaken`]: another node is registered under this node's name (at
+    /// start, or when re-registering after the lease was lost); the agent stops and leaves
+    /// the dataplane as it is.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         tokio::pin!(shutdown);
         let mut backoff = self.cfg.reconnect_min;
@@ -216,6 +218,7 @@ where
             let attempt = self.connect_and_load().await;
             let (store, ka) = match attempt {
                 Ok(x) => x,
+                Err(e @ Error::NodeNameTaken { .. }) => return Err(e),
                 Err(e) => {
                     self.set_degraded(&e);
                     if self.wait_syncing(backoff, &mut shutdown).await {
@@ -232,6 +235,7 @@ where
                     tracing::info!(error = %e, "reloading the snapshot");
                     self.loaded = false;
                 }
+                Leave::Disconnected(e @ Error::NodeNameTaken { .. }) => return Err(e),
                 Leave::Disconnected(e) => {
                     self.set_degraded(&e);
                     if self.wait_syncing(backoff, &mut shutdown).await {

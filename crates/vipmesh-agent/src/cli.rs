@@ -118,8 +118,9 @@ fn store_config(endpoints: Vec<String>, timeout_secs: u64) -> StoreConfig {
 ///
 /// Exit status: 0 success; 1 failure (etcd unreachable for `cluster`, a metrics address
 /// that cannot be bound); 2 bad input (usage, an unreadable or invalid cluster file, named
-/// by its key or line); 3 `cluster apply` lost the compare-and-swap (nothing was written).
-/// `agent` never exits for etcd trouble: it reports itself degraded and retries.
+/// by its key or line); 3 `cluster apply` lost the compare-and-swap (nothing was written);
+/// 4 `agent`: another node (another record under a live lease) is registered under this
+/// node's name. `agent` never exits for etcd trouble: it reports itself degraded and retries.
 pub fn run<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,

@@ -40,6 +40,17 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another node is registered under this node's name (a different record under a live
+    /// lease): the agent refuses to start rather than take over its key.
+    #[error(
+        "node {node:?} is registered by another node ({holder}); give this node another --node name, or stop the other agent and wait for its lease to expire"
+    )]
+    NodeNameTaken {
+        /// The name.
+        node: String,
+        /// The other node's record, as stored.
+        holder: String,
+    },
     /// The watch was cancelled because its start revision was compacted.
     #[error("watch from revision {from}: compacted up to {compact_revision}")]
     Compacted {
@@ -80,11 +91,13 @@ pub enum Error {
 impl Error {
     /// The command line's exit status for this error: 2 bad input (an invalid or
     /// unreadable file or value), 3 a lost compare-and-swap (someone else changed the
-    /// cluster's state first: read it again), 1 anything else (etcd unreachable, I/O).
+    /// cluster's state first: read it again), 4 this node's name is registered by another
+    /// node, 1 anything else (etcd unreachable, I/O).
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid { .. } | Error::File { .. } => 2,
             Error::CasLost { .. } => 3,
+            Error::NodeNameTaken { .. } => 4,
             _ => 1,
         }
     }

@@ -253,15 +253,43 @@ impl Store {
         }
         let value = serde_json::to_vec(record).map_err(|e| Error::invalid(&key, e.to_string()))?;
         let t = self.cfg.request_timeout;
+        // The name is ours when it is free or holds our own record (this agent before a
+        // restart, whose lease has not expired yet); another record under a live lease is
+        // another node with the same name: refused, its key untouched.
+        let held = deadline(&format!("get {key}"), t, self.client.get(key.clone(), None)).await?;
+        let current = held
+            .kvs()
+            .first()
+            .map(|kv| (kv.mod_revision(), kv.value().to_vec()));
+        if let Some((_, v)) = &current
+            && serde_json::from_slice::<NodeRecord>(v).ok().as_ref() != Some(record)
+        {
+            return Err(Error::NodeNameTaken {
+                node: name.to_string(),
+                holder: String::from_utf8_lossy(v).into_owned(),
+            });
+        }
         let lease = deadline("lease grant", t, self.client.lease_grant(ttl_secs, None)).await?;
         let id = lease.id();
-        deadline(
-            &format!("put {key}"),
-            t,
-            self.client
-                .put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
-        )
-        .await?;
+        // Put only if the key is still what was read (no other node claimed it meanwhile).
+        let unchanged = match &current {
+            Some((rev, _)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new().when([unchanged]).and_then([TxnOp::put(
+            key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(id)),
+        )]);
+        let r = deadline(&format!("txn register {key}"), t, self.client.txn(txn)).await?;
+        if !r.succeeded() {
+            // Lost a race for the name: give the lease back (best effort; it expires anyway).
+            let _ = deadline("lease revoke", t, self.client.lease_revoke(id)).await;
+            return Err(Error::NodeNameTaken {
+                node: name.to_string(),
+                holder: "(claimed concurrently)".into(),
+            });
+        }
         let (keeper, stream) =
             deadline("lease keepalive", t, self.client.lease_keep_alive(id)).await?;
         Ok(Registration {

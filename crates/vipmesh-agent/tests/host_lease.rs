@@ -133,3 +133,68 @@ fn node_keys(e: &Etcd) -> Vec<String> {
     .join()
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs a real etcd on loopback"]
+async fn a_second_node_with_a_taken_name_refuses_to_start_and_a_restart_takes_over() {
+    let e = Etcd::start().await;
+    let mut s = e.store().await;
+    s.cluster_apply(&ClusterFile::from_json(FILE).unwrap(), None)
+        .await
+        .unwrap();
+    let (k1, _st1, t1) = agent(&e, "n1", "192.0.2.1", "10.255.0.2", "task-a");
+    eventually("n1 programs its sandbox", 30, || {
+        !sandbox_backends(&k1).is_empty()
+    })
+    .await;
+    let record_before = node_value(&e, "n1");
+
+    // Another node (another underlay) under n1's name: refused, n1's key untouched.
+    let (_k, _st, impostor) = agent(&e, "n1", "192.0.2.9", "10.255.0.9", "task-b");
+    let r = tokio::time::timeout(Duration::from_secs(30), impostor)
+        .await
+        .expect("the second agent stops at once")
+        .unwrap();
+    match r {
+        Err(err @ vipmesh_agent::Error::NodeNameTaken { .. }) => {
+            assert_eq!(err.exit_code(), 4);
+            let msg = err.to_string();
+            assert!(msg.contains("\"n1\"") && msg.contains("192.0.2.1"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(node_value(&e, "n1"), record_before);
+
+    // n1 killed (no revoke) and started again at once, its old lease still alive: the same
+    // record takes its key over under the new lease, which outlives the old one.
+    t1.abort();
+    let _ = t1.await;
+    let (k1b, st1b, t1b) = agent(&e, "n1", "192.0.2.1", "10.255.0.2", "task-a");
+    eventually("the restarted n1 synced", 30, || st1b.get().full_syncs >= 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // > the old lease's 2 s TTL
+    assert_eq!(node_value(&e, "n1"), record_before);
+    assert!(!sandbox_backends(&k1b).is_empty());
+    assert!(!t1b.is_finished());
+    t1b.abort();
+}
+
+/// The value of a node's key, if any.
+fn node_value(e: &Etcd, node: &str) -> Option<String> {
+    let url = e.url();
+    let key = layout::node_key(node);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([url], None).await.unwrap();
+            let r = c.get(key, None).await.unwrap();
+            r.kvs()
+                .first()
+                .map(|kv| String::from_utf8(kv.value().to_vec()).unwrap())
+        })
+    })
+    .join()
+    .unwrap()
+}
