@@ -1696,11 +1696,19 @@ impl NodeState {
 /// `serde_path_to_error`) and the rejected value when it is a scalar: serde's own message does
 /// not always say either (an address is "invalid IP address syntax").
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
-    let file_error = |e: serde_json::Error, path: String| Error::StateFile {
-        line: e.line(),
-        column: e.column(),
-        path,
-        message: e.to_string(),
+    let file_error = |e: serde_json::Error, path: String| {
+        // serde_json's message ends with the position the error already carries.
+        let (line, column) = (e.line(), e.column());
+        let message = e.to_string();
+        let message = message
+            .strip_suffix(&format!(" at line {line} column {column}"))
+            .map_or(message.clone(), str::to_string);
+        Error::StateFile {
+            line,
+            column,
+            path,
+            message,
+        }
     };
     let mut de = serde_json::Deserializer::from_str(text);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
