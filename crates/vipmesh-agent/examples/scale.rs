@@ -1,0 +1,238 @@
+//! The agent at scale, on the fake kernel: memory holding 10 000 services x 10 backends, and
+//! how many syncs a watch burst of 1000 task changes costs.
+//!
+//! Starts its own etcd on loopback (Debian's `etcd-server`), writes one network and N
+//! services (default 10 000, `SCALE_SERVICES`) of 10 backends each, starts the agent in
+//! this process on `vipmesh::fake::FakeKernel` and waits until every service is in the fake
+//! IPVS. Prints VmRSS and VmHWM of this process before the agent started (the baseline: the
+//! runtime and an etcd client) and once converged. The fake kernel's tables live in this
+//! process too (on a real node the kernel holds them), so the figure over-counts the agent.
+//! Then 1000 separate puts from 8 connections each change one service's backends, and it
+//! prints the watch events and the change syncs they became. Run:
+//! `cargo run --release -p vipmesh-agent --example scale`.
+//!
+//! `SCALE_BASELINE=1`: no etcd and no agent; the same state is assembled from keys in
+//! memory and applied by a bare controller to the fake kernel (what the agent adds is the
+//! difference).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "../tests/etcd/mod.rs"]
+mod etcd;
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Txn, TxnOp};
+use vipmesh::fake::FakeKernel;
+use vipmesh::{Controller, ControllerConfig};
+use vipmesh_agent::agent::{Agent, AgentConfig};
+use vipmesh_agent::layout;
+
+const NET: &str = r#"{"id": "demo", "lb_netns": "lb-demo", "lb_interface": "eth0",
+    "subnets": [{"subnet": "10.0.0.0/8", "lb_addr": "10.0.0.2"}],
+    "fwmarks": {"first": 256, "last": 131071}}"#;
+
+fn addr(i: u32) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+/// Service `i`: VIP 10.0.x.y, backends from 10.1.0.0 on (`gen` shifts them).
+fn svc(i: u32, generation: u32) -> String {
+    let backends: Vec<String> = (0..10)
+        .map(|b| {
+            format!(
+                r#"{{"addr": "{}"}}"#,
+                addr((1 << 16) + i * 10 + b + generation * 200_000)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"name": "s{i}", "mode": {{"vip": ["{}"]}}, "backends": [{}]}}"#,
+        addr(16 + i),
+        backends.join(",")
+    )
+}
+
+fn status_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: u32 = std::env::var("SCALE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    if std::env::var_os("SCALE_BASELINE").is_some() {
+        return baseline(n);
+    }
+    let e = etcd::Etcd::start().await;
+    let mut raw = etcd_client::Client::connect([e.url()], None).await.unwrap();
+    raw.put(layout::network_key("demo"), NET, None)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                TxnOp::put(
+                    layout::service_key("demo", &format!("s{i}")),
+                    svc(*i, 0),
+                    None,
+                )
+            })
+            .collect();
+        raw.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    println!(
+        "wrote {n} services x 10 backends in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let (rss0, hwm0) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+
+    let kernel = FakeKernel::new();
+    kernel.add_namespace("lb-demo", &["lo", "eth0"]);
+    let cfg = ControllerConfig {
+        resync_interval: Duration::from_secs(3600),
+        ..ControllerConfig::default()
+    };
+    let ctl = Controller::new(kernel.clone(), cfg);
+    let mut acfg = AgentConfig::new("n1");
+    acfg.batch_window = Duration::from_millis(100);
+    let agent = Agent::new(acfg, e.store_config(), ctl);
+    let status = agent.status();
+    let ctl = agent.controller();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(async {
+        let _ = rx.await;
+    }));
+    let t0 = Instant::now();
+    let marks = || {
+        ctl.lock()
+            .unwrap()
+            .marks()
+            .values()
+            .map(|m| m.len())
+            .sum::<usize>()
+    };
+    while marks() < n as usize || status.get().full_syncs == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(600), "never converged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dests: usize = kernel.with("lb-demo", |ns| {
+        use vipmesh_ipvs::IpvsBackend;
+        ns.ipvs
+            .services()
+            .unwrap()
+            .iter()
+            .map(|s| ns.ipvs.dests(&s.service.key).unwrap().len())
+            .sum()
+    });
+    let (rss1, hwm1) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    println!(
+        "converged in {:.1} s: {} services, {dests} real servers in the fake IPVS",
+        t0.elapsed().as_secs_f64(),
+        marks()
+    );
+    println!(
+        "VmRSS before the agent {:.1} MiB, converged {:.1} MiB (+{:.1} MiB); VmHWM {:.1} -> {:.1} MiB",
+        mib(rss0),
+        mib(rss1),
+        mib(rss1.saturating_sub(rss0)),
+        mib(hwm0),
+        mib(hwm1)
+    );
+
+    // A watch burst: 1000 task changes, each its own put, from 8 connections at once.
+    let before = status.get();
+    const CHANGES: u32 = 1000;
+    let mut writers = Vec::new();
+    for w in 0..8u32 {
+        let url = e.url();
+        writers.push(tokio::spawn(async move {
+            let mut c = etcd_client::Client::connect([url], None).await.unwrap();
+            for i in (w..CHANGES).step_by(8) {
+                let s = i * (n / CHANGES).max(1);
+                c.put(
+                    layout::service_key("demo", &format!("s{s}")),
+                    svc(s, 1),
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    for w in writers {
+        w.await.unwrap();
+    }
+    while status.get().watch_events - before.watch_events < u64::from(CHANGES) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the burst never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the last batch's sync finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = status.get();
+    println!(
+        "watch burst: {} task changes (one put each) -> {} watch responses -> {} change syncs ({} incremental, {} full) in {:.2} s",
+        after.watch_events - before.watch_events,
+        after.watch_batches - before.watch_batches,
+        after.change_syncs - before.change_syncs,
+        after.incremental_syncs - before.incremental_syncs,
+        after.full_syncs - before.full_syncs,
+        t0.elapsed().as_secs_f64()
+    );
+    let (rss2, hwm2) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    println!(
+        "after the burst: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        mib(rss2),
+        mib(hwm2)
+    );
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
+fn baseline(n: u32) {
+    let (rss0, _) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    let state = {
+        let mut kvs = std::collections::BTreeMap::new();
+        kvs.insert(
+            layout::network_key("demo").into_bytes(),
+            NET.as_bytes().to_vec(),
+        );
+        for i in 0..n {
+            kvs.insert(
+                layout::service_key("demo", &format!("s{i}")).into_bytes(),
+                svc(i, 0).into_bytes(),
+            );
+        }
+        layout::assemble("n1", &kvs).state
+    };
+    let kernel = FakeKernel::new();
+    kernel.add_namespace("lb-demo", &["lo", "eth0"]);
+    let mut ctl = Controller::new(kernel.clone(), ControllerConfig::default());
+    ctl.set_desired(state);
+    let report = ctl.sync_full(vipmesh::plan::now_secs()).unwrap();
+    assert!(report.ok(), "{report}");
+    let (rss1, hwm1) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    println!(
+        "baseline (controller + fake kernel, no agent): VmRSS {:.1} MiB -> {:.1} MiB (+{:.1}); VmHWM {:.1} MiB; {} services",
+        mib(rss0),
+        mib(rss1),
+        mib(rss1.saturating_sub(rss0)),
+        mib(hwm1),
+        ctl.marks().values().map(|m| m.len()).sum::<usize>()
+    );
+}
