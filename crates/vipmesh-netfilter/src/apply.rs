@@ -716,11 +716,51 @@ fn restore_error(tool: String, status: String, stderr: &str, input: &str) -> Err
         }
         None => String::new(),
     };
+    if let Some(extension) = missing_extension(stderr) {
+        return Error::MissingExtension {
+            tool,
+            module: extension_module(&extension),
+            extension,
+            line,
+            context,
+            stderr: stderr.to_owned(),
+        };
+    }
     Error::RestoreFailed {
         tool,
         line,
         context,
         stderr: stderr.to_owned(),
+    }
+}
+
+/// The extension iptables reports the kernel lacks: `Extension ipvs revision 0 not supported,
+/// missing kernel module?` (nft-based iptables), `Couldn't load match `ipvs'` or `Couldn't
+/// load target `MASQUERADE'` (legacy).
+fn missing_extension(stderr: &str) -> Option<String> {
+    for l in stderr.lines() {
+        if let Some(rest) = l.split("Extension ").nth(1)
+            && rest.contains("not supported")
+            && let Some(name) = rest.split_whitespace().next()
+        {
+            return Some(name.to_owned());
+        }
+        for kind in ["Couldn't load match `", "Couldn't load target `"] {
+            if let Some(rest) = l.split(kind).nth(1)
+                && let Some((name, _)) = rest.split_once('\'')
+            {
+                return Some(name.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The module providing an extension: `xt_<name>`, but `SNAT`/`DNAT` are `xt_nat`.
+fn extension_module(extension: &str) -> String {
+    match extension {
+        "SNAT" | "DNAT" => "xt_nat".to_owned(),
+        e => format!("xt_{e}"),
     }
 }
 
@@ -744,6 +784,49 @@ fn failed_line(stderr: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_extension_names_its_module() {
+        let nft = "Warning: Extension ipvs revision 0 not supported, missing kernel module?\n\
+            iptables-restore v1.8.9 (nf_tables): \nline 14: RULE_APPEND failed (No such file or \
+            directory): rule in chain VIPMESH-SNAT";
+        let e = restore_error("iptables-restore".into(), "exit status: 4".into(), nft, "");
+        match &e {
+            Error::MissingExtension {
+                extension,
+                module,
+                line,
+                ..
+            } => assert_eq!(
+                (extension.as_str(), module.as_str(), *line),
+                ("ipvs", "xt_ipvs", Some(14))
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("module xt_ipvs"), "{e}");
+        let legacy = "iptables-restore v1.8.9 (legacy): Couldn't load target `MASQUERADE':No such file or directory\n\nError occurred at line: 7";
+        match restore_error(
+            "iptables-restore".into(),
+            "exit status: 2".into(),
+            legacy,
+            "",
+        ) {
+            Error::MissingExtension { module, line, .. } => {
+                assert_eq!((module.as_str(), line), ("xt_MASQUERADE", Some(7)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(extension_module("DNAT"), "xt_nat");
+        // Other failures stay RestoreFailed; odd text never panics.
+        for s in [
+            "line 3: RULE_APPEND failed",
+            "Extension ",
+            "Couldn't load match `",
+            "",
+        ] {
+            assert!(missing_extension(s).is_none(), "{s:?}");
+        }
+    }
 
     #[test]
     fn failed_line_forms() {

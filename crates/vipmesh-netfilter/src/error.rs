@@ -93,6 +93,27 @@ pub enum Error {
         /// The tool's stderr, trimmed.
         stderr: String,
     },
+    /// `iptables-restore` rejected the batch because the kernel lacks a match or target
+    /// extension (its module is missing and could not be loaded), e.g. `-m ipvs` without
+    /// `xt_ipvs`. See `iptables-extensions(8)`.
+    #[error(
+        "{tool}: the kernel does not support the iptables extension {extension:?} (module {module} missing or not loadable); the batch failed at line {}: {stderr}\n{context}",
+        line.map_or_else(|| "?".to_owned(), |l| l.to_string())
+    )]
+    MissingExtension {
+        /// The restore binary.
+        tool: String,
+        /// The extension as iptables names it (`ipvs`, `MASQUERADE`).
+        extension: String,
+        /// The kernel module that provides it (`xt_ipvs`).
+        module: String,
+        /// The line iptables-restore reported, when it reported one.
+        line: Option<usize>,
+        /// The failing line with two lines of context on each side (`>` marks it).
+        context: String,
+        /// The tool's stderr, trimmed.
+        stderr: String,
+    },
     /// Another iptables tool exited with an error.
     #[error("{tool} exited with {status}: {stderr}")]
     CommandFailed {

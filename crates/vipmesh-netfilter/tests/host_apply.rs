@@ -412,12 +412,19 @@ fn bad_input_applies_nothing() {
 
     // A batch the kernel rejects: the failing line is reported with context, and the table
     // (each table section commits atomically) is unchanged. The host kernel has no IPVS, so
-    // `-m ipvs` fails here.
+    // `-m ipvs` fails here, naming the module it lacks.
     let r = a.apply(&ingress_sbox(true));
     match r {
-        Err(Error::RestoreFailed { line, context, .. }) => {
+        Err(Error::MissingExtension {
+            line,
+            context,
+            module,
+            ..
+        }) => {
+            assert_eq!(module, "xt_ipvs");
             assert!(line.is_some(), "{context}");
-            assert!(context.contains('>'), "{context}");
+            assert!(context.contains("> "), "{context}");
+            assert!(context.contains("ipvs"), "{context}");
         }
         other => panic!("{other:?}"),
     }

@@ -37,11 +37,6 @@ const KNOWN_DEFECTS: &[(&str, &str)] = &[
          chain is committed before the nat table's -m ipvs rule fails",
     ),
     (
-        "the error names xt_ipvs",
-        "the error is iptables-restore's: \"Extension ipvs revision 0 not supported, missing \
-         kernel module?\" and \"RULE_APPEND failed (No such file or directory)\"",
-    ),
-    (
         "nothing half-applied",
         "the addresses and IPVS services (with real servers) and the sysctls are written before \
          the netfilter batch and stay when it fails",
