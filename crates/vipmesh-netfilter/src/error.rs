@@ -97,16 +97,16 @@ pub enum Error {
     /// extension (its module is missing and could not be loaded), e.g. `-m ipvs` without
     /// `xt_ipvs`. See `iptables-extensions(8)`.
     #[error(
-        "{tool}: the kernel does not support the iptables extension {extension:?} (module {module} missing or not loadable); the batch failed at line {}: {stderr}\n{context}",
+        "{tool}: the kernel does not support the iptables extension {extension:?} (module {} missing or not loadable); the batch failed at line {}: {stderr}\n{context}",
+        extension_module(extension),
         line.map_or_else(|| "?".to_owned(), |l| l.to_string())
     )]
     MissingExtension {
         /// The restore binary.
         tool: String,
-        /// The extension as iptables names it (`ipvs`, `MASQUERADE`).
+        /// The extension as iptables names it (`ipvs`, `MASQUERADE`); its module is
+        /// [`extension_module`] of it.
         extension: String,
-        /// The kernel module that provides it (`xt_ipvs`).
-        module: String,
         /// The line iptables-restore reported, when it reported one.
         line: Option<usize>,
         /// The failing line with two lines of context on each side (`>` marks it).
@@ -187,5 +187,19 @@ impl Error {
             self,
             Error::NetnsNotFound { .. } | Error::ToolMissing { .. }
         )
+    }
+}
+
+/// The kernel module that provides an iptables extension: `xt_<name>` (`ipvs` → `xt_ipvs`,
+/// `MASQUERADE` → `xt_MASQUERADE`), but `SNAT`/`DNAT` are `xt_nat`.
+///
+/// ```
+/// assert_eq!(vipmesh_netfilter::extension_module("ipvs"), "xt_ipvs");
+/// assert_eq!(vipmesh_netfilter::extension_module("DNAT"), "xt_nat");
+/// ```
+pub fn extension_module(extension: &str) -> String {
+    match extension {
+        "SNAT" | "DNAT" => "xt_nat".to_owned(),
+        e => format!("xt_{e}"),
     }
 }

@@ -72,7 +72,7 @@ pub use apply::{
     Applier, ApplyReport, Backend, BackendChoice, NetnsTarget, ObserveMode, Tools, Verify, apply,
     observe, teardown,
 };
-pub use error::Error;
+pub use error::{Error, extension_module};
 pub use model::{
     AddrMatch, AddrType, BuiltinChain, Chain, ChainName, Cidr, Comment, CtState, Family, Iface,
     IfaceMatch, Mark, Matches, NatTo, Port, PortRange, Protocol, RejectWith, Rule, Table, Target,
