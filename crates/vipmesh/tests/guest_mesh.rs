@@ -381,12 +381,14 @@ fn bad_input_changes_nothing_in_the_kernel() {
     let net = network(&lab).with_fwmarks(FwmarkRange::new(0x100, 0x100).unwrap());
     let a = Service::vip("a", lab.host(9), &[]).unwrap();
     let b = Service::vip("b", lab.host(19), &[]).unwrap();
-    let d = NodeState::single(NetworkState::new(net, vec![a, b]).unwrap()).unwrap();
-    m.set_desired(fw::on(d));
-    assert!(matches!(
-        m.sync_full(now_secs()),
-        Err(Error::FwmarkExhausted { .. })
-    ));
+    // Two balanced services, one mark: refused by the model, before any controller sees it.
+    match NetworkState::new(net, vec![a, b]) {
+        Err(Error::Invalid {
+            field: "network.fwmarks",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
     assert_eq!(lab.sh(&lab.lb, "ipvsadm -Sn"), "");
     let rules = fw::dump(|c| lab.sh(&lab.lb, c));
     assert!(

@@ -66,12 +66,13 @@ pub fn step_word() -> &'static str {
     if nft() { "nftables" } else { "netfilter" }
 }
 
-/// A namespace's whole firewall as text: `iptables-save` (no comment lines) and `nft list
-/// ruleset` (iptables-nft's own tables included), for byte comparisons.
+/// A namespace's whole firewall as text: `iptables-save` (no comment lines) and `nft -s list
+/// ruleset` (iptables-nft's own tables included; `-s`: without counters, which traffic moves),
+/// for byte comparisons.
 pub fn dump(sh: impl Fn(&str) -> String) -> String {
     format!(
         "{}\n--- nft\n{}",
         sh("iptables-save | grep -v '^#' || true"),
-        sh("nft list ruleset")
+        sh("nft -s list ruleset")
     )
 }
