@@ -454,10 +454,15 @@ fn a_host_mode_port_is_served_by_the_local_task_only() {
     // No mesh: no fwmark service in the sandbox; the node DNATs straight to its task.
     let ipvs = m.lab.sh(&m.lab.nodes[0].sandbox_netns, "ipvsadm -Ln");
     assert!(!ipvs.contains("FWM"), "{ipvs}");
-    let nat = m.lab.sh(m.node(0), "iptables-save -t nat");
-    assert!(
-        nat.contains("--dport 8081") && nat.contains("--to-destination 172.30.0.2:80"),
-        "{nat}"
-    );
+    let rules = common::firewall::dump(|c| m.lab.sh(m.node(0), c));
+    if common::firewall::nft() {
+        // The host's DNAT map: tcp . published → the task's host-mode address . target.
+        assert!(rules.contains("tcp . 8081 : 172.30.0.2 . 80"), "{rules}");
+    } else {
+        assert!(
+            rules.contains("--dport 8081") && rules.contains("--to-destination 172.30.0.2:80"),
+            "{rules}"
+        );
+    }
     m.assert_converged();
 }
