@@ -168,9 +168,21 @@ fn check(property: &str, holds: bool, detail: &str, failures: &mut Vec<String>) 
     }
 }
 
+/// Set in the child that does the scratch apply: the namespace to apply to.
+const SCRATCH_ENV: &str = "VIPMESH_GUEST_MODULES_SCRATCH";
+
 #[test]
 #[ignore = "guest: needs the IPVS guest kernel; run by cargo xtask test"]
 fn without_xt_ipvs_the_apply_fails_naming_the_module_and_the_batch_is_atomic() {
+    if let Ok(scratch) = std::env::var(SCRATCH_ENV) {
+        // The child: the scratch apply, then exit (with everything the process held).
+        let mut warm = Controller::real(ControllerConfig::default());
+        warm.set_desired(state(&scratch));
+        let _ = warm
+            .sync_full(now_secs())
+            .unwrap_or_else(|e| panic!("the scratch apply failed: {e}"));
+        return;
+    }
     require(&[
         Requirement::Netns,
         Requirement::Ipvs,
@@ -183,14 +195,27 @@ fn without_xt_ipvs_the_apply_fails_naming_the_module_and_the_batch_is_atomic() {
     let mut topo = Topology::new("vmod");
 
     // Every module the apply uses gets loaded by a scratch apply, then xt_ipvs is unloaded.
+    // The scratch apply runs in a child process (this test binary again, for this test
+    // only): in the suite's build the deleted scratch namespace kept xt_ipvs in use for as
+    // long as the process that had applied to it lived (the isolated build did not).
     let scratch = lb_namespace(&mut topo, "scratch", false);
-    let mut warm = Controller::real(ControllerConfig::default());
-    warm.set_desired(state(&scratch));
-    let _ = warm
-        .sync_full(now_secs())
-        .unwrap_or_else(|e| panic!("the scratch apply failed: {e}"));
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "without_xt_ipvs_the_apply_fails_naming_the_module_and_the_batch_is_atomic",
+            "--test-threads=1",
+        ])
+        .env(SCRATCH_ENV, &scratch)
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "the scratch apply (child): {}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
     assert!(xt_ipvs_loaded(), "the scratch apply loaded xt_ipvs");
-    drop(warm);
     let st = Command::new("ip")
         .args(["netns", "del", &scratch])
         .status()
