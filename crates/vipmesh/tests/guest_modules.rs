@@ -221,9 +221,9 @@ fn without_xt_ipvs_the_apply_fails_naming_the_module_and_the_batch_is_atomic() {
         .status()
         .unwrap();
     assert!(st.success());
-    // Deleted namespaces release their rules asynchronously (netns cleanup work). Alone in a
-    // guest this takes seconds; with the emulating host shared by another guest the cleanup
-    // was seen to take over 120 s, so the bound is generous (a bound, not a timing check).
+    // Deleted namespaces release their rules asynchronously (netns cleanup work): seconds
+    // once no process holds the namespace (the child above has exited). The bound is
+    // generous, a bound and not a timing check.
     eventually(
         Duration::from_secs(420),
         "xt_ipvs to be unused and unloaded (rules of deleted namespaces released)",
