@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vipmesh::model::NodeState;
-use vipmesh_testkit::{Requirement, Topology, require};
+use vipmesh_testkit::{Requirement, Topology, require, sh_in};
 
 /// Cases the `vipmesh` command does not yet refuse as the table requires (exit 2, field and
 /// value named): name and what is wrong. Their kernel must still stay byte-identical.
@@ -909,20 +909,6 @@ struct Lab {
     state: PathBuf,
 }
 
-fn sh(ns: &str, script: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-ec", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "in {ns}: {script}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The command: cargo's, or `VIPMESH_BIN` (a copy, so that a rebuild during a long guest
 /// run cannot swap it under the test).
 fn vipmesh_bin() -> String {
@@ -973,7 +959,7 @@ impl Lab {
     /// Interfaces and addresses, and the foreign objects vipmesh must never touch.
     fn plant_foreign_objects(&self) {
         let n = &self.names;
-        sh(
+        sh_in(
             &n.lb_a,
             "ip link add eth0 type dummy
              ip link set eth0 up
@@ -1011,7 +997,7 @@ COMMIT
 COMMIT
 END",
         );
-        sh(
+        sh_in(
             &n.lb_b,
             "ip link add eth0 type dummy
              ip link set eth0 up
@@ -1028,7 +1014,7 @@ COMMIT
 END",
         );
         // The host namespace of the ingress cases: a Docker-like chain and a user's DNAT.
-        sh(
+        sh_in(
             &n.host,
             "ip link add eth0 type dummy
              ip link set eth0 up
@@ -1043,7 +1029,7 @@ END",
 COMMIT
 END",
         );
-        sh(
+        sh_in(
             &n.task,
             "ip link add eth0 type dummy
              ip link set eth0 up

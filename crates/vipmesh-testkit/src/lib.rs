@@ -48,6 +48,6 @@ pub mod vip;
 pub mod xdp_lab;
 
 pub use golden::golden;
-pub use netns::{TestNetns, Topology};
+pub use netns::{TestNetns, Topology, sh_in};
 pub use poll::{POLL_INTERVAL, eventually};
 pub use require::{Requirement, require, unmet};

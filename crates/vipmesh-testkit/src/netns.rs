@@ -59,6 +59,23 @@ fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));
 }
 
+/// Runs `sh -ec script` inside the named namespace `ns` (a multi-line script stops at its
+/// first failing line) and returns its stdout; panics naming the namespace and the script,
+/// with the output, when it fails.
+pub fn sh_in(ns: &str, script: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-ec", script])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip netns exec: {e}"));
+    assert!(
+        out.status.success(),
+        "in {ns}: {script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn ns_sh(ns: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, "sh", "-c"]);

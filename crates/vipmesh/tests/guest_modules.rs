@@ -27,7 +27,7 @@ use std::time::Duration;
 use vipmesh::model::*;
 use vipmesh::plan::now_secs;
 use vipmesh::{Controller, ControllerConfig, Error};
-use vipmesh_testkit::{Requirement, Topology, eventually, require};
+use vipmesh_testkit::{Requirement, Topology, eventually, require, sh_in};
 
 /// Properties of the issue the library does not meet yet: (property, what happens).
 const KNOWN_DEFECTS: &[(&str, &str)] = &[
@@ -65,20 +65,6 @@ impl Drop for NoModprobe {
     }
 }
 
-fn sh(ns: &str, script: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-ec", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "in {ns}: {script}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn xt_ipvs_loaded() -> bool {
     Path::new("/sys/module/xt_ipvs").exists()
 }
@@ -88,14 +74,14 @@ fn xt_ipvs_loaded() -> bool {
 /// subnet.
 fn lb_namespace(topo: &mut Topology, name: &str, foreign: bool) -> String {
     let ns = topo.ns(name);
-    sh(
+    sh_in(
         &ns,
         "ip link add eth0 type dummy
          ip link set eth0 up
          ip addr add 10.0.0.2/24 dev eth0",
     );
     if foreign {
-        sh(
+        sh_in(
             &ns,
             "ip addr add 10.0.0.250/32 dev eth0
              ipvsadm -A -f 7 -s rr
@@ -134,7 +120,7 @@ fn state(ns: &str) -> NodeState {
 
 /// Rule lines of both saves without headers and counters.
 fn rules(ns: &str) -> Vec<String> {
-    sh(ns, "iptables-save; ip6tables-save")
+    sh_in(ns, "iptables-save; ip6tables-save")
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| match (l.starts_with(':'), l.rfind(" [")) {
@@ -145,11 +131,14 @@ fn rules(ns: &str) -> Vec<String> {
 }
 
 fn ipvs(ns: &str) -> BTreeSet<String> {
-    sh(ns, "ipvsadm -Sn").lines().map(str::to_string).collect()
+    sh_in(ns, "ipvsadm -Sn")
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn addrs(ns: &str) -> BTreeSet<String> {
-    sh(ns, "ip -o addr show dev eth0")
+    sh_in(ns, "ip -o addr show dev eth0")
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
         .collect()
