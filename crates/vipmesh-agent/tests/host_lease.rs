@@ -107,8 +107,9 @@ async fn a_dead_agents_lease_expires_and_its_tasks_drain_elsewhere() {
     t1.abort();
 }
 
-/// The node keys now (a blocking read from a fresh client on a helper thread).
-fn node_keys(e: &Etcd) -> Vec<String> {
+/// The key-value pairs under `key` (with `prefix`, every key that starts with it) now: a
+/// blocking read from a fresh client on a helper thread.
+fn etcd_get(e: &Etcd, key: String, prefix: bool) -> Vec<(String, String)> {
     let url = e.url();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -117,21 +118,29 @@ fn node_keys(e: &Etcd) -> Vec<String> {
             .unwrap();
         rt.block_on(async {
             let mut c = etcd_client::Client::connect([url], None).await.unwrap();
-            let r = c
-                .get(
-                    layout::NODES_PREFIX,
-                    Some(etcd_client::GetOptions::new().with_prefix()),
-                )
-                .await
-                .unwrap();
+            let opts = prefix.then(|| etcd_client::GetOptions::new().with_prefix());
+            let r = c.get(key, opts).await.unwrap();
             r.kvs()
                 .iter()
-                .map(|kv| String::from_utf8(kv.key().to_vec()).unwrap())
+                .map(|kv| {
+                    (
+                        String::from_utf8(kv.key().to_vec()).unwrap(),
+                        String::from_utf8(kv.value().to_vec()).unwrap(),
+                    )
+                })
                 .collect()
         })
     })
     .join()
     .unwrap()
+}
+
+/// The node keys now.
+fn node_keys(e: &Etcd) -> Vec<String> {
+    etcd_get(e, layout::NODES_PREFIX.to_string(), true)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,21 +189,8 @@ async fn a_second_node_with_a_taken_name_refuses_to_start_and_a_restart_takes_ov
 
 /// The value of a node's key, if any.
 fn node_value(e: &Etcd, node: &str) -> Option<String> {
-    let url = e.url();
-    let key = layout::node_key(node);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([url], None).await.unwrap();
-            let r = c.get(key, None).await.unwrap();
-            r.kvs()
-                .first()
-                .map(|kv| String::from_utf8(kv.value().to_vec()).unwrap())
-        })
-    })
-    .join()
-    .unwrap()
+    etcd_get(e, layout::node_key(node), false)
+        .into_iter()
+        .next()
+        .map(|(_, v)| v)
 }
