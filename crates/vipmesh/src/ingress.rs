@@ -357,6 +357,35 @@ fn check_netns(field: &'static str, v: &str) -> Result<(), Error> {
 }
 
 impl Ingress {
+    /// Where this node's host sends each published port of family `fam`, in service and port
+    /// order: an ingress-mode port to the sandbox's gateway-bridge address and the published
+    /// port, a host-mode port to this node's first task's host address (of that family) and
+    /// the target port; a host-mode port without such a task here publishes nothing. Every
+    /// firewall backend renders its DNAT and FORWARD accepts from this.
+    pub fn publish_targets(
+        &self,
+        fam: Family,
+    ) -> impl Iterator<Item = (&IngressService, &PublishedPort, IpAddr, Port)> {
+        let gw_sandbox = match fam {
+            Family::V4 => self.gw_bridge.sandbox_addr,
+            Family::V6 => self.gw_bridge.sandbox_addr_v6,
+        };
+        self.services.iter().flat_map(move |s| {
+            s.ports.iter().filter_map(move |p| match p.mode {
+                PublishMode::Ingress => Some((s, p, gw_sandbox, p.published)),
+                PublishMode::Host => s
+                    .tasks
+                    .iter()
+                    .find(|t| t.node == self.node)
+                    .and_then(|t| match fam {
+                        Family::V4 => t.host_addr,
+                        Family::V6 => t.host_addr_v6,
+                    })
+                    .map(|a| (s, p, a, p.target)),
+            })
+        })
+    }
+
     /// Validates the ingress on its own (the node-wide checks are in `NodeState::new`).
     ///
     /// # Errors
@@ -719,10 +748,6 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
     if !ing.families().contains(&fam) {
         return Ok(());
     }
-    let gw_sandbox = match fam {
-        Family::V4 => ing.gw_bridge.sandbox_addr,
-        Family::V6 => ing.gw_bridge.sandbox_addr_v6,
-    };
     let id = ing.id.as_str();
     let dnat = chain_name(id, "DNAT")?;
     let fwd = chain_name(id, "FWD")?;
@@ -733,59 +758,40 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
     let comment = |s: &ServiceName| {
         nf::Comment::new(format!("vipmesh net={id} svc={s}")).map_err(|e| nf_err("comment", e))
     };
-    for s in &ing.services {
-        for p in &s.ports {
-            let (to, to_port) = match p.mode {
-                PublishMode::Ingress => (gw_sandbox, p.published),
-                PublishMode::Host => {
-                    let local =
-                        s.tasks
-                            .iter()
-                            .find(|t| t.node == ing.node)
-                            .and_then(|t| match fam {
-                                Family::V4 => t.host_addr,
-                                Family::V6 => t.host_addr_v6,
-                            });
-                    match local {
-                        Some(a) => (a, p.target),
-                        None => continue, // no task here: host mode publishes nothing
-                    }
-                }
-            };
-            let m = nf::Matches::new()
-                .protocol(nf::Protocol::from(p.protocol))
-                .dport(nf::PortRange::single(port(p.published)?));
-            let r = nf::Rule::new(
-                m.clone(),
-                nf::Target::Dnat(nf::NatTo {
-                    addr: to,
-                    port: Some(port(to_port)?),
-                }),
-            )
-            .with_comment(comment(&s.name)?);
-            add(rs, nf::Table::Nat, &dnat, r)?;
-            let accept = nf::Matches::new()
-                .protocol(nf::Protocol::from(p.protocol))
-                .dport(nf::PortRange::single(port(to_port)?))
-                .destination(nf::Cidr::host(to));
-            add(
-                rs,
-                nf::Table::Filter,
-                &fwd,
-                nf::Rule::new(accept, nf::Target::Accept),
-            )?;
-            let back = nf::Matches::new()
-                .protocol(nf::Protocol::from(p.protocol))
-                .sport(nf::PortRange::single(port(to_port)?))
-                .source(nf::Cidr::host(to))
-                .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
-            add(
-                rs,
-                nf::Table::Filter,
-                &fwd,
-                nf::Rule::new(back, nf::Target::Accept),
-            )?;
-        }
+    for (s, p, to, to_port) in ing.publish_targets(fam) {
+        let m = nf::Matches::new()
+            .protocol(nf::Protocol::from(p.protocol))
+            .dport(nf::PortRange::single(port(p.published)?));
+        let r = nf::Rule::new(
+            m.clone(),
+            nf::Target::Dnat(nf::NatTo {
+                addr: to,
+                port: Some(port(to_port)?),
+            }),
+        )
+        .with_comment(comment(&s.name)?);
+        add(rs, nf::Table::Nat, &dnat, r)?;
+        let accept = nf::Matches::new()
+            .protocol(nf::Protocol::from(p.protocol))
+            .dport(nf::PortRange::single(port(to_port)?))
+            .destination(nf::Cidr::host(to));
+        add(
+            rs,
+            nf::Table::Filter,
+            &fwd,
+            nf::Rule::new(accept, nf::Target::Accept),
+        )?;
+        let back = nf::Matches::new()
+            .protocol(nf::Protocol::from(p.protocol))
+            .sport(nf::PortRange::single(port(to_port)?))
+            .source(nf::Cidr::host(to))
+            .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
+        add(
+            rs,
+            nf::Table::Filter,
+            &fwd,
+            nf::Rule::new(back, nf::Target::Accept),
+        )?;
     }
     let mut local = nf::Matches::new();
     local.dst_type = Some(nf::AddrType::Local);

@@ -159,35 +159,13 @@ pub fn add_host(t: &mut nft::Table, ing: &Ingress) -> Result<(), Error> {
     let err = e("build table");
     let mut dnat = Vec::new();
     for fam in ing.families() {
-        let gw_sandbox = match fam {
-            Family::V4 => ing.gw_bridge.sandbox_addr,
-            Family::V6 => ing.gw_bridge.sandbox_addr_v6,
-        };
-        for s in &ing.services {
-            for p in &s.ports {
-                let to = match p.mode {
-                    PublishMode::Ingress => SocketAddr::new(gw_sandbox, p.published.get()),
-                    PublishMode::Host => {
-                        let local =
-                            s.tasks
-                                .iter()
-                                .find(|t| t.node == ing.node)
-                                .and_then(|t| match fam {
-                                    Family::V4 => t.host_addr,
-                                    Family::V6 => t.host_addr_v6,
-                                });
-                        match local {
-                            Some(a) => SocketAddr::new(a, p.target.get()),
-                            None => continue,
-                        }
-                    }
-                };
-                dnat.push(nft::PublishedDnat {
-                    proto: proto(p.protocol),
-                    port: p.published.get(),
-                    to,
-                });
-            }
+        for (_, p, to, to_port) in ing.publish_targets(fam) {
+            let to = SocketAddr::new(to, to_port.get());
+            dnat.push(nft::PublishedDnat {
+                proto: proto(p.protocol),
+                port: p.published.get(),
+                to,
+            });
         }
     }
     nft::publish_dnat(t, &dnat).map_err(&err)?;

@@ -297,59 +297,35 @@ pub fn add_host_forward(
     rs: &mut nf::OwnedRuleset,
     ing: &crate::ingress::Ingress,
 ) -> Result<(), Error> {
-    use crate::ingress::PublishMode;
     let fam: Family = rs.family().into();
     if !ing.families().contains(&fam) {
         return Ok(());
     }
-    let gw_sandbox = match fam {
-        Family::V4 => ing.gw_bridge.sandbox_addr,
-        Family::V6 => ing.gw_bridge.sandbox_addr_v6,
-    };
     let fwd = chain_name(ing.id.as_str(), "FWD")?;
     rs.declare_chain(nf::Table::Filter, &fwd);
     let port = |p: crate::model::Port| nf::Port::new(p.get()).map_err(|e| nf_err("port", e));
-    for s in &ing.services {
-        for p in &s.ports {
-            let (to, to_port) = match p.mode {
-                PublishMode::Ingress => (gw_sandbox, p.published),
-                PublishMode::Host => {
-                    let local =
-                        s.tasks
-                            .iter()
-                            .find(|t| t.node == ing.node)
-                            .and_then(|t| match fam {
-                                Family::V4 => t.host_addr,
-                                Family::V6 => t.host_addr_v6,
-                            });
-                    match local {
-                        Some(a) => (a, p.target),
-                        None => continue,
-                    }
-                }
-            };
-            let accept = nf::Matches::new()
-                .protocol(nf::Protocol::from(p.protocol))
-                .dport(nf::PortRange::single(port(to_port)?))
-                .destination(nf::Cidr::host(to));
-            add_rule(
-                rs,
-                nf::Table::Filter,
-                &fwd,
-                nf::Rule::new(accept, nf::Target::Accept),
-            )?;
-            let back = nf::Matches::new()
-                .protocol(nf::Protocol::from(p.protocol))
-                .sport(nf::PortRange::single(port(to_port)?))
-                .source(nf::Cidr::host(to))
-                .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
-            add_rule(
-                rs,
-                nf::Table::Filter,
-                &fwd,
-                nf::Rule::new(back, nf::Target::Accept),
-            )?;
-        }
+    for (_, p, to, to_port) in ing.publish_targets(fam) {
+        let accept = nf::Matches::new()
+            .protocol(nf::Protocol::from(p.protocol))
+            .dport(nf::PortRange::single(port(to_port)?))
+            .destination(nf::Cidr::host(to));
+        add_rule(
+            rs,
+            nf::Table::Filter,
+            &fwd,
+            nf::Rule::new(accept, nf::Target::Accept),
+        )?;
+        let back = nf::Matches::new()
+            .protocol(nf::Protocol::from(p.protocol))
+            .sport(nf::PortRange::single(port(to_port)?))
+            .source(nf::Cidr::host(to))
+            .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
+        add_rule(
+            rs,
+            nf::Table::Filter,
+            &fwd,
+            nf::Rule::new(back, nf::Target::Accept),
+        )?;
     }
     rs.add_jump(
         nf::Table::Filter,

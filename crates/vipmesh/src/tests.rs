@@ -1906,3 +1906,44 @@ fn a_drain_timeout_over_seven_days_is_refused_from_rust_too() {
     };
     NodeState::new(vec![], ok).unwrap();
 }
+
+/// Where the host sends published ports, shared by both firewall backends: an ingress port to
+/// the sandbox's gateway-bridge address and the published port; a host port to this node's
+/// task's host address of the family and the target port; no local task, nothing.
+#[test]
+fn publish_targets_send_ingress_ports_to_the_sandbox_and_host_ports_to_the_local_task() {
+    use crate::ingress::*;
+    let mut i = ingress_spec_v6(&[
+        ("10.255.0.6", "node2", None),
+        ("10.255.0.5", "node1", Some("vote1")),
+    ]);
+    i.services[0].ports[1].mode = PublishMode::Host;
+    i.services[0].ports[1].target = Port::new(53).unwrap();
+    i.services[0].tasks[1].host_addr = Some(ip("172.30.0.2"));
+    i.services[0].tasks[1].host_addr_v6 = Some(ip("fd00:30::2"));
+    let targets = |i: &Ingress, fam| {
+        i.publish_targets(fam)
+            .map(|(s, p, a, port)| (s.name.to_string(), p.published.get(), a, port.get()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        targets(&i, Family::V4),
+        [
+            ("vote".into(), 8080, i.gw_bridge.sandbox_addr, 8080),
+            ("vote".into(), 5353, ip("172.30.0.2"), 53),
+        ]
+    );
+    assert_eq!(
+        targets(&i, Family::V6),
+        [
+            ("vote".into(), 8080, i.gw_bridge.sandbox_addr_v6, 8080),
+            ("vote".into(), 5353, ip("fd00:30::2"), 53),
+        ]
+    );
+    // The local task leaves: its host-mode port publishes nothing on this node.
+    i.services[0].tasks.retain(|t| t.node != "node1");
+    assert_eq!(
+        targets(&i, Family::V4),
+        [("vote".into(), 8080, i.gw_bridge.sandbox_addr, 8080)]
+    );
+}
