@@ -7,6 +7,7 @@
 //! [`vipmesh_netns::Netns::run`]: the tool is spawned from a thread that entered the namespace,
 //! so the child starts inside it and the caller's threads never switch).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use vipmesh_netns::Netns;
 
 use crate::error::Error;
-use crate::model::Family;
+use crate::model::{Family, Table};
 use crate::plan::{Observed, Plan, plan};
 use crate::ruleset::OwnedRuleset;
 use crate::save::parse_save;
@@ -505,6 +506,65 @@ impl Applier {
         res
     }
 
+    /// Checks, before anything is written, that the kernel accepts every rule `plan` adds:
+    /// [`Plan::probe`] runs in a new, empty, unnamed namespace
+    /// ([`vipmesh_netns::Netns::anonymous`]), which the kernel drops afterwards. A module
+    /// that cannot be loaded (`-m ipvs` without `xt_ipvs`) fails here instead of after
+    /// `iptables-restore` committed the tables before it. Modules are global, so a set of
+    /// extensions verified once per table and tool is not probed again in this process
+    /// ([`Plan::extensions`]); a plan that adds nothing new costs nothing.
+    ///
+    /// # Errors
+    /// As [`execute`](Self::execute) ([`Error::MissingExtension`] naming the module for a
+    /// missing one); [`Error::Netns`] when no namespace can be created.
+    pub fn check(&self, plan: &Plan) -> Result<(), Error> {
+        let exts = plan.extensions();
+        if exts.values().all(BTreeSet::is_empty) {
+            return Ok(());
+        }
+        let (restore, _) = self.preflight(plan.family, "check")?;
+        let mut verified = verified_extensions()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let new = exts.iter().any(|(table, set)| {
+            verified
+                .get(&(restore.clone(), *table))
+                .is_none_or(|v| !set.is_subset(v))
+        });
+        if !new {
+            return Ok(());
+        }
+        let probe = plan.probe();
+        let scratch = vipmesh_netns::Netns::anonymous()
+            .map_err(|e| netns_error("check", "<anonymous>".to_owned(), e))?;
+        tracing::debug!(
+            netns = %self.netns.describe(), family = %plan.family,
+            lines = probe.lines().count(), "iptables-restore trial in a scratch namespace"
+        );
+        match run(
+            &NetnsTarget::Handle(Arc::new(scratch)),
+            &restore,
+            &["-w", "--noflush"],
+            Some(probe.as_bytes()),
+            "check",
+        ) {
+            Ok(_) => {}
+            Err(Error::CommandFailed {
+                tool,
+                status,
+                stderr,
+            }) => return Err(restore_error(tool, status, &stderr, &probe)),
+            Err(e) => return Err(e),
+        }
+        for (table, set) in exts {
+            verified
+                .entry((restore.clone(), table))
+                .or_default()
+                .extend(set);
+        }
+        Ok(())
+    }
+
     /// Remove every chain with our prefix and every tagged jump in all three tables of
     /// `family`, and nothing else.
     ///
@@ -770,6 +830,16 @@ fn failed_line(stderr: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// Extensions the kernel accepted, by restore tool and table.
+type Verified = BTreeMap<(PathBuf, Table), BTreeSet<String>>;
+
+/// The extensions [`Applier::check`] found the kernel to accept: modules are global, so
+/// this is process-wide.
+fn verified_extensions() -> &'static Mutex<Verified> {
+    static VERIFIED: OnceLock<Mutex<Verified>> = OnceLock::new();
+    VERIFIED.get_or_init(Mutex::default)
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ mod apply;
 mod error;
 mod model;
 mod plan;
+mod probe;
 mod render;
 mod ruleset;
 mod save;

@@ -436,6 +436,40 @@ fn bad_input_applies_nothing() {
     assert_eq!(ns.save(), before);
 }
 
+/// `check` tries what a batch adds in a scratch namespace: a module the kernel cannot load
+/// (the host has no IPVS, so no `xt_ipvs`) is found before anything is written anywhere, and
+/// a batch the kernel accepts is checked without writing to the target either.
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn check_finds_a_missing_module_before_any_write() {
+    require_privileged();
+    let ns = Ns::new("check");
+    run_script(&ns, FOREIGN_BEFORE);
+    let before = ns.save();
+    let a = ns.applier();
+
+    let sbox = a.plan(&ingress_sbox(true)).unwrap();
+    assert!(sbox.tables.len() > 1, "the batch spans tables: {sbox}");
+    match a.check(&sbox) {
+        Err(ref e @ Error::MissingExtension { .. }) => {
+            assert!(e.to_string().contains("module xt_ipvs"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ns.save(), before, "check wrote to the target namespace");
+
+    let vip = a.plan(&vip_lb(3, false)).unwrap();
+    a.check(&vip).unwrap();
+    // Verified once: the same extensions are not tried again (nothing observable changes
+    // either way; this is the path an unchanged plan takes on every sync).
+    a.check(&vip).unwrap();
+    assert_eq!(ns.save(), before, "check wrote to the target namespace");
+    a.execute(&vip).unwrap();
+    assert!(ns.save().contains("VIPMESH-"));
+    a.teardown(Family::V4).unwrap();
+    assert_eq!(ns.save(), before);
+}
+
 /// Without CAP_NET_ADMIN: run this test binary again with the capability dropped from its
 /// bounding set (so root's exec does not regain it), and check the typed error there.
 #[test]

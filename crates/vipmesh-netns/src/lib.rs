@@ -472,6 +472,53 @@ impl Netns {
         Self::from_path(&path)
     }
 
+    /// Creates a new, empty network namespace that has no name: it lives exactly as long as
+    /// the returned handle (and whatever runs in it), so nothing is left behind when the
+    /// process ends, however it ends. A helper thread `unshare(CLONE_NEWNET)`s
+    /// ([`unshare(2)`](https://man7.org/linux/man-pages/man2/unshare.2.html)), opens
+    /// `/proc/thread-self/ns/net` and exits. Used for trial runs that must not touch a real
+    /// namespace. Needs CAP_SYS_ADMIN.
+    ///
+    /// # Errors
+    /// [`Error::Create`] (name `<anonymous>`) naming the failed step.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let scratch = vipmesh_netns::Netns::anonymous()?;
+    /// assert!(!scratch.same_as(&vipmesh_netns::Netns::current()?));
+    /// # Ok::<(), vipmesh_netns::Error>(())
+    /// ```
+    pub fn anonymous() -> Result<Netns, Error> {
+        let create = |step: &'static str| {
+            move |source: std::io::Error| Error::Create {
+                name: "<anonymous>".to_string(),
+                step,
+                source,
+            }
+        };
+        std::thread::Builder::new()
+            .name("vipmesh-netns-new".into())
+            .spawn(|| -> Result<Netns, (&'static str, std::io::Error)> {
+                sys::unshare_net().map_err(|e| ("unshare(CLONE_NEWNET)", e))?;
+                Netns::current().map_err(|e| {
+                    let errno = e.errno().unwrap_or(libc::EIO);
+                    (
+                        "open /proc/thread-self/ns/net",
+                        std::io::Error::from_raw_os_error(errno),
+                    )
+                })
+            })
+            .map_err(create("spawn a thread"))?
+            .join()
+            .unwrap_or_else(|_| {
+                Err((
+                    "thread panicked",
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                ))
+            })
+            .map_err(|(step, source)| create(step)(source))
+    }
+
     /// Deletes the namespace bound at `/run/netns/NAME`, as `ip netns delete NAME` does:
     /// detaches the bind mount and removes the file. The namespace itself lives on while a
     /// process or an open handle still refers to it. Call it only for a namespace you created.

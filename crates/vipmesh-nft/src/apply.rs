@@ -393,7 +393,7 @@ impl Nft {
                         Err(self.transaction_error(&script, &trim(&out.stderr)))
                     }
                 }),
-            Runner::Library => self.run_library(&script),
+            Runner::Library => self.run_library(&script, false),
         };
         if res.is_err() {
             self.set_cache(None);
@@ -401,7 +401,32 @@ impl Nft {
         res
     }
 
-    fn run_library(&self, script: &str) -> Result<(), Error> {
+    /// Has the kernel validate `plan` without committing it (`nft --check`: the
+    /// transaction is sent and aborted), so a module the kernel cannot load is found before
+    /// the caller writes anything else. Only a whole-table [`Plan::Rebuild`] can need a new
+    /// module; element changes and deletions are not checked.
+    ///
+    /// # Errors
+    /// As [`execute`](Self::execute); nothing is changed either way.
+    pub fn check(&self, plan: &Plan) -> Result<(), Error> {
+        if !matches!(plan, Plan::Rebuild { .. }) {
+            return Ok(());
+        }
+        let script = plan.to_string();
+        match self.runner {
+            Runner::Process => {
+                let out = self.run("check", &["--check", "-f", "-"], Some(&script))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(self.transaction_error(&script, &trim(&out.stderr)))
+                }
+            }
+            Runner::Library => self.run_library(&script, true),
+        }
+    }
+
+    fn run_library(&self, script: &str, dry: bool) -> Result<(), Error> {
         let mut slot = self.lib.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             let lib = self
@@ -421,13 +446,15 @@ impl Nft {
         let Some(lib) = slot.as_mut() else {
             return Ok(());
         };
-        let (ok, err) = lib.run(script).map_err(|reason| Error::TransactionFailed {
-            netns: self.netns.to_string(),
-            line: None,
-            text: String::new(),
-            kernel_error: String::new(),
-            stderr: reason,
-        })?;
+        let (ok, err) = lib
+            .run(script, dry)
+            .map_err(|reason| Error::TransactionFailed {
+                netns: self.netns.to_string(),
+                line: None,
+                text: String::new(),
+                kernel_error: String::new(),
+                stderr: reason,
+            })?;
         if ok {
             Ok(())
         } else {

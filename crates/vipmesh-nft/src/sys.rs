@@ -19,6 +19,7 @@ type CtxFree = unsafe extern "C" fn(*mut c_void);
 type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxStr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 type RunFile = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+type CtxSetBool = unsafe extern "C" fn(*mut c_void, bool);
 
 /// The library's name.
 pub(crate) const LIBNFTABLES: &str = "libnftables.so.1";
@@ -28,6 +29,7 @@ pub(crate) struct LibNft {
     ctx: NonNull<c_void>,
     free: CtxFree,
     run: RunFile,
+    dry_run: CtxSetBool,
     get_err: CtxStr,
     get_out: CtxStr,
 }
@@ -73,6 +75,7 @@ impl LibNft {
         // From a file (a memfd): libnftables 1.0.6 reports the wrong line for errors in a
         // multi-line buffer, but the right `path:LINE:COL` for a file.
         let run: RunFile = sym(handle, c"nft_run_cmd_from_filename")?;
+        let dry_run: CtxSetBool = sym(handle, c"nft_ctx_set_dry_run")?;
         // SAFETY: NFT_CTX_DEFAULT is 0; a null return is handled.
         let ctx = NonNull::new(unsafe { new(0) }).ok_or("nft_ctx_new failed")?;
         // SAFETY: `ctx` is a live context.
@@ -81,6 +84,7 @@ impl LibNft {
             ctx,
             free,
             run,
+            dry_run,
             get_err,
             get_out,
         };
@@ -91,7 +95,9 @@ impl LibNft {
     }
 
     /// Runs `script` as one transaction (read from a memfd); returns (success, error text).
-    pub(crate) fn run(&mut self, script: &str) -> Result<(bool, String), String> {
+    /// `dry`: the kernel validates the transaction and discards it (`nft --check`,
+    /// `nft_ctx_set_dry_run`).
+    pub(crate) fn run(&mut self, script: &str, dry: bool) -> Result<(bool, String), String> {
         use std::io::Write as _;
         use std::os::fd::{AsRawFd as _, FromRawFd as _};
         // SAFETY: a NUL-terminated name and valid flags; the fd is checked and then owned by
@@ -108,7 +114,12 @@ impl LibNft {
             .map_err(|e| e.to_string())?;
         // SAFETY: `ctx` is live and used by one thread at a time (`&mut self`); `path` is
         // NUL-terminated and outlives the call; `file` keeps the memfd open during it.
-        let rc = unsafe { (self.run)(self.ctx.as_ptr(), path.as_ptr()) };
+        let rc = unsafe {
+            (self.dry_run)(self.ctx.as_ptr(), dry);
+            let rc = (self.run)(self.ctx.as_ptr(), path.as_ptr());
+            (self.dry_run)(self.ctx.as_ptr(), false);
+            rc
+        };
         drop(file);
         // SAFETY: with buffering on, both getters return a NUL-terminated string owned by the
         // context, valid until the next call on it; we copy it at once.

@@ -392,10 +392,7 @@ pub fn apply_ns<I: IpvsBackend, R: Rules, H: Host>(
     for r in &p.rules {
         failpoint();
         let res = h.rules.execute(r);
-        let object = match r {
-            RulesPlan::Iptables { family, .. } => ObjectKey::Rules(netns.to_string(), *family),
-            RulesPlan::Nft { table, .. } => ObjectKey::NftTable(netns.to_string(), table.clone()),
-        };
+        let object = r.object(netns);
         if res.is_ok() {
             advance_rules(obs, r);
         } else {

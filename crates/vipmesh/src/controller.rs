@@ -557,6 +557,31 @@ impl<K: Kernel> Controller<K> {
                 2
             }
         });
+        // Before the first write of the sync, every batch is checked: a module the kernel
+        // cannot load is found now, not after the addresses, the IPVS services and the tables
+        // committed before the one that needs it. Nothing is written then.
+        for (ns, p) in &order {
+            let Some(h) = self.handles.get_mut(*ns) else {
+                continue;
+            };
+            for r in &p.rules {
+                if let Err(e) = h.rules.check(r) {
+                    report.steps.push(apply::StepReport {
+                        netns: (*ns).clone(),
+                        object: r.object(ns),
+                        step: r.step(),
+                        result: Err(e),
+                    });
+                }
+            }
+        }
+        if !report.ok() {
+            self.finish(&report, now);
+            for (ns, o) in cache.namespaces {
+                self.cache.namespaces.insert(ns, o);
+            }
+            return report.into_result();
+        }
         for (ns, p) in order {
             let Some(obs) = cache.namespaces.get_mut(ns) else {
                 continue;

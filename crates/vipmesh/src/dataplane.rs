@@ -48,6 +48,15 @@ pub trait Rules {
     /// # Errors
     /// [`Error::Netfilter`] or [`Error::Nft`]; nothing of a failed batch is applied.
     fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error>;
+    /// Checks, writing nothing, that the kernel accepts this batch: that every module its
+    /// rules need can be loaded. `iptables-restore` commits table by table, so without this a
+    /// batch failing in its second table leaves the first committed; the controller checks
+    /// every batch before its first write of a sync.
+    ///
+    /// # Errors
+    /// As [`execute`](Rules::execute) (a missing module: [`Error::Netfilter`] with
+    /// `vipmesh_netfilter::Error::MissingExtension`, or [`Error::Nft`]).
+    fn check(&mut self, plan: &RulesPlan) -> Result<(), Error>;
 }
 
 /// Addresses, sysctls and the kernel version of one namespace.
@@ -431,6 +440,17 @@ impl Rules for KernelRules {
             }
             RulesPlan::Nft { diff, .. } => {
                 self.nft.execute(diff).map_err(|e| self.nft_err("apply", e))
+            }
+        }
+    }
+
+    fn check(&mut self, plan: &RulesPlan) -> Result<(), Error> {
+        match plan {
+            RulesPlan::Iptables { diff, .. } => {
+                self.applier.check(diff).map_err(|e| self.err("check", e))
+            }
+            RulesPlan::Nft { diff, .. } => {
+                self.nft.check(diff).map_err(|e| self.nft_err("check", e))
             }
         }
     }

@@ -70,6 +70,9 @@ impl FakeNs {
 /// Failure injection shared by every backend of the world.
 #[derive(Debug, Clone, Default)]
 struct Faults {
+    /// Extensions (`-m ipvs`, as [`nf::Plan::extensions`] names them) whose module the fake
+    /// kernel cannot load: a batch using one fails its check and its execution.
+    missing: std::collections::BTreeSet<String>,
     rules_next: usize,
     host_next: usize,
     random: Option<(u64, u32)>,
@@ -159,6 +162,13 @@ impl FakeKernel {
         self.world().faults.rules_next = n;
     }
 
+    /// The module behind `extension` (`-m ipvs`, `-j MASQUERADE`) cannot be loaded: every
+    /// iptables batch using it fails [`Rules::check`] and [`Rules::execute`] with
+    /// `MissingExtension`, changing nothing.
+    pub fn remove_extension(&self, extension: &str) {
+        self.world().faults.missing.insert(extension.to_string());
+    }
+
     /// The next `n` address or sysctl writes fail.
     pub fn fail_host_next(&self, n: usize) {
         self.world().faults.host_next = n;
@@ -174,6 +184,38 @@ impl FakeKernel {
     pub fn set_kernel(&self, k: KernelVersion) {
         self.world().kernel = Some(k);
     }
+}
+
+/// The kernel's answer to a batch that uses an extension whose module cannot be loaded.
+fn missing_extension(
+    faults: &Faults,
+    netns: &str,
+    op: &str,
+    plan: &RulesPlan,
+) -> Result<(), Error> {
+    let RulesPlan::Iptables { diff, .. } = plan else {
+        return Ok(());
+    };
+    let exts = diff.extensions();
+    let Some(ext) = exts
+        .values()
+        .flatten()
+        .find(|e| faults.missing.contains(*e))
+    else {
+        return Ok(());
+    };
+    let name = ext.split_once(' ').map_or(ext.as_str(), |(_, n)| n);
+    Err(Error::Netfilter {
+        op: op.to_string(),
+        netns: netns.to_string(),
+        source: Box::new(nf::Error::MissingExtension {
+            tool: "iptables-restore".into(),
+            extension: name.to_string(),
+            line: None,
+            context: String::new(),
+            stderr: format!("Couldn't load match `{name}':No such file or directory"),
+        }),
+    })
 }
 
 fn injected(what: &str) -> std::io::Error {
@@ -275,9 +317,15 @@ impl Rules for FakeHandle {
         })
     }
 
+    fn check(&mut self, plan: &RulesPlan) -> Result<(), Error> {
+        let name = self.name.clone();
+        self.ns(|_, faults| missing_extension(faults, &name, "check", plan))
+    }
+
     fn execute(&mut self, plan: &RulesPlan) -> Result<(), Error> {
         let name = self.name.clone();
         self.ns(|ns, faults| {
+            missing_extension(faults, &name, "apply", plan)?;
             let fail = faults.rules_next > 0 || faults.roll();
             faults.rules_next = faults.rules_next.saturating_sub(1);
             let (family, desired, diff) = match plan {

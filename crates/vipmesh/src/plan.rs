@@ -564,6 +564,15 @@ impl RulesPlan {
         }
     }
 
+    /// The object this batch programs in `netns` (what its report step is about).
+    pub fn object(&self, netns: &str) -> crate::apply::ObjectKey {
+        use crate::apply::ObjectKey;
+        match self {
+            RulesPlan::Iptables { family, .. } => ObjectKey::Rules(netns.to_string(), *family),
+            RulesPlan::Nft { table, .. } => ObjectKey::NftTable(netns.to_string(), table.clone()),
+        }
+    }
+
     /// The batch's text (what runs: `iptables-restore` input or the `nft -f` script).
     pub fn script(&self) -> String {
         match self {

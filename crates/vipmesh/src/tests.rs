@@ -1180,6 +1180,36 @@ fn faulty_backends_fail_loudly_and_the_reconciler_converges() {
     assert!(plan_at(&mut c, now).is_empty());
 }
 
+#[test]
+fn a_module_the_kernel_cannot_load_is_found_before_the_first_write() {
+    let k = world();
+    let before = k.with("lb-demo", |n| (n.sysctls.clone(), n.addrs.clone()));
+    k.remove_extension("-m ipvs");
+    let mut c = ctl(&k);
+    c.set_desired(node(sample()));
+    match c.sync_full(0).unwrap_err() {
+        Error::StepsFailed { failed, report, .. } => {
+            assert_eq!(failed, 1, "one error: {report}");
+            let text = report.to_string();
+            assert!(text.contains("xt_ipvs"), "names the module: {text}");
+        }
+        other => panic!("{other}"),
+    }
+    k.with("lb-demo", |n| {
+        assert_eq!(n.batches, 0, "no netfilter batch ran");
+        assert!(n.ipvs.log.is_empty(), "no IPVS write: {:?}", n.ipvs.log);
+        assert_eq!(
+            (n.sysctls.clone(), n.addrs.clone()),
+            before,
+            "nothing written"
+        );
+    });
+    assert!(
+        c.marks().is_empty(),
+        "no marks recorded for services never created"
+    );
+}
+
 fn arb_services(dual: bool) -> impl Strategy<Value = Vec<Service>> {
     let svc = (
         0u8..3,
