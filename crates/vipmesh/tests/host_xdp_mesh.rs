@@ -189,12 +189,30 @@ fn restart_under_traffic_keeps_flows_and_teardown_leaves_foreign_programs() {
     }
     let t1 = lab.topo.sh(&lab.tasks[0].ns, "ip addr show lo");
     assert!(!t1.contains("192.0.2.2"), "{t1}");
+    // The task's ARP settings are what they were before the mesh (a new namespace's 0).
+    assert_eq!(
+        arp_settings(&lab, 0),
+        "0 0",
+        "task sysctls not restored at teardown"
+    );
+    assert!(!d1.sysctl_record.exists(), "record left");
     assert!(
         !d1.pin_root.exists(),
         "pins left in {}",
         d1.pin_root.display()
     );
     drop(foreign);
+}
+
+/// `arp_ignore arp_announce` (net.ipv4.conf.all) in task `i`'s namespace.
+fn arp_settings(lab: &Lab, i: usize) -> String {
+    lab.topo
+        .sh(
+            &lab.tasks[i].ns,
+            "echo $(cat /proc/sys/net/ipv4/conf/all/arp_ignore /proc/sys/net/ipv4/conf/all/arp_announce)",
+        )
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -243,6 +261,9 @@ fn replacing_one_of_three_backends_keeps_the_flows_of_the_others() {
         kept >= 3,
         "too few long-lived flows on the kept backends ({kept})"
     );
+    // The replaced task left the mesh: its ARP settings are back; the others keep ours.
+    assert_eq!(arp_settings(&lab, 2), "0 0", "t3's sysctls not restored");
+    assert_eq!(arp_settings(&lab, 1), "1 2", "t2 is still in the mesh");
     // New connections reach the new task, never the old one.
     let mut seen = BTreeSet::new();
     for i in 0..30 {

@@ -11,7 +11,10 @@ use vipmesh_netns::rtnl::{Rtnl, VIPMESH_ADDR_PROTO};
 use vipmesh_xdp::{Attachment, FastPath, LoadOptions, MacAddr, Pinning, Program};
 
 use super::derive::{Via, XdpDesired};
-use super::plan::{AttachKey, LinkFacts, XdpObserved, XdpPlan, XdpStep, desired_attachments};
+use super::plan::{
+    AttachKey, KEPT_SYSCTLS, LinkFacts, SavedSysctl, XdpObserved, XdpPlan, XdpStep,
+    desired_attachments,
+};
 use crate::dataplane::open_netns;
 use crate::error::Error;
 
@@ -256,6 +259,7 @@ impl XdpMesh {
             }
             o.task_ports = dp.task_ports().clone();
         }
+        o.saved_sysctls = read_record(&d.sysctl_record, &self.host_name)?;
         o.attached = self.held.keys().cloned().collect();
         // Pins: a desired attachment's pin that this process does not hold is a previous
         // process's (taken over by the attach); a pin nothing accounts for is stale.
@@ -349,8 +353,33 @@ impl XdpMesh {
                 self.fast = Some(fp);
             }
             XdpStep::SetSysctl { netns, key, value } => {
-                let ns = self.ns(netns)?;
+                let ns = self.ns(netns)?.try_clone().map_err(ne(netns))?;
+                // The value replaced is recorded before the write (a kill -9 between the two
+                // leaves a record whose value is not ours yet: nothing is put back).
+                let mut record = read_record(&d.sysctl_record, &host)?;
+                let at = (netns.clone(), key.clone());
+                if let Ok(previous) = ns.sysctl_read(key)
+                    && previous.trim() != value
+                    && !record.contains_key(&at)
+                {
+                    record.insert(
+                        at,
+                        SavedSysctl {
+                            netns: netns.clone(),
+                            key: key.clone(),
+                            previous: previous.trim().to_owned(),
+                            ours: value.clone(),
+                        },
+                    );
+                    write_record(&d.sysctl_record, &record, &host)?;
+                }
                 ns.sysctl_write(key, value).map_err(ne(netns))?;
+            }
+            XdpStep::RestoreSysctl { saved } => {
+                self.restore_sysctl(saved)?;
+                let mut record = read_record(&d.sysctl_record, &host)?;
+                record.remove(&(saved.netns.clone(), saved.key.clone()));
+                write_record(&d.sysctl_record, &record, &host)?;
             }
             XdpStep::UpsertService { spec, modes } => {
                 let fp = self.fast.as_mut().ok_or_else(|| Error::Xdp {
@@ -441,10 +470,31 @@ impl XdpMesh {
         Ok(())
     }
 
+    /// Puts `saved.previous` back if the sysctl still holds our value; a namespace or key
+    /// that is gone has nothing to put back.
+    fn restore_sysctl(&mut self, saved: &SavedSysctl) -> Result<(), Error> {
+        let ns = match self.ns(&saved.netns) {
+            Ok(ns) => ns,
+            Err(Error::MissingNamespace { .. }) => {
+                self.tasks.remove(&saved.netns);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match ns.sysctl_read(&saved.key) {
+            Ok(now) if now.trim() == saved.ours => ns
+                .sysctl_write(&saved.key, &saved.previous)
+                .map_err(ne(&saved.netns)),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes everything of ours for `d`: detaches and unpins our links (those of a previous
-    /// process too), removes our addresses from the tasks' `lo`, unloads the programs and
-    /// removes the pinned maps. Foreign programs, addresses and links are not touched; the
-    /// sysctls stay. Removing what is absent is success.
+    /// process too), removes our addresses from the tasks' `lo`, puts back the sysctl values
+    /// our writes replaced (the tasks' ARP settings, the host veths' `rp_filter`; the host's
+    /// forwarding ([`KEPT_SYSCTLS`]) stays on, other dataplanes need it), unloads the programs
+    /// and removes the pinned maps. Foreign programs, addresses and links are not touched.
+    /// Removing what is absent is success.
     ///
     /// # Errors
     /// [`Error::Xdp`], [`Error::Netns`], [`Error::System`].
@@ -472,6 +522,14 @@ impl XdpMesh {
                 }
             }
         }
+        let record = read_record(&d.sysctl_record, &host)?;
+        for saved in record.values() {
+            if saved.netns == host && KEPT_SYSCTLS.contains(&saved.key.as_str()) {
+                continue;
+            }
+            self.restore_sysctl(saved)?;
+        }
+        write_record(&d.sysctl_record, &BTreeMap::new(), &host)?;
         drop(self.fast.take());
         FastPath::unpin(&self.pin_root).map_err(xe("unpin maps", &host))?;
         match std::fs::remove_dir(&self.pin_root) {
@@ -502,4 +560,64 @@ fn remove_pin(path: &Path, netns: &str) -> Result<(), Error> {
         }),
         _ => Ok(()),
     }
+}
+
+type Record = BTreeMap<(String, String), SavedSysctl>;
+
+fn record_error(path: &Path, netns: &str, what: &str, source: std::io::Error) -> Error {
+    Error::System {
+        op: format!("{what} the sysctl record {}", path.display()),
+        netns: netns.to_owned(),
+        source,
+    }
+}
+
+/// The sysctl record at `path`; absent is empty. A file that does not parse is an error
+/// naming it (never an empty record: the values in it would be lost).
+pub(super) fn read_record(path: &Path, netns: &str) -> Result<Record, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::new()),
+        Err(e) => return Err(record_error(path, netns, "read", e)),
+    };
+    let list: Vec<SavedSysctl> = serde_json::from_str(&text).map_err(|e| {
+        record_error(
+            path,
+            netns,
+            "parse",
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    Ok(list
+        .into_iter()
+        .map(|s| ((s.netns.clone(), s.key.clone()), s))
+        .collect())
+}
+
+/// Replaces the record at `path` atomically (a new file renamed over it); an empty record
+/// removes the file.
+pub(super) fn write_record(path: &Path, record: &Record, netns: &str) -> Result<(), Error> {
+    if record.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(record_error(path, netns, "remove", e))
+            }
+            _ => Ok(()),
+        };
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| record_error(path, netns, "create", e))?;
+    }
+    let list: Vec<&SavedSysctl> = record.values().collect();
+    let text = serde_json::to_string_pretty(&list).map_err(|e| {
+        record_error(
+            path,
+            netns,
+            "encode",
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| record_error(path, netns, "write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| record_error(path, netns, "replace", e))
 }

@@ -79,6 +79,10 @@ pub struct XdpMeshConfig {
     /// The bpffs directory of this node's pins; default `/sys/fs/bpf/vipmesh/<node>` (maps
     /// and links then live in its `vipmesh/` subdirectory).
     pub pin_root: Option<PathBuf>,
+    /// Where the values our sysctl writes replaced are recorded (a regular directory: bpffs
+    /// holds no files); default `/run/vipmesh/xdp/<node>`. A task's values are put back when
+    /// it leaves the mesh and at teardown, also after a restart or a kill -9.
+    pub state_dir: Option<PathBuf>,
     /// For each local task (by namespace): the name of its veth's peer in the node's host
     /// namespace (the runtime created the pair). NAT frames are redirected into it, and
     /// `tc_rev` runs on its ingress.
@@ -102,6 +106,7 @@ impl XdpMeshConfig {
             ports: BTreeMap::new(),
             underlay_mtu: 1500,
             pin_root: None,
+            state_dir: None,
             host_veths: BTreeMap::new(),
             underlay_v6: BTreeMap::new(),
             table_size: 251,

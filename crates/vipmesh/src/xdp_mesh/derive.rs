@@ -81,7 +81,7 @@ pub struct DesiredTask {
     pub ports: BTreeMap<ServiceKey, u16>,
 }
 
-/// Everything the XDP mesh programs on one node ([`derive`]).
+/// Everything the XDP mesh programs on one node ([`derive()`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdpDesired {
     /// This node's name.
@@ -94,6 +94,9 @@ pub struct XdpDesired {
     pub attach: AttachRequest,
     /// The bpffs root of this node's pins.
     pub pin_root: PathBuf,
+    /// The file recording the sysctl values our writes replaced
+    /// ([`super::XdpMeshConfig::state_dir`]`/sysctls.json`).
+    pub sysctl_record: PathBuf,
     /// The fast path's settings (the node's address as the outer source, the encap MTU).
     pub config: vipmesh_xdp::Config,
     /// Maglev table size.
@@ -390,12 +393,18 @@ pub fn derive(ing: &Ingress, cfg: &XdpMeshConfig) -> Result<XdpDesired, Error> {
         .pin_root
         .clone()
         .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/vipmesh").join(&ing.node));
+    let sysctl_record = cfg
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/run/vipmesh/xdp").join(&ing.node))
+        .join("sysctls.json");
     Ok(XdpDesired {
         node: ing.node.clone(),
         host_netns: ing.host_netns.clone(),
         uplink: cfg.uplink.clone(),
         attach: cfg.attach,
         pin_root,
+        sysctl_record,
         config: vipmesh_xdp::Config {
             node_v4: Some(node4),
             node_v6: node6,

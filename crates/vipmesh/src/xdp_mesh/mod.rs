@@ -47,9 +47,14 @@
 //!   restarted controller reopens the maps (ids and flows kept) and takes over the pinned
 //!   links atomically, so traffic never loses the fast path.
 //!
+//! - the value each sysctl write replaced, in a record file (`/run/vipmesh/xdp/<node>/`,
+//!   [`XdpMeshConfig::state_dir`]), written before the sysctl: a task that leaves the mesh
+//!   gets its values back (if ours are still there), also after a restart or a kill -9.
+//!
 //! Teardown ([`XdpMesh::teardown`]) detaches and unpins our links, removes our maps and our
-//! addresses; it touches no other program (links are ours by their pin, never by name) and
-//! leaves the sysctls.
+//! addresses and puts back the recorded sysctl values, except the host's forwarding
+//! ([`KEPT_SYSCTLS`]: other dataplanes of the node need it); it touches no other program
+//! (links are ours by their pin, never by name).
 //!
 //! # Requirements and limits
 //!
@@ -78,5 +83,6 @@ pub use derive::{
     derive,
 };
 pub use plan::{
-    AttachKey, BackendModes, LinkFacts, ModedSpec, XdpObserved, XdpPlan, XdpStep, plan, resolve,
+    AttachKey, BackendModes, KEPT_SYSCTLS, LinkFacts, ModedSpec, SavedSysctl, XdpObserved, XdpPlan,
+    XdpStep, plan, resolve,
 };

@@ -75,7 +75,29 @@ pub struct XdpObserved {
     pub task_addrs: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Sysctl values by (namespace, key); unreadable keys are not listed.
     pub sysctls: BTreeMap<(String, String), String>,
+    /// The values our sysctl writes replaced, by (namespace, key), from
+    /// [`super::XdpDesired::sysctl_record`].
+    pub saved_sysctls: BTreeMap<(String, String), SavedSysctl>,
 }
+
+/// A sysctl value our write replaced, and the value we wrote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedSysctl {
+    /// The namespace.
+    pub netns: String,
+    /// The key.
+    pub key: String,
+    /// The value before our write.
+    pub previous: String,
+    /// The value we wrote: the previous one is put back only while this one is still there
+    /// (a value someone else wrote since is theirs).
+    pub ours: String,
+}
+
+/// Sysctls of the host namespace that stay at teardown: other dataplanes of the node (the
+/// IPVS mesh, the container runtime) forward too.
+pub const KEPT_SYSCTLS: [&str; 2] = ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"];
 
 /// One step of an [`XdpPlan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +117,12 @@ pub enum XdpStep {
         key: String,
         /// The value.
         value: String,
+    },
+    /// Put back the value a sysctl had before our write (a task that left the mesh), if our
+    /// value is still there; then forget the record.
+    RestoreSysctl {
+        /// What was recorded.
+        saved: SavedSysctl,
     },
     /// Program a service (ids kept for the backends that stay; the Maglev table swapped
     /// whole).
@@ -169,6 +197,11 @@ impl fmt::Display for XdpStep {
             XdpStep::SetSysctl { netns, key, value } => {
                 write!(f, "sysctl {key}={value} in {netns}")
             }
+            XdpStep::RestoreSysctl { saved } => write!(
+                f,
+                "restore sysctl {}={} in {} (if still {})",
+                saved.key, saved.previous, saved.netns, saved.ours
+            ),
             XdpStep::UpsertService { spec, modes } => {
                 write!(f, "upsert {} ({} backends)", spec.key, spec.backends.len())?;
                 for b in &spec.backends {
@@ -400,9 +433,20 @@ pub fn plan(d: &XdpDesired, o: &XdpObserved) -> Result<XdpPlan, Error> {
             sysctls.push((netns.clone(), k.clone(), v.clone()));
         }
     }
+    let wanted: BTreeSet<(String, String)> = sysctls
+        .iter()
+        .map(|(n, k, _)| (n.clone(), k.clone()))
+        .collect();
     for (netns, key, value) in sysctls {
         if o.sysctls.get(&(netns.clone(), key.clone())) != Some(&value) {
             steps.push(XdpStep::SetSysctl { netns, key, value });
+        }
+    }
+    for (at, saved) in &o.saved_sysctls {
+        if !wanted.contains(at) {
+            steps.push(XdpStep::RestoreSysctl {
+                saved: saved.clone(),
+            });
         }
     }
     for (key, w) in &want {

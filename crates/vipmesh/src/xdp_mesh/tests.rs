@@ -77,6 +77,14 @@ fn observed(d: &XdpDesired) -> XdpObserved {
         add(&mut o, &d.host_netns, &t.host_veth);
         add(&mut o, ns, &t.interface);
     }
+    // A fresh namespace's values, before our writes.
+    for (ns, t) in &d.tasks {
+        for k in d.task_sysctls.keys() {
+            o.sysctls.insert((ns.clone(), k.clone()), "0".into());
+        }
+        let rp = format!("net.ipv4.conf.{}.rp_filter", t.host_veth);
+        o.sysctls.insert((d.host_netns.clone(), rp), "0".into());
+    }
     o.neighbours
         .insert(ip("192.0.2.1"), MacAddr([2, 1, 1, 1, 1, 1]));
     o.neighbours
@@ -90,8 +98,27 @@ fn after(d: &XdpDesired, mut o: XdpObserved, p: &XdpPlan) -> XdpObserved {
         match s {
             XdpStep::Load { .. } => o.loaded = true,
             XdpStep::SetSysctl { netns, key, value } => {
-                o.sysctls
-                    .insert((netns.clone(), key.clone()), value.clone());
+                let at = (netns.clone(), key.clone());
+                if let Some(previous) = o.sysctls.get(&at)
+                    && previous != value
+                    && !o.saved_sysctls.contains_key(&at)
+                {
+                    let saved = SavedSysctl {
+                        netns: netns.clone(),
+                        key: key.clone(),
+                        previous: previous.clone(),
+                        ours: value.clone(),
+                    };
+                    o.saved_sysctls.insert(at.clone(), saved);
+                }
+                o.sysctls.insert(at, value.clone());
+            }
+            XdpStep::RestoreSysctl { saved } => {
+                let at = (saved.netns.clone(), saved.key.clone());
+                if o.sysctls.get(&at) == Some(&saved.ours) {
+                    o.sysctls.insert(at.clone(), saved.previous.clone());
+                }
+                o.saved_sysctls.remove(&at);
             }
             XdpStep::UpsertService { spec, modes } => {
                 o.services.insert(spec.key, (spec.clone(), modes.clone()));
@@ -243,6 +270,23 @@ fn restart_adopts_pinned_links_and_a_gone_task_is_cleaned_up() {
         !text.contains("remove task port"),
         "t1 still needs them: {text}"
     );
+    // The values our writes replaced in t3 (and on its host veth) are put back, once.
+    for want in [
+        "restore sysctl net.ipv4.conf.all.arp_ignore=0 in t3 (if still 1)",
+        "restore sysctl net.ipv4.conf.all.arp_announce=0 in t3 (if still 2)",
+        "restore sysctl net.ipv4.conf.h-t3.rp_filter=0 in n1 (if still 2)",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    assert!(!text.contains("in t1 (if still"), "t1 stays: {text}");
+    let gone = after(&d3, done, &p3);
+    assert_eq!(
+        gone.sysctls
+            .get(&("t3".into(), "net.ipv4.conf.all.arp_ignore".into())),
+        Some(&"0".to_string())
+    );
+    let again = plan(&d3, &gone).unwrap();
+    assert!(again.is_empty(), "{again}");
 }
 
 #[test]
@@ -369,4 +413,33 @@ fn ipv6_underlays_add_v6_services_and_task_sides() {
             ..
         })
     ));
+}
+
+#[test]
+fn the_sysctl_record_round_trips_and_a_corrupt_one_is_an_error_naming_it() {
+    use super::apply::{read_record, write_record};
+    let dir = std::env::temp_dir().join(format!("vipmesh-record-test-{}", std::process::id()));
+    let path = dir.join("sysctls.json");
+    assert!(
+        read_record(&path, "n1").unwrap().is_empty(),
+        "absent is empty"
+    );
+    let saved = SavedSysctl {
+        netns: "t1".into(),
+        key: "net.ipv4.conf.all.arp_ignore".into(),
+        previous: "0".into(),
+        ours: "1".into(),
+    };
+    let record = std::collections::BTreeMap::from([(
+        (saved.netns.clone(), saved.key.clone()),
+        saved.clone(),
+    )]);
+    write_record(&path, &record, "n1").unwrap();
+    assert_eq!(read_record(&path, "n1").unwrap(), record);
+    std::fs::write(&path, "[{\"netns\": \"t1\"").unwrap();
+    let e = read_record(&path, "n1").unwrap_err().to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    write_record(&path, &std::collections::BTreeMap::new(), "n1").unwrap();
+    assert!(!path.exists(), "an empty record removes the file");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,6 +30,8 @@ pub struct Lab {
     pub nodes: [String; 2],
     pub tasks: Vec<LabTask>,
     pub pin_root: PathBuf,
+    /// The nodes' sysctl records (`XdpMeshConfig::state_dir`).
+    pub state_dir: PathBuf,
 }
 
 impl Drop for Lab {
@@ -38,6 +40,7 @@ impl Drop for Lab {
         let _ = std::process::Command::new("rm")
             .arg("-rf")
             .arg(&self.pin_root)
+            .arg(&self.state_dir)
             .status();
     }
 }
@@ -103,6 +106,7 @@ pub fn lab(layout: &[usize]) -> Lab {
         });
     }
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/vipmesh-test-{}", std::process::id()));
+    let state_dir = std::env::temp_dir().join(format!("vipmesh-xdp-test-{}", std::process::id()));
     // The servers listen before the first request.
     for t in &tasks {
         vipmesh_testkit::eventually(
@@ -127,6 +131,7 @@ pub fn lab(layout: &[usize]) -> Lab {
         nodes: [nodes[0].clone(), nodes[1].clone()],
         tasks,
         pin_root,
+        state_dir,
     }
 }
 
@@ -182,6 +187,7 @@ pub fn desired_with(lab: &Lab, node: usize, active: &[usize]) -> XdpDesired {
         cfg.host_veths.insert(t.ns.clone(), t.host_veth.clone());
     }
     cfg.pin_root = Some(lab.pin_root.join(format!("n{}", node + 1)));
+    cfg.state_dir = Some(lab.state_dir.join(format!("n{}", node + 1)));
     cfg.underlay_v6
         .insert("n1".into(), "fd00:2::1".parse().unwrap());
     cfg.underlay_v6
