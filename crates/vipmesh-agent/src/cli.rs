@@ -14,7 +14,7 @@ use crate::agent::{Agent, AgentConfig};
 use crate::error::Error;
 use crate::layout::{ClusterFile, NodeLocal, NodeRecord};
 use crate::metrics::MetricsServer;
-use crate::store::{Store, StoreConfig};
+use crate::store::{Store, StoreConfig, Tls, check_endpoints};
 
 /// The per-node vipmesh agent and the cluster's desired state in etcd.
 #[derive(Debug, Parser)]
@@ -33,12 +33,9 @@ pub enum Command {
         /// This node's name.
         #[arg(long)]
         node: String,
-        /// etcd client URLs (repeat or comma-separate).
-        #[arg(long = "etcd", value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
-        /// Deadline of each etcd request, in seconds.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        etcd_timeout: u64,
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: Etcd,
         /// This node's underlay address (registers the node: needed for the ingress).
         #[arg(long, requires = "sandbox_addr")]
         underlay: Option<IpAddr>,
@@ -105,12 +102,40 @@ pub struct Etcd {
     /// Deadline of each etcd request, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub etcd_timeout: u64,
+    /// TLS: the CA certificate (PEM) that signed the members' certificates; needed for
+    /// https:// endpoints.
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// TLS: this client's certificate (PEM), for members that check client certificates
+    /// (`--client-cert-auth`); with --etcd-key.
+    #[arg(long, requires = "etcd_cacert")]
+    pub etcd_cert: Option<PathBuf>,
+    /// TLS: this client's private key (PEM); with --etcd-cert.
+    #[arg(long, requires = "etcd_cacert")]
+    pub etcd_key: Option<PathBuf>,
 }
 
-fn store_config(endpoints: Vec<String>, timeout_secs: u64) -> StoreConfig {
-    let mut c = StoreConfig::new(endpoints);
-    c.request_timeout = std::time::Duration::from_secs(timeout_secs);
-    c
+impl Etcd {
+    /// The store configuration: the endpoints checked against the TLS options, the PEM
+    /// files read, before anything connects.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the option, [`Error::File`] naming the file (exit 2).
+    fn store_config(&self) -> Result<StoreConfig, Error> {
+        let tls = match &self.etcd_cacert {
+            Some(ca) => Some(Tls::from_files(
+                ca,
+                self.etcd_cert.as_deref(),
+                self.etcd_key.as_deref(),
+            )?),
+            None => None,
+        };
+        check_endpoints(&self.etcd, tls.is_some())?;
+        let mut c = StoreConfig::new(self.etcd.clone());
+        c.request_timeout = std::time::Duration::from_secs(self.etcd_timeout);
+        c.tls = tls;
+        Ok(c)
+    }
 }
 
 /// Parses `args` (the first is the program name) and runs the command on a new tokio
@@ -190,58 +215,63 @@ pub fn main() -> ExitCode {
     run(std::env::args_os())
 }
 
+/// `cluster apply|get`.
+async fn cluster(op: ClusterOp, etcd: StoreConfig) -> Result<(), Error> {
+    let mut store = Store::connect(etcd).await?;
+    match op {
+        ClusterOp::Apply {
+            state, if_revision, ..
+        } => {
+            let text = std::fs::read_to_string(&state).map_err(|source| Error::File {
+                path: state.display().to_string(),
+                source,
+            })?;
+            let file = ClusterFile::from_json(&text)?;
+            let out = store.cluster_apply(&file, if_revision).await?;
+            println!(
+                "applied at revision {}: {} written, {} deleted",
+                out.revision,
+                out.written.len(),
+                out.deleted.len()
+            );
+            for k in &out.written {
+                println!("  put {k}");
+            }
+            for k in &out.deleted {
+                println!("  del {k}");
+            }
+            for (k, addr) in &out.allocated {
+                println!("  vip {addr} allocated for {k}");
+            }
+        }
+        ClusterOp::Get { .. } => {
+            let (file, issues, rev) = store.cluster_get().await?;
+            let text = serde_json::to_string_pretty(&file)
+                .map_err(|e| Error::invalid("cluster file", e.to_string()))?;
+            println!("{text}");
+            eprintln!("revision {rev}");
+            for i in issues {
+                eprintln!("skipped {i}");
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn execute(cmd: Command) -> Result<(), Error> {
     match cmd {
         Command::Cluster { op } => {
             let etcd = match &op {
-                ClusterOp::Apply { etcd, .. } | ClusterOp::Get { etcd } => {
-                    store_config(etcd.etcd.clone(), etcd.etcd_timeout)
-                }
+                ClusterOp::Apply { etcd, .. } | ClusterOp::Get { etcd } => etcd.store_config()?,
             };
-            let mut store = Store::connect(etcd).await?;
-            match op {
-                ClusterOp::Apply {
-                    state, if_revision, ..
-                } => {
-                    let text = std::fs::read_to_string(&state).map_err(|source| Error::File {
-                        path: state.display().to_string(),
-                        source,
-                    })?;
-                    let file = ClusterFile::from_json(&text)?;
-                    let out = store.cluster_apply(&file, if_revision).await?;
-                    println!(
-                        "applied at revision {}: {} written, {} deleted",
-                        out.revision,
-                        out.written.len(),
-                        out.deleted.len()
-                    );
-                    for k in &out.written {
-                        println!("  put {k}");
-                    }
-                    for k in &out.deleted {
-                        println!("  del {k}");
-                    }
-                    for (k, addr) in &out.allocated {
-                        println!("  vip {addr} allocated for {k}");
-                    }
-                }
-                ClusterOp::Get { .. } => {
-                    let (file, issues, rev) = store.cluster_get().await?;
-                    let text = serde_json::to_string_pretty(&file)
-                        .map_err(|e| Error::invalid("cluster file", e.to_string()))?;
-                    println!("{text}");
-                    eprintln!("revision {rev}");
-                    for i in issues {
-                        eprintln!("skipped {i}");
-                    }
-                }
-            }
-            Ok(())
+            let endpoints = etcd.endpoints.clone();
+            cluster(op, etcd)
+                .await
+                .map_err(|e| e.at_endpoints(&endpoints))
         }
         Command::Agent {
             node,
             etcd,
-            etcd_timeout,
             underlay,
             sandbox_addr,
             host_netns,
@@ -250,6 +280,7 @@ async fn execute(cmd: Command) -> Result<(), Error> {
             lease_ttl,
             metrics,
         } => {
+            let store_cfg = etcd.store_config()?;
             let mut cfg = AgentConfig::new(&node);
             cfg.local = NodeLocal {
                 host_netns,
@@ -265,7 +296,7 @@ async fn execute(cmd: Command) -> Result<(), Error> {
                     sandbox_addr,
                 });
             let ctl = Controller::real(ControllerConfig::default());
-            let agent = Agent::new(cfg, store_config(etcd, etcd_timeout), ctl);
+            let agent = Agent::new(cfg, store_cfg, ctl);
             let (tx, rx) = tokio::sync::watch::channel(false);
             let stop = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|v| *v).await;

@@ -102,6 +102,21 @@ impl Error {
         }
     }
 
+    /// Names the etcd endpoints in an etcd request's error (`range /vipmesh/ at
+    /// https://10.0.0.1:2379`), for a one-shot command whose reader did not see them.
+    #[must_use]
+    pub fn at_endpoints(self, endpoints: &[String]) -> Error {
+        let at = |op: String| format!("{op} at {}", endpoints.join(","));
+        match self {
+            Error::Etcd { op, source } => Error::Etcd { op: at(op), source },
+            Error::Timeout { op, timeout_ms } => Error::Timeout {
+                op: at(op),
+                timeout_ms,
+            },
+            e => e,
+        }
+    }
+
     pub(crate) fn etcd(op: impl Into<String>, source: etcd_client::Error) -> Error {
         Error::Etcd {
             op: op.into(),

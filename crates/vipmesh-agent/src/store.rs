@@ -55,6 +55,146 @@ pub struct StoreConfig {
     pub keepalive_interval: Duration,
     /// HTTP/2 keepalive timeout.
     pub keepalive_timeout: Duration,
+    /// TLS to the members (`https://` endpoints), if used.
+    pub tls: Option<Tls>,
+}
+
+/// Client TLS for etcd, as etcd's `--trusted-ca-file` / `--client-cert-auth` expect it: the
+/// CA that signed the members' certificates and, for client certificate authentication, this
+/// client's certificate and key, all PEM. Its `Debug` does not show the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The CA certificate(s).
+    pub ca: Vec<u8>,
+    /// This client's certificate and private key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca_bytes", &self.ca.len())
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
+/// Reads one PEM file that must hold a block whose label ends with `label` (`CERTIFICATE`,
+/// `PRIVATE KEY`); `option` names the command-line option in errors.
+fn read_pem(option: &str, path: &std::path::Path, label: &str) -> Result<Vec<u8>, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::File {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let has_block = text.lines().any(|l| {
+        l.trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+            .is_some_and(|l| l.ends_with(label))
+    });
+    if !has_block {
+        return Err(Error::invalid(
+            option,
+            format!("{}: no PEM {label} block", path.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
+impl Tls {
+    /// Reads and checks the PEM files: the CA (`--etcd-cacert`) and, together or not at all,
+    /// this client's certificate (`--etcd-cert`) and key (`--etcd-key`).
+    ///
+    /// # Errors
+    /// [`Error::File`] for a file that cannot be read; [`Error::Invalid`] naming the option
+    /// for a file without the PEM block it needs, or a certificate without its key (or the
+    /// reverse).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::path::Path;
+    /// use vipmesh_agent::store::Tls;
+    /// let e = Tls::from_files(Path::new("ca.pem"), Some(Path::new("c.pem")), None).unwrap_err();
+    /// assert!(e.to_string().contains("--etcd-key"), "{e}");
+    /// assert_eq!(e.exit_code(), 2);
+    /// ```
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Tls, Error> {
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((
+                read_pem("--etcd-cert", c, "CERTIFICATE")?,
+                read_pem("--etcd-key", k, "PRIVATE KEY")?,
+            )),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "--etcd-key",
+                    "missing: --etcd-cert needs the client's private key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "--etcd-cert",
+                    "missing: --etcd-key needs the client's certificate",
+                ));
+            }
+        };
+        Ok(Tls {
+            ca: read_pem("--etcd-cacert", ca, "CERTIFICATE")?,
+            identity,
+        })
+    }
+}
+
+/// Checks the endpoints against the TLS choice before anything connects: every endpoint is
+/// `http://` or `https://` (or a bare `host:port`), and TLS is given exactly when they are
+/// `https://` (a mix cannot be served by one client).
+///
+/// # Errors
+/// [`Error::Invalid`] naming `--etcd` (or `--etcd-cacert`) and the endpoint.
+///
+/// # Examples
+/// ```
+/// use vipmesh_agent::store::check_endpoints;
+/// assert!(check_endpoints(&["http://127.0.0.1:2379".into()], false).is_ok());
+/// let e = check_endpoints(&["https://127.0.0.1:2379".into()], false).unwrap_err();
+/// assert!(e.to_string().contains("--etcd-cacert"), "{e}");
+/// assert!(check_endpoints(&["http://a:1".into()], true).is_err());
+/// assert!(check_endpoints(&["ftp://a:1".into()], false).is_err());
+/// ```
+pub fn check_endpoints(endpoints: &[String], tls: bool) -> Result<(), Error> {
+    for e in endpoints {
+        let (scheme, rest) = e.split_once("://").unwrap_or(("", e.as_str()));
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(Error::invalid("--etcd", format!("{e:?}: not a URL")));
+        }
+        match (scheme, tls) {
+            ("http", false) | ("https", true) | ("", _) => {}
+            ("https", false) => {
+                return Err(Error::invalid(
+                    "--etcd-cacert",
+                    format!("missing: endpoint {e} is https and needs the CA certificate"),
+                ));
+            }
+            ("http", true) => {
+                return Err(Error::invalid(
+                    "--etcd",
+                    format!("{e}: the TLS options need https:// endpoints"),
+                ));
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "--etcd",
+                    format!("{e}: the scheme must be http:// or https://"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl StoreConfig {
@@ -68,6 +208,7 @@ impl StoreConfig {
             connect_timeout: Duration::from_secs(3),
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -173,6 +314,17 @@ impl Store {
             // A member cut off from its cluster's leader cancels our watch instead of
             // keeping it open and silent.
             .with_require_leader(true);
+        let opts = match &cfg.tls {
+            Some(t) => {
+                let mut tls = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&t.ca));
+                if let Some((cert, key)) = &t.identity {
+                    tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+                }
+                opts.with_tls(tls)
+            }
+            None => opts,
+        };
         let client = deadline(
             &format!("connect {}", cfg.endpoints.join(",")),
             cfg.connect_timeout + cfg.request_timeout,

@@ -25,6 +25,18 @@ pub struct Etcd {
     peer_port: u16,
     name: String,
     initial_cluster: String,
+    /// Serve clients over TLS: the member's certificate, key and the CA of its clients.
+    tls: Option<ServerTls>,
+}
+
+/// TLS of one member's client port (etcd's `--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth`) and what a client needs to reach it.
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// The client's side, for `store_config`.
+    pub client: vipmesh_agent::store::Tls,
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -51,6 +63,24 @@ impl Etcd {
             peer_port,
             name: "t".into(),
             initial_cluster: format!("t=http://127.0.0.1:{peer_port}"),
+            tls: None,
+        };
+        e.spawn().await;
+        e
+    }
+
+    /// Starts a single-member etcd whose client port speaks TLS only and checks client
+    /// certificates.
+    pub async fn start_tls(tls: ServerTls) -> Etcd {
+        let peer_port = free_port();
+        let mut e = Etcd {
+            child: None,
+            dir: temp_dir("tls"),
+            client_port: free_port(),
+            peer_port,
+            name: "t".into(),
+            initial_cluster: format!("t=http://127.0.0.1:{peer_port}"),
+            tls: Some(tls),
         };
         e.spawn().await;
         e
@@ -75,6 +105,7 @@ impl Etcd {
                 peer_port: *p,
                 name: format!("m{i}"),
                 initial_cluster: initial.clone(),
+                tls: None,
             })
             .collect();
         for m in &mut members {
@@ -87,7 +118,8 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn store_config(&self) -> StoreConfig {
@@ -96,6 +128,7 @@ impl Etcd {
         c.connect_timeout = Duration::from_secs(1);
         c.keepalive_interval = Duration::from_secs(1);
         c.keepalive_timeout = Duration::from_secs(3);
+        c.tls = self.tls.as_ref().map(|t| t.client.clone());
         c
     }
 
@@ -111,7 +144,17 @@ impl Etcd {
     fn spawn_process(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
