@@ -28,6 +28,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    ("openssl", "openssl"),
     ("protoc", "protobuf-compiler"),
     (
         "/usr/include/google/protobuf/descriptor.proto",
