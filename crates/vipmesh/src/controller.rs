@@ -153,6 +153,10 @@ pub struct Controller<K: Kernel> {
     retry: Option<(u32, u64)>,
     known_ns: BTreeSet<String>,
     status: BTreeMap<ObjectKey, ObjectStatus>,
+    /// The XDP mesh (`ingress.xdp`) and what it was last applied for (what a teardown
+    /// removes). It programs the real kernel, whatever `K` is.
+    #[cfg(feature = "xdp")]
+    xdp: Option<(crate::xdp_mesh::XdpMesh, crate::xdp_mesh::XdpDesired)>,
 }
 
 fn empty_state() -> NodeState {
@@ -195,6 +199,8 @@ impl<K: Kernel> Controller<K> {
             retry: None,
             known_ns: BTreeSet::new(),
             status: BTreeMap::new(),
+            #[cfg(feature = "xdp")]
+            xdp: None,
         }
     }
 
@@ -234,10 +240,15 @@ impl<K: Kernel> Controller<K> {
     /// the options makes the next sync full.
     pub fn set_desired(&mut self, new: NodeState) {
         let old = std::mem::replace(&mut self.desired, new);
+        // The XDP mesh is synced whole (its plan is a diff of maps and links).
+        #[cfg(feature = "xdp")]
+        if old.xdp() != self.desired.xdp() {
+            self.full_due = true;
+        }
         // An ingress change confined to tasks on other nodes is incremental (their services'
         // real servers, the overlay's remote endpoints); any other ingress change (the
         // cluster view, ports, services listed, local tasks) is a full sync.
-        let ingress_delta = match (old.ingress(), self.desired.ingress()) {
+        let ingress_delta = match (old.ipvs_ingress(), self.desired.ipvs_ingress()) {
             (None, None) => Some(crate::ingress::RemoteDelta::default()),
             (Some(a), Some(b)) => crate::ingress::remote_delta(a, b),
             _ => None,
@@ -254,7 +265,7 @@ impl<K: Kernel> Controller<K> {
             self.full_due = true;
             return;
         }
-        if let (Some(d), Some(ing)) = (ingress_delta, self.desired.ingress()) {
+        if let (Some(d), Some(ing)) = (ingress_delta, self.desired.ipvs_ingress()) {
             let id = ing.id.clone();
             self.dirty
                 .extend(d.services.into_iter().map(|s| (id.clone(), s)));
@@ -479,7 +490,7 @@ impl<K: Kernel> Controller<K> {
             let firewall = self.desired.options().firewall;
             let extra: Vec<String> = self
                 .desired
-                .ingress()
+                .ipvs_ingress()
                 .filter(|i| i.host_netns == ns)
                 .map(|i| i.host_sysctls().into_keys().collect())
                 .unwrap_or_default();
@@ -496,7 +507,84 @@ impl<K: Kernel> Controller<K> {
         if verify_due {
             self.last_verify = Some(now);
         }
+        #[cfg(feature = "xdp")]
+        if let Some(d) = self.desired.xdp().cloned() {
+            let host = d.host_netns.clone();
+            match self.observe_xdp(d) {
+                Ok(o) => out.xdp = Some(o),
+                Err(e) => failed.push((host, e)),
+            }
+        }
         (out, failed)
+    }
+
+    /// Observes the XDP mesh of `d`, opening it first (a restarted process reopens the
+    /// pinned maps and links at its first apply).
+    #[cfg(feature = "xdp")]
+    fn observe_xdp(
+        &mut self,
+        d: crate::xdp_mesh::XdpDesired,
+    ) -> Result<crate::xdp_mesh::XdpObserved, Error> {
+        use crate::xdp_mesh::XdpMesh;
+        let mesh = match self.xdp.take() {
+            // Another host namespace or pin root is another mesh: the old one goes first.
+            Some((m, old)) if old.host_netns == d.host_netns && old.pin_root == d.pin_root => m,
+            Some((m, old)) => {
+                m.teardown(&old)?;
+                XdpMesh::new(&d)?
+            }
+            None => XdpMesh::new(&d)?,
+        };
+        let (mesh, d) = self.xdp.insert((mesh, d));
+        mesh.observe(d)
+    }
+
+    /// Applies the XDP mesh's plan (or tears the mesh down when the desired state has none
+    /// any more), reporting each step.
+    #[cfg(feature = "xdp")]
+    fn apply_xdp(&mut self, plan: &Plan, report: &mut Report) {
+        let Some(d) = self.desired.xdp().cloned() else {
+            if let Some((mesh, old)) = self.xdp.take() {
+                let host = old.host_netns.clone();
+                report.steps.push(apply::StepReport {
+                    netns: host.clone(),
+                    object: ObjectKey::Namespace(host),
+                    step: "xdp mesh teardown".into(),
+                    result: mesh.teardown(&old),
+                });
+            }
+            return;
+        };
+        let (Some(xp), Some((mesh, applied))) = (plan.xdp.as_ref(), self.xdp.as_mut()) else {
+            return;
+        };
+        if xp.is_empty() {
+            return;
+        }
+        let host = d.host_netns.clone();
+        let res = mesh.apply(&d, xp);
+        *applied = d;
+        match res {
+            Ok(r) => {
+                for (iface, why) in &r.fallbacks {
+                    tracing::warn!(interface = %iface, reason = %why, "xdp: generic mode");
+                }
+                for step in r.applied {
+                    report.steps.push(apply::StepReport {
+                        netns: host.clone(),
+                        object: ObjectKey::Namespace(host.clone()),
+                        step: format!("xdp: {step}"),
+                        result: Ok(()),
+                    });
+                }
+            }
+            Err(e) => report.steps.push(apply::StepReport {
+                netns: host.clone(),
+                object: ObjectKey::Namespace(host),
+                step: format!("xdp mesh plan ({} steps)", xp.steps.len()),
+                result: Err(e),
+            }),
+        }
     }
 
     /// The plan for the desired state against an observation (pure: `&self`).
@@ -538,7 +626,7 @@ impl<K: Kernel> Controller<K> {
         // sends it connections), namespaces torn down last (a removed task drains first).
         let tasks: BTreeSet<String> = self
             .desired
-            .ingress()
+            .ipvs_ingress()
             .map(|i| {
                 i.local_task_namespaces()
                     .into_iter()
@@ -608,6 +696,8 @@ impl<K: Kernel> Controller<K> {
                 }
             }
         }
+        #[cfg(feature = "xdp")]
+        self.apply_xdp(plan, &mut report);
         self.drains = plan.drains.clone();
         for (id, m) in &plan.marks {
             self.marks.insert(id.clone(), m.clone());
@@ -724,7 +814,7 @@ impl<K: Kernel> Controller<K> {
     /// Builds the ingress overlay and gateway bridge (before anything is observed: the
     /// sandbox namespace must exist).
     fn wire(&mut self, report: &mut Report) {
-        let Some(ing) = self.desired.ingress().cloned() else {
+        let Some(ing) = self.desired.ipvs_ingress().cloned() else {
             self.lingering.clear();
             return;
         };
@@ -735,7 +825,7 @@ impl<K: Kernel> Controller<K> {
             .flat_map(|s| s.tasks.iter())
             .flat_map(|t| std::iter::once(t.addr).chain(t.addr_v6))
             .collect();
-        if let Some(old) = self.applied.as_ref().and_then(|a| a.ingress()) {
+        if let Some(old) = self.applied.as_ref().and_then(|a| a.ipvs_ingress()) {
             for t in old.services.iter().flat_map(|s| s.tasks.iter()) {
                 if !wanted.contains(&t.addr) {
                     self.lingering.insert(t.addr, t.clone());
@@ -791,10 +881,15 @@ impl<K: Kernel> Controller<K> {
 
     /// After a successful full sync: the links of an ingress that is gone (or moved) go too.
     fn unwire_previous(&mut self) {
-        let Some(old) = self.applied.as_ref().and_then(|a| a.ingress()).cloned() else {
+        let Some(old) = self
+            .applied
+            .as_ref()
+            .and_then(|a| a.ipvs_ingress())
+            .cloned()
+        else {
             return;
         };
-        let same_place = self.desired.ingress().is_some_and(|n| {
+        let same_place = self.desired.ipvs_ingress().is_some_and(|n| {
             n.host_netns == old.host_netns
                 && n.sandbox_netns == old.sandbox_netns
                 && n.overlay_netns == old.overlay_netns
@@ -835,7 +930,7 @@ impl<K: Kernel> Controller<K> {
         }
         // New remote endpoints are reachable before IPVS sends to them.
         if !self.peers_pending.is_empty()
-            && let Some(ing) = self.desired.ingress()
+            && let Some(ing) = self.desired.ipvs_ingress()
         {
             let steps = crate::ingress::peer_steps(ing, &self.peers_pending);
             if let Err(e) = self.kernel.update_ingress_peers(ing, &steps) {

@@ -62,6 +62,134 @@ pub struct PublishedPort {
     pub mode: PublishMode,
 }
 
+/// The XDP attach mode asked for on the uplink (`ingress.xdp.attach`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachRequest {
+    /// Native (driver) mode, else generic mode; the fallback is reported.
+    #[default]
+    NativeOrGeneric,
+    /// Native mode only: an interface without driver XDP is refused
+    /// (`Error::XdpModeUnsupported`).
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+impl std::fmt::Display for AttachRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachRequest::NativeOrGeneric => "native-or-generic",
+            AttachRequest::Native => "native",
+            AttachRequest::Generic => "generic",
+        })
+    }
+}
+
+/// Which dataplane serves a published port on this node.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortDataplane {
+    /// The XDP mesh: NAT to the tasks on this node, IPIP encapsulation to the tasks on other
+    /// nodes, the client's address kept.
+    #[default]
+    Xdp,
+    /// The IPVS mesh (the sandbox, the overlay); the XDP mesh does not program it.
+    Ipvs,
+}
+
+/// One published port's dataplane on this node (`ingress.xdp.ports[]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpPort {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The published port.
+    pub published: Port,
+    /// Its dataplane.
+    pub dataplane: PortDataplane,
+}
+
+fn default_underlay_mtu() -> u16 {
+    1500
+}
+fn default_table_size() -> u32 {
+    251
+}
+
+/// This node's XDP ingress dataplane (`ingress.xdp`): its published ports are served by XDP
+/// on `uplink` and **every task sees the client's address** (moby#25526), across nodes by
+/// IPIP; ports listed with `"dataplane": "ipvs"` (and host-mode ports) stay on the IPVS mesh.
+/// A node whose ports are all served by XDP needs no IPVS, no sandbox and no overlay. What is
+/// programmed, and how: [`crate::xdp_mesh`] (feature `xdp`).
+///
+/// # Examples
+///
+/// ```
+/// let x: vipmesh::ingress::IngressXdp = serde_json::from_str(
+///     r#"{"uplink": "eth0", "host_veths": {"task1": "veth-task1"},
+///         "ports": [{"protocol": "udp", "published": 53, "dataplane": "ipvs"}]}"#,
+/// ).unwrap();
+/// assert_eq!(x.underlay_mtu, 1500);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressXdp {
+    /// The node's uplink in its host namespace: `xdp_lb` is attached there, and encapsulated
+    /// packets leave through it.
+    pub uplink: String,
+    /// The attach mode asked for.
+    #[serde(default)]
+    pub attach: AttachRequest,
+    /// Per published port: its dataplane (absent: XDP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<XdpPort>,
+    /// MTU of the underlay links between nodes (the MSS of SYNs is clamped to leave room for
+    /// the 20 bytes of IPIP); below 1300 is refused.
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u16,
+    /// The bpffs directory of this node's pins (default `/sys/fs/bpf/vipmesh/<node>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_root: Option<std::path::PathBuf>,
+    /// Where the sysctl values our writes replace are recorded (default
+    /// `/run/vipmesh/xdp/<node>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// For each local task (by namespace): the name of its veth's peer in the host
+    /// namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_veths: BTreeMap<String, String>,
+    /// The nodes' IPv6 underlay addresses, by node name (IPv6 published ports on those).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub underlay_v6: BTreeMap<String, std::net::Ipv6Addr>,
+    /// Maglev table size (a prime).
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+    /// Capacity of the LRU flow table (default: the fast path's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_entries: Option<u32>,
+}
+
+impl IngressXdp {
+    /// The dataplane of one published port (listed, else XDP).
+    pub fn dataplane(&self, protocol: Protocol, published: Port) -> PortDataplane {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.published == published)
+            .map_or(PortDataplane::Xdp, |p| p.dataplane)
+    }
+
+    /// Whether XDP serves `p` on this node (an ingress-mode port whose dataplane is XDP).
+    pub fn serves(&self, p: &PublishedPort) -> bool {
+        p.mode == PublishMode::Ingress
+            && self.dataplane(p.protocol, p.published) == PortDataplane::Xdp
+    }
+}
+
 /// A node of the cluster, as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +429,9 @@ pub struct Ingress {
     /// The published services.
     #[serde(default)]
     pub services: Vec<IngressService>,
+    /// This node's XDP ingress dataplane (absent: every published port goes through IPVS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<IngressXdp>,
 }
 
 fn bad(field: &'static str, value: impl std::fmt::Display, reason: &str) -> Error {
@@ -386,6 +517,50 @@ impl Ingress {
         })
     }
 
+    /// The ingress as the IPVS mesh programs it: without the ports XDP serves
+    /// ([`IngressXdp::serves`]) and the services left without a port; `None` when XDP serves
+    /// every port (the node then needs no sandbox, overlay or IPVS). Without `xdp`, a clone.
+    pub fn ipvs_part(&self) -> Option<Ingress> {
+        let Some(x) = &self.xdp else {
+            return Some(self.clone());
+        };
+        let mut part = self.clone();
+        part.xdp = None;
+        for s in &mut part.services {
+            s.ports.retain(|p| !x.serves(p));
+        }
+        part.services.retain(|s| !s.ports.is_empty());
+        (!part.services.is_empty()).then_some(part)
+    }
+
+    fn validate_xdp(&self, x: &IngressXdp) -> Result<(), Error> {
+        check_ifname("ingress.xdp.uplink", &x.uplink)?;
+        let published: BTreeSet<(Protocol, Port)> = self
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(|p| (p.protocol, p.published)))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for p in &x.ports {
+            let at = format!("{}/{}", p.protocol, p.published);
+            if !seen.insert((p.protocol, p.published)) {
+                return Err(bad("ingress.xdp.ports", at, "listed twice"));
+            }
+            if !published.contains(&(p.protocol, p.published)) {
+                return Err(bad(
+                    "ingress.xdp.ports",
+                    at,
+                    "no service publishes this port",
+                ));
+            }
+        }
+        for (ns, veth) in &x.host_veths {
+            check_netns("ingress.xdp.host_veths", ns)?;
+            check_ifname("ingress.xdp.host_veths", veth)?;
+        }
+        Ok(())
+    }
+
     /// Validates the ingress on its own (the node-wide checks are in `NodeState::new`).
     ///
     /// # Errors
@@ -439,6 +614,9 @@ impl Ingress {
         check_netns("ingress.host_netns", &self.host_netns)?;
         check_netns("ingress.sandbox_netns", &self.sandbox_netns)?;
         check_netns("ingress.overlay_netns", &self.overlay_netns)?;
+        if let Some(x) = &self.xdp {
+            self.validate_xdp(x)?;
+        }
         let gw = &self.gw_bridge;
         check_ifname("ingress.gw_bridge.name", &gw.name)?;
         check_gw_family(
@@ -1030,6 +1208,7 @@ pub fn remote_delta(old: &Ingress, new: &Ingress) -> Option<RemoteDelta> {
         gw_bridge,
         timeouts,
         services,
+        xdp,
     } = old;
     let same = *id == new.id
         && *node == new.node
@@ -1046,6 +1225,7 @@ pub fn remote_delta(old: &Ingress, new: &Ingress) -> Option<RemoteDelta> {
         && *overlay_netns == new.overlay_netns
         && *gw_bridge == new.gw_bridge
         && *timeouts == new.timeouts
+        && *xdp == new.xdp
         && services.len() == new.services.len();
     if !same {
         return None;

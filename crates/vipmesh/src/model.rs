@@ -1445,8 +1445,15 @@ impl Default for NodeOptions {
 pub struct NodeState {
     networks: BTreeMap<NetworkId, NetworkState>,
     ingress: Option<crate::ingress::Ingress>,
+    /// The part of the ingress the IPVS mesh programs ([`crate::ingress::Ingress::ipvs_part`]).
+    #[serde(skip)]
+    ipvs_ingress: Option<crate::ingress::Ingress>,
     #[serde(skip)]
     ingress_net: Option<NetworkState>,
+    /// What the XDP mesh programs, derived (and so validated) from the ingress.
+    #[cfg(feature = "xdp")]
+    #[serde(skip)]
+    xdp: Option<crate::xdp_mesh::XdpDesired>,
     options: NodeOptions,
 }
 
@@ -1486,9 +1493,33 @@ impl NodeState {
         options: NodeOptions,
     ) -> Result<NodeState, Error> {
         check_drain(options.drain_timeout)?;
-        let ingress_net = match &ingress {
+        if let Some(i) = &ingress {
+            i.validate()?;
+        }
+        #[cfg(feature = "xdp")]
+        let xdp = match ingress
+            .as_ref()
+            .and_then(|i| i.xdp.as_ref().map(|x| (i, x)))
+        {
+            Some((i, x)) => Some(crate::xdp_mesh::derive(
+                i,
+                &crate::xdp_mesh::XdpMeshConfig::from(x),
+            )?),
+            None => None,
+        };
+        #[cfg(not(feature = "xdp"))]
+        if ingress.as_ref().is_some_and(|i| i.xdp.is_some()) {
+            return Err(Error::invalid(
+                "ingress.xdp",
+                "set",
+                "this build of vipmesh has no XDP mesh (cargo feature `xdp`)",
+            ));
+        }
+        let ipvs_ingress = ingress
+            .as_ref()
+            .and_then(crate::ingress::Ingress::ipvs_part);
+        let ingress_net = match &ipvs_ingress {
             Some(i) => {
-                i.validate()?;
                 let net = i.sandbox_network()?;
                 for n in &networks {
                     for sn in &n.network.subnets {
@@ -1555,14 +1586,29 @@ impl NodeState {
         Ok(NodeState {
             networks: by_id,
             ingress,
+            ipvs_ingress,
             ingress_net,
+            #[cfg(feature = "xdp")]
+            xdp,
             options,
         })
     }
 
-    /// The ingress routing mesh, if the node takes part in one.
+    /// The ingress routing mesh, if the node takes part in one, as given (both dataplanes).
     pub fn ingress(&self) -> Option<&crate::ingress::Ingress> {
         self.ingress.as_ref()
+    }
+
+    /// The part of the ingress the IPVS mesh programs: all of it without `ingress.xdp`; the
+    /// ports XDP does not serve with it; `None` when XDP serves every port.
+    pub fn ipvs_ingress(&self) -> Option<&crate::ingress::Ingress> {
+        self.ipvs_ingress.as_ref()
+    }
+
+    /// What the XDP mesh programs on this node (`ingress.xdp`), derived from the ingress.
+    #[cfg(feature = "xdp")]
+    pub fn xdp(&self) -> Option<&crate::xdp_mesh::XdpDesired> {
+        self.xdp.as_ref()
     }
 
     /// Every network the node programs: its networks and, with an ingress, the ingress
@@ -1582,7 +1628,7 @@ impl NodeState {
     /// host namespace and the local tasks' namespaces.
     pub fn namespace_names(&self) -> BTreeSet<String> {
         let mut s: BTreeSet<String> = self.namespaces().into_keys().map(str::to_string).collect();
-        if let Some(i) = &self.ingress {
+        if let Some(i) = &self.ipvs_ingress {
             s.insert(i.host_netns.clone());
             s.extend(i.local_task_namespaces().into_iter().map(str::to_string));
         }

@@ -184,6 +184,9 @@ impl NsObserved {
 pub struct NodeObserved {
     /// By namespace (as named in the state).
     pub namespaces: BTreeMap<String, NsObserved>,
+    /// The XDP mesh (`ingress.xdp`), when the node has one and it could be observed.
+    #[cfg(feature = "xdp")]
+    pub xdp: Option<crate::xdp_mesh::XdpObserved>,
 }
 
 /// When each draining real server started draining, in seconds of the caller's clock. Saved
@@ -679,17 +682,31 @@ pub struct Plan {
     pub marks: BTreeMap<NetworkId, BTreeMap<ServiceName, u32>>,
     /// The drain clock after this plan.
     pub drains: DrainBook,
+    /// The XDP mesh's steps (`ingress.xdp`): `None` when the node has none, or it could not
+    /// be observed.
+    #[cfg(feature = "xdp")]
+    pub xdp: Option<crate::xdp_mesh::XdpPlan>,
 }
 
 impl Plan {
     /// True when the kernel already matches.
     pub fn is_empty(&self) -> bool {
-        self.namespaces.values().all(NsPlan::is_empty)
+        self.namespaces.values().all(NsPlan::is_empty) && self.xdp_len() == 0
     }
 
     /// Number of steps.
     pub fn len(&self) -> usize {
-        self.namespaces.values().map(NsPlan::len).sum()
+        self.namespaces.values().map(NsPlan::len).sum::<usize>() + self.xdp_len()
+    }
+
+    #[cfg(feature = "xdp")]
+    fn xdp_len(&self) -> usize {
+        self.xdp.as_ref().map_or(0, |x| x.steps.len())
+    }
+
+    #[cfg(not(feature = "xdp"))]
+    fn xdp_len(&self) -> usize {
+        0
     }
 }
 
@@ -704,6 +721,10 @@ impl fmt::Display for Plan {
             }
             writeln!(f, "namespace {ns}")?;
             write!(f, "{p}")?;
+        }
+        #[cfg(feature = "xdp")]
+        if let Some(x) = self.xdp.as_ref().filter(|x| !x.is_empty()) {
+            write!(f, "{x}")?;
         }
         Ok(())
     }
@@ -948,7 +969,7 @@ pub fn plan(
         for n in nets {
             marks.insert(n.id().clone(), allocate_marks(n, obs)?);
         }
-        let ingress = desired.ingress();
+        let ingress = desired.ipvs_ingress();
         let is_host = ingress.is_some_and(|i| i.host_netns == *ns);
         let is_task = ingress.is_some_and(|i| i.local_task_namespaces().contains(ns.as_str()));
         let mut want_sysctls = if nets.is_empty() {
@@ -1093,6 +1114,10 @@ pub fn plan(
                 out.drains.forget(s.mark, addr);
             }
         }
+    }
+    #[cfg(feature = "xdp")]
+    if let (Some(d), Some(o)) = (desired.xdp(), observed.xdp.as_ref()) {
+        out.xdp = Some(crate::xdp_mesh::plan(d, o)?);
     }
     Ok(out)
 }

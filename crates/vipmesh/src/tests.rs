@@ -1437,6 +1437,7 @@ fn ingress_spec(tasks: &[(&str, &str, Option<&str>)]) -> crate::ingress::Ingress
                 })
                 .collect(),
         }],
+        xdp: None,
     }
 }
 

@@ -12,7 +12,9 @@ mod lab;
 use std::collections::BTreeSet;
 
 use lab::*;
+use vipmesh::model::{NodeOptions, NodeState};
 use vipmesh::xdp_mesh::{XdpMesh, XdpStep};
+use vipmesh::{Controller, ControllerConfig};
 
 #[test]
 #[ignore = "privileged: root, netns, XDP and tcx on the host kernel"]
@@ -312,4 +314,69 @@ fn native_mode_refused_is_typed_and_the_fallback_is_reported() {
         m.teardown(&d).unwrap();
         assert!(!lab.topo.sh(&n1, "ip link show dm0").contains("xdp"));
     }
+}
+
+/// The node controller drives the XDP mesh from the state file's `ingress.xdp`: `vipmesh
+/// plan` shows its typed steps, one sync serves the published ports on both nodes (the
+/// client's address kept), nothing here needs IPVS (the host kernel has none), applying
+/// twice changes nothing, a restarted controller takes the pinned links over, and a state
+/// without the ingress tears the mesh down.
+#[test]
+#[ignore = "privileged: root, netns, XDP and tcx on the host kernel"]
+fn the_controller_drives_the_mesh_from_the_state_file() {
+    let lab = lab(&[0, 1]);
+    let all = [0, 1];
+    // Through the state file's JSON, as `vipmesh apply` reads it.
+    let state = |node: usize| {
+        let st = NodeState::with_ingress(
+            vec![],
+            Some(ingress_xdp(&lab, node, &all)),
+            NodeOptions::default(),
+        )
+        .unwrap();
+        let text = serde_json::to_string(&st.to_file()).unwrap();
+        assert!(text.contains("\"uplink\":\"up0\""), "{text}");
+        NodeState::from_json(&text).unwrap()
+    };
+    let mut ctls = Vec::new();
+    for node in 0..2 {
+        let mut c = Controller::real(ControllerConfig::default());
+        c.set_desired(state(node));
+        let p = c.plan_now().unwrap();
+        let text = p.to_string();
+        assert!(text.starts_with("xdp: load xdp programs"), "{text}");
+        assert!(text.contains("xdp: attach xdp_lb on up0"), "{text}");
+        assert!(!text.contains("namespace "), "nothing but XDP: {text}");
+        let _ = c.sync_full(vipmesh::plan::now_secs()).unwrap();
+        let again = c.plan_now().unwrap();
+        assert!(again.is_empty(), "n{}: {again}", node + 1);
+        ctls.push(c);
+    }
+    for addr in ["192.0.2.1", "192.0.2.2"] {
+        let mut seen = BTreeSet::new();
+        for _ in 0..12 {
+            let (task, c) = who(&client(&lab, &format!("who {addr} 8080")));
+            assert_eq!(c, CLIENT, "via {addr}: task {task} saw {c}");
+            seen.insert(task);
+        }
+        assert_eq!(seen, BTreeSet::from(["t1".into(), "t2".into()]), "{addr}");
+    }
+    // A restarted controller (the old one gone without teardown) takes the pins over.
+    drop(ctls.remove(0));
+    let mut c = Controller::real(ControllerConfig::default());
+    c.set_desired(state(0));
+    let text = c.plan_now().unwrap().to_string();
+    assert!(text.contains("(take over pinned link)"), "{text}");
+    let _ = c.sync_full(vipmesh::plan::now_secs()).unwrap();
+    assert!(c.plan_now().unwrap().is_empty());
+    let (_, seen) = who(&client(&lab, "who 192.0.2.1 8080"));
+    assert_eq!(seen, CLIENT);
+    // No ingress any more: the mesh is torn down, pins and task addresses gone.
+    c.set_desired(NodeState::new(vec![], NodeOptions::default()).unwrap());
+    let _ = c.sync_full(vipmesh::plan::now_secs()).unwrap();
+    let n1 = &lab.nodes[0];
+    let links = lab.topo.sh(n1, "ip link show up0");
+    assert!(!links.contains("xdp"), "{links}");
+    assert!(!lab.pin_root.join("n1").exists(), "pins left");
+    assert_eq!(arp_settings(&lab, 0), "0 0", "t1's sysctls restored");
 }

@@ -2,24 +2,11 @@
 //! published ports, the underlay MTU, where the maps are pinned.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use crate::model::Protocol;
 
-/// The XDP attach mode the user asks for on the uplink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AttachRequest {
-    /// Native (driver) mode, else generic mode; the fallback is reported
-    /// ([`super::XdpApplyReport::fallbacks`]).
-    #[default]
-    NativeOrGeneric,
-    /// Native mode only: an interface without driver XDP is
-    /// [`crate::Error::XdpModeUnsupported`].
-    Native,
-    /// Generic (skb) mode only.
-    Generic,
-}
+pub use crate::ingress::{AttachRequest, PortDataplane};
 
 impl AttachRequest {
     pub(crate) fn to_xdp(self) -> vipmesh_xdp::AttachMode {
@@ -29,27 +16,6 @@ impl AttachRequest {
             AttachRequest::Generic => vipmesh_xdp::AttachMode::Generic,
         }
     }
-}
-
-impl fmt::Display for AttachRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachRequest::NativeOrGeneric => "native-or-generic",
-            AttachRequest::Native => "native",
-            AttachRequest::Generic => "generic",
-        })
-    }
-}
-
-/// Which dataplane serves a published port on this node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PortDataplane {
-    /// The XDP mesh: NAT to the tasks on this node, IPIP encapsulation to the tasks on other
-    /// nodes, the client's address kept.
-    #[default]
-    Xdp,
-    /// Left to the IPVS mesh ([`crate::ingress`]); the XDP mesh does not program it.
-    Ipvs,
 }
 
 /// The XDP mesh options of one node.
@@ -120,5 +86,28 @@ impl XdpMeshConfig {
             .get(&(protocol, published))
             .copied()
             .unwrap_or_default()
+    }
+}
+
+impl From<&crate::ingress::IngressXdp> for XdpMeshConfig {
+    /// The options of the state file's `ingress.xdp`.
+    fn from(x: &crate::ingress::IngressXdp) -> XdpMeshConfig {
+        let mut c = XdpMeshConfig::new(x.uplink.clone());
+        c.attach = x.attach;
+        c.ports = x
+            .ports
+            .iter()
+            .map(|p| ((p.protocol, p.published.get()), p.dataplane))
+            .collect();
+        c.underlay_mtu = x.underlay_mtu;
+        c.pin_root.clone_from(&x.pin_root);
+        c.state_dir.clone_from(&x.state_dir);
+        c.host_veths.clone_from(&x.host_veths);
+        c.underlay_v6.clone_from(&x.underlay_v6);
+        c.table_size = x.table_size;
+        if let Some(n) = x.flow_entries {
+            c.flow_entries = n;
+        }
+        c
     }
 }

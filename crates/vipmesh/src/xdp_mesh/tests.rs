@@ -443,3 +443,58 @@ fn the_sysctl_record_round_trips_and_a_corrupt_one_is_an_error_naming_it() {
     assert!(!path.exists(), "an empty record removes the file");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_state_files_xdp_options_split_the_ports_and_bad_ones_are_refused() {
+    use crate::model::{NodeOptions, NodeState};
+    let with = |x: serde_json::Value| {
+        let mut ing = ingress("n1");
+        ing.xdp = Some(serde_json::from_value(x).unwrap());
+        ing
+    };
+    let veths = serde_json::json!({"t1": "h-t1", "t3": "h-t3"});
+    // Every port on XDP: no IPVS part at all (no sandbox, overlay or IPVS on this node).
+    let all = with(serde_json::json!({"uplink": "up0", "host_veths": veths}));
+    assert_eq!(all.ipvs_part(), None);
+    let st = NodeState::with_ingress(vec![], Some(all), NodeOptions::default()).unwrap();
+    assert!(st.ipvs_ingress().is_none() && st.namespace_names().is_empty());
+    assert_eq!(st.xdp().unwrap().services.len(), 2, "tcp/8080 and udp/5353");
+    // UDP left to IPVS: the IPVS part keeps it alone, XDP serves TCP only.
+    let split = with(serde_json::json!({"uplink": "up0", "host_veths": veths,
+        "ports": [{"protocol": "udp", "published": 5353, "dataplane": "ipvs"}]}));
+    let part = split.ipvs_part().unwrap();
+    assert_eq!(part.services[0].ports.len(), 1);
+    assert_eq!(part.services[0].ports[0].published.get(), 5353);
+    assert!(part.xdp.is_none());
+    let st = NodeState::with_ingress(vec![], Some(split), NodeOptions::default()).unwrap();
+    assert_eq!(st.xdp().unwrap().services.len(), 1);
+    assert!(st.ipvs_ingress().is_some());
+    // Bad options: the field and the value named, before anything is written.
+    for (x, field) in [
+        (
+            serde_json::json!({"uplink": "up0 bad", "host_veths": veths}),
+            "ingress.xdp.uplink",
+        ),
+        (
+            serde_json::json!({"uplink": "up0", "host_veths": veths,
+                "ports": [{"protocol": "tcp", "published": 9999, "dataplane": "ipvs"}]}),
+            "ingress.xdp.ports",
+        ),
+        (
+            serde_json::json!({"uplink": "up0", "host_veths": veths, "underlay_mtu": 1200}),
+            "xdp.underlay_mtu",
+        ),
+        (serde_json::json!({"uplink": "up0"}), "xdp.host_veths"),
+    ] {
+        match NodeState::with_ingress(vec![], Some(with(x.clone())), NodeOptions::default()) {
+            Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field, "{x}"),
+            other => panic!("{x}: {other:?}"),
+        }
+    }
+    // Unknown fields are refused, as everywhere in the state file.
+    let e = serde_json::from_value::<crate::ingress::IngressXdp>(
+        serde_json::json!({"uplink": "up0", "uplnk": "x"}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("uplnk"), "{e}");
+}

@@ -108,6 +108,7 @@ impl Mesh {
                         .collect(),
                 })
                 .collect(),
+            xdp: None,
         }
     }
 

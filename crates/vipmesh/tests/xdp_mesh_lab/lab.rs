@@ -181,18 +181,31 @@ pub fn ingress(lab: &Lab, node: usize, active: &[usize]) -> Ingress {
     serde_json::from_str(&json).unwrap()
 }
 
+/// Node `node`'s ingress with its `xdp` options (the state file's `ingress.xdp`): every
+/// published port served by XDP on `up0`.
+pub fn ingress_xdp(lab: &Lab, node: usize, active: &[usize]) -> Ingress {
+    let host_veths: serde_json::Map<String, serde_json::Value> = lab
+        .tasks
+        .iter()
+        .filter(|t| t.node == node)
+        .map(|t| (t.ns.clone(), t.host_veth.clone().into()))
+        .collect();
+    let x = serde_json::json!({
+        "uplink": "up0",
+        "host_veths": host_veths,
+        "pin_root": lab.pin_root.join(format!("n{}", node + 1)),
+        "state_dir": lab.state_dir.join(format!("n{}", node + 1)),
+        "underlay_v6": {"n1": "fd00:2::1", "n2": "fd00:2::2"},
+    });
+    let mut ing = ingress(lab, node, active);
+    ing.xdp = Some(serde_json::from_value(x).unwrap());
+    ing
+}
+
 pub fn desired_with(lab: &Lab, node: usize, active: &[usize]) -> XdpDesired {
-    let mut cfg = XdpMeshConfig::new("up0");
-    for t in lab.tasks.iter().filter(|t| t.node == node) {
-        cfg.host_veths.insert(t.ns.clone(), t.host_veth.clone());
-    }
-    cfg.pin_root = Some(lab.pin_root.join(format!("n{}", node + 1)));
-    cfg.state_dir = Some(lab.state_dir.join(format!("n{}", node + 1)));
-    cfg.underlay_v6
-        .insert("n1".into(), "fd00:2::1".parse().unwrap());
-    cfg.underlay_v6
-        .insert("n2".into(), "fd00:2::2".parse().unwrap());
-    XdpMesh::derive(&ingress(lab, node, active), &cfg).unwrap()
+    let ing = ingress_xdp(lab, node, active);
+    let cfg = XdpMeshConfig::from(ing.xdp.as_ref().unwrap());
+    XdpMesh::derive(&ing, &cfg).unwrap()
 }
 
 pub fn desired(lab: &Lab, node: usize) -> XdpDesired {
