@@ -72,6 +72,7 @@ fn services(n: usize, shift: bool) -> Vec<IngressService> {
                         weight: Weight::default(),
                         addr_v6: None,
                         host_addr_v6: None,
+                        host_veth: None,
                     }
                 })
                 .collect(),

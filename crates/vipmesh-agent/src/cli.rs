@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vipmesh::ingress::{AttachRequest, IngressXdp};
 use vipmesh::{Controller, ControllerConfig};
 
 use crate::agent::{Agent, AgentConfig};
@@ -58,6 +59,17 @@ pub enum Command {
         /// Where to serve /metrics, /healthz and /plan (a dry run: empty when converged).
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Serve this node's published ports with the XDP mesh on this uplink of its host
+        /// namespace (every task sees the client's address); the cluster's ingress config
+        /// `xdp.ports` may leave ports to IPVS. The tasks' `host_veth` name their veths.
+        #[arg(long)]
+        xdp_uplink: Option<String>,
+        /// The XDP attach mode on the uplink: native-or-generic, native or generic.
+        #[arg(long, requires = "xdp_uplink", value_parser = parse_attach)]
+        xdp_attach: Option<AttachRequest>,
+        /// MTU of the underlay links between nodes (default 1500).
+        #[arg(long, requires = "xdp_uplink")]
+        xdp_underlay_mtu: Option<u16>,
     },
     /// The cluster's desired state.
     Cluster {
@@ -113,6 +125,33 @@ pub struct Etcd {
     /// TLS: this client's private key (PEM); with --etcd-cert.
     #[arg(long, requires = "etcd_cacert")]
     pub etcd_key: Option<PathBuf>,
+}
+
+fn parse_attach(s: &str) -> Result<AttachRequest, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?}: one of native-or-generic, native, generic"))
+}
+
+/// The `ingress.xdp` of the `--xdp-*` options (the rest at their defaults).
+fn xdp_options(
+    uplink: Option<String>,
+    attach: Option<AttachRequest>,
+    mtu: Option<u16>,
+) -> Result<Option<IngressXdp>, Error> {
+    let Some(uplink) = uplink else {
+        return Ok(None);
+    };
+    let mut x = serde_json::json!({ "uplink": uplink });
+    if let Some(a) = attach {
+        x["attach"] =
+            serde_json::to_value(a).map_err(|e| Error::invalid("--xdp-attach", e.to_string()))?;
+    }
+    if let Some(m) = mtu {
+        x["underlay_mtu"] = m.into();
+    }
+    serde_json::from_value(x)
+        .map(Some)
+        .map_err(|e| Error::invalid("--xdp-uplink", e.to_string()))
 }
 
 impl Etcd {
@@ -279,6 +318,9 @@ async fn execute(cmd: Command) -> Result<(), Error> {
             overlay_netns,
             lease_ttl,
             metrics,
+            xdp_uplink,
+            xdp_attach,
+            xdp_underlay_mtu,
         } => {
             let store_cfg = etcd.store_config()?;
             let mut cfg = AgentConfig::new(&node);
@@ -287,6 +329,7 @@ async fn execute(cmd: Command) -> Result<(), Error> {
                 sandbox_netns,
                 overlay_netns,
                 me: None,
+                xdp: xdp_options(xdp_uplink, xdp_attach, xdp_underlay_mtu)?,
             };
             cfg.lease_ttl_secs = lease_ttl;
             cfg.record = underlay
@@ -375,5 +418,41 @@ mod tests {
             .is_err(),
             "--underlay requires --sandbox-addr"
         );
+        let agent = |extra: &[&str]| {
+            let mut a = vec!["x", "agent", "--node", "n", "--etcd", "http://a:1"];
+            a.extend(extra);
+            Cli::try_parse_from(a)
+        };
+        assert!(
+            agent(&["--xdp-attach", "native"]).is_err(),
+            "needs --xdp-uplink"
+        );
+        assert!(agent(&["--xdp-uplink", "eth0", "--xdp-attach", "driver"]).is_err());
+        match agent(&[
+            "--xdp-uplink",
+            "eth0",
+            "--xdp-attach",
+            "native",
+            "--xdp-underlay-mtu",
+            "9000",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Agent {
+                xdp_uplink,
+                xdp_attach,
+                xdp_underlay_mtu,
+                ..
+            } => {
+                let x = xdp_options(xdp_uplink, xdp_attach, xdp_underlay_mtu)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(x.uplink, "eth0");
+                assert_eq!(x.attach, AttachRequest::Native);
+                assert_eq!(x.underlay_mtu, 9000);
+            }
+            c => unreachable!("{c:?}"),
+        }
     }
 }

@@ -388,6 +388,10 @@ pub struct NodeLocal {
     /// while its key is missing (its lease expired while a sync or the network held it up):
     /// it never tears its own ingress down for that. A key present in etcd wins.
     pub me: Option<NodeRecord>,
+    /// This node's XDP ingress dataplane (`ingress.xdp`: its uplink, attach mode, MTU),
+    /// replacing the cluster config's `xdp` on this node. The tasks' `host_veth` (written
+    /// by the runtime with each task) name their node-side veths.
+    pub xdp: Option<vipmesh::ingress::IngressXdp>,
 }
 
 impl NodeLocal {
@@ -414,6 +418,12 @@ fn build_ingress(
     }
     for (k, v) in local.overrides() {
         m.insert(k.into(), Value::String(v.clone()));
+    }
+    if let Some(x) = &local.xdp {
+        m.insert(
+            "xdp".into(),
+            serde_json::to_value(x).map_err(|e| e.to_string())?,
+        );
     }
     let nodes: Vec<ClusterNode> = p
         .nodes

@@ -232,6 +232,11 @@ pub struct IngressTask {
     /// The IPv6 host-mode DNAT target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_addr_v6: Option<IpAddr>,
+    /// For a task on this node served by the XDP mesh: the peer of its interface in the
+    /// node's host namespace (what the runtime named it). `ingress.xdp.host_veths` may give it
+    /// instead, by namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_veth: Option<String>,
 }
 
 /// A service with published ports.
@@ -557,6 +562,11 @@ impl Ingress {
         for (ns, veth) in &x.host_veths {
             check_netns("ingress.xdp.host_veths", ns)?;
             check_ifname("ingress.xdp.host_veths", veth)?;
+        }
+        for t in self.services.iter().flat_map(|s| s.tasks.iter()) {
+            if let Some(v) = &t.host_veth {
+                check_ifname("ingress.services.tasks.host_veth", v)?;
+            }
         }
         Ok(())
     }

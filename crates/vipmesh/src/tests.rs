@@ -1434,6 +1434,7 @@ fn ingress_spec(tasks: &[(&str, &str, Option<&str>)]) -> crate::ingress::Ingress
                     weight: Weight::default(),
                     addr_v6: None,
                     host_addr_v6: None,
+                    host_veth: None,
                 })
                 .collect(),
         }],

@@ -435,3 +435,43 @@ fn tasks_of_an_unregistered_node_are_left_out_not_the_service() {
         .collect();
     assert_eq!(names, ["n1"]);
 }
+
+#[test]
+fn a_nodes_xdp_option_serves_its_published_ports_with_the_xdp_mesh() {
+    let mut kvs = base();
+    put(&mut kvs, ingress_config_key(), INGRESS);
+    // The runtime wrote the task with its node-side veth.
+    put(
+        &mut kvs,
+        ingress_service_key("web"),
+        r#"{"name": "web", "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
+            "tasks": [{"addr": "10.255.0.10", "node": "n1", "netns": "task-web",
+                       "host_veth": "veth-web"},
+                      {"addr": "10.255.0.11", "node": "n2"}]}"#,
+    );
+    for (n, u, s) in [
+        ("n1", "192.0.2.1", "10.255.0.2"),
+        ("n2", "192.0.2.2", "10.255.0.3"),
+    ] {
+        put(
+            &mut kvs,
+            node_key(n),
+            &format!(r#"{{"underlay": "{u}", "sandbox_addr": "{s}"}}"#),
+        );
+    }
+    let local = NodeLocal {
+        xdp: Some(serde_json::from_str(r#"{"uplink": "eth0"}"#).unwrap()),
+        ..NodeLocal::default()
+    };
+    let a = assemble_local("n1", &local, &kvs);
+    assert!(a.issues.is_empty(), "{:?}", a.issues);
+    // XDP serves the only port: no IPVS ingress on this node, the mesh derived.
+    assert!(a.state.ipvs_ingress().is_none());
+    let x = a.state.xdp().unwrap();
+    assert_eq!(x.uplink, "eth0");
+    assert_eq!(x.tasks["task-web"].host_veth, "veth-web");
+    assert_eq!(x.services.values().next().unwrap().backends.len(), 2);
+    // Another node without the option keeps the IPVS mesh.
+    let b = assemble("n2", &kvs);
+    assert!(b.state.ipvs_ingress().is_some() && b.state.xdp().is_none());
+}

@@ -280,13 +280,18 @@ pub fn derive(ing: &Ingress, cfg: &XdpMeshConfig) -> Result<XdpDesired, Error> {
                                 "a task on this node needs its namespace",
                             )
                         })?;
-                        let host_veth = cfg.host_veths.get(&netns).cloned().ok_or_else(|| {
-                            bad(
-                                "xdp.host_veths",
-                                &netns,
-                                "no node-side veth given for this task namespace",
-                            )
-                        })?;
+                        let host_veth = cfg
+                            .host_veths
+                            .get(&netns)
+                            .or(t.host_veth.as_ref())
+                            .cloned()
+                            .ok_or_else(|| {
+                                bad(
+                                    "xdp.host_veths",
+                                    &netns,
+                                    "no node-side veth given for this task namespace (xdp.host_veths or the task's host_veth)",
+                                )
+                            })?;
                         let interface = t.interface.clone().unwrap_or_else(|| "eth0".into());
                         let task = tasks.entry(netns.clone()).or_default();
                         task.interface.clone_from(&interface);

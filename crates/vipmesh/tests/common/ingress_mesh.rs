@@ -103,6 +103,7 @@ impl Mesh {
                                 weight: Weight::default(),
                                 addr_v6: self.dual_stack.then_some(t.addr_v6),
                                 host_addr_v6: None,
+                                host_veth: None,
                             }
                         })
                         .collect(),
