@@ -4,7 +4,9 @@
 //! It shows requests through node1 and node2 spread by Maglev over the tasks on both nodes,
 //! each task printing the real client address; the same flow (fixed source port) landing on the
 //! same task whichever node it enters; and beside it the classic DNAT + MASQUERADE path on a
-//! node, where the task sees the node's address. Exits 0 only if all hold. Needs root.
+//! node, where the task sees the node's address. Each node is driven by its node controller
+//! from a state file whose ingress has an `xdp` object (`vipmesh plan` shows the steps).
+//! Exits 0 only if all hold. Needs root.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -32,18 +34,39 @@ fn main() {
     println!("lab: client {CLIENT}, node1 192.0.2.1, node2 192.0.2.2 on a LAN bridge;");
     println!("     task t1 on node1 (10.255.1.10), task t2 on node2 (10.255.2.11)");
     println!("service vote: tcp 8080 -> 80, udp 5353 -> 53, published on every node\n");
-    let mut meshes = Vec::new();
+    // Each node's controller, from its state file (the ingress with its `xdp` object), as
+    // `vipmesh apply` runs it.
+    let mut ctls = Vec::new();
     for node in 0..2 {
-        let d = desired(&lab, node);
-        let mut m = vipmesh::xdp_mesh::XdpMesh::new(&d).unwrap();
-        let o = m.observe(&d).unwrap();
-        let p = vipmesh::xdp_mesh::XdpMesh::plan(&d, &o).unwrap();
-        println!("--- plan of node{} ---\n{p}", node + 1);
-        let r = m.apply(&d, &p).unwrap();
-        for (iface, why) in &r.fallbacks {
-            println!("  (xdp on {iface}: generic mode, native refused: {why})");
+        let st = vipmesh::model::NodeState::with_ingress(
+            vec![],
+            Some(ingress_xdp(&lab, node, &[0, 1])),
+            vipmesh::model::NodeOptions::default(),
+        )
+        .unwrap();
+        let file = serde_json::to_string_pretty(&st.to_file()).unwrap();
+        if node == 0 {
+            let x = file.find("\"xdp\"").unwrap_or(0);
+            println!(
+                "--- node1's state file, its ingress.xdp ---\n  {}…",
+                &file[x..].lines().take(12).collect::<Vec<_>>().join("\n  ")
+            );
         }
-        meshes.push((m, d));
+        let mut c = vipmesh::Controller::real(vipmesh::ControllerConfig::default());
+        c.set_desired(vipmesh::model::NodeState::from_json(&file).unwrap());
+        println!(
+            "--- vipmesh plan on node{} ---\n{}",
+            node + 1,
+            c.plan_now().unwrap()
+        );
+        let r = c.sync_full(vipmesh::plan::now_secs()).unwrap();
+        println!("  applied: {} steps", r.steps.len());
+        check(
+            c.plan_now().unwrap().is_empty(),
+            &format!("node{}: applying twice changes nothing", node + 1),
+            &mut failures,
+        );
+        ctls.push(c);
     }
 
     println!("--- 12 TCP requests through each node ---");
@@ -103,8 +126,12 @@ fn main() {
         &mut failures,
     );
 
-    for (m, d) in meshes {
-        m.teardown(&d).unwrap();
+    // An empty state tears each node's mesh down (programs, pins, task addresses).
+    for mut c in ctls {
+        c.set_desired(
+            vipmesh::model::NodeState::new(vec![], vipmesh::model::NodeOptions::default()).unwrap(),
+        );
+        let _ = c.sync_full(vipmesh::plan::now_secs()).unwrap();
     }
     if failures.is_empty() {
         println!("\ningress-xdp demo: PASS");
