@@ -1,22 +1,11 @@
 //! `vipmesh-agent cluster apply|get` against a real etcd on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cli;
 mod etcd;
 
-use std::process::{Command, Output};
-
+use cli::{cli, text};
 use etcd::Etcd;
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vipmesh-agent"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 const FILE: &str = r#"{"networks": [{"id": "demo", "lb_netns": "lb-demo", "lb_interface": "eth0",
   "subnets": [{"subnet": "10.0.0.0/24", "lb_addr": "10.0.0.2"}],

@@ -418,23 +418,7 @@ impl Applier {
             netns = %self.netns.describe(), %family, ?backend,
             tables = p.tables.len(), lines = input.lines().count(), "iptables-restore"
         );
-        match run(
-            &self.netns,
-            restore,
-            &["-w", "--noflush"],
-            Some(input.as_bytes()),
-            "apply",
-        ) {
-            Ok(_) => {}
-            Err(Error::CommandFailed {
-                tool,
-                status,
-                stderr,
-            }) => {
-                return Err(restore_error(tool, status, &stderr, &input));
-            }
-            Err(e) => return Err(e),
-        }
+        restore_batch(&self.netns, restore, &input, "apply")?;
         if self.verify == Verify::Skip {
             return Ok(ApplyReport {
                 family,
@@ -481,21 +465,7 @@ impl Applier {
                 netns = %self.netns.describe(), %family,
                 tables = plan.tables.len(), lines = input.lines().count(), "iptables-restore"
             );
-            match run(
-                &self.netns,
-                &restore,
-                &["-w", "--noflush"],
-                Some(input.as_bytes()),
-                "apply",
-            ) {
-                Ok(_) => Ok(()),
-                Err(Error::CommandFailed {
-                    tool,
-                    status,
-                    stderr,
-                }) => Err(restore_error(tool, status, &stderr, &input)),
-                Err(e) => Err(e),
-            }
+            restore_batch(&self.netns, &restore, &input, "apply")
         });
         if res.is_err() {
             *self
@@ -541,21 +511,12 @@ impl Applier {
             netns = %self.netns.describe(), family = %plan.family,
             lines = probe.lines().count(), "iptables-restore trial in a scratch namespace"
         );
-        match run(
+        restore_batch(
             &NetnsTarget::Handle(Arc::new(scratch)),
             &restore,
-            &["-w", "--noflush"],
-            Some(probe.as_bytes()),
+            &probe,
             "check",
-        ) {
-            Ok(_) => {}
-            Err(Error::CommandFailed {
-                tool,
-                status,
-                stderr,
-            }) => return Err(restore_error(tool, status, &stderr, &probe)),
-            Err(e) => return Err(e),
-        }
+        )?;
         for (table, set) in exts {
             verified
                 .entry((restore.clone(), table))
@@ -741,6 +702,31 @@ fn run(
         status: out.status.to_string(),
         stderr,
     })
+}
+
+/// Runs `input` through `restore -w --noflush` in `netns`; a rejected batch is reported with
+/// its failing line in context ([`restore_error`]).
+fn restore_batch(
+    netns: &NetnsTarget,
+    restore: &Path,
+    input: &str,
+    op: &'static str,
+) -> Result<(), Error> {
+    match run(
+        netns,
+        restore,
+        &["-w", "--noflush"],
+        Some(input.as_bytes()),
+        op,
+    ) {
+        Ok(_) => Ok(()),
+        Err(Error::CommandFailed {
+            tool,
+            status,
+            stderr,
+        }) => Err(restore_error(tool, status, &stderr, input)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Find the failing line in `iptables-restore`'s stderr (`Error occurred at line: N` for

@@ -232,6 +232,28 @@ impl Error {
     }
 }
 
+/// Runs `f` on a new thread (named `name`) that has first `unshare(CLONE_NEWNET)`d into a
+/// new, empty network namespace; the thread ends with `f`. Errors are `(step, cause)`.
+fn in_new_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, (&'static str, std::io::Error)> + Send + 'static,
+) -> Result<T, (&'static str, std::io::Error)> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            sys::unshare_net().map_err(|e| ("unshare(CLONE_NEWNET)", e))?;
+            f()
+        })
+        .map_err(|e| ("spawn a thread", e))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err((
+                "thread panicked",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ))
+        })
+}
+
 /// An open handle on a network namespace.
 pub struct Netns {
     fd: OwnedFd,
@@ -442,25 +464,14 @@ impl Netns {
             .open(&path)
             .map_err(create("create the namespace file"))?;
         let target = path.clone();
-        let bound = std::thread::Builder::new()
-            .name("vipmesh-netns-add".into())
-            .spawn(move || -> Result<(), (&'static str, std::io::Error)> {
-                sys::unshare_net().map_err(|e| ("unshare(CLONE_NEWNET)", e))?;
-                sys::mount(
-                    Path::new("/proc/thread-self/ns/net"),
-                    &target,
-                    libc::MS_BIND,
-                )
-                .map_err(|e| ("bind-mount the namespace", e))
-            })
-            .map_err(create("spawn a thread"))?
-            .join()
-            .unwrap_or_else(|_| {
-                Err((
-                    "thread panicked",
-                    std::io::Error::from_raw_os_error(libc::EIO),
-                ))
-            });
+        let bound = in_new_netns("vipmesh-netns-add", move || {
+            sys::mount(
+                Path::new("/proc/thread-self/ns/net"),
+                &target,
+                libc::MS_BIND,
+            )
+            .map_err(|e| ("bind-mount the namespace", e))
+        });
         if let Err((step, source)) = bound {
             let _ = std::fs::remove_file(&path);
             return Err(Error::Create {
@@ -489,34 +500,20 @@ impl Netns {
     /// # Ok::<(), vipmesh_netns::Error>(())
     /// ```
     pub fn anonymous() -> Result<Netns, Error> {
-        let create = |step: &'static str| {
-            move |source: std::io::Error| Error::Create {
-                name: "<anonymous>".to_string(),
-                step,
-                source,
-            }
-        };
-        std::thread::Builder::new()
-            .name("vipmesh-netns-new".into())
-            .spawn(|| -> Result<Netns, (&'static str, std::io::Error)> {
-                sys::unshare_net().map_err(|e| ("unshare(CLONE_NEWNET)", e))?;
-                Netns::current().map_err(|e| {
-                    let errno = e.errno().unwrap_or(libc::EIO);
-                    (
-                        "open /proc/thread-self/ns/net",
-                        std::io::Error::from_raw_os_error(errno),
-                    )
-                })
+        in_new_netns("vipmesh-netns-new", || {
+            Netns::current().map_err(|e| {
+                let errno = e.errno().unwrap_or(libc::EIO);
+                (
+                    "open /proc/thread-self/ns/net",
+                    std::io::Error::from_raw_os_error(errno),
+                )
             })
-            .map_err(create("spawn a thread"))?
-            .join()
-            .unwrap_or_else(|_| {
-                Err((
-                    "thread panicked",
-                    std::io::Error::from_raw_os_error(libc::EIO),
-                ))
-            })
-            .map_err(|(step, source)| create(step)(source))
+        })
+        .map_err(|(step, source)| Error::Create {
+            name: "<anonymous>".to_string(),
+            step,
+            source,
+        })
     }
 
     /// Deletes the namespace bound at `/run/netns/NAME`, as `ip netns delete NAME` does:

@@ -1,0 +1,17 @@
+//! Running the `vipmesh-agent` binary from the integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+/// Runs the `vipmesh-agent` binary with `args`.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vipmesh-agent"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A process's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
