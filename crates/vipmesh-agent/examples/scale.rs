@@ -14,6 +14,10 @@
 //! `SCALE_BASELINE=1`: no etcd and no agent; the same state is assembled from keys in
 //! memory and applied by a bare controller to the fake kernel (what the agent adds is the
 //! difference).
+//!
+//! `SCALE_REAL=1`: the agent programs the real kernel (IPVS: run it in the guest, `cargo
+//! xtask vm`) in a namespace it creates (`vmscale-<pid>`, a dummy `eth0`, deleted at the
+//! end), so this process holds only what the agent itself keeps: its RSS is the agent's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 #[path = "../tests/etcd/mod.rs"]
@@ -22,14 +26,49 @@ mod etcd;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Txn, TxnOp};
+use vipmesh::dataplane::Kernel;
 use vipmesh::fake::FakeKernel;
 use vipmesh::{Controller, ControllerConfig};
 use vipmesh_agent::agent::{Agent, AgentConfig};
 use vipmesh_agent::layout;
 
-const NET: &str = r#"{"id": "demo", "lb_netns": "lb-demo", "lb_interface": "eth0",
-    "subnets": [{"subnet": "10.0.0.0/8", "lb_addr": "10.0.0.2"}],
-    "fwmarks": {"first": 256, "last": 131071}}"#;
+fn net(lb_netns: &str) -> String {
+    format!(
+        r#"{{"id": "demo", "lb_netns": "{lb_netns}", "lb_interface": "eth0",
+    "subnets": [{{"subnet": "10.0.0.0/8", "lb_addr": "10.0.0.2"}}],
+    "fwmarks": {{"first": 256, "last": 131071}}}}"#
+    )
+}
+
+/// The namespace of `SCALE_REAL`: created with a dummy `eth0`, deleted on drop.
+struct RealNs(String);
+
+impl RealNs {
+    fn new() -> RealNs {
+        let name = format!("vmscale-{}", std::process::id());
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "add", "eth0", "type", "dummy"],
+            vec!["-n", &name, "link", "set", "eth0", "up"],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let st = std::process::Command::new("ip")
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        }
+        RealNs(name)
+    }
+}
+
+impl Drop for RealNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
 
 fn addr(i: u32) -> String {
     format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
@@ -73,9 +112,11 @@ async fn main() {
     if std::env::var_os("SCALE_BASELINE").is_some() {
         return baseline(n);
     }
+    let real = std::env::var_os("SCALE_REAL").map(|_| RealNs::new());
+    let lb_netns = real.as_ref().map_or("lb-demo".to_string(), |r| r.0.clone());
     let e = etcd::Etcd::start().await;
     let mut raw = etcd_client::Client::connect([e.url()], None).await.unwrap();
-    raw.put(layout::network_key("demo"), NET, None)
+    raw.put(layout::network_key("demo"), net(&lb_netns), None)
         .await
         .unwrap();
     let t0 = Instant::now();
@@ -96,15 +137,58 @@ async fn main() {
         "wrote {n} services x 10 backends in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    let (rss0, hwm0) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
-
-    let kernel = FakeKernel::new();
-    kernel.add_namespace("lb-demo", &["lo", "eth0"]);
     let cfg = ControllerConfig {
         resync_interval: Duration::from_secs(3600),
         ..ControllerConfig::default()
     };
-    let ctl = Controller::new(kernel.clone(), cfg);
+    match real {
+        Some(ns) => {
+            let name = ns.0.clone();
+            converge(n, &e, Controller::real(cfg), move || ipvs_dests(&name)).await;
+            drop(ns);
+        }
+        None => {
+            let kernel = FakeKernel::new();
+            kernel.add_namespace("lb-demo", &["lo", "eth0"]);
+            let k = kernel.clone();
+            let dests = move || {
+                k.with("lb-demo", |ns| {
+                    use vipmesh_ipvs::IpvsBackend;
+                    ns.ipvs
+                        .services()
+                        .unwrap()
+                        .iter()
+                        .map(|s| ns.ipvs.dests(&s.service.key).unwrap().len())
+                        .sum()
+                })
+            };
+            converge(n, &e, Controller::new(kernel, cfg), dests).await;
+        }
+    }
+}
+
+/// Real servers in namespace `ns`, from `ipvsadm -Ln`.
+fn ipvs_dests(ns: &str) -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ipvsadm", "-Ln"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("->") && !l.contains("RemoteAddress"))
+        .count()
+}
+
+/// Runs the agent over `ctl` until it converged, prints the memory, then the watch burst.
+async fn converge<K: Kernel + Send + 'static>(
+    n: u32,
+    e: &etcd::Etcd,
+    ctl: Controller<K>,
+    count_dests: impl Fn() -> usize,
+) where
+    Controller<K>: Send,
+{
+    let (rss0, hwm0) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
     let mut acfg = AgentConfig::new("n1");
     acfg.batch_window = Duration::from_millis(100);
     let agent = Agent::new(acfg, e.store_config(), ctl);
@@ -127,18 +211,10 @@ async fn main() {
         assert!(t0.elapsed() < Duration::from_secs(600), "never converged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let dests: usize = kernel.with("lb-demo", |ns| {
-        use vipmesh_ipvs::IpvsBackend;
-        ns.ipvs
-            .services()
-            .unwrap()
-            .iter()
-            .map(|s| ns.ipvs.dests(&s.service.key).unwrap().len())
-            .sum()
-    });
     let (rss1, hwm1) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
+    let dests = count_dests();
     println!(
-        "converged in {:.1} s: {} services, {dests} real servers in the fake IPVS",
+        "converged in {:.1} s: {} services, {dests} real servers in IPVS",
         t0.elapsed().as_secs_f64(),
         marks()
     );
@@ -210,7 +286,7 @@ fn baseline(n: u32) {
         let mut kvs = std::collections::BTreeMap::new();
         kvs.insert(
             layout::network_key("demo").into_bytes(),
-            NET.as_bytes().to_vec(),
+            net("lb-demo").into_bytes(),
         );
         for i in 0..n {
             kvs.insert(
