@@ -28,22 +28,46 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub fn eventually<T>(
     timeout: Duration,
     what: &str,
-    mut attempt: impl FnMut() -> Result<T, String>,
+    attempt: impl FnMut() -> Result<T, String>,
 ) -> T {
+    match within(timeout, what, attempt) {
+        Ok(v) => v,
+        #[allow(clippy::panic)]
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// [`eventually`] that returns the failure instead of panicking (for demos, which report a
+/// failed check and go on cleaning up): `Err` says what was awaited, for how long, and the
+/// last error.
+///
+/// # Errors
+/// When `attempt` has not succeeded within `timeout`.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// let e = vipmesh_testkit::within(Duration::ZERO, "a miracle", || -> Result<(), _> {
+///     Err("none".to_string())
+/// });
+/// assert!(e.unwrap_err().contains("a miracle"));
+/// ```
+pub fn within<T>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let start = Instant::now();
     let mut tries = 0u32;
     loop {
         tries += 1;
         match attempt() {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
             Err(last) if start.elapsed() >= timeout => {
-                #[allow(clippy::panic)]
-                {
-                    panic!(
-                        "gave up waiting for {what} after {timeout:?} ({tries} attempts); \
-                         last error: {last}"
-                    );
-                }
+                return Err(format!(
+                    "gave up waiting for {what} after {timeout:?} ({tries} attempts); \
+                     last error: {last}"
+                ));
             }
             Err(_) => std::thread::sleep(POLL_INTERVAL),
         }
