@@ -1,7 +1,10 @@
-//! `cargo xtask demo [vip|dnsrr|ingress|ingress-xdp|xdp|all]`: replays the seed demos.
+//! `cargo xtask demo [vip|dnsrr|ingress|cluster|ingress-xdp|xdp|all]`: replays the seed demos.
 //!
-//! `vip` and `dnsrr` need IPVS, so they are built on the host and run in one guest boot;
-//! `xdp` runs on the host kernel (XDP, no IPVS) in namespaces it creates.
+//! `vip`, `dnsrr`, `ingress` and `cluster` need IPVS, so they are built on the host and run in
+//! one guest boot; `xdp` runs on the host kernel (XDP, no IPVS) in namespaces it creates.
+//! `cluster` (`crates/vipmesh-agent/examples/cluster_demo.rs`) runs a 3-member etcd cluster
+//! and one `vipmesh-agent` process per node, and gets the agent binary built here in
+//! `VIPMESH_AGENT_BIN`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,31 +18,46 @@ mod demo_xdp_mesh;
 
 /// Builds one example and returns its executable.
 fn build_example(package: &str, name: &str, features: &str) -> Result<PathBuf, String> {
+    build(package, "--example", name, features)
+}
+
+/// Builds one target (`kind`: `--example` or `--bin`) and returns its executable.
+fn build(package: &str, kind: &str, name: &str, features: &str) -> Result<PathBuf, String> {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root())
-        .args([
-            "build",
-            "-p",
-            package,
-            "--example",
-            name,
-            "--features",
-            features,
-        ])
-        .arg("--message-format=json-render-diagnostics")
+        .args(["build", "-p", package, kind, name]);
+    if !features.is_empty() {
+        c.args(["--features", features]);
+    }
+    c.arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit());
     let out = c
         .output()
         .map_err(|e| format!("cannot run {}: {e}", cmd::show(&c)))?;
     if !out.status.success() {
-        return Err(format!("building example {name} failed"));
+        return Err(format!("building {name} failed"));
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| format!("cargo reported no executable for example {name}"))
+        .ok_or_else(|| format!("cargo reported no executable for {name}"))
+}
+
+/// The guest script's command line of demo `name`, its programs built.
+fn guest_command(name: &str) -> Result<String, String> {
+    if name == "cluster" {
+        let agent = build("vipmesh-agent", "--bin", "vipmesh-agent", "")?;
+        let exe = build_example("vipmesh-agent", "cluster_demo", "")?;
+        return Ok(format!(
+            "VIPMESH_AGENT_BIN={} {}",
+            shell_quote(&agent.to_string_lossy()),
+            shell_quote(&exe.to_string_lossy())
+        ));
+    }
+    let exe = build_example("vipmesh", &format!("{name}_demo"), "test-util")?;
+    Ok(shell_quote(&exe.to_string_lossy()))
 }
 
 fn guest_demos(names: &[&str], firewall: &str) -> i32 {
@@ -48,21 +66,22 @@ fn guest_demos(names: &[&str], firewall: &str) -> i32 {
         shell_quote(firewall)
     );
     for n in names {
-        let exe = match build_example("vipmesh", &format!("{n}_demo"), "test-util") {
-            Ok(e) => e,
+        let line = match guest_command(n) {
+            Ok(l) => l,
             Err(e) => {
                 eprintln!("xtask demo: {e}");
                 return 1;
             }
         };
         script.push_str(&format!(
-            "echo; echo \"=== {n} demo (guest kernel $(uname -r))\"\n{} || rc=1\n",
-            shell_quote(&exe.to_string_lossy())
+            "echo; echo \"=== {n} demo (guest kernel $(uname -r))\"\n{line} || rc=1\n"
         ));
     }
     script.push_str("exit $rc\n");
+    // The cluster demo runs etcd and the agents under emulation: minutes, not seconds.
+    let cluster = if names.contains(&"cluster") { 2400 } else { 0 };
     let opts = vm::VmOpts {
-        timeout: Duration::from_secs(1200),
+        timeout: Duration::from_secs(1200 + cluster),
         ..vm::VmOpts::default()
     };
     match vm::run(&["bash".into(), "-c".into(), script], &opts) {
@@ -123,13 +142,14 @@ pub fn main(args: &[String]) -> i32 {
         "dnsrr" => guest_demos(&["dnsrr"], &firewall),
         "xdp" => xdp_demo(),
         "ingress" => guest_demos(&["ingress"], &firewall),
+        "cluster" => guest_demos(&["cluster"], &firewall),
         "ingress-xdp" => demo_xdp_mesh::run(),
         "all" => {
-            let g = guest_demos(&["vip", "dnsrr", "ingress"], &firewall);
+            let g = guest_demos(&["vip", "dnsrr", "ingress", "cluster"], &firewall);
             let x = xdp_demo();
             let ix = demo_xdp_mesh::run();
             println!(
-                "\n=== demos: vip+dnsrr+ingress {}, xdp {}, ingress-xdp {}",
+                "\n=== demos: vip+dnsrr+ingress+cluster {}, xdp {}, ingress-xdp {}",
                 if g == 0 { "PASS" } else { "FAIL" },
                 if x == 0 { "PASS" } else { "FAIL" },
                 if ix == 0 { "PASS" } else { "FAIL" }
@@ -138,7 +158,7 @@ pub fn main(args: &[String]) -> i32 {
         }
         other => {
             eprintln!(
-                "xtask demo: unknown demo {other:?}\nusage: cargo xtask demo [vip|dnsrr|ingress|ingress-xdp|xdp|all] [--firewall iptables|nftables]"
+                "xtask demo: unknown demo {other:?}\nusage: cargo xtask demo [vip|dnsrr|ingress|cluster|ingress-xdp|xdp|all] [--firewall iptables|nftables]"
             );
             2
         }

@@ -4,7 +4,7 @@
 //!   boots Debian's stock kernel (which has IPVS) under qemu and runs `<cmd>` as root in the
 //!   current directory.
 //! - `cargo xtask test` runs every suite and ends with one `N passed, N failed` line.
-//! - `cargo xtask demo [vip|dnsrr|ingress|xdp|all]` replays the demos.
+//! - `cargo xtask demo [vip|dnsrr|ingress|cluster|xdp|all]` replays the demos.
 //! - `cargo xtask fuzz [TARGET...] [--seconds N]` runs the fuzz targets longer.
 //! - `cargo xtask setup` installs the prerequisites and prepares both guest kernels.
 
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   cargo xtask vm [--kernel 6.1|6.12] [--timeout SECS] [--mem MB] [--cpus N] [--out DIR] -- <command...>
   cargo xtask test [--fuzz-seconds N]
-  cargo xtask demo [vip|dnsrr|ingress|xdp|all]
+  cargo xtask demo [vip|dnsrr|ingress|cluster|xdp|all]
   cargo xtask fuzz [TARGET...] [--seconds N]
   cargo xtask setup";
 
