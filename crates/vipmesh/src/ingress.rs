@@ -938,10 +938,8 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
     }
     let id = ing.id.as_str();
     let dnat = chain_name(id, "DNAT")?;
-    let fwd = chain_name(id, "FWD")?;
     let masq = chain_name(id, "MASQ")?;
     rs.declare_chain(nf::Table::Nat, &dnat);
-    rs.declare_chain(nf::Table::Filter, &fwd);
     rs.declare_chain(nf::Table::Nat, &masq);
     let comment = |s: &ServiceName| {
         nf::Comment::new(format!("vipmesh net={id} svc={s}")).map_err(|e| nf_err("comment", e))
@@ -959,27 +957,6 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
         )
         .with_comment(comment(&s.name)?);
         add(rs, nf::Table::Nat, &dnat, r)?;
-        let accept = nf::Matches::new()
-            .protocol(nf::Protocol::from(p.protocol))
-            .dport(nf::PortRange::single(port(to_port)?))
-            .destination(nf::Cidr::host(to));
-        add(
-            rs,
-            nf::Table::Filter,
-            &fwd,
-            nf::Rule::new(accept, nf::Target::Accept),
-        )?;
-        let back = nf::Matches::new()
-            .protocol(nf::Protocol::from(p.protocol))
-            .sport(nf::PortRange::single(port(to_port)?))
-            .source(nf::Cidr::host(to))
-            .ctstate(nf::CtState::ESTABLISHED | nf::CtState::RELATED);
-        add(
-            rs,
-            nf::Table::Filter,
-            &fwd,
-            nf::Rule::new(back, nf::Target::Accept),
-        )?;
     }
     let mut local = nf::Matches::new();
     local.dst_type = Some(nf::AddrType::Local);
@@ -987,11 +964,8 @@ pub fn add_host_rules(rs: &mut nf::OwnedRuleset, ing: &Ingress) -> Result<(), Er
         rs.add_jump(nf::Table::Nat, jump(hook, local.clone(), &dnat))
             .map_err(|e| nf_err("add jump", e))?;
     }
-    rs.add_jump(
-        nf::Table::Filter,
-        jump(nf::BuiltinChain::Forward, nf::Matches::new(), &fwd),
-    )
-    .map_err(|e| nf_err("add jump", e))?;
+    // The FORWARD accepts of the published ports (the same chain on both backends).
+    crate::rules::add_host_forward(rs, ing)?;
     let mut m = nf::Matches::new()
         .out_iface(nf::Iface::new(&ing.gw_bridge.name).map_err(|e| nf_err("interface", e))?);
     m.src_type = Some(nf::AddrType::Local);
