@@ -120,3 +120,35 @@ fn run_executes_inside_the_namespace() {
         .unwrap();
     assert!(links.contains("lo:") && !links.contains("eth"), "{links}");
 }
+
+/// `Netns::anonymous`: a new namespace (not the caller's), empty but for `lo`, with no name
+/// under /run/netns; the caller's thread never leaves its own namespace.
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn an_anonymous_namespace_is_new_empty_and_unnamed() {
+    let here = Netns::current().unwrap();
+    let names_before: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let scratch = Netns::anonymous().unwrap();
+    assert!(!scratch.same_as(&here), "a new namespace");
+    assert!(
+        Netns::current().unwrap().same_as(&here),
+        "the caller stayed"
+    );
+    assert_ne!(scratch.id().unwrap(), here.id().unwrap());
+    let links = scratch
+        .run(|| {
+            std::process::Command::new("ip")
+                .args(["-o", "link"])
+                .output()
+                .unwrap()
+        })
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    let names_after: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(names_before, names_after, "no name was created");
+}
