@@ -1979,3 +1979,18 @@ fn publish_targets_send_ingress_ports_to_the_sandbox_and_host_ports_to_the_local
         [("vote".into(), 8080, i.gw_bridge.sandbox_addr, 8080)]
     );
 }
+
+#[test]
+fn the_state_file_fuzz_seeds_load() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/state_file");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if let Err(e) = NodeState::from_json(&text) {
+            panic!("{}: {e}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 2, "seeds in {}", dir.display());
+}
