@@ -18,6 +18,7 @@
 //! `SCALE_REAL=1`: the agent programs the real kernel (IPVS: run it in the guest, `cargo
 //! xtask vm`) in a namespace it creates (`vmscale-<pid>`, a dummy `eth0`, deleted at the
 //! end), so this process holds only what the agent itself keeps: its RSS is the agent's.
+//! Its etcd listens on 127.0.0.1: in the guest, `ip link set lo up` first.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 #[path = "../tests/etcd/mod.rs"]
