@@ -292,8 +292,20 @@ impl VxlanSpec {
 pub struct Rtnl {
     netns: Netns,
     name: String,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` but while dropping (see `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
     handle: rtnetlink::Handle,
+}
+
+impl Drop for Rtnl {
+    /// The handle's own runtime is shut down without blocking: dropping a runtime blocks,
+    /// which panics inside another runtime's context (an async caller, such as the agent,
+    /// dropping its controller). Its one task, the socket's connection, ends with it.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for Rtnl {
@@ -334,7 +346,7 @@ impl Rtnl {
         Ok(Rtnl {
             netns: netns.try_clone()?,
             name,
-            rt,
+            rt: Some(rt),
             handle,
         })
     }
@@ -352,7 +364,10 @@ impl Rtnl {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = flags;
         let mut handle = self.handle.clone();
-        self.rt.block_on(async move {
+        let Some(rt) = self.rt.as_ref() else {
+            return Err(Fail::Other("the handle is being dropped".into()));
+        };
+        rt.block_on(async move {
             let mut replies = handle
                 .request(req)
                 .map_err(|e| Fail::Other(e.to_string()))?;

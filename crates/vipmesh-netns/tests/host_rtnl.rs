@@ -482,3 +482,17 @@ fn raw_addr_protos(ns: &Netns) -> std::collections::BTreeMap<String, Option<u8>>
     })
     .unwrap()
 }
+
+/// A handle dropped by async code (inside another tokio runtime, as the agent drops its
+/// controller at shutdown) does not panic: its own runtime is shut down in the background.
+#[test]
+#[ignore = "privileged: needs root and the host kernel; run by cargo xtask test"]
+fn a_handle_dropped_inside_another_runtime_does_not_panic() {
+    let ns = Ns::new("rtdrop");
+    let rt = Rtnl::open(&ns.ns).unwrap();
+    assert!(rt.link("lo").is_ok());
+    let outer = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    outer.block_on(async move { drop(rt) });
+}
