@@ -137,21 +137,15 @@ fn xdp_options(
     uplink: Option<String>,
     attach: Option<AttachRequest>,
     mtu: Option<u16>,
-) -> Result<Option<IngressXdp>, Error> {
-    let Some(uplink) = uplink else {
-        return Ok(None);
-    };
-    let mut x = serde_json::json!({ "uplink": uplink });
+) -> Option<IngressXdp> {
+    let mut x = IngressXdp::new(uplink?);
     if let Some(a) = attach {
-        x["attach"] =
-            serde_json::to_value(a).map_err(|e| Error::invalid("--xdp-attach", e.to_string()))?;
+        x.attach = a;
     }
     if let Some(m) = mtu {
-        x["underlay_mtu"] = m.into();
+        x.underlay_mtu = m;
     }
-    serde_json::from_value(x)
-        .map(Some)
-        .map_err(|e| Error::invalid("--xdp-uplink", e.to_string()))
+    Some(x)
 }
 
 impl Etcd {
@@ -329,7 +323,7 @@ async fn execute(cmd: Command) -> Result<(), Error> {
                 sandbox_netns,
                 overlay_netns,
                 me: None,
-                xdp: xdp_options(xdp_uplink, xdp_attach, xdp_underlay_mtu)?,
+                xdp: xdp_options(xdp_uplink, xdp_attach, xdp_underlay_mtu),
             };
             cfg.lease_ttl_secs = lease_ttl;
             cfg.record = underlay
@@ -445,9 +439,7 @@ mod tests {
                 xdp_underlay_mtu,
                 ..
             } => {
-                let x = xdp_options(xdp_uplink, xdp_attach, xdp_underlay_mtu)
-                    .unwrap()
-                    .unwrap();
+                let x = xdp_options(xdp_uplink, xdp_attach, xdp_underlay_mtu).unwrap();
                 assert_eq!(x.uplink, "eth0");
                 assert_eq!(x.attach, AttachRequest::Native);
                 assert_eq!(x.underlay_mtu, 9000);

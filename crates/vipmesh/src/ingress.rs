@@ -175,6 +175,23 @@ pub struct IngressXdp {
 }
 
 impl IngressXdp {
+    /// The options for `uplink` with every other field at its default (the defaults of the
+    /// state file, and of `XdpMeshConfig::new`).
+    pub fn new(uplink: impl Into<String>) -> IngressXdp {
+        IngressXdp {
+            uplink: uplink.into(),
+            attach: AttachRequest::default(),
+            ports: Vec::new(),
+            underlay_mtu: default_underlay_mtu(),
+            pin_root: None,
+            state_dir: None,
+            host_veths: BTreeMap::new(),
+            underlay_v6: BTreeMap::new(),
+            table_size: default_table_size(),
+            flow_entries: None,
+        }
+    }
+
     /// The dataplane of one published port (listed, else XDP).
     pub fn dataplane(&self, protocol: Protocol, published: Port) -> PortDataplane {
         self.ports

@@ -64,20 +64,9 @@ pub struct XdpMeshConfig {
 }
 
 impl XdpMeshConfig {
-    /// Defaults for the uplink `uplink`.
+    /// Defaults for the uplink `uplink` (those of the state file's `ingress.xdp`).
     pub fn new(uplink: impl Into<String>) -> XdpMeshConfig {
-        XdpMeshConfig {
-            uplink: uplink.into(),
-            attach: AttachRequest::default(),
-            ports: BTreeMap::new(),
-            underlay_mtu: 1500,
-            pin_root: None,
-            state_dir: None,
-            host_veths: BTreeMap::new(),
-            underlay_v6: BTreeMap::new(),
-            table_size: 251,
-            flow_entries: vipmesh_xdp::abi::FLOW_ENTRIES,
-        }
+        XdpMeshConfig::from(&crate::ingress::IngressXdp::new(uplink))
     }
 
     /// The dataplane of one published port.
@@ -92,22 +81,21 @@ impl XdpMeshConfig {
 impl From<&crate::ingress::IngressXdp> for XdpMeshConfig {
     /// The options of the state file's `ingress.xdp`.
     fn from(x: &crate::ingress::IngressXdp) -> XdpMeshConfig {
-        let mut c = XdpMeshConfig::new(x.uplink.clone());
-        c.attach = x.attach;
-        c.ports = x
-            .ports
-            .iter()
-            .map(|p| ((p.protocol, p.published.get()), p.dataplane))
-            .collect();
-        c.underlay_mtu = x.underlay_mtu;
-        c.pin_root.clone_from(&x.pin_root);
-        c.state_dir.clone_from(&x.state_dir);
-        c.host_veths.clone_from(&x.host_veths);
-        c.underlay_v6.clone_from(&x.underlay_v6);
-        c.table_size = x.table_size;
-        if let Some(n) = x.flow_entries {
-            c.flow_entries = n;
+        XdpMeshConfig {
+            uplink: x.uplink.clone(),
+            attach: x.attach,
+            ports: x
+                .ports
+                .iter()
+                .map(|p| ((p.protocol, p.published.get()), p.dataplane))
+                .collect(),
+            underlay_mtu: x.underlay_mtu,
+            pin_root: x.pin_root.clone(),
+            state_dir: x.state_dir.clone(),
+            host_veths: x.host_veths.clone(),
+            underlay_v6: x.underlay_v6.clone(),
+            table_size: x.table_size,
+            flow_entries: x.flow_entries.unwrap_or(vipmesh_xdp::abi::FLOW_ENTRIES),
         }
-        c
     }
 }
