@@ -10,7 +10,7 @@ mod etcd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cli::{cli, text};
+use cli::{FILE, cli, text};
 use etcd::{Etcd, ServerTls};
 use vipmesh_agent::store::Tls;
 
@@ -84,10 +84,6 @@ fn pki(dir: &Path, name: &str) {
         );
     }
 }
-
-const FILE: &str = r#"{"networks": [{"id": "demo", "lb_netns": "lb-demo", "lb_interface": "eth0",
-  "subnets": [{"subnet": "10.0.0.0/24", "lb_addr": "10.0.0.2"}],
-  "services": [{"name": "vote", "mode": {"vip": ["10.0.0.9"]}, "backends": [{"addr": "10.0.0.10"}]}]}]}"#;
 
 #[tokio::test]
 #[ignore = "privileged: runs a real etcd on loopback"]
