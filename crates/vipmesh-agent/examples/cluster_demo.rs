@@ -80,6 +80,28 @@ fn step(what: &str) {
     println!("\n== [{:>6.1} s] {what}", secs(Instant::now()));
 }
 
+/// `etcdctl --endpoints ENDPOINTS ARGS -w table` in the control namespace `ctl`: prints the
+/// table, and the members it could not reach (etcdctl says so on stderr).
+fn print_etcdctl(ctl: &str, endpoints: &str, args: &[&str]) {
+    let Ok(o) = in_ns(ctl, "etcdctl")
+        .args(["--endpoints", endpoints])
+        .args(args)
+        .args(["-w", "table"])
+        .output()
+    else {
+        return;
+    };
+    println!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .filter(|l| l.contains("Failed to get the status"))
+            .map(|l| format!("\n{l}"))
+            .collect::<String>()
+    );
+}
+
 /// An event line, with its time (to set beside the background requests' failures).
 fn note(what: &str) {
     println!("  [{:>6.1} s] {what}", secs(Instant::now()));
@@ -272,19 +294,7 @@ fn scenario(c: &mut ClusterLab, made: &mut Made) -> Check<()> {
             .wait_healthy(&ctl, CONVERGE)
             .map_err(|e| format!("{e}\n{}", c.etcd.logs())),
     )?;
-    if let Ok(o) = in_ns(&ctl, "etcdctl")
-        .args([
-            "--endpoints",
-            &c.endpoints(),
-            "member",
-            "list",
-            "-w",
-            "table",
-        ])
-        .output()
-    {
-        println!("{}", String::from_utf8_lossy(&o.stdout).trim_end());
-    }
+    print_etcdctl(&ctl, &c.endpoints(), &["member", "list"]);
 
     step("2-3. agents on node1 and node2; cluster apply of vote (8080 -> 80), 2 tasks");
     let out = c
@@ -379,27 +389,7 @@ fn scenario(c: &mut ClusterLab, made: &mut Made) -> Check<()> {
             .wait_healthy(&ctl, CONVERGE)
             .map_err(|e| format!("{e}\n{}", c.etcd.logs())),
     )?;
-    if let Ok(o) = in_ns(&ctl, "etcdctl")
-        .args([
-            "--endpoints",
-            &c.endpoints(),
-            "endpoint",
-            "status",
-            "-w",
-            "table",
-        ])
-        .output()
-    {
-        println!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout).trim_end(),
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .filter(|l| l.contains("Failed to get the status"))
-                .map(|l| format!("\n{l}"))
-                .collect::<String>()
-        );
-    }
+    print_etcdctl(&ctl, &c.endpoints(), &["endpoint", "status"]);
     let out = c
         .apply("vote", &[(8080, 80)], &["vote.1", "vote.2"], APPLY)
         .map_err(|e| format!("cluster apply with a member down: {e}"))?;
