@@ -7,9 +7,12 @@
 //! 3. Watch from the snapshot's revision + 1. A watch response, and every response that
 //!    arrives within [`AgentConfig::batch_window`] after it, become ONE assembly and ONE
 //!    sync: a burst of changes costs a few syncs, not one per key.
-//! 4. Between changes, sleep until the controller's [`Controller::next_deadline`] (drains,
+//! 4. After every sync that applied the whole desired state, publish this node's local
+//!    tasks as ready (`/vipmesh/v1/ready/<node>`, under the lease): other nodes balance to a
+//!    task only once it is listed there, so never before its node has wired it.
+//! 5. Between changes, sleep until the controller's [`Controller::next_deadline`] (drains,
 //!    retries, the periodic full resync) and sync then.
-//! 5. When etcd is unreachable (the watch breaks, a request times out, the HTTP/2
+//! 6. When etcd is unreachable (the watch breaks, a request times out, the HTTP/2
 //!    keepalive fails): the agent is [degraded](AgentStatus::degraded), the controller keeps
 //!    the last desired state (the dataplane is never flushed; periodic syncs go on and
 //!    repair drift), and it reconnects with backoff, resuming the watch from the last
@@ -46,7 +49,7 @@ use vipmesh::dataplane::Kernel;
 use vipmesh::{Controller, SyncKind};
 
 use crate::error::Error;
-use crate::layout::{self, Issue, NodeLocal, NodeRecord};
+use crate::layout::{self, Issue, NodeLocal, NodeRecord, ReadyTasks};
 use crate::store::{Registration, Snapshot, Store, StoreConfig, WatchBatch};
 
 /// Agent tunables.
@@ -157,6 +160,21 @@ pub struct Agent<K: Kernel> {
     status: StatusHandle,
     snapshot: Snapshot,
     loaded: bool,
+    published: Arc<Mutex<Published>>,
+    endpoint: usize,
+}
+
+/// The node's registration as the agent and its keepalive task share it.
+#[derive(Debug, Default)]
+struct Published {
+    /// The lease the node's keys are under (0: not registered).
+    lease: i64,
+    /// The ready tasks this process last wrote (None: nothing yet).
+    ready: Option<ReadyTasks>,
+}
+
+fn lock_published(p: &Mutex<Published>) -> MutexGuard<'_, Published> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why the watch phase ended.
@@ -191,6 +209,8 @@ where
             status: StatusHandle::default(),
             snapshot: Snapshot::default(),
             loaded: false,
+            published: Arc::default(),
+            endpoint: 0,
         }
     }
 
@@ -255,13 +275,22 @@ where
     /// sync cannot let it expire), and loads a snapshot unless one is loaded (then the watch
     /// resumes from its revision).
     async fn connect_and_load(&mut self) -> Result<(Store, Option<Keepalive>), Error> {
-        let mut store = Store::connect(self.store_cfg.clone()).await?;
+        // The member that worked last first (see Store::connect_from).
+        let mut store = Store::connect_from(self.store_cfg.clone(), self.endpoint).await?;
+        self.endpoint = store.endpoint();
         let ka = match &self.cfg.record {
             Some(r) => {
+                let ready = lock_published(&self.published).ready.clone();
                 let reg = store
-                    .register_node(&self.cfg.node, r, self.cfg.lease_ttl_secs)
+                    .register_node(&self.cfg.node, r, self.cfg.lease_ttl_secs, ready.as_ref())
                     .await?;
-                Some(Keepalive::spawn(store.clone(), reg, self.cfg.clone()))
+                lock_published(&self.published).lease = reg.lease();
+                Some(Keepalive::spawn(
+                    store.clone(),
+                    reg,
+                    self.cfg.clone(),
+                    self.published.clone(),
+                ))
             }
             None => None,
         };
@@ -331,6 +360,7 @@ where
             st.degraded = None;
             st.watches += 1;
         }
+        self.publish_ready(&mut store).await;
         loop {
             let due = until(lock(&self.ctl).next_deadline());
             tokio::select! {
@@ -362,18 +392,61 @@ where
                     }
                     self.status.lock().change_syncs += 1;
                     self.desired_changed().await;
+                    self.publish_ready(&mut store).await;
                     if let Some(l) = leave {
                         return l;
                     }
                 }
                 () = tokio::time::sleep(due) => {
                     self.sync().await;
+                    self.publish_ready(&mut store).await;
                     // Never spin on a deadline that stays in the past.
                     if until(lock(&self.ctl).next_deadline()).is_zero() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
                 Some(e) = recv_error(&mut ka) => return Leave::Disconnected(e),
+            }
+        }
+    }
+
+    /// Writes this node's ready tasks when they changed: all its local tasks once the
+    /// controller has applied the whole desired state; before that, only removals (tasks no
+    /// longer desired leave the list; none is added). Failures are logged and retried after
+    /// the next sync.
+    async fn publish_ready(&self, store: &mut Store) {
+        if self.cfg.record.is_none() {
+            return;
+        }
+        let (lease, published) = {
+            let p = lock_published(&self.published);
+            (p.lease, p.ready.clone())
+        };
+        let want = {
+            let ctl = lock(&self.ctl);
+            let local = ReadyTasks::local(&self.cfg.node, ctl.desired());
+            if ctl.in_sync() {
+                local
+            } else if let Some(p) = &published {
+                p.intersect(&local)
+            } else {
+                return;
+            }
+        };
+        if lease == 0 || published.as_ref() == Some(&want) {
+            return;
+        }
+        match store.publish_ready(&self.cfg.node, lease, &want).await {
+            Ok(true) => {
+                tracing::info!(node = %self.cfg.node, tasks = want.services.values().map(|a| a.len()).sum::<usize>(), "ready tasks published");
+                lock_published(&self.published).ready = Some(want);
+            }
+            Ok(false) => tracing::warn!(
+                node = %self.cfg.node,
+                "ready tasks not published: the node key is not under this agent's lease"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "ready tasks not published (retried after the next sync)")
             }
         }
     }
@@ -454,7 +527,12 @@ struct Keepalive {
 }
 
 impl Keepalive {
-    fn spawn(mut store: Store, mut reg: Registration, cfg: AgentConfig) -> Keepalive {
+    fn spawn(
+        mut store: Store,
+        mut reg: Registration,
+        cfg: AgentConfig,
+        published: Arc<Mutex<Published>>,
+    ) -> Keepalive {
         let (tx, errors) = mpsc::channel(1);
         let every = Duration::from_secs(u64::try_from(cfg.lease_ttl_secs / 3).unwrap_or(1).max(1));
         let task = tokio::spawn(async move {
@@ -469,11 +547,15 @@ impl Keepalive {
                         let Some(rec) = cfg.record.as_ref() else {
                             return;
                         };
+                        let ready = lock_published(&published).ready.clone();
                         match store
-                            .register_node(&cfg.node, rec, cfg.lease_ttl_secs)
+                            .register_node(&cfg.node, rec, cfg.lease_ttl_secs, ready.as_ref())
                             .await
                         {
-                            Ok(r) => reg = r,
+                            Ok(r) => {
+                                lock_published(&published).lease = r.lease();
+                                reg = r;
+                            }
                             Err(e) => {
                                 let _ = tx.send(e).await;
                                 return;

@@ -9,6 +9,7 @@
 //! | `/vipmesh/v1/ingress/config` | the [`Ingress`] JSON without `node`, `nodes` and `services` |
 //! | `/vipmesh/v1/ingress/services/<name>` | an [`IngressService`] JSON (its `name` is `<name>`) |
 //! | `/vipmesh/v1/nodes/<name>` | a [`NodeRecord`] JSON, put under the agent's lease |
+//! | `/vipmesh/v1/ready/<name>` | a [`ReadyTasks`] JSON: the node's tasks it has wired, under the same lease |
 //! | `/vipmesh/v1/cluster` | a [`ClusterMeta`] JSON, rewritten by every `cluster apply` |
 //! | `/vipmesh/v1/vips/<network>/<addr>` | a [`VipClaim`] JSON: the service holding that VIP |
 //!
@@ -19,6 +20,14 @@
 //! sorted by name, and the tasks with `"node": "<this node>"` are its local tasks. A
 //! published service's tasks on a node that is not registered are left out: when a node's
 //! lease expires, its tasks drain from every other node's IPVS.
+//!
+//! A task on another node is a backend here only once that node lists it as ready
+//! (`ready/<name>`, written by its agent after a sync that wired the task: the REDIRECT or
+//! tc programs in the task's namespace). A runtime writes a task to etcd once; every node
+//! reads it at about the same time, and without this a node could balance a request to the
+//! task before the task's own node has wired it (a refused connection). A node registered
+//! without a `ready/` key (not written by an agent of this version) has all its tasks
+//! counted, as before.
 //!
 //! The version is the second path element. An agent reads only `/vipmesh/v1/`; keys of
 //! another version under `/vipmesh/` are reported, never interpreted. A change of the layout
@@ -44,7 +53,7 @@
 //! assert_eq!(a.issues[0].key, "/vipmesh/v1/services/demo/bad");
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -63,6 +72,8 @@ pub const VERSION: &str = "v1";
 pub const PREFIX: &str = "/vipmesh/v1/";
 /// The nodes' registrations.
 pub const NODES_PREFIX: &str = "/vipmesh/v1/nodes/";
+/// The nodes' ready tasks (written by the agents, like the registrations).
+pub const READY_PREFIX: &str = "/vipmesh/v1/ready/";
 /// The prefixes (and single keys) of the cluster's desired state: what `cluster apply`
 /// replaces and compares.
 pub const DESIRED_PREFIXES: [&str; 6] = [
@@ -108,6 +119,10 @@ pub fn vip_claim_key(network: &str, addr: IpAddr) -> String {
 pub fn node_key(name: &str) -> String {
     format!("{NODES_PREFIX}{name}")
 }
+/// The key of a node's ready tasks.
+pub fn ready_key(name: &str) -> String {
+    format!("{READY_PREFIX}{name}")
+}
 
 /// A key of the layout, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +146,8 @@ pub enum Key<'a> {
     IngressService(&'a str),
     /// `/vipmesh/v1/nodes/<name>`.
     Node(&'a str),
+    /// `/vipmesh/v1/ready/<name>`.
+    Ready(&'a str),
     /// `/vipmesh/v1/vips/<network>/<addr>`.
     VipClaim {
         /// The network's id.
@@ -169,6 +186,7 @@ pub fn parse_key(key: &str) -> Result<Key<'_>, String> {
         ["ingress", "config"] => Some(Key::IngressConfig),
         ["ingress", "services", s] => segment(s).map(Key::IngressService),
         ["nodes", n] => segment(n).map(Key::Node),
+        ["ready", n] => segment(n).map(Key::Ready),
         ["vips", n, a] => segment(n)
             .zip(a.parse::<IpAddr>().ok())
             .map(|(network, addr)| Key::VipClaim { network, addr }),
@@ -185,6 +203,72 @@ pub struct NodeRecord {
     pub underlay: IpAddr,
     /// Its ingress sandbox's address on the ingress network.
     pub sandbox_addr: IpAddr,
+}
+
+/// The tasks of one node that its agent has wired (`/vipmesh/v1/ready/<name>`), by published
+/// service: the addresses of its tasks there. Put under the node's lease with its
+/// registration, rewritten after each sync that applied the whole desired state.
+///
+/// # Examples
+/// ```
+/// use vipmesh_agent::layout::ReadyTasks;
+/// let r: ReadyTasks = serde_json::from_str(r#"{"services": {"web": ["10.255.0.10"]}}"#).unwrap();
+/// assert!(r.lists("web", "10.255.0.10".parse().unwrap()));
+/// assert!(!r.lists("web", "10.255.0.11".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyTasks {
+    /// Published service name -> the addresses of its ready tasks on the node.
+    #[serde(default)]
+    pub services: BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+impl ReadyTasks {
+    /// The local tasks of node `node` in a desired state (what a sync of it wired).
+    pub fn local(node: &str, state: &NodeState) -> ReadyTasks {
+        let mut services = BTreeMap::new();
+        for s in state
+            .ingress()
+            .map(|i| i.services.as_slice())
+            .unwrap_or_default()
+        {
+            let addrs: BTreeSet<IpAddr> = s
+                .tasks
+                .iter()
+                .filter(|t| t.node == node)
+                .map(|t| t.addr)
+                .collect();
+            if !addrs.is_empty() {
+                services.insert(s.name.as_str().to_string(), addrs);
+            }
+        }
+        ReadyTasks { services }
+    }
+
+    /// Whether the task at `addr` of published service `service` is listed.
+    pub fn lists(&self, service: &str, addr: IpAddr) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|a| a.contains(&addr))
+    }
+
+    /// Only the tasks also listed in `other`.
+    pub fn intersect(&self, other: &ReadyTasks) -> ReadyTasks {
+        let services = self
+            .services
+            .iter()
+            .filter_map(|(name, addrs)| {
+                let kept: BTreeSet<IpAddr> = addrs
+                    .iter()
+                    .filter(|a| other.lists(name, **a))
+                    .copied()
+                    .collect();
+                (!kept.is_empty()).then(|| (name.clone(), kept))
+            })
+            .collect();
+        ReadyTasks { services }
+    }
 }
 
 /// The record `cluster apply` rewrites with every apply (`/vipmesh/v1/cluster`), so that a
@@ -257,6 +341,7 @@ struct Parts {
     ingress_config: Option<Map<String, Value>>,
     ingress_services: BTreeMap<String, IngressService>,
     nodes: BTreeMap<String, NodeRecord>,
+    ready: BTreeMap<String, ReadyTasks>,
 }
 
 fn classify(kvs: &BTreeMap<Vec<u8>, Vec<u8>>, issues: &mut Vec<Issue>) -> Parts {
@@ -336,6 +421,10 @@ fn classify(kvs: &BTreeMap<Vec<u8>, Vec<u8>>, issues: &mut Vec<Issue>) -> Parts 
             }),
             Key::Node(name) => parse::<NodeRecord>(v).map(|r| {
                 p.nodes.insert(name.to_string(), r);
+            }),
+            // A bad value is reported and counts as absent: all the node's tasks count.
+            Key::Ready(name) => parse::<ReadyTasks>(v).map(|r| {
+                p.ready.insert(name.to_string(), r);
             }),
             // Claims are the writers' bookkeeping: the services carry their VIPs.
             Key::VipClaim { .. } => parse::<VipClaim>(v).map(|_| ()),
@@ -443,11 +532,17 @@ fn build_ingress(
         serde_json::to_value(nodes).map_err(|e| e.to_string())?,
     );
     // A task on a node that is not registered (never was, or its lease expired) is not a
-    // backend: its node is gone from the mesh, so its tasks drain everywhere.
+    // backend: its node is gone from the mesh, so its tasks drain everywhere. A task on
+    // another node is one only once that node has wired it (see the module docs).
     let services: Vec<IngressService> = services
         .into_iter()
         .map(|mut s| {
-            s.tasks.retain(|t| p.nodes.contains_key(&t.node));
+            let name = s.name.as_str().to_string();
+            s.tasks.retain(|t| {
+                p.nodes.contains_key(&t.node)
+                    && (t.node == node
+                        || p.ready.get(&t.node).is_none_or(|r| r.lists(&name, t.addr)))
+            });
             s
         })
         .collect();
@@ -779,7 +874,11 @@ impl ClusterFile {
             .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
             .collect();
         let a = assemble("", &bytes);
-        if let Some(i) = a.issues.iter().find(|i| !i.key.starts_with(NODES_PREFIX)) {
+        if let Some(i) = a
+            .issues
+            .iter()
+            .find(|i| !i.key.starts_with(NODES_PREFIX) && !i.key.starts_with(READY_PREFIX))
+        {
             return Err(Error::invalid(&i.key, &i.reason));
         }
         Ok(out)
@@ -790,7 +889,7 @@ impl ClusterFile {
     pub fn from_kvs(kvs: &BTreeMap<Vec<u8>, Vec<u8>>) -> (ClusterFile, Vec<Issue>) {
         let mut issues = Vec::new();
         let mut p = classify(kvs, &mut issues);
-        issues.retain(|i| !i.key.starts_with(NODES_PREFIX));
+        issues.retain(|i| !i.key.starts_with(NODES_PREFIX) && !i.key.starts_with(READY_PREFIX));
         let mut networks = Vec::new();
         for (id, mut f) in std::mem::take(&mut p.networks) {
             f.services = p

@@ -40,7 +40,7 @@ use etcd_client::{
 };
 
 use crate::error::Error;
-use crate::layout::{self, ClusterFile, ClusterMeta, Issue, NodeRecord};
+use crate::layout::{self, ClusterFile, ClusterMeta, Issue, NodeRecord, ReadyTasks};
 
 /// How to reach etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,11 +278,15 @@ pub struct ApplyOutcome {
 pub struct Store {
     client: Client,
     cfg: StoreConfig,
+    index: usize,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("cfg", &self.cfg).finish()
+        f.debug_struct("Store")
+            .field("cfg", &self.cfg)
+            .field("endpoint", &self.cfg.endpoints.get(self.index))
+            .finish()
     }
 }
 
@@ -301,12 +305,30 @@ async fn deadline<T>(
 }
 
 impl Store {
-    /// Connects (the first request may still find the members down: every request reports
-    /// its own failure).
+    /// Connects to the first member that answers, trying them in the order given: see
+    /// [`Store::connect_from`].
     ///
     /// # Errors
-    /// [`Error::Etcd`] for a malformed endpoint or a failed connection; [`Error::Timeout`].
+    /// As [`Store::connect_from`].
     pub async fn connect(cfg: StoreConfig) -> Result<Store, Error> {
+        Store::connect_from(cfg, 0).await
+    }
+
+    /// Connects to one member: the first of the endpoints, starting at index `start` and
+    /// wrapping around, that answers a linearizable read (so it is up, reachable, and part
+    /// of a cluster with a leader). Every request of the connection goes to that member; a
+    /// caller that loses it connects again (an agent starts from the member that worked last,
+    /// [`Store::endpoint`]).
+    ///
+    /// One member at a time, not etcd-client's balanced channel over all of them: that
+    /// channel keeps sending requests to a dead member (each failing with a connect error), so
+    /// after a member died an agent could take tens of seconds of failed reconnects to land
+    /// on a live one. Here a dead member costs one refused connection (or `connect_timeout`).
+    ///
+    /// # Errors
+    /// The last member's error ([`Error::Etcd`], [`Error::Timeout`]) when none answers; the
+    /// others are logged.
+    pub async fn connect_from(cfg: StoreConfig, start: usize) -> Result<Store, Error> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(cfg.connect_timeout)
             .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
@@ -325,13 +347,53 @@ impl Store {
             }
             None => opts,
         };
-        let client = deadline(
-            &format!("connect {}", cfg.endpoints.join(",")),
+        let n = cfg.endpoints.len();
+        let mut last = Error::invalid("--etcd", "no endpoint given");
+        for i in 0..n {
+            let index = (start + i) % n;
+            let ep = &cfg.endpoints[index];
+            match Store::probe(&cfg, ep, opts.clone()).await {
+                Ok(client) => {
+                    tracing::debug!(endpoint = %ep, "connected to etcd");
+                    return Ok(Store { client, cfg, index });
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %ep, error = %e, "etcd member unreachable");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A client of member `ep`, once it answered one read.
+    async fn probe(cfg: &StoreConfig, ep: &str, opts: ConnectOptions) -> Result<Client, Error> {
+        let mut client = deadline(
+            &format!("connect {ep}"),
             cfg.connect_timeout + cfg.request_timeout,
-            Client::connect(&cfg.endpoints, Some(opts)),
+            Client::connect([ep], Some(opts)),
         )
         .await?;
-        Ok(Store { client, cfg })
+        deadline(
+            &format!("range {} (first read) at {ep}", layout::ROOT),
+            cfg.connect_timeout + cfg.request_timeout,
+            client.get(
+                layout::ROOT,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            ),
+        )
+        .await?;
+        Ok(client)
+    }
+
+    /// The index (in [`StoreConfig::endpoints`]) of the member this connection uses.
+    pub fn endpoint(&self) -> usize {
+        self.index
     }
 
     /// The configuration.
@@ -383,9 +445,14 @@ impl Store {
         })
     }
 
-    /// Registers a node: grants a lease of `ttl_secs`, puts `/vipmesh/v1/nodes/<name>` under
-    /// it and opens its keepalive stream. The key disappears when the lease expires (the
-    /// agent died or lost etcd for `ttl_secs`).
+    /// Registers a node: grants a lease of `ttl_secs`, puts `/vipmesh/v1/nodes/<name>` and
+    /// its ready tasks (`/vipmesh/v1/ready/<name>`) under it in one transaction, and opens its
+    /// keepalive stream. Both keys disappear when the lease expires (the agent died or lost
+    /// etcd for `ttl_secs`).
+    ///
+    /// `ready` is what the caller has wired; `None` (a process that has wired nothing yet)
+    /// keeps the ready tasks of this node's previous registration when it takes over its own
+    /// record (the tasks it wired are still in the kernel), and lists none otherwise.
     ///
     /// # Errors
     /// [`Error::Invalid`] for a name that is not one path segment; [`Error::Etcd`],
@@ -395,8 +462,10 @@ impl Store {
         name: &str,
         record: &NodeRecord,
         ttl_secs: i64,
+        ready: Option<&ReadyTasks>,
     ) -> Result<Registration, Error> {
         let key = layout::node_key(name);
+        let ready_key = layout::ready_key(name);
         if !matches!(layout::parse_key(&key), Ok(layout::Key::Node(n)) if n == name) {
             return Err(Error::invalid(
                 key,
@@ -421,6 +490,24 @@ impl Store {
                 holder: String::from_utf8_lossy(v).into_owned(),
             });
         }
+        let ready = match (ready, &current) {
+            (Some(r), _) => r.clone(),
+            (None, None) => ReadyTasks::default(),
+            (None, Some(_)) => {
+                let held = deadline(
+                    &format!("get {ready_key}"),
+                    t,
+                    self.client.get(ready_key.clone(), None),
+                )
+                .await?;
+                held.kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice(kv.value()).ok())
+                    .unwrap_or_default()
+            }
+        };
+        let ready =
+            serde_json::to_vec(&ready).map_err(|e| Error::invalid(&ready_key, e.to_string()))?;
         let lease = deadline("lease grant", t, self.client.lease_grant(ttl_secs, None)).await?;
         let id = lease.id();
         // Put only if the key is still what was read (no other node claimed it meanwhile).
@@ -428,11 +515,10 @@ impl Store {
             Some((rev, _)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
             None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
         };
-        let txn = Txn::new().when([unchanged]).and_then([TxnOp::put(
-            key.clone(),
-            value,
-            Some(PutOptions::new().with_lease(id)),
-        )]);
+        let txn = Txn::new().when([unchanged]).and_then([
+            TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
+            TxnOp::put(ready_key, ready, Some(PutOptions::new().with_lease(id))),
+        ]);
         let r = deadline(&format!("txn register {key}"), t, self.client.txn(txn)).await?;
         if !r.succeeded() {
             // Lost a race for the name: give the lease back (best effort; it expires anyway).
@@ -452,6 +538,40 @@ impl Store {
             stream,
             timeout: t,
         })
+    }
+
+    /// Publishes the tasks node `name` has wired, under its registration's lease, if the
+    /// node's key is still held by that lease. Returns false (nothing written) when it is
+    /// not: the lease expired, or another process holds the name.
+    ///
+    /// # Errors
+    /// [`Error::Etcd`], [`Error::Timeout`].
+    pub async fn publish_ready(
+        &mut self,
+        name: &str,
+        lease: i64,
+        ready: &ReadyTasks,
+    ) -> Result<bool, Error> {
+        let key = layout::ready_key(name);
+        let value = serde_json::to_vec(ready).map_err(|e| Error::invalid(&key, e.to_string()))?;
+        let txn = Txn::new()
+            .when([Compare::lease(
+                layout::node_key(name),
+                CompareOp::Equal,
+                lease,
+            )])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let r = deadline(
+            &format!("txn put {key}"),
+            self.cfg.request_timeout,
+            self.client.txn(txn),
+        )
+        .await?;
+        Ok(r.succeeded())
     }
 
     /// The cluster's desired state, with the values that do not parse, and the revision.

@@ -103,6 +103,11 @@ async fn one_member_down_is_survived_and_quorum_loss_degrades_and_resumes() {
         status.get().degraded.is_none()
     })
     .await;
+    // A connection skips the dead member (one refused connect), even when told to start there.
+    let all: Vec<String> = ms.iter().map(Etcd::url).collect();
+    let s = Store::connect_from(config(all.clone()), 0).await.unwrap();
+    assert_ne!(s.endpoint(), 0, "connected to the dead member");
+    drop(s);
 
     // Quorum lost: degraded, dataplane kept.
     let before = kernel.with("lb-demo", |n| {
@@ -118,6 +123,8 @@ async fn one_member_down_is_survived_and_quorum_loss_degrades_and_resumes() {
         status.get().degraded.is_some()
     })
     .await;
+    // The live member has no leader: it answers no read, so nothing connects to it.
+    assert!(Store::connect(config(all)).await.is_err());
     let full = status.get().full_syncs;
     eventually("periodic syncs go on", 30, || {
         status.get().full_syncs >= full + 2

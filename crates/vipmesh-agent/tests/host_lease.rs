@@ -27,20 +27,29 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn agent(
+type Running = (
+    FakeKernel,
+    StatusHandle,
+    tokio::task::JoinHandle<Result<(), vipmesh_agent::Error>>,
+);
+
+fn agent(e: &Etcd, node: &str, underlay: &str, sandbox: &str, task_ns: &str) -> Running {
+    agent_with(e, node, underlay, sandbox, Some(task_ns))
+}
+
+/// An agent on a fake kernel that has the node's host namespace and, when given, its task's.
+fn agent_with(
     e: &Etcd,
     node: &str,
     underlay: &str,
     sandbox: &str,
-    task_ns: &str,
-) -> (
-    FakeKernel,
-    StatusHandle,
-    tokio::task::JoinHandle<Result<(), vipmesh_agent::Error>>,
-) {
+    task_ns: Option<&str>,
+) -> Running {
     let kernel = FakeKernel::new();
     kernel.add_namespace("host", &["lo", "eth0"]);
-    kernel.add_namespace(task_ns, &["lo", "eth0"]);
+    if let Some(ns) = task_ns {
+        kernel.add_namespace(ns, &["lo", "eth0"]);
+    }
     let ctl = Controller::new(kernel.clone(), ControllerConfig::default());
     let mut cfg = AgentConfig::new(node);
     cfg.record = Some(NodeRecord {
@@ -105,6 +114,53 @@ async fn a_dead_agents_lease_expires_and_its_tasks_drain_elsewhere() {
     assert!(st.issues.is_empty(), "{:?}", st.issues);
     assert!(st.degraded.is_none());
     t1.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: runs a real etcd on loopback"]
+async fn a_remote_task_gets_traffic_only_once_its_node_has_wired_it() {
+    let e = Etcd::start().await;
+    let mut s = e.store().await;
+    s.cluster_apply(&ClusterFile::from_json(FILE).unwrap(), None)
+        .await
+        .unwrap();
+    let (k1, st1, t1) = agent(&e, "n1", "192.0.2.1", "10.255.0.2", "task-a");
+    // n2's task namespace does not exist yet (its runtime is slow): n2 registers, but its
+    // syncs fail, so it never lists the task as ready.
+    let (k2, st2, t2) = agent_with(&e, "n2", "192.0.2.2", "10.255.0.3", None);
+    eventually("n2 registered and failed to wire its task", 30, || {
+        node_keys(&e).contains(&layout::node_key("n2")) && st2.get().sync_errors > 0
+    })
+    .await;
+    let ready = |e: &Etcd| -> Option<layout::ReadyTasks> {
+        etcd_get(e, layout::ready_key("n2"), false)
+            .first()
+            .map(|(_, v)| serde_json::from_str(v).unwrap())
+    };
+    assert_eq!(ready(&e), Some(layout::ReadyTasks::default()));
+    // Time for n1 to take n2's registration in (its watch, batch window and sync).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(st1.get().revision >= st2.get().revision);
+    assert_eq!(
+        sandbox_backends(&k1),
+        [ip("10.255.0.10")],
+        "n1 balances to n2's task before n2 has wired it"
+    );
+
+    // The runtime creates the namespace: n2's retry wires the task, lists it, and n1 adds it.
+    k2.add_namespace("task-b", &["lo", "eth0"]);
+    eventually("n1 balances to n2's task once n2 wired it", 60, || {
+        sandbox_backends(&k1) == [ip("10.255.0.10"), ip("10.255.0.11")]
+    })
+    .await;
+    let r = ready(&e).unwrap();
+    assert!(r.lists("web", ip("10.255.0.11")), "{r:?}");
+    assert!(
+        k2.with("task-b", |n| !n.rules.is_empty()),
+        "n2 wired its task"
+    );
+    t1.abort();
+    t2.abort();
 }
 
 /// The key-value pairs under `key` (with `prefix`, every key that starts with it) now: a

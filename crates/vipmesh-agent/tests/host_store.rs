@@ -78,6 +78,7 @@ async fn apply_get_and_replace_in_one_transaction() {
                 sandbox_addr: ip("10.255.0.2"),
             },
             30,
+            None,
         )
         .await
         .unwrap();
@@ -246,29 +247,56 @@ async fn a_node_key_lives_as_long_as_its_lease() {
         underlay: ip("192.0.2.1"),
         sandbox_addr: ip("10.255.0.2"),
     };
-    let mut reg = s.register_node("n1", &rec, 2).await.unwrap();
+    let mut reg = s.register_node("n1", &rec, 2, None).await.unwrap();
     assert!(reg.keep_alive().await.unwrap() > 0);
     let snap = s.snapshot().await.unwrap();
     let v = snap.kvs.get(layout::node_key("n1").as_bytes()).unwrap();
     assert_eq!(serde_json::from_slice::<NodeRecord>(v).unwrap(), rec);
-    assert!(s.register_node("a/b", &rec, 2).await.is_err());
-    // Without keepalives the key goes with the lease.
+    let ready = |snap: &vipmesh_agent::store::Snapshot| {
+        snap.kvs
+            .get(layout::ready_key("n1").as_bytes())
+            .map(|v| serde_json::from_slice::<layout::ReadyTasks>(v).unwrap())
+    };
+    assert_eq!(
+        ready(&snap),
+        Some(layout::ReadyTasks::default()),
+        "a new registration lists no ready task, in the same transaction"
+    );
+    assert!(s.register_node("a/b", &rec, 2, None).await.is_err());
+
+    // Publishing under the registration's lease; refused under another lease.
+    let wired: layout::ReadyTasks =
+        serde_json::from_str(r#"{"services": {"web": ["10.255.0.10"]}}"#).unwrap();
+    assert!(s.publish_ready("n1", reg.lease(), &wired).await.unwrap());
+    assert!(
+        !s.publish_ready("n1", reg.lease() + 1, &layout::ReadyTasks::default())
+            .await
+            .unwrap(),
+        "the node key is not under that lease: nothing written"
+    );
+    assert_eq!(ready(&s.snapshot().await.unwrap()), Some(wired.clone()));
+
+    // A restart of the same node (same record, the old lease still alive) takes over and
+    // keeps what the previous process published: its tasks are still wired.
+    let old = reg.lease();
+    drop(reg);
+    let mut reg = s.register_node("n1", &rec, 2, None).await.unwrap();
+    assert_ne!(reg.lease(), old);
+    assert!(reg.keep_alive().await.unwrap() > 0);
+    assert_eq!(ready(&s.snapshot().await.unwrap()), Some(wired));
+
+    // Without keepalives both keys go with the lease.
     drop(reg);
     let mut gone = false;
     for _ in 0..100 {
-        if !s
-            .snapshot()
-            .await
-            .unwrap()
-            .kvs
-            .contains_key(layout::node_key("n1").as_bytes())
-        {
+        let snap = s.snapshot().await.unwrap();
+        if !snap.kvs.contains_key(layout::node_key("n1").as_bytes()) && ready(&snap).is_none() {
             gone = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(gone, "the node key outlived its lease");
+    assert!(gone, "the node key or its ready tasks outlived the lease");
 }
 
 /// Adds a service without a VIP to the cluster by read-modify-write (`cluster get`, then

@@ -383,6 +383,27 @@ impl<K: Kernel> Controller<K> {
         self.rules_trusted.clear();
     }
 
+    /// Whether the whole desired state is applied: a sync succeeded since it was last set,
+    /// and nothing is dirty, due or waiting for a retry. A cluster agent publishes its local
+    /// tasks as ready only then, so other nodes never send to a task before it is wired.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use vipmesh::{Controller, ControllerConfig};
+    /// let mut ctl = Controller::real(ControllerConfig::default());
+    /// assert!(!ctl.in_sync()); // nothing applied yet
+    /// if ctl.sync(vipmesh::plan::now_secs()).is_ok() {
+    ///     assert!(ctl.in_sync());
+    /// }
+    /// ```
+    pub fn in_sync(&self) -> bool {
+        self.applied.is_some()
+            && !self.full_due
+            && self.dirty.is_empty()
+            && self.retry.is_none()
+            && self.peers_pending.is_empty()
+    }
+
     /// When the next sync is due (seconds of the sync clock): a retry, a periodic resync,
     /// a drain to check. `None` when nothing is scheduled (nothing applied yet: sync now).
     pub fn next_deadline(&self) -> Option<u64> {

@@ -989,8 +989,10 @@ fn a_failed_partial_sync_makes_the_next_one_full() {
         ..ControllerConfig::default()
     };
     let mut c = Controller::new(k.clone(), cfg);
+    assert!(!c.in_sync(), "nothing applied yet");
     c.set_desired(node(sample()));
     let _ = c.sync(0).unwrap();
+    assert!(c.in_sync());
     // Someone else rewrites our rules: the cached view is now stale.
     k.with("lb-demo", |n| {
         for o in n.rules.values_mut() {
@@ -1000,13 +1002,25 @@ fn a_failed_partial_sync_makes_the_next_one_full() {
     let mut changed = sample();
     changed[0].ports = vec![ServicePort::new(Protocol::Tcp, 80).unwrap()];
     c.set_desired(node(changed));
+    assert!(!c.in_sync(), "a changed service is not applied yet");
     let e = c.sync(1).unwrap_err();
     assert!(matches!(e, Error::StepsFailed { .. }), "{e}");
+    assert!(!c.in_sync(), "a failed sync leaves it out of sync");
+    assert_eq!(
+        c.sync(1).unwrap().0,
+        SyncKind::Idle,
+        "waiting for the retry"
+    );
+    assert!(
+        !c.in_sync(),
+        "an idle sync while a retry waits is not in sync"
+    );
     let reads = k.with("lb-demo", |n| n.reads());
     let next = c.next_deadline().unwrap();
     assert!(next > 1, "retry with backoff");
     let (kind, _) = c.sync(next).unwrap();
     assert_eq!(kind, SyncKind::Full);
+    assert!(c.in_sync(), "the retry applied it");
     assert_eq!(
         k.with("lb-demo", |n| n.reads()),
         reads + 2,

@@ -63,6 +63,7 @@ fn keys_round_trip_through_parse_key() {
         Ok(Key::IngressService("x"))
     );
     assert_eq!(parse_key(&node_key("n")), Ok(Key::Node("n")));
+    assert_eq!(parse_key(&ready_key("n")), Ok(Key::Ready("n")));
     assert_eq!(parse_key(&options_key()), Ok(Key::Options));
     assert_eq!(parse_key(&meta_key()), Ok(Key::Meta));
     assert!(parse_key("/vipmesh/v1/services/a").is_err());
@@ -434,6 +435,89 @@ fn tasks_of_an_unregistered_node_are_left_out_not_the_service() {
         .map(|n| n.name.as_str())
         .collect();
     assert_eq!(names, ["n1"]);
+}
+
+#[test]
+fn a_remote_task_is_a_backend_only_once_its_node_lists_it_ready() {
+    let mut kvs = base();
+    put(&mut kvs, ingress_config_key(), INGRESS);
+    put(
+        &mut kvs,
+        ingress_service_key("web"),
+        r#"{"name": "web", "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
+            "tasks": [{"addr": "10.255.0.10", "node": "n1", "netns": "task-a"},
+                      {"addr": "10.255.0.11", "node": "n2", "netns": "task-b"},
+                      {"addr": "10.255.0.12", "node": "n2", "netns": "task-c"}]}"#,
+    );
+    for (n, u, sb) in [
+        ("n1", "192.0.2.1", "10.255.0.2"),
+        ("n2", "192.0.2.2", "10.255.0.3"),
+    ] {
+        put(
+            &mut kvs,
+            node_key(n),
+            &format!(r#"{{"underlay": "{u}", "sandbox_addr": "{sb}"}}"#),
+        );
+    }
+    let tasks = |a: &Assembled| -> Vec<String> {
+        a.state.ingress().unwrap().services[0]
+            .tasks
+            .iter()
+            .map(|t| t.addr.to_string())
+            .collect()
+    };
+    // No ready key (a node registered by an older agent): every task counts.
+    assert_eq!(
+        tasks(&assemble("n1", &kvs)),
+        ["10.255.0.10", "10.255.0.11", "10.255.0.12"]
+    );
+    // n2 has wired .11 only: n1 leaves .12 out until n2 lists it.
+    put(
+        &mut kvs,
+        ready_key("n2"),
+        r#"{"services": {"web": ["10.255.0.11"]}}"#,
+    );
+    let a = assemble("n1", &kvs);
+    assert!(a.issues.is_empty(), "{:?}", a.issues);
+    assert_eq!(tasks(&a), ["10.255.0.10", "10.255.0.11"]);
+    // A node counts its own tasks whatever it has listed; others wait for the list.
+    put(&mut kvs, ready_key("n1"), r#"{"services": {}}"#);
+    assert_eq!(
+        tasks(&assemble("n2", &kvs)),
+        ["10.255.0.11", "10.255.0.12"],
+        "n2's own tasks, and none of n1's before n1 lists them"
+    );
+    // Listed under another service: not this one's.
+    put(
+        &mut kvs,
+        ready_key("n2"),
+        r#"{"services": {"api": ["10.255.0.12"], "web": ["10.255.0.11", "10.255.0.12"]}}"#,
+    );
+    assert_eq!(
+        tasks(&assemble("n1", &kvs)),
+        ["10.255.0.10", "10.255.0.11", "10.255.0.12"]
+    );
+    // A malformed ready value is reported with its key and counts as absent.
+    put(&mut kvs, ready_key("n2"), r#"{"services": {"web": "x"}}"#);
+    let bad = assemble("n1", &kvs);
+    assert_eq!(keys(&bad), ["/vipmesh/v1/ready/n2"]);
+    assert_eq!(tasks(&bad), ["10.255.0.10", "10.255.0.11", "10.255.0.12"]);
+    // What a node publishes: its local tasks of the desired state.
+    let mine = ReadyTasks::local("n2", &assemble("n2", &kvs).state);
+    assert_eq!(
+        serde_json::to_string(&mine).unwrap(),
+        r#"{"services":{"web":["10.255.0.11","10.255.0.12"]}}"#
+    );
+    let fewer: ReadyTasks =
+        serde_json::from_str(r#"{"services": {"web": ["10.255.0.12"]}}"#).unwrap();
+    assert_eq!(mine.intersect(&fewer), fewer);
+    assert_eq!(
+        fewer.intersect(&ReadyTasks::default()),
+        ReadyTasks::default()
+    );
+    // The cluster's desired state does not include the agents' keys.
+    let (_, issues) = ClusterFile::from_kvs(&kvs);
+    assert!(issues.is_empty(), "{issues:?}");
 }
 
 #[test]
