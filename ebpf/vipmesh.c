@@ -263,7 +263,11 @@ int xdp_lb(struct xdp_md *ctx)
 	__u64 now, idle;
 	int r, syn, new_flow = 0;
 
-	vm_count(VM_C_RX);
+	/* No VM_C_RX or VM_C_FLOW_HIT here: userspace derives both (maps.rs,
+	 * derive_counters), so a hit pays one counter (its redirect) instead of
+	 * three. Every exit below counts exactly one terminal counter (pass_*,
+	 * drop_*, redirect_*, encap_fail), except the ones the parse makes
+	 * impossible (no config slot, headers shorter than parsed). */
 	r = vm_parse(data, data_end, &p);
 	if (r != VM_P_OK) {
 		vm_count(vm_parse_counter(r));
@@ -304,7 +308,6 @@ int xdp_lb(struct xdp_md *ctx)
 			be = NULL;
 		}
 		if (be) {
-			vm_count(VM_C_FLOW_HIT);
 			svc_id = f->svc;
 			/* The clock is coarse: most packets of a busy flow see the same
 			 * value, so skip the store (and keep the line clean). */

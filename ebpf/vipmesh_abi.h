@@ -50,7 +50,12 @@
  * given flow to the same Maglev slot. */
 #define VM_FLOW_HASH_SEED 0x9e3779b9u
 
-/* Global per-CPU counters (index into the `counters` map). */
+/* Global per-CPU counters (index into the `counters` map). VM_C_RX and
+ * VM_C_FLOW_HIT are not counted by the programs (they would cost the hit path
+ * two more increments): userspace derives them, RX as the sum of the terminal
+ * verdict counters of xdp_lb, FLOW_HIT as its forwarding verdicts (redirect_nat,
+ * redirect_encap, encap_fail, drop_family) minus FLOW_NEW (crates/vipmesh-xdp
+ * src/maps.rs, derive_counters). The slots stay so the indices never move. */
 enum vm_counter {
 	VM_C_RX = 0,
 	VM_C_PASS_NOT_IP = 1,

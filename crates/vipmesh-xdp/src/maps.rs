@@ -41,6 +41,47 @@ pub struct Dump {
 /// Global counters by name ([`abi::COUNTER_NAMES`]), summed over CPUs.
 pub type Counters = BTreeMap<&'static str, u64>;
 
+/// The terminal verdict counters of `xdp_lb`: every packet it sees ends in exactly one.
+const XDP_TERMINAL: [&str; 11] = [
+    "pass_not_ip",
+    "pass_fragment",
+    "pass_malformed",
+    "pass_not_ours",
+    "pass_options",
+    "pass_proto",
+    "drop_no_backend",
+    "drop_family",
+    "redirect_nat",
+    "redirect_encap",
+    "encap_fail",
+];
+
+/// The forwarding verdicts of `xdp_lb`: every flow hit and every new flow ends in exactly one.
+const XDP_FORWARDED: [&str; 4] = [
+    "redirect_nat",
+    "redirect_encap",
+    "encap_fail",
+    "drop_family",
+];
+
+/// Fills in the counters the programs do not count, to spare the hit path two increments
+/// (`ebpf/vipmesh_abi.h`, `enum vm_counter`): `rx` is the sum of the terminal verdicts of
+/// `xdp_lb`, `flow_hit` its forwarding verdicts minus `flow_new`. Per-CPU values are read one
+/// counter at a time, so while traffic flows a derived value may be off by the packets of that
+/// instant (never below zero); at rest it is exact.
+pub(crate) fn derive_counters(c: &mut Counters) {
+    let sum = |names: &[&str]| -> u64 {
+        names
+            .iter()
+            .map(|n| c.get(n).copied().unwrap_or(0))
+            .fold(0, u64::wrapping_add)
+    };
+    let rx = sum(&XDP_TERMINAL);
+    let hit = sum(&XDP_FORWARDED).saturating_sub(c.get("flow_new").copied().unwrap_or(0));
+    c.insert("rx", rx);
+    c.insert("flow_hit", hit);
+}
+
 /// The kernel maps of the fast path, with kernel semantics.
 ///
 /// Deleting what is absent is success. A table swap is atomic: readers see the old table or the
@@ -481,6 +522,7 @@ impl MapLayer for KernelMaps {
                 .map_err(|e| Error::map("counters", "get", e))?;
             out.insert(name, v.iter().sum());
         }
+        derive_counters(&mut out);
         Ok(out)
     }
 }
@@ -489,4 +531,34 @@ mod libc_flags {
     /// `BPF_F_INNER_MAP`: inner array maps of different sizes share one outer map
     /// (include/uapi/linux/bpf.h, Linux 5.10).
     pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_and_flow_hit_are_derived_from_the_verdicts() {
+        let mut c: Counters = abi::COUNTER_NAMES.iter().map(|&n| (n, 0)).collect();
+        // 3 not ours, 1 malformed, 2 new flows (one NAT, one encap), 5 NAT hits, 1 encap
+        // hit whose encapsulation failed, 1 new flow of the wrong family.
+        for (n, v) in [
+            ("pass_not_ours", 3),
+            ("pass_malformed", 1),
+            ("flow_new", 3),
+            ("redirect_nat", 6),
+            ("redirect_encap", 1),
+            ("encap_fail", 1),
+            ("drop_family", 1),
+        ] {
+            c.insert(n, v);
+        }
+        derive_counters(&mut c);
+        assert_eq!(c["rx"], 13);
+        assert_eq!(c["flow_hit"], 6);
+        // A torn read never goes below zero.
+        c.insert("flow_new", 100);
+        derive_counters(&mut c);
+        assert_eq!(c["flow_hit"], 0);
+    }
 }
