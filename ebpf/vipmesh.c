@@ -308,7 +308,6 @@ int xdp_lb(struct xdp_md *ctx)
 			be = NULL;
 		}
 		if (be) {
-			svc_id = f->svc;
 			/* The clock is coarse: most packets of a busy flow see the same
 			 * value, so skip the store (and keep the line clean). */
 			if (f->atime != now)
@@ -399,7 +398,9 @@ forward:
 		vm_count(VM_C_DROP_FAMILY);
 		return XDP_DROP;
 	}
-	vm_stats_add(&svc_stats, svc_id, p.len, new_flow);
+	/* Per backend only: a backend id belongs to one service, so userspace
+	 * sums a service's backends (and keeps in svc_stats what its retired
+	 * backends counted): one per-CPU update per packet, not two. */
 	vm_stats_add(&backend_stats, bid, p.len, new_flow);
 
 	if (be->mode == VM_MODE_NAT) {

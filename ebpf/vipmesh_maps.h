@@ -100,6 +100,9 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Written by userspace only: per service, what its retired backends counted in
+ * backend_stats (the programs count per backend; a service's statistics are the
+ * sum of its backends', see Dataplane::service_stats). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, VM_MAX_SERVICES);

@@ -156,7 +156,9 @@ pub trait MapLayer {
     ///
     /// Map errors.
     fn dump(&self) -> Result<Dump, Error>;
-    /// Reads the statistics of service `svc`, summed over CPUs.
+    /// Reads what `svc_stats` holds for service `svc`, summed over CPUs: the counts of its
+    /// retired backends (the programs count only per backend; see
+    /// [`MapLayer::add_service_stats`]).
     ///
     /// # Errors
     ///
@@ -175,6 +177,13 @@ pub trait MapLayer {
     ///
     /// [`Error::MapFull`] when `id` is out of range; map errors.
     fn reset_stats(&mut self, map: StatsMap, id: u32) -> Result<(), Error>;
+    /// Adds `s` to the `svc_stats` entry of service `svc` (the counts of a backend it retires,
+    /// which would otherwise leave the service's totals). Only userspace writes `svc_stats`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MapFull`] when `svc` is out of range; map errors.
+    fn add_service_stats(&mut self, svc: u32, s: Stats) -> Result<(), Error>;
     /// Reads the global counters.
     ///
     /// # Errors
@@ -503,6 +512,26 @@ impl MapLayer for KernelMaps {
             })?;
         m.set(id, zero, 0)
             .map_err(|e| full_or(name, capacity, "set", e))
+    }
+
+    fn add_service_stats(&mut self, svc: u32, s: Stats) -> Result<(), Error> {
+        let v = self
+            .svc_stats
+            .get(&svc, 0)
+            .map_err(|e| full_or("svc_stats", abi::MAX_SERVICES, "get", e))?;
+        let mut values: Vec<abi::StatsEntry> = v.iter().copied().collect();
+        if let Some(first) = values.first_mut() {
+            first.packets = first.packets.wrapping_add(s.packets);
+            first.bytes = first.bytes.wrapping_add(s.bytes);
+            first.new_flows = first.new_flows.wrapping_add(s.new_flows);
+        }
+        let values = aya::maps::PerCpuValues::try_from(values).map_err(|source| Error::Io {
+            op: "per-CPU statistics",
+            source,
+        })?;
+        self.svc_stats
+            .set(svc, values, 0)
+            .map_err(|e| full_or("svc_stats", abi::MAX_SERVICES, "set", e))
     }
 
     fn backend_stats(&self, id: u32) -> Result<Stats, Error> {

@@ -307,6 +307,9 @@ impl<M: MapLayer> Dataplane<M> {
         )?;
         for &r in &removed {
             self.maps.set_backend(r, &abi::BackendEntry::default())?;
+            // Its counts stay in the service's totals (see Dataplane::service_stats).
+            let s = self.maps.backend_stats(r)?;
+            self.maps.add_service_stats(id, s)?;
             self.used_backend_ids.remove(&r);
             self.gens.remove(&r);
         }

@@ -10,7 +10,13 @@ use crate::{
 };
 
 impl<M: MapLayer> Dataplane<M> {
-    /// Statistics of a service.
+    /// Statistics of a service: the sum of those of its backends, current and retired.
+    ///
+    /// The fast path counts each packet once, per backend (one per-CPU update on the hit path
+    /// instead of two); `svc_stats` holds what the service's retired backends had counted,
+    /// added when they were retired. A packet already past its backend's check when the
+    /// backend is retired may be counted after that addition, and then only in the retired
+    /// backend's slot.
     ///
     /// # Errors
     ///
@@ -22,7 +28,15 @@ impl<M: MapLayer> Dataplane<M> {
             .ok_or_else(|| Error::UnknownService {
                 service: key.to_string(),
             })?;
-        self.maps.service_stats(s.id)
+        s.backend_ids
+            .values()
+            .try_fold(self.maps.service_stats(s.id)?, |mut acc, &id| {
+                let b = self.maps.backend_stats(id)?;
+                acc.packets += b.packets;
+                acc.bytes += b.bytes;
+                acc.new_flows += b.new_flows;
+                Ok(acc)
+            })
     }
 
     /// Statistics per backend (address, port) of a service.

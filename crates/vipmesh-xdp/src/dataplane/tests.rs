@@ -211,6 +211,37 @@ fn a_fifth_nat_service_on_one_backend_is_refused_before_any_write() {
 }
 
 #[test]
+fn service_stats_sum_its_backends_and_keep_retired_ones() {
+    let mut d = dp();
+    let bkey = |id: u32| id | 0x8000_0000;
+    let s = |packets: u64| Stats {
+        packets,
+        bytes: packets * 100,
+        new_flows: 1,
+    };
+    let ip = |a: &str| (a.parse::<IpAddr>().unwrap(), 80);
+    let sp = spec(80, vec![be("10.1.0.2", 3), be("10.1.0.3", 3)]);
+    let r = d.upsert_service(&sp).unwrap();
+    let (b2, b3) = (r.backends[&ip("10.1.0.2")], r.backends[&ip("10.1.0.3")]);
+    // The fast path counts per backend only.
+    d.maps_mut().stats.insert(bkey(b2), s(4));
+    d.maps_mut().stats.insert(bkey(b3), s(6));
+    let total = Stats {
+        packets: 10,
+        bytes: 1000,
+        new_flows: 2,
+    };
+    assert_eq!(d.service_stats(&sp.key).unwrap(), total);
+    // Retiring a backend keeps its counts in the service's totals.
+    d.upsert_service(&spec(80, vec![be("10.1.0.2", 3)]))
+        .unwrap();
+    assert_eq!(d.service_stats(&sp.key).unwrap(), total);
+    assert_eq!(d.maps().service_stats(r.id).unwrap(), s(6));
+    d.maps_mut().stats.insert(bkey(b2), s(5));
+    assert_eq!(d.service_stats(&sp.key).unwrap().packets, 11);
+}
+
+#[test]
 fn reused_ids_start_with_zeroed_statistics() {
     let mut d = dp();
     let bkey = |id: u32| id | 0x8000_0000;

@@ -217,6 +217,20 @@ impl MapLayer for FakeMaps {
         Ok(())
     }
 
+    fn add_service_stats(&mut self, svc: u32, s: Stats) -> Result<(), Error> {
+        if svc >= abi::MAX_SERVICES {
+            return Err(Error::MapFull {
+                map: "svc_stats",
+                capacity: abi::MAX_SERVICES,
+            });
+        }
+        let e = self.stats.entry(svc).or_default();
+        e.packets += s.packets;
+        e.bytes += s.bytes;
+        e.new_flows += s.new_flows;
+        Ok(())
+    }
+
     fn counters(&self) -> Result<Counters, Error> {
         Ok(abi::COUNTER_NAMES.iter().map(|&n| (n, 0)).collect())
     }
