@@ -559,3 +559,25 @@ fn a_nodes_xdp_option_serves_its_published_ports_with_the_xdp_mesh() {
     let b = assemble("n2", &kvs);
     assert!(b.state.ipvs_ingress().is_some() && b.state.xdp().is_none());
 }
+
+#[test]
+fn the_layout_fuzz_seeds_assemble_without_issues() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/layout");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        let node = lines.next().unwrap();
+        let mut kvs = Kvs::new();
+        for l in lines {
+            let (k, v) = l.split_once('\t').unwrap();
+            put(&mut kvs, k.to_string(), v);
+        }
+        let a = assemble(node, &kvs);
+        assert!(a.issues.is_empty(), "{}: {:?}", path.display(), a.issues);
+        assert!(a.state.ingress().is_some(), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 1, "seeds in {}", dir.display());
+}
