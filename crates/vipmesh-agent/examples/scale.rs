@@ -106,6 +106,8 @@ fn mib(kb: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // As `vipmesh-agent agent` does before its runtime starts.
+    vipmesh_agent::cli::limit_malloc_arenas();
     let n: u32 = std::env::var("SCALE_SERVICES")
         .ok()
         .and_then(|v| v.parse().ok())
