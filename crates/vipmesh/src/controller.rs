@@ -157,6 +157,10 @@ pub struct Controller<K: Kernel> {
     /// removes). It programs the real kernel, whatever `K` is.
     #[cfg(feature = "xdp")]
     xdp: Option<(crate::xdp_mesh::XdpMesh, crate::xdp_mesh::XdpDesired)>,
+    /// Whether a mesh left by an earlier process for this node was looked for (once, at the
+    /// first apply whose state has an ingress without `xdp`).
+    #[cfg(feature = "xdp")]
+    xdp_left_checked: bool,
 }
 
 fn empty_state() -> NodeState {
@@ -201,6 +205,8 @@ impl<K: Kernel> Controller<K> {
             status: BTreeMap::new(),
             #[cfg(feature = "xdp")]
             xdp: None,
+            #[cfg(feature = "xdp")]
+            xdp_left_checked: false,
         }
     }
 
@@ -573,6 +579,30 @@ impl<K: Kernel> Controller<K> {
                     step: "xdp mesh teardown".into(),
                     result: mesh.teardown(&old),
                 });
+            } else if !self.xdp_left_checked
+                && let Some(ing) = self.desired.ingress()
+            {
+                // A process before this one may have applied a mesh this state no longer has.
+                let host = ing.host_netns.clone();
+                match crate::xdp_mesh::XdpMesh::teardown_left(&ing.node) {
+                    Ok(found) => {
+                        self.xdp_left_checked = true;
+                        if found {
+                            report.steps.push(apply::StepReport {
+                                netns: host.clone(),
+                                object: ObjectKey::Namespace(host),
+                                step: "xdp mesh teardown (left by an earlier process)".into(),
+                                result: Ok(()),
+                            });
+                        }
+                    }
+                    Err(e) => report.steps.push(apply::StepReport {
+                        netns: host.clone(),
+                        object: ObjectKey::Namespace(host),
+                        step: "xdp mesh teardown (left by an earlier process)".into(),
+                        result: Err(e),
+                    }),
+                }
             }
             return;
         };

@@ -669,6 +669,14 @@ impl Ingress {
             if n.name.is_empty() || !names.insert(n.name.as_str()) {
                 return Err(bad("ingress.nodes.name", &n.name, "empty or listed twice"));
             }
+            // It names this node's pin and state directories (the XDP mesh's defaults).
+            if n.name.contains(['/', '\0']) || n.name == "." || n.name == ".." {
+                return Err(bad(
+                    "ingress.nodes.name",
+                    &n.name,
+                    "not one path segment (it names the node's pin and state directories)",
+                ));
+            }
             if !underlays.insert(n.underlay) {
                 return Err(bad(
                     "ingress.nodes.underlay",

@@ -1798,6 +1798,12 @@ fn ingress_bad_input_is_refused_whole() {
         field(try_with(&|i| i.nodes[1].underlay = i.nodes[0].underlay)),
         "ingress.nodes.underlay"
     );
+    for name in ["../../etc", "a/b", "..", ".", "n\0"] {
+        let r = try_with(&|i| {
+            i.nodes[1].name = name.into();
+        });
+        assert_eq!(invalid(r).0, "ingress.nodes.name", "{name:?}");
+    }
     assert_eq!(
         field(try_with(&|i| i.services[0].tasks[0].node = "node9".into())),
         "ingress.services.tasks.node"

@@ -379,4 +379,21 @@ fn the_controller_drives_the_mesh_from_the_state_file() {
     assert!(!links.contains("xdp"), "{links}");
     assert!(!lab.pin_root.join("n1").exists(), "pins left");
     assert_eq!(arp_settings(&lab, 0), "0 0", "t1's sysctls restored");
+    assert!(!std::path::Path::new("/run/vipmesh/xdp/n1/mesh.json").exists());
+
+    // n2's controller gone without teardown, and the next process's state has no xdp: what
+    // the first one recorded under n2's name says what to remove.
+    drop(ctls);
+    assert!(std::path::Path::new("/run/vipmesh/xdp/n2/mesh.json").exists());
+    assert_ne!(arp_settings(&lab, 1), "0 0");
+    assert!(vipmesh::xdp_mesh::XdpMesh::teardown_left("n2").unwrap());
+    let links = lab.topo.sh(&lab.nodes[1], "ip link show up0");
+    assert!(!links.contains("xdp"), "{links}");
+    assert!(!lab.pin_root.join("n2").exists(), "pins left");
+    assert_eq!(arp_settings(&lab, 1), "0 0", "t2's sysctls restored");
+    assert!(!std::path::Path::new("/run/vipmesh/xdp/n2/mesh.json").exists());
+    assert!(
+        !vipmesh::xdp_mesh::XdpMesh::teardown_left("n2").unwrap(),
+        "nothing left the second time"
+    );
 }

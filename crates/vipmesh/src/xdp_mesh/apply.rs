@@ -294,6 +294,11 @@ impl XdpMesh {
     /// the next observe plans the rest.
     pub fn apply(&mut self, d: &XdpDesired, plan: &XdpPlan) -> Result<XdpApplyReport, Error> {
         let mut report = XdpApplyReport::default();
+        if !plan.steps.is_empty() {
+            // Before the first write: a process restarted without this mesh in its state
+            // finds what to remove from the node's name alone (XdpMesh::teardown_left).
+            Breadcrumb::of(d).write(&d.node, &d.host_netns)?;
+        }
         for step in &plan.steps {
             self.step(d, step, &mut report)?;
             tracing::info!(node = %d.node, step = %step, "xdp mesh step applied");
@@ -498,14 +503,61 @@ impl XdpMesh {
     ///
     /// # Errors
     /// [`Error::Xdp`], [`Error::Netns`], [`Error::System`].
-    pub fn teardown(mut self, d: &XdpDesired) -> Result<(), Error> {
+    pub fn teardown(self, d: &XdpDesired) -> Result<(), Error> {
+        let tasks: BTreeSet<String> = d.tasks.keys().cloned().collect();
+        self.teardown_at(&tasks, &d.sysctl_record)?;
+        Breadcrumb::remove(&d.node, &d.host_netns)
+    }
+
+    /// Tears down the mesh an earlier process applied for node `node`, when this process's
+    /// state has none (`ingress.xdp` was removed while no controller ran): what
+    /// [`XdpMesh::apply`] recorded under `/run/vipmesh/xdp/<node>/mesh.json` (the host
+    /// namespace, the pin root, the sysctl record and the task namespaces, whatever
+    /// `pin_root` and `state_dir` were) says what to remove, as [`XdpMesh::teardown`] does.
+    /// Returns whether there was one. A mesh applied by a version without that record is not
+    /// found.
+    ///
+    /// # Errors
+    /// A record that does not parse ([`Error::System`], naming it); as [`XdpMesh::teardown`].
+    pub fn teardown_left(node: &str) -> Result<bool, Error> {
+        let Some(b) = Breadcrumb::read(node)? else {
+            return Ok(false);
+        };
+        let host = match open_netns(&b.host_netns) {
+            Ok(h) => h,
+            Err(Error::MissingNamespace { .. }) => {
+                // The node's namespace is gone, and its programs and addresses with it; the
+                // pins outlive it.
+                tracing::warn!(node, netns = %b.host_netns, "xdp mesh left in a namespace that is gone: removing its pins");
+                FastPath::unpin_links(&b.pin_root).map_err(xe("unpin links", &b.host_netns))?;
+                FastPath::unpin(&b.pin_root).map_err(xe("unpin maps", &b.host_netns))?;
+                let _ = std::fs::remove_dir(&b.pin_root);
+                Breadcrumb::remove(node, &b.host_netns)?;
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        };
+        let mesh = XdpMesh {
+            host,
+            host_name: b.host_netns.clone(),
+            tasks: BTreeMap::new(),
+            fast: None,
+            held: BTreeMap::new(),
+            pin_root: b.pin_root.clone(),
+        };
+        mesh.teardown_at(&b.tasks, &b.sysctl_record)?;
+        Breadcrumb::remove(node, &b.host_netns)?;
+        Ok(true)
+    }
+
+    fn teardown_at(mut self, tasks: &BTreeSet<String>, sysctl_record: &Path) -> Result<(), Error> {
         let host = self.host_name.clone();
         if let Some(fp) = self.fast.as_mut() {
             fp.detach_all().map_err(xe("detach", &host))?;
         }
         self.held.clear();
         FastPath::unpin_links(&self.pin_root).map_err(xe("unpin links", &host))?;
-        let mut names: BTreeSet<String> = d.tasks.keys().cloned().collect();
+        let mut names = tasks.clone();
         names.extend(self.tasks.keys().cloned());
         for netns in names {
             let Ok(ns) = self.ns(&netns) else { continue };
@@ -522,14 +574,14 @@ impl XdpMesh {
                 }
             }
         }
-        let record = read_record(&d.sysctl_record, &host)?;
+        let record = read_record(sysctl_record, &host)?;
         for saved in record.values() {
             if saved.netns == host && KEPT_SYSCTLS.contains(&saved.key.as_str()) {
                 continue;
             }
             self.restore_sysctl(saved)?;
         }
-        write_record(&d.sysctl_record, &BTreeMap::new(), &host)?;
+        write_record(sysctl_record, &BTreeMap::new(), &host)?;
         drop(self.fast.take());
         FastPath::unpin(&self.pin_root).map_err(xe("unpin maps", &host))?;
         match std::fs::remove_dir(&self.pin_root) {
@@ -605,11 +657,16 @@ pub(super) fn write_record(path: &Path, record: &Record, netns: &str) -> Result<
             _ => Ok(()),
         };
     }
+    let list: Vec<&SavedSysctl> = record.values().collect();
+    write_json(path, &list, netns)
+}
+
+/// Writes `value` as JSON to `path` atomically (a new file renamed over it).
+fn write_json(path: &Path, value: &impl serde::Serialize, netns: &str) -> Result<(), Error> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| record_error(path, netns, "create", e))?;
     }
-    let list: Vec<&SavedSysctl> = record.values().collect();
-    let text = serde_json::to_string_pretty(&list).map_err(|e| {
+    let text = serde_json::to_string_pretty(value).map_err(|e| {
         record_error(
             path,
             netns,
@@ -620,4 +677,82 @@ pub(super) fn write_record(path: &Path, record: &Record, netns: &str) -> Result<
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).map_err(|e| record_error(path, netns, "write", e))?;
     std::fs::rename(&tmp, path).map_err(|e| record_error(path, netns, "replace", e))
+}
+
+/// Where a node's mesh lives, recorded at a place found from the node's name alone
+/// (`/run/vipmesh/xdp/<node>/mesh.json`), so that a process whose state no longer has the
+/// mesh can still remove it ([`XdpMesh::teardown_left`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Breadcrumb {
+    host_netns: String,
+    pin_root: PathBuf,
+    sysctl_record: PathBuf,
+    /// Every task namespace the mesh has programmed (their `lo` addresses).
+    tasks: BTreeSet<String>,
+}
+
+impl Breadcrumb {
+    fn path(node: &str) -> PathBuf {
+        PathBuf::from("/run/vipmesh/xdp")
+            .join(node)
+            .join("mesh.json")
+    }
+
+    fn of(d: &XdpDesired) -> Breadcrumb {
+        Breadcrumb {
+            host_netns: d.host_netns.clone(),
+            pin_root: d.pin_root.clone(),
+            sysctl_record: d.sysctl_record.clone(),
+            tasks: d.tasks.keys().cloned().collect(),
+        }
+    }
+
+    /// Records this mesh, keeping the task namespaces recorded before (one that left may
+    /// still hold an address of ours until the next teardown).
+    fn write(mut self, node: &str, netns: &str) -> Result<(), Error> {
+        if let Some(old) = Breadcrumb::read(node)?
+            && old.pin_root == self.pin_root
+            && old.host_netns == self.host_netns
+        {
+            self.tasks.extend(old.tasks);
+        }
+        write_json(&Breadcrumb::path(node), &self, netns)
+    }
+
+    fn read(node: &str) -> Result<Option<Breadcrumb>, Error> {
+        let path = Breadcrumb::path(node);
+        let err = |what: &str, e: std::io::Error| Error::System {
+            op: format!("{what} the xdp mesh record {}", path.display()),
+            netns: String::new(),
+            source: e,
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err("read", e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            err(
+                "parse",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
+    }
+
+    fn remove(node: &str, netns: &str) -> Result<(), Error> {
+        let path = Breadcrumb::path(node);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(record_error(&path, netns, "remove", e))
+            }
+            _ => {
+                // The directory goes when nothing else is in it (the default state dir).
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                Ok(())
+            }
+        }
+    }
 }

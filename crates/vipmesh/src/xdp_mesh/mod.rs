@@ -54,7 +54,10 @@
 //! Teardown ([`XdpMesh::teardown`]) detaches and unpins our links, removes our maps and our
 //! addresses and puts back the recorded sysctl values, except the host's forwarding
 //! ([`KEPT_SYSCTLS`]: other dataplanes of the node need it); it touches no other program
-//! (links are ours by their pin, never by name).
+//! (links are ours by their pin, never by name). [`XdpMesh::apply`] records where the mesh
+//! lives (host namespace, pin root, sysctl record, task namespaces) under
+//! `/run/vipmesh/xdp/<node>/mesh.json`, so a controller restarted with a state whose ingress
+//! no longer has `xdp` tears the old mesh down too ([`XdpMesh::teardown_left`]).
 //!
 //! # Requirements and limits
 //!

@@ -36,12 +36,18 @@ pub struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Pins outlive namespaces: remove what a failed test left.
+        // Pins outlive namespaces: remove what a failed test left, and the meshes' records
+        // (XdpMesh::apply writes them under the nodes' names).
         let _ = std::process::Command::new("rm")
             .arg("-rf")
             .arg(&self.pin_root)
             .arg(&self.state_dir)
             .status();
+        for n in ["n1", "n2"] {
+            let dir = std::path::Path::new("/run/vipmesh/xdp").join(n);
+            let _ = std::fs::remove_file(dir.join("mesh.json"));
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
