@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use vipmesh_testkit::cluster::{ClusterLab, Traffic};
-use vipmesh_testkit::{Requirement, eventually, require};
+use vipmesh_testkit::{Requirement, eventually, require, within};
 
 /// The agent binary: cargo's, or `VIPMESH_AGENT_BIN` (a copy, so that a rebuild during a
 /// long guest run cannot swap it).
@@ -250,4 +250,85 @@ fn agents_as_processes_serve_the_mesh_and_a_kill_9_drops_nothing() {
     last.write_all(b"bye\n").unwrap();
     let mut buf = [0u8; 4];
     let _ = last.read(&mut buf);
+}
+
+/// Waits until node `i`'s published port reaches exactly `tasks`.
+fn serves(c: &ClusterLab, i: usize, tasks: &[&str], what: &str) {
+    let want: BTreeSet<String> = tasks.iter().map(|t| t.to_string()).collect();
+    eventually(
+        Duration::from_secs(600),
+        &format!("node{} serves {what}", i + 1),
+        || match c.reached(i, 3 * tasks.len()) {
+            Ok(got) if got == want => Ok(()),
+            Ok(got) => Err(format!("{got:?}")),
+            Err(e) => Err(e),
+        },
+    );
+}
+
+#[test]
+#[ignore = "guest: needs the IPVS guest kernel and etcd; run by cargo xtask test"]
+fn three_agents_on_three_members_scale_up_and_lose_the_leader_without_a_failed_request() {
+    needs();
+    let mut c = ClusterLab::new(&bin(), 3, &[0, 1, 2], 3);
+    let ctl = c.ctl.clone();
+    c.etcd
+        .wait_healthy(&ctl, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.etcd.logs()));
+    apply_vote(&c, &["vote.1", "vote.2", "vote.3"]);
+    for i in 0..3 {
+        c.start_agent(i);
+    }
+    for i in 0..3 {
+        serves(&c, i, &["vote.1", "vote.2", "vote.3"], "the three tasks");
+    }
+
+    // Under steady requests through every node: a new task on node3. The other nodes add it
+    // to their IPVS only once node3 lists it as ready, so no request is refused meanwhile.
+    let urls: Vec<String> = (0..3).map(|i| c.url(i, 8080)).collect();
+    let traffic = Traffic::start(&c.lab.client, &urls, 100_000);
+    let t4 = c.lab.add_task(2);
+    c.lab.start_servers();
+    apply_vote(&c, &["vote.1", "vote.2", "vote.3", &t4.name]);
+    for i in 0..3 {
+        serves(
+            &c,
+            i,
+            &["vote.1", "vote.2", "vote.3", &t4.name],
+            "four tasks",
+        );
+    }
+
+    // The etcd leader killed: a change written through the two others reaches every node.
+    let leader = within(Duration::from_secs(120), "the etcd leader", || {
+        c.etcd.leader(&ctl, 0)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    c.etcd.kill9(leader);
+    c.etcd
+        .wait_healthy(&ctl, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.etcd.logs()));
+    apply_vote(&c, &["vote.1", "vote.2", "vote.3"]);
+    for i in 0..3 {
+        serves(
+            &c,
+            i,
+            &["vote.1", "vote.2", "vote.3"],
+            "the three tasks again",
+        );
+    }
+    let log = traffic.stop();
+    let failed: Vec<_> = log.iter().filter(|o| o.result.is_err()).collect();
+    assert!(
+        log.len() >= 10 && failed.is_empty(),
+        "{} requests, failed: {failed:?}\n{}",
+        log.len(),
+        c.diag()
+    );
+    for (i, a) in c.agents.iter_mut().enumerate() {
+        assert!(a.proc.alive(), "agent {i}\n{}", c.diag());
+        let (code, body) = a.get("/healthz").unwrap();
+        assert_eq!(code, 200, "agent {i}: {body}\n{}", c.diag());
+    }
+    eprintln!("{} requests through three nodes, 0 failed", log.len());
 }
