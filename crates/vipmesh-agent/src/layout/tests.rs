@@ -390,42 +390,55 @@ fn cluster_apply_refuses_what_an_agent_would_skip() {
     assert!(ClusterFile::from_json("{\"netwrks\": []}").is_err());
 }
 
-#[test]
-fn tasks_of_an_unregistered_node_are_left_out_not_the_service() {
+/// The base snapshot with the ingress, nodes n1 and n2 registered, and the published service
+/// `web` with `tasks` (a JSON array).
+fn two_nodes(tasks: &str) -> Kvs {
     let mut kvs = base();
     put(&mut kvs, ingress_config_key(), INGRESS);
     put(
         &mut kvs,
         ingress_service_key("web"),
-        r#"{"name": "web", "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
-            "tasks": [{"addr": "10.255.0.10", "node": "n1", "netns": "task-a"},
-                      {"addr": "10.255.0.11", "node": "n2", "netns": "task-b"}]}"#,
+        &format!(
+            r#"{{"name": "web", "ports": [{{"protocol": "tcp", "published": 8080, "target": 80}}],
+            "tasks": {tasks}}}"#
+        ),
     );
-    put(
-        &mut kvs,
-        node_key("n1"),
-        r#"{"underlay": "192.0.2.1", "sandbox_addr": "10.255.0.2"}"#,
+    for (n, u, sb) in [
+        ("n1", "192.0.2.1", "10.255.0.2"),
+        ("n2", "192.0.2.2", "10.255.0.3"),
+    ] {
+        put(
+            &mut kvs,
+            node_key(n),
+            &format!(r#"{{"underlay": "{u}", "sandbox_addr": "{sb}"}}"#),
+        );
+    }
+    kvs
+}
+
+/// The addresses of `web`'s tasks in an assembled state.
+fn web_tasks(a: &Assembled) -> Vec<String> {
+    a.state.ingress().unwrap().services[0]
+        .tasks
+        .iter()
+        .map(|t| t.addr.to_string())
+        .collect()
+}
+
+#[test]
+fn tasks_of_an_unregistered_node_are_left_out_not_the_service() {
+    let mut kvs = two_nodes(
+        r#"[{"addr": "10.255.0.10", "node": "n1", "netns": "task-a"},
+            {"addr": "10.255.0.11", "node": "n2", "netns": "task-b"}]"#,
     );
-    put(
-        &mut kvs,
-        node_key("n2"),
-        r#"{"underlay": "192.0.2.2", "sandbox_addr": "10.255.0.3"}"#,
-    );
-    let tasks = |a: &Assembled| -> Vec<String> {
-        a.state.ingress().unwrap().services[0]
-            .tasks
-            .iter()
-            .map(|t| t.addr.to_string())
-            .collect()
-    };
     let both = assemble("n1", &kvs);
     assert!(both.issues.is_empty(), "{:?}", both.issues);
-    assert_eq!(tasks(&both), ["10.255.0.10", "10.255.0.11"]);
+    assert_eq!(web_tasks(&both), ["10.255.0.10", "10.255.0.11"]);
     // n2's lease expired: its key is gone, and so is its task; web stays.
     kvs.remove(node_key("n2").as_bytes());
     let one = assemble("n1", &kvs);
     assert!(one.issues.is_empty(), "{:?}", one.issues);
-    assert_eq!(tasks(&one), ["10.255.0.10"]);
+    assert_eq!(web_tasks(&one), ["10.255.0.10"]);
     let names: Vec<&str> = one
         .state
         .ingress()
@@ -439,36 +452,14 @@ fn tasks_of_an_unregistered_node_are_left_out_not_the_service() {
 
 #[test]
 fn a_remote_task_is_a_backend_only_once_its_node_lists_it_ready() {
-    let mut kvs = base();
-    put(&mut kvs, ingress_config_key(), INGRESS);
-    put(
-        &mut kvs,
-        ingress_service_key("web"),
-        r#"{"name": "web", "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
-            "tasks": [{"addr": "10.255.0.10", "node": "n1", "netns": "task-a"},
-                      {"addr": "10.255.0.11", "node": "n2", "netns": "task-b"},
-                      {"addr": "10.255.0.12", "node": "n2", "netns": "task-c"}]}"#,
+    let mut kvs = two_nodes(
+        r#"[{"addr": "10.255.0.10", "node": "n1", "netns": "task-a"},
+            {"addr": "10.255.0.11", "node": "n2", "netns": "task-b"},
+            {"addr": "10.255.0.12", "node": "n2", "netns": "task-c"}]"#,
     );
-    for (n, u, sb) in [
-        ("n1", "192.0.2.1", "10.255.0.2"),
-        ("n2", "192.0.2.2", "10.255.0.3"),
-    ] {
-        put(
-            &mut kvs,
-            node_key(n),
-            &format!(r#"{{"underlay": "{u}", "sandbox_addr": "{sb}"}}"#),
-        );
-    }
-    let tasks = |a: &Assembled| -> Vec<String> {
-        a.state.ingress().unwrap().services[0]
-            .tasks
-            .iter()
-            .map(|t| t.addr.to_string())
-            .collect()
-    };
     // No ready key (a node registered by an older agent): every task counts.
     assert_eq!(
-        tasks(&assemble("n1", &kvs)),
+        web_tasks(&assemble("n1", &kvs)),
         ["10.255.0.10", "10.255.0.11", "10.255.0.12"]
     );
     // n2 has wired .11 only: n1 leaves .12 out until n2 lists it.
@@ -479,11 +470,11 @@ fn a_remote_task_is_a_backend_only_once_its_node_lists_it_ready() {
     );
     let a = assemble("n1", &kvs);
     assert!(a.issues.is_empty(), "{:?}", a.issues);
-    assert_eq!(tasks(&a), ["10.255.0.10", "10.255.0.11"]);
+    assert_eq!(web_tasks(&a), ["10.255.0.10", "10.255.0.11"]);
     // A node counts its own tasks whatever it has listed; others wait for the list.
     put(&mut kvs, ready_key("n1"), r#"{"services": {}}"#);
     assert_eq!(
-        tasks(&assemble("n2", &kvs)),
+        web_tasks(&assemble("n2", &kvs)),
         ["10.255.0.11", "10.255.0.12"],
         "n2's own tasks, and none of n1's before n1 lists them"
     );
@@ -494,14 +485,17 @@ fn a_remote_task_is_a_backend_only_once_its_node_lists_it_ready() {
         r#"{"services": {"api": ["10.255.0.12"], "web": ["10.255.0.11", "10.255.0.12"]}}"#,
     );
     assert_eq!(
-        tasks(&assemble("n1", &kvs)),
+        web_tasks(&assemble("n1", &kvs)),
         ["10.255.0.10", "10.255.0.11", "10.255.0.12"]
     );
     // A malformed ready value is reported with its key and counts as absent.
     put(&mut kvs, ready_key("n2"), r#"{"services": {"web": "x"}}"#);
     let bad = assemble("n1", &kvs);
     assert_eq!(keys(&bad), ["/vipmesh/v1/ready/n2"]);
-    assert_eq!(tasks(&bad), ["10.255.0.10", "10.255.0.11", "10.255.0.12"]);
+    assert_eq!(
+        web_tasks(&bad),
+        ["10.255.0.10", "10.255.0.11", "10.255.0.12"]
+    );
     // What a node publishes: its local tasks of the desired state.
     let mine = ReadyTasks::local("n2", &assemble("n2", &kvs).state);
     assert_eq!(
