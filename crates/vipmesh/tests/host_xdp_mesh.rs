@@ -327,10 +327,10 @@ fn the_controller_drives_the_mesh_from_the_state_file() {
     let lab = lab(&[0, 1]);
     let all = [0, 1];
     // Through the state file's JSON, as `vipmesh apply` reads it.
-    let state = |node: usize| {
+    let state_of = |node: usize, active: &[usize]| {
         let st = NodeState::with_ingress(
             vec![],
-            Some(ingress_xdp(&lab, node, &all)),
+            Some(ingress_xdp(&lab, node, active)),
             NodeOptions::default(),
         )
         .unwrap();
@@ -338,6 +338,7 @@ fn the_controller_drives_the_mesh_from_the_state_file() {
         assert!(text.contains("\"uplink\":\"up0\""), "{text}");
         NodeState::from_json(&text).unwrap()
     };
+    let state = |node: usize| state_of(node, &all);
     let mut ctls = Vec::new();
     for node in 0..2 {
         let mut c = Controller::real(ControllerConfig::default());
@@ -371,6 +372,20 @@ fn the_controller_drives_the_mesh_from_the_state_file() {
     assert!(c.plan_now().unwrap().is_empty());
     let (_, seen) = who(&client(&lab, "who 192.0.2.1 8080"));
     assert_eq!(seen, CLIENT);
+    // t1 leaves while no controller runs: the next process cleans up after it (its address
+    // and its sysctls) from what the one before recorded.
+    let t1 = lab.topo.sh(&lab.tasks[0].ns, "ip addr show lo");
+    assert!(t1.contains("192.0.2.2"), "{t1}");
+    assert_ne!(arp_settings(&lab, 0), "0 0");
+    drop(c);
+    let mut c = Controller::real(ControllerConfig::default());
+    c.set_desired(state_of(0, &[1]));
+    let r = c.sync_full(vipmesh::plan::now_secs()).unwrap();
+    let again = c.plan_now().unwrap();
+    assert!(again.is_empty(), "{again}\nafter:\n{r}");
+    let t1 = lab.topo.sh(&lab.tasks[0].ns, "ip addr show lo");
+    assert!(!t1.contains("192.0.2.2"), "t1's address left: {t1}");
+    assert_eq!(arp_settings(&lab, 0), "0 0", "t1's sysctls restored");
     // No ingress any more: the mesh is torn down, pins and task addresses gone.
     c.set_desired(NodeState::new(vec![], NodeOptions::default()).unwrap());
     let _ = c.sync_full(vipmesh::plan::now_secs()).unwrap();

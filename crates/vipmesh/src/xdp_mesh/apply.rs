@@ -212,9 +212,16 @@ impl XdpMesh {
                     .insert((self.host_name.clone(), k.clone()), val.trim().to_owned());
             }
         }
-        // Tasks: desired ones, and those this process knew (to clean up after them).
+        // Tasks: desired ones, and those this process or the one before it (its record)
+        // programmed, to clean up after them.
         let mut names: BTreeSet<String> = d.tasks.keys().cloned().collect();
         names.extend(self.tasks.keys().cloned());
+        if let Ok(Some(b)) = Breadcrumb::read(&d.node)
+            && b.pin_root == d.pin_root
+            && b.host_netns == d.host_netns
+        {
+            names.extend(b.tasks);
+        }
         for netns in names {
             let wanted = d.tasks.contains_key(&netns);
             let ns = match self.ns(&netns) {
@@ -297,12 +304,26 @@ impl XdpMesh {
         if !plan.steps.is_empty() {
             // Before the first write: a process restarted without this mesh in its state
             // finds what to remove from the node's name alone (XdpMesh::teardown_left).
-            Breadcrumb::of(d).write(&d.node, &d.host_netns)?;
+            let mut b = Breadcrumb::of(d);
+            b.tasks.extend(self.tasks.keys().cloned());
+            write_json(&Breadcrumb::path(&d.node), &b, &d.host_netns)?;
         }
         for step in &plan.steps {
             self.step(d, step, &mut report)?;
             tracing::info!(node = %d.node, step = %step, "xdp mesh step applied");
             report.applied.push(step.to_string());
+        }
+        if plan.steps.iter().any(|s| matches!(s, XdpStep::Load { .. })) {
+            // Maps reopened from their pins hold what an earlier process wrote, which the plan
+            // could not see before the load: one more round removes what is no longer
+            // desired (a task that left while no process ran), so applying twice changes
+            // nothing. The fast path is loaded now: this round has no load step of its own.
+            let o = self.observe(d)?;
+            for step in &super::plan(d, &o)?.steps {
+                self.step(d, step, &mut report)?;
+                tracing::info!(node = %d.node, step = %step, "xdp mesh step applied (after the load)");
+                report.applied.push(step.to_string());
+            }
         }
         Ok(report)
     }
@@ -688,7 +709,10 @@ struct Breadcrumb {
     host_netns: String,
     pin_root: PathBuf,
     sysctl_record: PathBuf,
-    /// Every task namespace the mesh has programmed (their `lo` addresses).
+    /// The task namespaces the mesh has programmed and that may still hold an address of
+    /// ours: the desired ones and those the writing process still knew (observe adds the
+    /// recorded ones that still exist, so a task that left while no process ran is cleaned
+    /// up, and the list does not grow with namespaces that are gone).
     tasks: BTreeSet<String>,
 }
 
@@ -706,18 +730,6 @@ impl Breadcrumb {
             sysctl_record: d.sysctl_record.clone(),
             tasks: d.tasks.keys().cloned().collect(),
         }
-    }
-
-    /// Records this mesh, keeping the task namespaces recorded before (one that left may
-    /// still hold an address of ours until the next teardown).
-    fn write(mut self, node: &str, netns: &str) -> Result<(), Error> {
-        if let Some(old) = Breadcrumb::read(node)?
-            && old.pin_root == self.pin_root
-            && old.host_netns == self.host_netns
-        {
-            self.tasks.extend(old.tasks);
-        }
-        write_json(&Breadcrumb::path(node), &self, netns)
     }
 
     fn read(node: &str) -> Result<Option<Breadcrumb>, Error> {
