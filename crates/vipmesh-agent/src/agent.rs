@@ -171,6 +171,9 @@ struct Published {
     lease: i64,
     /// The ready tasks this process last wrote (None: nothing yet).
     ready: Option<ReadyTasks>,
+    /// The ready key must be written again: the last write failed, or a re-registration
+    /// wrote it concurrently with a newer list. The agent retries every second meanwhile.
+    pending: bool,
 }
 
 fn lock_published(p: &Mutex<Published>) -> MutexGuard<'_, Published> {
@@ -362,7 +365,10 @@ where
         }
         self.publish_ready(&mut store).await;
         loop {
-            let due = until(lock(&self.ctl).next_deadline());
+            let mut due = until(lock(&self.ctl).next_deadline());
+            if lock_published(&self.published).pending {
+                due = due.min(Duration::from_secs(1));
+            }
             tokio::select! {
                 () = shutdown.as_mut() => return Leave::Shutdown,
                 m = rx.recv() => {
@@ -412,15 +418,15 @@ where
 
     /// Writes this node's ready tasks when they changed: all its local tasks once the
     /// controller has applied the whole desired state; before that, only removals (tasks no
-    /// longer desired leave the list; none is added). Failures are logged and retried after
-    /// the next sync.
+    /// longer desired leave the list; none is added). Failures are logged and retried every
+    /// second.
     async fn publish_ready(&self, store: &mut Store) {
         if self.cfg.record.is_none() {
             return;
         }
-        let (lease, published) = {
+        let (lease, published, pending) = {
             let p = lock_published(&self.published);
-            (p.lease, p.ready.clone())
+            (p.lease, p.ready.clone(), p.pending)
         };
         let want = {
             let ctl = lock(&self.ctl);
@@ -433,20 +439,27 @@ where
                 return;
             }
         };
-        if lease == 0 || published.as_ref() == Some(&want) {
+        if lease == 0 || (!pending && published.as_ref() == Some(&want)) {
             return;
         }
-        match store.publish_ready(&self.cfg.node, lease, &want).await {
+        let res = store.publish_ready(&self.cfg.node, lease, &want).await;
+        let mut p = lock_published(&self.published);
+        match res {
             Ok(true) => {
                 tracing::info!(node = %self.cfg.node, tasks = want.services.values().map(|a| a.len()).sum::<usize>(), "ready tasks published");
-                lock_published(&self.published).ready = Some(want);
+                p.ready = Some(want);
+                p.pending = false;
             }
-            Ok(false) => tracing::warn!(
-                node = %self.cfg.node,
-                "ready tasks not published: the node key is not under this agent's lease"
-            ),
+            Ok(false) => {
+                tracing::warn!(
+                    node = %self.cfg.node,
+                    "ready tasks not published: the node key is not under this agent's lease"
+                );
+                p.pending = true;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "ready tasks not published (retried after the next sync)")
+                tracing::warn!(error = %e, "ready tasks not published (retried in a second)");
+                p.pending = true;
             }
         }
     }
@@ -553,7 +566,11 @@ impl Keepalive {
                             .await
                         {
                             Ok(r) => {
-                                lock_published(&published).lease = r.lease();
+                                let mut p = lock_published(&published);
+                                p.lease = r.lease();
+                                // It wrote the list read above; a newer one may have gone
+                                // out meanwhile under the old lease: write it again.
+                                p.pending = true;
                                 reg = r;
                             }
                             Err(e) => {
