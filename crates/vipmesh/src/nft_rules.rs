@@ -305,12 +305,38 @@ pub fn tables(
     Ok(out)
 }
 
-/// The marks our VIP maps record in one observed table of ours (network = the table's id;
-/// the service is resolved by its VIP by the planner).
+/// The marks our VIP maps and ingress port map record in one observed table of ours
+/// (network = the table's id; the planner resolves the service by its VIP or published port).
 pub fn recorded(obs: &nft::Observed) -> Vec<Recorded> {
     let mut out = Vec::new();
     if obs.owner != nft::Ownership::Ours {
         return out;
+    }
+    for (name, map) in obs.table.maps() {
+        if name.as_str() != nft::names::INGRESS_PORT {
+            continue;
+        }
+        for (k, v) in map.elements() {
+            let (Some(nft::KeyValue::Proto(p)), Some(nft::KeyValue::Port(port))) =
+                (k.values().first(), k.values().get(1))
+            else {
+                continue;
+            };
+            let Some(protocol) = crate::model::Protocol::ALL
+                .into_iter()
+                .find(|x| proto(*x) == *p)
+            else {
+                continue;
+            };
+            let nft::Value::Mark(mark) = v else { continue };
+            out.push(Recorded {
+                network: obs.table.id().as_str().to_string(),
+                service: None,
+                mark: *mark,
+                vip: IpAddr::from([0u8; 4]),
+                port: Some((protocol, *port)),
+            });
+        }
     }
     let names = [
         nft::names::VIP4,
@@ -334,12 +360,27 @@ pub fn recorded(obs: &nft::Observed) -> Vec<Recorded> {
                 service: None,
                 mark: *mark,
                 vip,
+                port: None,
             });
         }
     }
     out.sort();
     out.dedup();
     out
+}
+
+/// The services of `net` by published port (protocol, port): how a recorded mark of the nft
+/// ingress port map is resolved to its service.
+pub(crate) fn services_by_port(
+    net: &NetworkState,
+) -> BTreeMap<(crate::model::Protocol, u16), &ServiceName> {
+    net.services()
+        .flat_map(|s| {
+            s.ports
+                .iter()
+                .map(move |p| ((p.protocol, p.port.get()), &s.name))
+        })
+        .collect()
 }
 
 /// The services of `net` by VIP (both families): how a recorded mark of an nft map element is

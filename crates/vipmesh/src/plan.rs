@@ -731,7 +731,9 @@ impl fmt::Display for Plan {
 }
 
 /// Assigns a fwmark to every VIP service of `net` in the namespace observed as `obs`:
-/// 1. the mark its rule comment records (restarts keep their marks);
+/// 1. the mark its rule comment records, or its VIP's or (ingress) published port's nft map
+///    element (restarts keep their marks, and so does a service whose real servers were all
+///    replaced);
 /// 2. else the mark of an IPVS service of ours (in the network's range, not recorded for
 ///    another service) whose real servers are the service's backends — the second record, so a
 ///    mark survives the loss of its rule (a flushed chain) without recreating the service;
@@ -753,10 +755,17 @@ pub fn allocate_marks(
     // This network's records, by service (recorded() is sorted, so marks come in order).
     let mut by_service: BTreeMap<&ServiceName, Vec<u32>> = BTreeMap::new();
     let owners = crate::nft_rules::services_by_vip(net);
+    let port_owners = crate::nft_rules::services_by_port(net);
+    let owner = |r: &Recorded| -> Option<&ServiceName> {
+        match r.port {
+            Some(p) => port_owners.get(&p).copied(),
+            None => owners.get(&r.vip).copied(),
+        }
+    };
     let by_vip: Vec<(&ServiceName, u32)> = recorded
         .iter()
         .filter(|r| r.network == n.id.as_str() && range.contains(r.mark) && r.service.is_none())
-        .filter_map(|r| Some((*owners.get(&r.vip)?, r.mark)))
+        .filter_map(|r| Some((owner(r)?, r.mark)))
         .collect();
     for r in recorded
         .iter()
@@ -786,9 +795,8 @@ pub fn allocate_marks(
     // An nft map element of this network whose VIP no service has any more names no service
     // (iptables comments do): its IPVS service may still be claimed by its real servers below
     // (a VIP that moved keeps its mark), so it is not reserved here.
-    let unnamed = |r: &&Recorded| {
-        r.service.is_none() && r.network == n.id.as_str() && !owners.contains_key(&r.vip)
-    };
+    let unnamed =
+        |r: &&Recorded| r.service.is_none() && r.network == n.id.as_str() && owner(r).is_none();
     let mut reserved: BTreeSet<u32> = used.clone();
     reserved.extend(
         recorded

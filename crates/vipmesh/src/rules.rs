@@ -238,8 +238,12 @@ pub struct Recorded {
     pub service: Option<ServiceName>,
     /// Its fwmark.
     pub mark: u32,
-    /// The VIP the rule matches.
+    /// The VIP the rule matches (unspecified for the ingress sandbox's, which match any
+    /// address).
     pub vip: IpAddr,
+    /// For an nft ingress map element: the published port (protocol, port) it marks; the
+    /// planner resolves the service by it.
+    pub port: Option<(crate::model::Protocol, u16)>,
 }
 
 /// Reads back the recorded marks from our mark chains (any network) of one observed family.
@@ -259,12 +263,18 @@ pub fn recorded(obs: &nf::Observed) -> Vec<Recorded> {
             else {
                 continue;
             };
-            let Some(d) = &matches.destination else {
-                continue;
-            };
             let Some(rest) = c.as_str().strip_prefix(RECORD_TAG) else {
                 continue;
             };
+            // The ingress sandbox's rules match published ports on any address: their record
+            // is the comment alone (the address is only read for records without a service).
+            let vip = matches.destination.as_ref().map_or_else(
+                || match obs.family {
+                    nf::Family::V4 => IpAddr::from([0u8; 4]),
+                    nf::Family::V6 => IpAddr::from([0u8; 16]),
+                },
+                |d| d.cidr.addr(),
+            );
             let Some((net, svc)) = rest.split_once(" svc=") else {
                 continue;
             };
@@ -273,7 +283,8 @@ pub fn recorded(obs: &nf::Observed) -> Vec<Recorded> {
                     network: net.to_string(),
                     service: Some(service),
                     mark: m.value,
-                    vip: d.cidr.addr(),
+                    vip,
+                    port: None,
                 };
                 out.push(rec);
             }

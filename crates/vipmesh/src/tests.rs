@@ -2014,3 +2014,51 @@ fn the_state_file_fuzz_seeds_load() {
     }
     assert!(n >= 2, "seeds in {}", dir.display());
 }
+
+#[test]
+fn a_published_service_whose_only_task_is_replaced_keeps_its_mark_through_a_full_sync() {
+    replaced_tasks_keep_their_marks(Firewall::Iptables);
+}
+
+/// Two published services, each with one task on another node; both tasks replaced and the
+/// next sync a full one: the marks are read back from what records them (rule comments, nft
+/// map elements), not re-derived from real servers that no longer match.
+pub(crate) fn replaced_tasks_keep_their_marks(firewall: Firewall) {
+    let k = ingress_world();
+    let mut c = ctl(&k);
+    let opts = NodeOptions {
+        firewall,
+        ..NodeOptions::default()
+    };
+    let state = |vote: &str, web: &str| {
+        let mut ing = ingress_spec(&[(vote, "node2", None)]);
+        let mut s = ing.services[0].clone();
+        s.name = ServiceName::new("web").unwrap();
+        s.ports = vec![crate::ingress::PublishedPort {
+            protocol: Protocol::Tcp,
+            published: Port::new(8081).unwrap(),
+            target: Port::new(80).unwrap(),
+            mode: crate::ingress::PublishMode::Ingress,
+        }];
+        s.tasks[0].addr = ip(web);
+        ing.services.push(s);
+        NodeState::with_ingress(vec![], Some(ing), opts.clone()).unwrap()
+    };
+    apply(&mut c, state("10.255.0.6", "10.255.0.7"), 0);
+    let before = c.marks().clone();
+    // Both services' only task replaced, and the next sync is a full one (the periodic
+    // resync, or another change in the same batch).
+    c.set_desired(state("10.255.0.16", "10.255.0.17"));
+    c.request_full_sync();
+    let _ = c.sync(1).unwrap();
+    assert_eq!(c.marks(), &before, "marks moved");
+    // The old tasks drained (no connection): the next sync deletes them, then nothing is left.
+    let _ = c.sync_full(2).unwrap();
+    assert_eq!(c.marks(), &before);
+    assert_eq!(
+        dests(&k, "sbox1", ipvs::Family::Inet, before["ingress"]["web"]),
+        vec![(ip("10.255.0.17"), 1)]
+    );
+    let p = plan_at(&mut c, 3);
+    assert!(p.is_empty(), "{p}");
+}

@@ -274,3 +274,8 @@ fn random_faults_converge_on_nftables() {
     assert_eq!(our_chains(&k, "lb-demo"), 0);
     assert!(table(&k, "lb-demo", "vipmesh-demo").is_some());
 }
+
+#[test]
+fn a_published_service_whose_only_task_is_replaced_keeps_its_mark_on_nftables() {
+    crate::tests::replaced_tasks_keep_their_marks(Firewall::Nftables);
+}
