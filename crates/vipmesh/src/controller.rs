@@ -31,6 +31,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vipmesh_ipvs::{self as ipvs, IpvsBackend};
@@ -284,8 +285,12 @@ impl<K: Kernel> Controller<K> {
             let Some(o) = old.network(n.id().as_str()) else {
                 continue;
             };
-            for s in n.services() {
-                if o.service(s.name.as_str()) != Some(s) {
+            for s in n.services_shared() {
+                // A service the two states share is unchanged (no need to compare it).
+                let same = o
+                    .service_shared(s.name.as_str())
+                    .is_some_and(|x| Arc::ptr_eq(x, s) || x == s);
+                if !same {
                     self.dirty.insert((n.id().clone(), s.name.clone()));
                 }
             }
@@ -303,37 +308,11 @@ impl<K: Kernel> Controller<K> {
     /// [`Error::UnknownObject`] for an unknown network; validation errors as
     /// [`crate::model::NetworkState::new`]; nothing changes then.
     pub fn upsert_service(&mut self, network: &str, s: Service) -> Result<(), Error> {
-        let unknown = || Error::UnknownObject {
-            kind: "network",
-            name: network.to_string(),
-        };
-        // The ingress network's services follow its spec: change them with a new NodeState.
-        let net = self.desired.network(network).ok_or_else(unknown)?;
-        // One VIP in two networks of the same namespace is refused, as NodeState::new does.
-        let ns = net.network().lb_netns.clone();
-        for other in self.desired.all_networks() {
-            if other.id() == net.id() || other.network().lb_netns != ns {
-                continue;
-            }
-            for v in s
-                .vips_of()
-                .iter()
-                .flat_map(|v| v.iter().collect::<Vec<_>>())
-            {
-                if other.vip_holder(v).is_some() {
-                    return Err(Error::invalid(
-                        "service.vip",
-                        format!("{v} in {network} and {}", other.id()),
-                        "one VIP in two networks of the same namespace",
-                    ));
-                }
-            }
-        }
         let name = s.name.clone();
-        let net = self.desired.network_mut(network).ok_or_else(unknown)?;
-        net.upsert_service(s)?;
-        let id = net.id().clone();
-        self.dirty.insert((id, name));
+        self.desired.upsert_service(network, s)?;
+        if let Some(net) = self.desired.network(network) {
+            self.dirty.insert((net.id().clone(), name));
+        }
         Ok(())
     }
 
@@ -1069,9 +1048,9 @@ impl<K: Kernel> Controller<K> {
                 let new = self
                     .desired
                     .any_network(id.as_str())
-                    .and_then(|n| n.service(name.as_str()));
+                    .and_then(|n| n.service_shared(name.as_str()));
                 if let (Some(n), Some(s)) = (applied.network_mut(id.as_str()), new) {
-                    n.set_service_unchecked(s.clone());
+                    n.set_service_unchecked(Arc::clone(s));
                 }
             }
         } else {

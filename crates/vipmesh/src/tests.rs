@@ -2062,3 +2062,31 @@ pub(crate) fn replaced_tasks_keep_their_marks(firewall: Firewall) {
     let p = plan_at(&mut c, 3);
     assert!(p.is_empty(), "{p}");
 }
+
+#[test]
+fn a_cloned_network_shares_its_services_until_one_copy_changes() {
+    use std::sync::Arc;
+    let st = NodeState::from_json(FULL_STATE).unwrap();
+    let net = st.networks().next().unwrap().clone();
+    let mut copy = net.clone();
+    let shared = |a: &NetworkState, b: &NetworkState, name: &str| {
+        Arc::ptr_eq(
+            a.service_shared(name).unwrap(),
+            b.service_shared(name).unwrap(),
+        )
+    };
+    assert!(shared(&net, &copy, "vote"));
+    // A change to the copy is the copy's alone: the service and the index.
+    let vip: std::net::IpAddr = "10.0.0.30".parse().unwrap();
+    let moved = Service::vip("vote", vip, &["10.0.0.31".parse().unwrap()]).unwrap();
+    copy.upsert_service(moved).unwrap();
+    assert!(!shared(&net, &copy, "vote"));
+    assert_eq!(copy.vip_holder(vip).map(|n| n.as_str()), Some("vote"));
+    assert_eq!(net.vip_holder(vip), None);
+    assert_eq!(net, st.networks().next().unwrap().clone());
+    assert_ne!(net, copy);
+    // Removing from the copy leaves the original whole.
+    assert!(copy.remove_service("vote").is_some());
+    assert!(net.service("vote").is_some());
+    assert_eq!(copy.vip_holder(vip), None);
+}
