@@ -5,7 +5,7 @@
 //! services (default 10 000, `SCALE_SERVICES`) of 10 backends each, starts the agent in
 //! this process on `vipmesh::fake::FakeKernel` and waits until every service is in the fake
 //! IPVS. Prints VmRSS and VmHWM of this process before the agent started (the baseline: the
-//! runtime and an etcd client) and once converged. The fake kernel's tables live in this
+//! runtime and an etcd client) and once converged and idle (no sync for 2 s). The fake kernel's tables live in this
 //! process too (on a real node the kernel holds them), so the figure over-counts the agent.
 //! Then 1000 separate puts from 8 connections each change one service's backends, and it
 //! prints the watch events and the change syncs they became. Run:
@@ -23,23 +23,19 @@
 
 #[path = "../tests/etcd/mod.rs"]
 mod etcd;
+#[path = "../tests/scale/mod.rs"]
+mod scale;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Txn, TxnOp};
+use scale::{net, svc};
 use vipmesh::dataplane::Kernel;
 use vipmesh::fake::FakeKernel;
 use vipmesh::{Controller, ControllerConfig};
-use vipmesh_agent::agent::{Agent, AgentConfig};
+use vipmesh_agent::agent::{Agent, AgentConfig, StatusHandle};
 use vipmesh_agent::layout;
-
-fn net(lb_netns: &str) -> String {
-    format!(
-        r#"{{"id": "demo", "lb_netns": "{lb_netns}", "lb_interface": "eth0",
-    "subnets": [{{"subnet": "10.0.0.0/8", "lb_addr": "10.0.0.2"}}],
-    "fwmarks": {{"first": 256, "last": 131071}}}}"#
-    )
-}
 
 /// The namespace of `SCALE_REAL`: created with a dummy `eth0`, deleted on drop.
 struct RealNs(String);
@@ -69,27 +65,6 @@ impl Drop for RealNs {
             .args(["netns", "del", &self.0])
             .status();
     }
-}
-
-fn addr(i: u32) -> String {
-    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
-}
-
-/// Service `i`: VIP 10.0.x.y, backends from 10.1.0.0 on (`gen` shifts them).
-fn svc(i: u32, generation: u32) -> String {
-    let backends: Vec<String> = (0..10)
-        .map(|b| {
-            format!(
-                r#"{{"addr": "{}"}}"#,
-                addr((1 << 16) + i * 10 + b + generation * 200_000)
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"name": "s{i}", "mode": {{"vip": ["{}"]}}, "backends": [{}]}}"#,
-        addr(16 + i),
-        backends.join(",")
-    )
 }
 
 fn status_kb(field: &str) -> u64 {
@@ -214,6 +189,7 @@ async fn converge<K: Kernel + Send + 'static>(
         assert!(t0.elapsed() < Duration::from_secs(600), "never converged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    settle(&status, &ctl).await;
     let (rss1, hwm1) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
     let dests = count_dests();
     println!(
@@ -261,8 +237,7 @@ async fn converge<K: Kernel + Send + 'static>(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the last batch's sync finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle(&status, &ctl).await;
     let after = status.get();
     println!(
         "watch burst: {} task changes (one put each) -> {} watch responses -> {} change syncs ({} incremental, {} full) in {:.2} s",
@@ -281,6 +256,27 @@ async fn converge<K: Kernel + Send + 'static>(
     );
     let _ = tx.send(());
     task.await.unwrap().unwrap();
+}
+
+/// Waits until the agent is idle: no sync ran for 2 s after the one running (which holds the
+/// controller) ended, so the memory is measured between syncs, after the agent gave a large
+/// sync's freed memory back (`agent::release_free_heap`).
+async fn settle<K: Kernel>(status: &StatusHandle, ctl: &Arc<Mutex<Controller<K>>>) {
+    let syncs = || {
+        let s = status.get();
+        (
+            s.change_syncs,
+            s.full_syncs + s.incremental_syncs + s.sync_errors,
+        )
+    };
+    loop {
+        let before = syncs();
+        drop(ctl.lock().unwrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if syncs() == before {
+            break;
+        }
+    }
 }
 
 fn baseline(n: u32) {

@@ -171,19 +171,21 @@ impl Etcd {
     }
 }
 
-/// Caps glibc's malloc at two arenas before the runtime starts its threads (what
-/// `MALLOC_ARENA_MAX=2` does; an environment setting still wins, as glibc reads it first).
+/// Keeps glibc's malloc to one arena before the runtime starts its threads (what
+/// `MALLOC_ARENA_MAX=1` does; an environment setting still wins, as glibc reads it first).
 /// glibc gives threads that allocate concurrently arenas of their own (up to 8 per core), and
 /// a sync's large, short-lived allocations on tokio's blocking threads were left spread over
-/// them: after a burst of 1000 watch events at 10 000 services the agent's RSS was 156.8 MiB
-/// with the default and 117.7 MiB with two arenas (README, "Memory and watch bursts").
-/// See mallopt(3).
+/// them. At 10 000 services x 10 backends on a real kernel, after a burst of 1000 watch
+/// events the agent's RSS was 156.8 MiB with the default and 117.7 MiB with two arenas; with
+/// the heap trimmed after syncs ([`crate::agent::release_free_heap`]), one arena left
+/// 49.6-51.0 MiB where two left 53.6-55.5 (README, "Memory and watch bursts"). The agent's
+/// allocations are not contended enough for one arena's lock to matter. See mallopt(3).
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter; it is called before this process
         // starts any thread of its own.
-        let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     }
 }
 

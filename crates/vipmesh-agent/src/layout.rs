@@ -332,6 +332,18 @@ fn parse<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, String> {
     serde_json::from_slice(v).map_err(|e| format!("invalid JSON: {e}"))
 }
 
+/// The value of `/vipmesh/v1/services/<network>/<name>`.
+fn parse_service(v: &[u8], name: &str) -> Result<Service, String> {
+    let s = parse::<Service>(v)?;
+    if s.name.as_str() != name {
+        return Err(format!(
+            "its name {:?} is not the key's {name:?}",
+            s.name.as_str()
+        ));
+    }
+    Ok(s)
+}
+
 /// The parsed values of a snapshot, before they are checked together.
 #[derive(Debug, Default)]
 struct Parts {
@@ -382,18 +394,11 @@ fn classify(kvs: &BTreeMap<Vec<u8>, Vec<u8>>, issues: &mut Vec<Issue>) -> Parts 
                     Ok(())
                 }
             }),
-            Key::Service { network, name } => parse::<Service>(v).and_then(|s| {
-                if s.name.as_str() != name {
-                    return Err(format!(
-                        "its name {:?} is not the key's {name:?}",
-                        s.name.as_str()
-                    ));
-                }
+            Key::Service { network, name } => parse_service(v, name).map(|s| {
                 p.services
                     .entry(network.to_string())
                     .or_default()
                     .insert(name.to_string(), s);
-                Ok(())
             }),
             Key::IngressConfig => parse::<Map<String, Value>>(v).and_then(|m| {
                 match ["node", "nodes", "services"]
@@ -625,6 +630,67 @@ pub fn assemble_local(
     }
     issues.sort_by(|a, b| a.key.cmp(&b.key));
     Assembled { state, issues }
+}
+
+/// `prev` with `changes` (keys and their new values, `None` for a deletion, in revision
+/// order) applied service by service, when that gives what [`assemble_local`] would give for
+/// the changed snapshot: `prev` must be the assembly, **without issues**, of the snapshot
+/// before the changes. It is when every change is a service of one of `prev`'s networks (or
+/// the writers' bookkeeping: `cluster`, `vips/`) and each new service is valid against the
+/// rest, since a valid whole holds the same services whatever the order they were checked
+/// in. `None` otherwise (any other key, a bad value, a conflict): assemble the whole snapshot
+/// then, which decides and reports the conflicts.
+///
+/// A watch batch that changes a few services of a large state costs the parsing and checking
+/// of those services (and a clone of `prev`, which shares its services) instead of the whole
+/// snapshot's.
+///
+/// # Examples
+/// ```
+/// use std::collections::BTreeMap;
+/// use vipmesh_agent::layout;
+/// let mut kvs = BTreeMap::new();
+/// kvs.insert(layout::network_key("demo").into_bytes(), br#"{"id": "demo",
+///     "lb_netns": "lb-demo", "lb_interface": "eth0",
+///     "subnets": [{"subnet": "10.0.0.0/24", "lb_addr": "10.0.0.2"}]}"#.to_vec());
+/// let prev = layout::assemble("n1", &kvs).state;
+/// let key = layout::service_key("demo", "vote");
+/// let value = br#"{"name": "vote", "mode": {"vip": ["10.0.0.9"]},
+///     "backends": [{"addr": "10.0.0.10"}]}"#;
+/// let next = layout::apply_service_changes(&prev, [(key.as_bytes(), Some(&value[..]))])
+///     .expect("a service of a known network");
+/// kvs.insert(key.into_bytes(), value.to_vec());
+/// assert_eq!(next, layout::assemble("n1", &kvs).state);
+/// // A change the whole assembly must decide: None.
+/// let bad = layout::service_key("demo", "web");
+/// assert!(layout::apply_service_changes(&prev, [(bad.as_bytes(), Some(&b"{"[..]))]).is_none());
+/// ```
+pub fn apply_service_changes<'a>(
+    prev: &NodeState,
+    changes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Option<NodeState> {
+    let mut state = prev.clone();
+    for (k, v) in changes {
+        let key = std::str::from_utf8(k).ok()?;
+        match (parse_key(key).ok()?, v) {
+            (Key::Service { network, name }, Some(v)) => {
+                let s = parse_service(v, name).ok()?;
+                state.upsert_service(network, s).ok()?;
+            }
+            (Key::Service { network, name }, None) => {
+                state.remove_service(network, name)?;
+            }
+            (Key::Meta, Some(v)) => {
+                parse::<ClusterMeta>(v).ok()?;
+            }
+            (Key::VipClaim { .. }, Some(v)) => {
+                parse::<VipClaim>(v).ok()?;
+            }
+            (Key::Meta | Key::VipClaim { .. }, None) => {}
+            _ => return None,
+        }
+    }
+    Some(state)
 }
 
 /// Services left out with their network.

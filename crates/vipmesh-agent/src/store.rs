@@ -1,4 +1,4 @@
-//! The store: the [`layout`](crate::layout) in etcd, over `etcd-client` (gRPC, etcd ≥ 3.4).
+//! The store: the [`crate::layout`] in etcd, over `etcd-client` (gRPC, etcd ≥ 3.4).
 //!
 //! - [`Store::snapshot`]: one range read of `/vipmesh/`, at one revision;
 //! - [`Store::watch`]: the changes under `/vipmesh/` from a revision on (a compacted start

@@ -196,6 +196,9 @@ async fn a_change_written_to_etcd_reaches_the_fake_kernel() {
         st.snapshots, 1,
         "changes came through the watch, not reloads"
     );
+    // Services, claims and the apply record only: each batch went service by service.
+    assert_eq!(st.service_batches, st.change_syncs, "{st:?}");
+    assert!(st.service_batches >= 2, "{st:?}");
     assert!(st.degraded.is_none());
     assert!(st.revision >= s.snapshot().await.unwrap().revision - 1);
     r.stop().await;
@@ -300,6 +303,11 @@ async fn a_burst_of_changes_becomes_few_syncs() {
     let events = after.watch_events - before.watch_events;
     let syncs = after.change_syncs - before.change_syncs;
     assert_eq!(events, N as u64);
+    assert_eq!(
+        after.service_batches - before.service_batches,
+        syncs,
+        "every batch applied service by service"
+    );
     assert!(syncs * 10 <= events, "{syncs} syncs for {events} events");
     assert!(after.issues.is_empty(), "{:?}", after.issues);
     eprintln!(

@@ -564,13 +564,21 @@ fn the_layout_fuzz_seeds_assemble_without_issues() {
         let mut lines = text.lines();
         let node = lines.next().unwrap();
         let mut kvs = Kvs::new();
-        for l in lines {
+        for l in lines.by_ref().take_while(|l| *l != "--") {
             let (k, v) = l.split_once('\t').unwrap();
             put(&mut kvs, k.to_string(), v);
         }
         let a = assemble(node, &kvs);
         assert!(a.issues.is_empty(), "{}: {:?}", path.display(), a.issues);
         assert!(a.state.ingress().is_some(), "{}", path.display());
+        // The changes after `--` go service by service.
+        let changes: Vec<(String, Option<String>)> = lines
+            .map(|l| match l.split_once('\t') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (l.to_string(), None),
+            })
+            .collect();
+        assert!(by_service(&mut kvs, &changes), "{}", path.display());
         n += 1;
     }
     assert!(n >= 1, "seeds in {}", dir.display());
@@ -595,4 +603,94 @@ fn a_cluster_file_round_trips_through_its_keys_with_any_number() {
     let (again, issues) = ClusterFile::from_kvs(&bytes);
     assert!(issues.is_empty(), "{issues:?}");
     assert_eq!(again.to_kvs().unwrap(), written);
+}
+
+/// Applies `changes` to `kvs` and to its assembly: when the changes go service by service,
+/// the result is exactly the whole assembly of the changed snapshot (which has no issues).
+fn by_service(kvs: &mut Kvs, changes: &[(String, Option<String>)]) -> bool {
+    let prev = assemble("n1", kvs);
+    assert!(prev.issues.is_empty(), "{:?}", prev.issues);
+    let next = apply_service_changes(
+        &prev.state,
+        changes
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_ref().map(|v| v.as_bytes()))),
+    );
+    for (k, v) in changes {
+        match v {
+            Some(v) => put(kvs, k.clone(), v),
+            None => {
+                kvs.remove(k.as_bytes());
+            }
+        }
+    }
+    let whole = assemble("n1", kvs);
+    match next {
+        Some(next) => {
+            assert!(whole.issues.is_empty(), "{:?}", whole.issues);
+            assert_eq!(next, whole.state);
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn a_batch_of_services_applies_service_by_service_as_the_whole_assembly_would() {
+    let mut kvs = base();
+    let k = |n: &str| service_key("demo", n);
+    let s = |v: String| Some(v);
+    // Changed backends, a new service, a removed one, claims and the apply record.
+    assert!(by_service(
+        &mut kvs,
+        &[
+            (k("vote"), s(vip("vote", "10.0.0.9", "10.0.0.11"))),
+            (k("api"), s(vip("api", "10.0.0.29", "10.0.0.30"))),
+            (k("web"), None),
+            (
+                vip_claim_key("demo", "10.0.0.29".parse().unwrap()),
+                s(r#"{"service": "api"}"#.into())
+            ),
+            (vip_claim_key("demo", "10.0.0.19".parse().unwrap()), None),
+        ],
+    ));
+    // A VIP handed from one service to another within one batch: valid in this order.
+    assert!(by_service(
+        &mut kvs,
+        &[
+            (k("api"), None),
+            (k("web"), s(vip("web", "10.0.0.29", "10.0.0.31"))),
+        ],
+    ));
+    // Everything the whole assembly must decide or report: no change is applied.
+    for (key, v) in [
+        // A conflict: the whole assembly keeps one of the two services, in name order.
+        (k("aaa"), s(vip("aaa", "10.0.0.29", "10.0.0.40"))),
+        // A bad value, a name that is not the key's, an unknown network.
+        (k("vote"), s("{".into())),
+        (k("vote"), s(vip("other", "10.0.0.9", "10.0.0.11"))),
+        (
+            service_key("nope", "x"),
+            s(vip("x", "10.0.0.50", "10.0.0.51")),
+        ),
+        // A service that is not there; keys that are not services.
+        (k("ghost"), None),
+        (network_key("demo"), s(NET.into())),
+        (options_key(), s(r#"{"drain_timeout": 6}"#.into())),
+        (node_key("n2"), None),
+        ("/vipmesh/v1/bogus".into(), s("{}".into())),
+        (
+            vip_claim_key("demo", "10.0.0.9".parse().unwrap()),
+            s("[]".into()),
+        ),
+    ] {
+        let before = kvs.clone();
+        let prev = assemble("n1", &kvs).state;
+        let one = [(key.as_bytes(), v.as_ref().map(|v| v.as_bytes()))];
+        assert!(
+            apply_service_changes(&prev, one).is_none(),
+            "{key} {v:?} needs the whole assembly"
+        );
+        assert_eq!(kvs, before);
+    }
 }

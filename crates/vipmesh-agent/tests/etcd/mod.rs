@@ -145,6 +145,8 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
         let mut cmd = Command::new("etcd");
+        // A profiler preloaded into the test (heaptrack) is not etcd's.
+        cmd.env_remove("LD_PRELOAD");
         if let Some(t) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&t.cert)
