@@ -69,22 +69,22 @@ fn env(name: &str, default: usize) -> usize {
 /// The remote node: registered by this program, no namespaces.
 const REMOTE: &str = "n0";
 
-/// Service `k`'s initial task address; change `i`'s new address (all distinct).
-fn initial_addr(k: usize) -> IpAddr {
+/// Task address `k` of a block of the ingress subnet starting at 10.255.`base`.0.
+fn task_addr(base: u8, k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(
         10,
         255,
-        16 + (k / 200) as u8,
+        base + (k / 200) as u8,
         10 + (k % 200) as u8,
     ))
 }
+/// Service `k`'s initial task address: 10.255.16.0 on.
+fn initial_addr(k: usize) -> IpAddr {
+    task_addr(16, k)
+}
+/// Change `i`'s new address: 10.255.96.0 on (distinct from every initial one).
 fn changed_addr(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        10,
-        255,
-        96 + (i / 200) as u8,
-        10 + (i % 200) as u8,
-    ))
+    task_addr(96, i)
 }
 
 fn service_json(k: usize, addr: IpAddr) -> String {

@@ -516,27 +516,11 @@ fn a_remote_task_is_a_backend_only_once_its_node_lists_it_ready() {
 
 #[test]
 fn a_nodes_xdp_option_serves_its_published_ports_with_the_xdp_mesh() {
-    let mut kvs = base();
-    put(&mut kvs, ingress_config_key(), INGRESS);
     // The runtime wrote the task with its node-side veth.
-    put(
-        &mut kvs,
-        ingress_service_key("web"),
-        r#"{"name": "web", "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
-            "tasks": [{"addr": "10.255.0.10", "node": "n1", "netns": "task-web",
-                       "host_veth": "veth-web"},
-                      {"addr": "10.255.0.11", "node": "n2"}]}"#,
+    let kvs = two_nodes(
+        r#"[{"addr": "10.255.0.10", "node": "n1", "netns": "task-web", "host_veth": "veth-web"},
+            {"addr": "10.255.0.11", "node": "n2"}]"#,
     );
-    for (n, u, s) in [
-        ("n1", "192.0.2.1", "10.255.0.2"),
-        ("n2", "192.0.2.2", "10.255.0.3"),
-    ] {
-        put(
-            &mut kvs,
-            node_key(n),
-            &format!(r#"{{"underlay": "{u}", "sandbox_addr": "{s}"}}"#),
-        );
-    }
     let local = NodeLocal {
         xdp: Some(serde_json::from_str(r#"{"uplink": "eth0"}"#).unwrap()),
         ..NodeLocal::default()

@@ -308,24 +308,32 @@ impl XdpMesh {
             b.tasks.extend(self.tasks.keys().cloned());
             write_json(&Breadcrumb::path(&d.node), &b, &d.host_netns)?;
         }
-        for step in &plan.steps {
-            self.step(d, step, &mut report)?;
-            tracing::info!(node = %d.node, step = %step, "xdp mesh step applied");
-            report.applied.push(step.to_string());
-        }
+        self.steps(d, &plan.steps, "plan", &mut report)?;
         if plan.steps.iter().any(|s| matches!(s, XdpStep::Load { .. })) {
             // Maps reopened from their pins hold what an earlier process wrote, which the plan
             // could not see before the load: one more round removes what is no longer
             // desired (a task that left while no process ran), so applying twice changes
             // nothing. The fast path is loaded now: this round has no load step of its own.
             let o = self.observe(d)?;
-            for step in &super::plan(d, &o)?.steps {
-                self.step(d, step, &mut report)?;
-                tracing::info!(node = %d.node, step = %step, "xdp mesh step applied (after the load)");
-                report.applied.push(step.to_string());
-            }
+            self.steps(d, &super::plan(d, &o)?.steps, "after the load", &mut report)?;
         }
         Ok(report)
+    }
+
+    /// Applies `steps` in order, each logged and reported; `round` names the round in the log.
+    fn steps(
+        &mut self,
+        d: &XdpDesired,
+        steps: &[XdpStep],
+        round: &str,
+        report: &mut XdpApplyReport,
+    ) -> Result<(), Error> {
+        for step in steps {
+            self.step(d, step, report)?;
+            tracing::info!(node = %d.node, step = %step, round, "xdp mesh step applied");
+            report.applied.push(step.to_string());
+        }
+        Ok(())
     }
 
     /// Observes, plans and applies until nothing is left to do (at most twice).
