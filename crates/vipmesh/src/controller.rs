@@ -836,9 +836,34 @@ impl<K: Kernel> Controller<K> {
             self.cache
                 .namespaces
                 .retain(|k, _| self.known_ns.contains(k));
+            self.prune_status();
         }
         self.last_full = Some(now);
         report.into_result()
+    }
+
+    /// Forgets the status of objects gone after a successful full sync: services no longer
+    /// desired, and IPVS services, addresses and namespaces no longer in the kernel as it now
+    /// is (the cache). Without this the status grew with every service a long-running node
+    /// ever had.
+    fn prune_status(&mut self) {
+        let (cache, desired) = (&self.cache.namespaces, &self.desired);
+        #[cfg(feature = "xdp")]
+        let xdp_host = desired.xdp().map(|x| x.host_netns.as_str());
+        #[cfg(not(feature = "xdp"))]
+        let xdp_host: Option<&str> = None;
+        self.status.retain(|k, _| match k {
+            ObjectKey::Namespace(ns) | ObjectKey::Rules(ns, _) | ObjectKey::NftTable(ns, _) => {
+                cache.contains_key(ns) || xdp_host == Some(ns.as_str())
+            }
+            ObjectKey::Address(ns, a) => cache.get(ns).is_some_and(|o| o.addresses.contains_key(a)),
+            ObjectKey::Service(n, s) => desired
+                .any_network(n.as_str())
+                .is_some_and(|net| net.service(s.as_str()).is_some()),
+            ObjectKey::Mark(ns, m) => cache
+                .get(ns)
+                .is_some_and(|o| o.ipvs.keys().any(|(_, mark)| mark == m)),
+        });
     }
 
     /// Builds the ingress overlay and gateway bridge (before anything is observed: the

@@ -2090,3 +2090,37 @@ fn a_cloned_network_shares_its_services_until_one_copy_changes() {
     assert!(net.service("vote").is_some());
     assert_eq!(copy.vip_holder(vip), None);
 }
+
+#[test]
+fn the_status_forgets_what_a_full_sync_removed() {
+    use crate::apply::ObjectKey;
+    let k = world();
+    let mut c = ctl(&k);
+    let a = Service::vip("a", ip("10.0.0.9"), &[ip("10.0.0.10")]).unwrap();
+    let b = Service::vip("b", ip("10.0.0.19"), &[ip("10.0.0.11")]).unwrap();
+    apply(&mut c, node(vec![a.clone(), b]), 0);
+    let id = NetworkId::new("demo").unwrap();
+    let key_b = ObjectKey::Service(id.clone(), ServiceName::new("b").unwrap());
+    let addr_b = ObjectKey::Address("lb-demo".into(), ip("10.0.0.19"));
+    assert!(c.status().contains_key(&key_b));
+    assert!(c.status().contains_key(&addr_b));
+    // b goes: its service, its VIP and the mark its IPVS service had leave the status.
+    apply(&mut c, node(vec![a]), 1);
+    let st = c.status();
+    assert!(!st.contains_key(&key_b), "{st:?}");
+    assert!(!st.contains_key(&addr_b), "{st:?}");
+    assert!(
+        !st.keys().any(|k| matches!(k, ObjectKey::Mark(_, 0x101))),
+        "{st:?}"
+    );
+    // What is still there keeps its status.
+    assert!(st.contains_key(&ObjectKey::Service(id, ServiceName::new("a").unwrap())));
+    assert!(st.contains_key(&ObjectKey::Address("lb-demo".into(), ip("10.0.0.9"))));
+    assert!(
+        st.contains_key(&ObjectKey::Namespace("lb-demo".into()))
+            || st
+                .keys()
+                .any(|k| matches!(k, ObjectKey::Rules(ns, _) if ns == "lb-demo")),
+        "{st:?}"
+    );
+}
